@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The main job: ./run.sh [recipe args...]
+# Sets up .venv first (scripts/setup_env.sh), then runs egs/timit/run.sh if it exists,
+# else the small self-contained egs/mini/run.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+source scripts/setup_env.sh
+if [[ -f egs/timit/run.sh ]]; then
+    exec bash egs/timit/run.sh "$@"
+fi
+exec bash egs/mini/run.sh "$@"

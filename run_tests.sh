@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Run the test suite: ./run_tests.sh [pytest args...], e.g. ./run_tests.sh -k intersect -x
+# Sets up .venv first (scripts/setup_env.sh). The exit code is pytest's, unchanged
+# (5 = no tests collected is a failure, not a success).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+source scripts/setup_env.sh
+exec .venv/bin/python -m pytest -q "$@"

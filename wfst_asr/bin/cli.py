@@ -1,0 +1,48 @@
+"""The ``wfst-asr`` command line (also ``python -m wfst_asr.bin.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from collections.abc import Sequence
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print the versions of wfst_asr, Python, torch and the Kaldi packages, and the devices."""
+    import torch
+
+    import wfst_asr
+    from wfst_asr import _kaldi
+
+    print(f"wfst_asr {wfst_asr.__version__}")
+    print(f"python {platform.python_version()} ({sys.executable})")
+    print(f"torch {torch.__version__}")
+    cuda = torch.cuda.is_available()
+    devices = ["cpu"]
+    if cuda:
+        n = torch.cuda.device_count()
+        devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(n)]
+    print(f"cuda available: {cuda}; devices: {', '.join(devices)}")
+    for name, version in _kaldi.versions().items():
+        print(f"{name} {version}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser with one sub-parser per command."""
+    parser = argparse.ArgumentParser(prog="wfst-asr", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="print versions and available devices")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and run the chosen command."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,510 @@
+"""Intersection of graphs with network output (:class:`DenseFsaVec`), as in k2's intersect_dense.
+
+Each path of the result is a graph path of exactly ``n`` arcs with labels >= 0, one per frame of
+the segment, followed by one arc with label -1; its score is the sum of the graph arc scores
+plus ``log_probs[seq, start + t, label_t]``. Label 0 is blank here, not epsilon.
+
+:func:`intersect_dense` returns a :class:`DenseLattice`: an FsaVec whose arcs are built only when
+something asks for them. :func:`get_tot_scores` on a lattice that was never materialised runs a
+streaming forward-backward, frame by frame over the graph's arc tensors, that never builds the
+``T x arcs`` lattice; its gradient (arc and frame posteriors) comes from an explicit backward
+recursion. This is how CTC, HMM and LF-MMI losses are computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from .dense import DenseFsaVec
+from .dense_plan import DensePlan, Sweep, build_plan, chunk_frames, frame_arc_index
+from .fsa import Fsa
+from .semiring import padded_reduce, scatter_reduce_semiring
+
+NEG_INF = float("-inf")
+
+
+def _prep(plan: DensePlan, log_probs: torch.Tensor, gscores: torch.Tensor
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat log-probs, frame-arc graph scores ``[A]`` and final-arc graph scores ``[E]``.
+
+    The flat log-probs get ``plan.lp_pad`` zeros appended so that frames past a segment's end
+    (never used) still index inside the tensor.
+    """
+    lp_flat = log_probs.reshape(-1)
+    if plan.lp_pad:
+        lp_flat = torch.cat([lp_flat, lp_flat.new_zeros(plan.lp_pad)])
+    return lp_flat, gscores[plan.f_garc], gscores[plan.e_garc]
+
+
+def _chunk_scores(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, t0: int, t1: int):
+    """Scores ``[C, A]`` of all frame arcs at frames t0..t1-1, their indices and validity."""
+    idx, valid = frame_arc_index(plan, t0, t1)
+    sc = torch.take(lp_flat, idx)
+    sc += gf.unsqueeze(0)
+    return sc, idx, valid
+
+
+def _blocks(sw: Sweep, lp_flat: torch.Tensor, gf_ext: torch.Tensor, V: int, t0: int, t1: int
+            ) -> list[torch.Tensor]:
+    """Per bucket, padded arc scores ``[C, K*n]`` of frames t0..t1-1 (graph + log-prob)."""
+    t = torch.arange(t0, t1, device=lp_flat.device).unsqueeze(1) * V
+    out = []
+    for base, garc in zip(sw.lp_base, sw.garc):
+        blk = torch.take(lp_flat, base.unsqueeze(0) + t)
+        blk += gf_ext[garc].unsqueeze(0)
+        out.append(blk)
+    return out
+
+
+def _step(sw: Sweep, cur: torch.Tensor, nxt: torch.Tensor, blocks: list[torch.Tensor | None],
+          log_semiring: bool, bp: torch.Tensor | None) -> None:
+    """One frame of a padded recursion: ``nxt[bucket] = reduce_k cur[other] + block``."""
+    for (off, n, K, _), g, blk in zip(sw.layout.buckets, sw.other, blocks):
+        x = torch.index_select(cur, 0, g).view(K, n)
+        if blk is not None:
+            x += blk.view(K, n)
+        if bp is None:
+            padded_reduce(x, log_semiring, out=nxt[off:off + n])
+        else:
+            torch.max(x, dim=0, out=(nxt[off:off + n], bp[off:off + n]))
+
+
+def _ext(gf: torch.Tensor) -> torch.Tensor:
+    return torch.cat([gf, gf.new_full((1,), NEG_INF)])
+
+
+class _Frames:
+    """Per-frame padded arc scores of one sweep direction, computed a chunk at a time.
+
+    In state mode (every state's entering arcs share one label) the log-prob term is kept per
+    state, ``[C, S]``, and the per-arc part is the constant graph score (or nothing when all
+    graph scores are 0 and no arc needs padding); otherwise per-arc ``[C, K*n]`` blocks.
+    """
+
+    def __init__(self, plan: DensePlan, sw: Sweep, lp_flat: torch.Tensor, gf: torch.Tensor):
+        self.plan, self.sw, self.lp_flat = plan, sw, lp_flat
+        self.state_mode = plan.state_label_ok
+        self.gf_ext = _ext(gf)
+        if self.state_mode:
+            zero_g = bool((gf == 0).all())
+            A = gf.numel()  # index of the padding arc
+            self.const = [None if zero_g and not bool((garc == A).any()) else self.gf_ext[garc]
+                          for garc in sw.garc]
+
+    def chunk(self, t0: int, t1: int) -> None:
+        if self.state_mode:
+            t = torch.arange(t0, t1, device=self.lp_flat.device).unsqueeze(1) * self.plan.V
+            self.lp_states = torch.take(self.lp_flat, self.sw.s_base.unsqueeze(0) + t)
+        else:
+            self.blocks = _blocks(self.sw, self.lp_flat, self.gf_ext, self.plan.V, t0, t1)
+
+    def arc_blocks(self, c: int) -> list[torch.Tensor | None]:
+        if self.state_mode:
+            return self.const
+        return [b[c] for b in self.blocks]
+
+
+def forward_sweep(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge: torch.Tensor,
+                  log_semiring: bool, want_bp: bool = False):
+    """Forward scores of every frame: ``alpha [T_max+1, S]`` (fwd layout order), totals ``[N]``.
+
+    With ``want_bp`` (tropical only) also the best entering pad slot of each state per frame.
+    """
+    S, Tm = plan.num_states, plan.T_max
+    alpha = torch.full((Tm + 1, S), NEG_INF, dtype=gf.dtype, device=gf.device)
+    ok = plan.seg_start_state >= 0
+    alpha[0, plan.fwd.layout.pos[plan.seg_start_state[ok]]] = 0.0
+    bp = torch.zeros((Tm + 1, S), dtype=torch.int64, device=gf.device) if want_bp else None
+    C = chunk_frames(plan)
+    frames = _Frames(plan, plan.fwd, lp_flat, gf)
+    for t0 in range(0, Tm, C):
+        t1 = min(Tm, t0 + C)
+        frames.chunk(t0, t1)
+        for c in range(t1 - t0):
+            nxt = alpha[t0 + c + 1]
+            _step(plan.fwd, alpha[t0 + c], nxt, frames.arc_blocks(c), log_semiring,
+                  None if bp is None else bp[t0 + c + 1])
+            if frames.state_mode:
+                nxt += frames.lp_states[c]
+    tot = _totals(plan, alpha, ge, log_semiring)
+    return alpha, tot, bp
+
+
+def _final_scores(plan: DensePlan, alpha: torch.Tensor, ge: torch.Tensor) -> torch.Tensor:
+    """``alpha_{T_n}[src] + score`` of every final arc ``[E]``."""
+    return alpha[plan.lens[plan.e_seg], plan.fwd.layout.pos[plan.e_src]] + ge
+
+
+def _totals(plan: DensePlan, alpha: torch.Tensor, ge: torch.Tensor, log_semiring: bool
+            ) -> torch.Tensor:
+    tot, _ = scatter_reduce_semiring(_final_scores(plan, alpha, ge), plan.e_seg,
+                                     plan.num_segments, log_semiring)
+    return tot
+
+
+def backward_chunks(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge: torch.Tensor,
+                    log_semiring: bool) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Backward recursion, chunk by chunk from the last frame.
+
+    Yields ``(t0, t1, beta [C+1, S])`` where ``beta[c]`` holds the backward scores of frame
+    ``t0 + c`` in the bwd layout order.
+    """
+    S, Tm = plan.num_states, plan.T_max
+    dev, dt = gf.device, gf.dtype
+    beta_final, _ = scatter_reduce_semiring(ge, plan.bwd.layout.pos[plan.e_src], S, log_semiring)
+    ends: dict[int, torch.Tensor] = dict(plan.end_groups)
+    nxt = torch.full((S,), NEG_INF, dtype=dt, device=dev)
+    if Tm in ends:
+        nxt[ends[Tm]] = beta_final[ends[Tm]]
+    if Tm == 0:
+        yield 0, 0, nxt.unsqueeze(0)
+        return
+    C = chunk_frames(plan)
+    frames = _Frames(plan, plan.bwd, lp_flat, gf)
+    for t0 in reversed(range(0, Tm, C)):
+        t1 = min(Tm, t0 + C)
+        frames.chunk(t0, t1)
+        beta = torch.full((t1 - t0 + 1, S), NEG_INF, dtype=dt, device=dev)
+        beta[t1 - t0] = nxt
+        for c in range(t1 - t0 - 1, -1, -1):
+            src = beta[c + 1] + frames.lp_states[c] if frames.state_mode else beta[c + 1]
+            _step(plan.bwd, src, beta[c], frames.arc_blocks(c), log_semiring, None)
+            st = ends.get(t0 + c)
+            if st is not None:
+                beta[c, st] = beta_final[st]
+        yield t0, t1, beta
+        nxt = beta[0]
+
+
+def _log_grads(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge: torch.Tensor,
+               alpha: torch.Tensor, tot: torch.Tensor, go: torch.Tensor, need_graph: bool
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Posterior-weighted gradients ``(d lp_flat, d frame-arc score, d final-arc score)``.
+
+    Arc posteriors at frame t: ``exp(alpha_t[src] + score_t + beta_{t+1}[dst] - tot)``. When the
+    graph scores need no gradient and every state's entering arcs share one label, the
+    log-prob gradient comes from state occupancies ``exp(alpha_{t+1} + beta_{t+1} - tot)``.
+    """
+    grad_lp = torch.zeros_like(lp_flat)
+    grad_f = torch.zeros_like(gf)
+    by_state = plan.state_label_ok and not need_graph
+    # Beta is -inf after a segment's end, so frames past it get zero posteriors without masks;
+    # segments without any path (tot = -inf) have go = 0 and a finite stand-in total.
+    tot = torch.where(torch.isfinite(tot), tot, torch.zeros_like(tot))
+    if by_state:
+        tot_s, go_s = tot[plan.state_seg_bwd], go[plan.state_seg_bwd]
+    else:
+        a_src = plan.fwd.layout.pos[plan.f_src]
+        b_dst = plan.bwd.layout.pos[plan.f_dst]
+        tot_a, go_a = tot[plan.f_seg], go[plan.f_seg]
+    for t0, t1, beta in backward_chunks(plan, lp_flat, gf, ge, True):
+        if t1 == t0:
+            continue
+        if by_state:
+            al = alpha[t0 + 1:t1 + 1]
+            x = (al if plan.b2f is None else al[:, plan.b2f]) + beta[1:]
+            x -= tot_s
+            idx = plan.s_base + torch.arange(t0, t1, device=x.device).unsqueeze(1) * plan.V
+            post = torch.exp_(x).mul_(go_s)
+        else:
+            sc, idx, _ = _chunk_scores(plan, lp_flat, gf, t0, t1)
+            x = alpha[t0:t1][:, a_src] + sc + beta[1:][:, b_dst] - tot_a
+            post = torch.exp_(x).mul_(go_a)
+            grad_f += post.sum(0)
+        grad_lp.index_add_(0, idx.reshape(-1), post.reshape(-1))
+    xe = _final_scores(plan, alpha, ge) - tot[plan.e_seg]
+    ge_grad = torch.where(torch.isfinite(xe), torch.exp(xe), torch.zeros_like(xe)) * go[plan.e_seg]
+    return grad_lp, grad_f, ge_grad
+
+
+def _viterbi_grads(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge: torch.Tensor,
+                   alpha: torch.Tensor, bp: torch.Tensor, tot: torch.Tensor, go: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of tropical totals: 1 (times the output gradient) along one best path."""
+    arcs, frames, segs, best_e = best_paths(plan, alpha, bp, ge, tot)
+    grad_lp = torch.zeros_like(lp_flat)
+    grad_f = torch.zeros_like(gf)
+    w = go[segs]
+    idx = (plan.f_seq[arcs] * plan.T + plan.f_start[arcs] + frames) * plan.V + plan.f_label[arcs]
+    grad_lp.index_add_(0, idx, w)
+    grad_f.index_add_(0, arcs, w)
+    ge_grad = torch.zeros_like(ge)
+    ok = best_e >= 0
+    ge_grad.index_add_(0, best_e[ok], go[ok])
+    return grad_lp, grad_f, ge_grad
+
+
+def _pad_table(plan: DensePlan) -> torch.Tensor:
+    """``[K_max, S]`` frame arc of pad slot k of each state (fwd order); A where none."""
+    A = plan.f_src.numel()
+    kmax = max([K for (_, _, K, _) in plan.fwd.layout.buckets], default=1)
+    table = torch.full((kmax, plan.num_states), A, dtype=torch.int64, device=plan.f_src.device)
+    for off, n, K, pad in plan.fwd.layout.buckets:
+        table[:K, off:off + n] = pad.view(K, n)
+    return table
+
+
+def best_paths(plan: DensePlan, alpha: torch.Tensor, bp: torch.Tensor, ge: torch.Tensor,
+               tot: torch.Tensor):
+    """Trace one best path per segment from tropical forward scores and back-pointers.
+
+    Returns ``(frame arcs [P], their frames [P], their segments [P], best final arc [N] or -1)``.
+    """
+    dev = ge.device
+    N = plan.num_segments
+    fin = _final_scores(plan, alpha, ge)
+    _, arg = scatter_reduce_semiring(fin, plan.e_seg, N, False, want_arg=True)
+    ok = torch.isfinite(tot) & (arg >= 0)
+    best_e = torch.where(ok, arg, torch.full_like(arg, -1))
+    table = _pad_table(plan)
+    state = torch.zeros(N, dtype=torch.int64, device=dev)
+    state[ok] = plan.fwd.layout.pos[plan.e_src[best_e[ok]]]
+    out_a, out_t, out_s = [], [], []
+    seg_ids = torch.arange(N, device=dev)
+    for t in range(plan.T_max, 0, -1):
+        act = ok & (plan.lens >= t)
+        if not bool(act.any()):
+            continue
+        s = state[act]
+        k = bp[t, s].long()
+        arc = table[k, s]
+        out_a.append(arc)
+        out_t.append(torch.full_like(arc, t - 1))
+        out_s.append(seg_ids[act])
+        state[act] = plan.fwd.layout.pos[plan.f_src[arc]]
+    if out_a:
+        return torch.cat(out_a), torch.cat(out_t), torch.cat(out_s), best_e
+    e = torch.zeros(0, dtype=torch.int64, device=dev)
+    return e, e, e, best_e
+
+
+class _DenseTotScores(torch.autograd.Function):
+    """Totals of (graphs x dense) with explicit posterior-based backward."""
+
+    @staticmethod
+    def forward(ctx, log_probs: torch.Tensor, gscores: torch.Tensor, plan: DensePlan,
+                log_semiring: bool) -> torch.Tensor:
+        lp_flat, gf, ge = _prep(plan, log_probs, gscores)
+        alpha, tot, bp = forward_sweep(plan, lp_flat, gf, ge, log_semiring,
+                                       want_bp=not log_semiring)
+        ctx.plan, ctx.log_semiring = plan, log_semiring
+        ctx.lp_shape, ctx.g_size = log_probs.shape, gscores.shape[0]
+        ctx.save_for_backward(log_probs, gscores, alpha, tot, *(() if bp is None else (bp,)))
+        return tot
+
+    @staticmethod
+    def backward(ctx, go: torch.Tensor):
+        log_probs, gscores, alpha, tot, *rest = ctx.saved_tensors
+        plan = ctx.plan
+        go = torch.where(torch.isfinite(tot), go, torch.zeros_like(go))
+        lp_flat, gf, ge = _prep(plan, log_probs, gscores)
+        if ctx.log_semiring:
+            glp, gfa, gea = _log_grads(plan, lp_flat, gf, ge, alpha, tot, go,
+                                       ctx.needs_input_grad[1])
+        else:
+            glp, gfa, gea = _viterbi_grads(plan, lp_flat, gf, ge, alpha, rest[0], tot, go)
+        gg = torch.zeros(ctx.g_size, dtype=gscores.dtype, device=gscores.device)
+        gg.index_add_(0, plan.f_garc, gfa).index_add_(0, plan.e_garc, gea)
+        need_lp, need_g = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if plan.lp_pad:
+            glp = glp[:-plan.lp_pad]
+        return (glp.view(ctx.lp_shape) if need_lp else None, gg if need_g else None, None, None)
+
+
+def dense_tot_scores(graphs: Fsa, dense: DenseFsaVec, log_semiring: bool = True,
+                     use_double_scores: bool = False) -> torch.Tensor:
+    """Total score ``[N]`` of each segment's intersection, streamed frame by frame.
+
+    Equal to ``get_tot_scores(intersect_dense(graphs, dense, inf))`` without building the lattice.
+    Differentiable w.r.t. ``dense.log_probs`` and ``graphs.scores``; -inf (with zero gradient)
+    for a segment that has no path, e.g. when it is too short for its labels.
+    """
+    plan, graphs = build_plan(graphs, dense)
+    dt = torch.float64 if use_double_scores else torch.float32
+    return _DenseTotScores.apply(dense.log_probs.to(dt), graphs.scores.to(dt), plan, log_semiring)
+
+
+def _viterbi_alpha_beta(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor,
+                        ge: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tropical ``alpha [T+1, S]`` (fwd order), ``beta [T+1, S]`` (bwd order), best totals."""
+    alpha, tot, _ = forward_sweep(plan, lp_flat, gf, ge, False)
+    beta = torch.empty_like(alpha)
+    for t0, t1, b in backward_chunks(plan, lp_flat, gf, ge, False):
+        beta[t0:t1 + 1] = b
+    return alpha, beta, tot
+
+
+def build_lattice(graphs: Fsa, dense: DenseFsaVec, output_beam: float) -> Fsa:
+    """The lattice FsaVec of ``graphs x dense``: states are (frame, graph state) pairs.
+
+    Keeps the arcs whose best path is within ``output_beam`` of the segment's best path (all
+    arcs on some complete path when the beam is infinite). Arc scores are
+    ``graph score + log_probs[seq, start + t, label]`` gathered with autograd, so gradients of
+    anything computed on the lattice reach both inputs. Attributes: the graph's per-arc
+    attributes, ``graph_arc_idx`` (int64, arc in ``graphs``) and ``frame_idx`` (int32, frame
+    within the segment; the -1 arc has the segment length).
+    """
+    plan, graphs = build_plan(graphs, dense)
+    with torch.no_grad():
+        lp_d = dense.log_probs.detach().to(torch.float32)
+        lp_flat, gf, ge = _prep(plan, lp_d, graphs.scores.detach().to(torch.float32))
+        alpha, beta, best = _viterbi_alpha_beta(plan, lp_flat, gf, ge)
+        # a small tolerance keeps best-path arcs whose through-score rounds below the best
+        thr = best - output_beam - 1e-5 * (1.0 + best.abs())
+        a_src, b_dst = plan.fwd.layout.pos[plan.f_src], plan.bwd.layout.pos[plan.f_dst]
+        keep_t, keep_a = [], []
+        C = chunk_frames(plan)
+        for t0 in range(0, plan.T_max, C):
+            t1 = min(plan.T_max, t0 + C)
+            sc, _, valid = _chunk_scores(plan, lp_flat, gf, t0, t1)
+            through = alpha[t0:t1][:, a_src] + sc + beta[t0 + 1:t1 + 1][:, b_dst]
+            keep = valid & torch.isfinite(through) & (through >= thr[plan.f_seg])
+            tt, aa = keep.nonzero(as_tuple=True)
+            keep_t.append(tt + t0)
+            keep_a.append(aa)
+        fin = _final_scores(plan, alpha, ge)
+        keep_e = (torch.isfinite(fin) & (fin >= thr[plan.e_seg])).nonzero().squeeze(1)
+    dev = alpha.device
+    ft = torch.cat(keep_t) if keep_t else torch.zeros(0, dtype=torch.int64, device=dev)
+    fa = torch.cat(keep_a) if keep_a else torch.zeros(0, dtype=torch.int64, device=dev)
+    return _assemble(plan, graphs, dense, ft, fa, keep_e)
+
+
+def _assemble(plan: DensePlan, graphs: Fsa, dense: DenseFsaVec, ft: torch.Tensor,
+              fa: torch.Tensor, ke: torch.Tensor) -> Fsa:
+    """Lattice from kept frame arcs ``(ft, fa)`` and final arcs ``ke`` of a plan."""
+    return assemble_lattice(graphs, dense, plan.num_states, plan.seg_start_state,
+                            plan.f_seg[fa], ft, plan.f_src[fa], plan.f_dst[fa], plan.f_garc[fa],
+                            plan.e_seg[ke], plan.e_src[ke], plan.e_garc[ke])
+
+
+def assemble_lattice(graphs: Fsa, dense: DenseFsaVec, num_keys: int, start: torch.Tensor,
+                     f_seg: torch.Tensor, ft: torch.Tensor, f_src: torch.Tensor,
+                     f_dst: torch.Tensor, f_garc: torch.Tensor, e_seg: torch.Tensor,
+                     e_src: torch.Tensor, e_garc: torch.Tensor) -> Fsa:
+    """Build a lattice FsaVec from its arcs, numbering states by (segment, frame, state).
+
+    Frame arcs go from ``(f_seg, ft, f_src)`` to ``(f_seg, ft + 1, f_dst)`` (state ids below
+    ``num_keys``); final arcs from ``(e_seg, len, e_src)`` to each segment's final state.
+    ``start [N]`` is each segment's start state id; state ``(seg, 0, start)`` becomes lattice
+    state 0 of every segment that has arcs. Arcs that are on no complete path may remain (as
+    unreachable or dead-end parts); they never create a path.
+    """
+    dev = ft.device
+    N = dense.num_segments
+    lens = dense.segments[:, 2].to(dev)
+    T_max = int(lens.max()) if N else 0
+    span = (T_max + 2) * num_keys
+    src_key = f_seg * span + ft * num_keys + f_src
+    dst_key = f_seg * span + (ft + 1) * num_keys + f_dst
+    e_key = e_seg * span + lens[e_seg] * num_keys + e_src
+    used = torch.zeros(N, dtype=torch.bool, device=dev)
+    used[f_seg] = True
+    used[e_seg] = True
+    used &= start >= 0
+    segs_used = used.nonzero().squeeze(1)
+    s_key = segs_used * span + start[segs_used]
+    keys, inv = torch.unique(torch.cat([src_key, dst_key, e_key, s_key]), return_inverse=True)
+    counts = torch.bincount(keys // span, minlength=N)
+    first = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), counts.cumsum(0)[:-1]])
+    nf, ne = f_seg.numel(), e_seg.numel()
+    local = inv[:2 * nf + ne] - first[torch.cat([f_seg, f_seg, e_seg])]
+    src = torch.cat([local[:nf], local[2 * nf:]])
+    dst = torch.cat([local[nf:2 * nf], counts[e_seg]])
+    seg = torch.cat([f_seg, e_seg])
+    garc = torch.cat([f_garc, e_garc])
+    frame = torch.cat([ft, lens[e_seg]])
+    order = torch.argsort(seg * (int(counts.max()) + 2 if N else 1) + src, stable=True)
+    src, dst, seg, garc, frame = (x[order] for x in (src, dst, seg, garc, frame))
+    lab = graphs.labels[garc].long()
+    splits = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev),
+                        torch.bincount(seg, minlength=N).cumsum(0)])
+    num_states = torch.where(counts > 0, counts + 1, counts)
+    arcs = torch.stack([src, dst, lab], dim=1).to(torch.int32)
+    lp = dense.log_probs
+    _B, T, V = lp.shape
+    segs = dense.segments.to(dev)
+    row = (segs[seg, 0] * T + segs[seg, 1] + frame.clamp(max=T - 1)) * V + lab.clamp(min=0)
+    lp_term = torch.where(lab >= 0, lp.reshape(-1)[row.clamp(max=lp.numel() - 1)],
+                          torch.zeros((), dtype=lp.dtype, device=dev))
+    scores = graphs.scores[garc] + lp_term
+    lat = graphs.index_arcs(garc, arcs, splits, num_states, scores=scores)
+    lat.graph_arc_idx = garc
+    lat.frame_idx = frame.to(torch.int32)
+    return lat
+
+
+class DenseLattice(Fsa):
+    """The result of :func:`intersect_dense`: an FsaVec built on first use.
+
+    Until one of its arcs, scores or attributes is asked for, it only remembers its inputs.
+    With ``output_beam=inf`` (the default), :func:`get_tot_scores` on it runs the streaming
+    forward-backward and never builds the ``T x arcs`` lattice. Any other use materialises it
+    (beam-pruned with ``output_beam``) and it behaves as a plain :class:`Fsa`, so the totals of
+    a pruned lattice are over its kept paths, as in k2.
+    """
+
+    def __init__(self, graphs: Fsa, dense: DenseFsaVec, output_beam: float) -> None:
+        object.__setattr__(self, "_lazy", (graphs, dense, output_beam))
+
+    @property
+    def is_materialized(self) -> bool:
+        return self.__dict__.get("_lazy") is None
+
+    def _materialize(self) -> None:
+        lazy = self.__dict__.get("_lazy")
+        if lazy is None:
+            return
+        lat = build_lattice(*lazy)
+        self.__dict__.update(lat.__dict__)
+        object.__setattr__(self, "_lazy", None)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or self.__dict__.get("_lazy") is None:
+            return Fsa.__getattr__(self, name)
+        self._materialize()
+        return getattr(self, name)
+
+    def _tot_scores(self, log_semiring: bool, use_double_scores: bool):
+        lazy = self.__dict__.get("_lazy")
+        if lazy is None:
+            return None
+        graphs, dense, beam = lazy
+        if beam != float("inf"):
+            return None  # a pruned lattice: its totals are over the kept paths, as in k2
+        return dense_tot_scores(graphs, dense, log_semiring, use_double_scores)
+
+    def __repr__(self) -> str:
+        if not self.is_materialized:
+            _graphs, dense, beam = self._lazy
+            return f"DenseLattice(not materialised, {dense!r}, output_beam={beam})"
+        return Fsa.__repr__(self)
+
+
+def intersect_dense(graphs: Fsa, dense: DenseFsaVec, output_beam: float = float("inf")
+                    ) -> DenseLattice:
+    """Intersect graphs with network output (k2's ``intersect_dense``).
+
+    Args:
+      graphs: an FsaVec with one graph per supervision segment, or a single graph (an Fsa or an
+        FsaVec of one) shared by all segments. Every arc with a label >= 0 consumes one frame
+        (label 0 is blank); arcs with label -1 end a path after the last frame.
+      dense: the network output.
+      output_beam: keep arcs whose best path is within this of the segment's best path. Leave
+        it at ``inf`` for training: totals and gradients are then streamed frame by frame
+        without building the lattice (a finite beam builds and prunes it first, as k2 does).
+
+    Returns:
+      A :class:`DenseLattice`: an FsaVec with one lattice per segment, with the graphs'
+      per-arc attributes plus ``graph_arc_idx`` and ``frame_idx``. Use
+      ``get_tot_scores(lattice, log_semiring=True)`` for training losses.
+
+    Raises:
+      ValueError: a graph label >= V or < -1, or a number of graphs that is neither 1 nor the
+        number of segments (checked before any computation).
+    """
+    from .dense_plan import _check_graphs
+    _check_graphs(graphs, dense)
+    return DenseLattice(graphs, dense, output_beam)
