@@ -283,3 +283,37 @@ def test_ctc_graph_batch_of_vec_and_single(device):
     exp = torch.stack([ref.ctc_forward_dp(lp[0, 0:6], [1, 2]),
                        ref.ctc_forward_dp(lp[0, 1:6], [3, 3])])
     torch.testing.assert_close(tot.cpu(), exp, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("log_semiring", [True, False])
+def test_ctc_split_over_threads(device, monkeypatch, log_semiring):
+    """Large batches are split into two groups of segments run on two threads; the totals and
+    gradients must not change (log: vs torch's ctc_loss; tropical: vs the unsplit run)."""
+    import wfst_asr.fsa.intersect as idense
+    gen = torch.Generator().manual_seed(7)
+    targets = [[int(x) for x in torch.randint(1, 6, (u,), generator=gen)] for u in (3, 7, 1, 5, 4)]
+    lengths = [12, 20, 4, 16, 9]
+    logits0 = torch.randn(len(targets), max(lengths), 6, generator=gen)
+    segs = torch.tensor([[b, 0, n] for b, n in enumerate(lengths)], dtype=torch.int32)
+
+    def engine(min_work):
+        monkeypatch.setattr(idense, "PARALLEL_MIN_WORK", min_work)
+        logits = logits0.clone().to(device).requires_grad_(True)
+        loss = _engine_ctc(logits, targets, segs, device, log_semiring=log_semiring)
+        loss.sum().backward()
+        return loss.detach().cpu(), logits.grad.cpu()
+
+    if device == "cpu" and torch.get_num_threads() >= 2:
+        assert len(idense._split_segments(ctc_graph(targets), DenseFsaVec(logits0, segs))) == 1
+        monkeypatch.setattr(idense, "PARALLEL_MIN_WORK", 0)
+        assert len(idense._split_segments(ctc_graph(targets), DenseFsaVec(logits0, segs))) == 2
+    loss_s, grad_s = engine(0)
+    if log_semiring:
+        logits_t = logits0.clone().requires_grad_(True)
+        loss_t = _torch_ctc(logits_t, targets, lengths)
+        loss_t.sum().backward()
+        ref_loss, ref_grad = loss_t.detach(), logits_t.grad
+    else:
+        ref_loss, ref_grad = engine(float("inf"))
+    torch.testing.assert_close(loss_s, ref_loss, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grad_s, ref_grad, rtol=1e-4, atol=1e-4)

@@ -11,23 +11,13 @@ Main entry points:
 * static graph algorithms through OpenFst (kaldifst): :mod:`wfst_asr.fsa.ops`
 """
 
-from .fsa import Fsa, create_fsa_vec, linear_fsa
-from .dense import DenseFsaVec
-from .ctc import ctc_graph, ctc_topo
-
-__all__ = ["Fsa", "create_fsa_vec", "linear_fsa", "DenseFsaVec", "ctc_topo", "ctc_graph"]
-
-from .forward_backward import (  # noqa: E402
-    get_arc_post,
-    get_backward_scores,
-    get_forward_scores,
-    get_tot_scores,
-)
-
-__all__ += ["get_tot_scores", "get_forward_scores", "get_backward_scores", "get_arc_post"]
-
 from . import ops
+from .ctc import ctc_graph, ctc_topo
+from .dense import DenseFsaVec
 from .draw import draw, to_dot
+from .forward_backward import get_arc_post, get_backward_scores, get_forward_scores, get_tot_scores
+from .fsa import Fsa, create_fsa_vec, linear_fsa
+from .intersect import DenseLattice, intersect_dense
 from .io import (
     from_file,
     from_kaldifst,
@@ -43,20 +33,36 @@ from .io import (
     to_str,
     write_fst,
 )
+from .pruned import intersect_dense_pruned
+from .shortest_path import shortest_path
 from .symbol_table import SymbolTable
 
-__all__ += [
+__all__ = [
+    "DenseFsaVec",
+    "DenseLattice",
+    "Fsa",
     "SymbolTable",
+    "create_fsa_vec",
+    "ctc_graph",
+    "ctc_topo",
     "draw",
     "from_file",
     "from_kaldifst",
     "from_openfst",
     "from_openfst_file",
     "from_str",
+    "get_arc_post",
+    "get_backward_scores",
+    "get_forward_scores",
+    "get_tot_scores",
+    "intersect_dense",
+    "intersect_dense_pruned",
+    "linear_fsa",
     "load",
     "ops",
     "read_fst",
     "save",
+    "shortest_path",
     "to_dot",
     "to_file",
     "to_kaldifst",
@@ -64,12 +70,3 @@ __all__ += [
     "to_str",
     "write_fst",
 ]
-
-from .intersect_dense import DenseLattice, intersect_dense  # noqa: E402
-from .shortest_path import shortest_path  # noqa: E402
-
-__all__ += ["DenseLattice", "intersect_dense", "shortest_path"]
-
-from .pruned import intersect_dense_pruned  # noqa: E402
-
-__all__ += ["intersect_dense_pruned"]

@@ -8,7 +8,8 @@ For the recursion ``alpha_{t+1}[d] = (+)_{a: s->d} alpha_t[s] + score_t[a]`` the
 each state are laid out as padded ``[K, S_b]`` blocks ("buckets" of states with similar
 in-degree), so one frame costs a gather, an add and a K-way semiring reduction per bucket,
 instead of scatter operations. The backward recursion uses the same layout built on leaving
-arcs. Each layout numbers the states in its own order (``pos``).
+arcs. Each layout numbers the states in its own order (``pos``). Score rows have ``S + 1``
+entries: the last is a sink that stays -inf and absorbs the padding.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class Sweep:
     other: list[torch.Tensor]
     lp_base: list[torch.Tensor]
     garc: list[torch.Tensor]
-    s_base: torch.Tensor = None  # [S] in this order: flat log-prob index of the state's label
+    s_base: torch.Tensor = None  # [S+1] in this order: flat log-prob index of the state's label
 
 
 @dataclass
@@ -184,16 +185,23 @@ def _check_graphs(graphs: Fsa, dense: DenseFsaVec) -> Fsa:
     return graphs
 
 
-def build_plan(graphs: Fsa, dense: DenseFsaVec) -> tuple[DensePlan, Fsa]:
-    """Flatten ``graphs`` over the segments of ``dense`` (see module doc)."""
+def build_plan(graphs: Fsa, dense: DenseFsaVec, seg_ids: torch.Tensor | None = None
+               ) -> tuple[DensePlan, Fsa]:
+    """Flatten ``graphs`` over the segments of ``dense`` (see module doc).
+
+    With ``seg_ids``, only those segments (renumbered 0..len-1 in the plan); graph arc indices
+    still refer to the whole ``graphs``.
+    """
     graphs = _check_graphs(graphs, dense)
     device = dense.device
-    seg = dense.segments.to(device)
+    all_n = dense.num_segments
+    if seg_ids is None:
+        seg_ids = torch.arange(all_n)
+    seg = dense.segments[seg_ids].to(device)
     N = seg.shape[0]
     B, T, V = dense.log_probs.shape
-    shared = graphs.num_fsas == 1 and N != 1
-    gi = torch.zeros(N, dtype=torch.int64, device=device) if shared else \
-        torch.arange(N, device=device)
+    shared = graphs.num_fsas == 1 and all_n != 1
+    gi = torch.zeros(N, dtype=torch.int64, device=device) if shared else seg_ids.to(device)
     ns = graphs.num_states_per_fsa[gi]
     st_off = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), ns.cumsum(0)])
     S = int(st_off[-1])
@@ -239,7 +247,9 @@ def build_plan(graphs: Fsa, dense: DenseFsaVec) -> tuple[DensePlan, Fsa]:
     bwd_order[bwd.layout.pos] = torch.arange(S, device=device)
     fwd_order = torch.empty_like(fwd_l.pos)
     fwd_order[fwd_l.pos] = torch.arange(S, device=device)
-    fwd.s_base, bwd.s_base = s_base[fwd_order], s_base[bwd_order]
+    zero = torch.zeros(1, dtype=torch.int64, device=device)  # the sink column
+    fwd.s_base = torch.cat([s_base[fwd_order], zero])
+    bwd.s_base = torch.cat([s_base[bwd_order], zero])
     plan = DensePlan(
         num_segments=N, num_states=S, T_max=T_max, T=T, V=V, lens=lens,
         seg_start_state=torch.where(ns > 0, st_off[:-1], torch.full_like(ns, -1)),
@@ -262,9 +272,13 @@ def _sweep(layout: Layout, other_end: torch.Tensor, f_base: torch.Tensor) -> Swe
 
 
 def _fix_other(sw: Sweep, other_end: torch.Tensor, pos_other: torch.Tensor) -> None:
-    """Fill ``sw.other``: position of each padded arc's other end, in ``pos_other``'s order."""
-    zero = torch.zeros(1, dtype=torch.int64, device=other_end.device)
-    ext = torch.cat([pos_other[other_end], zero])
+    """Fill ``sw.other``: position of each padded arc's other end, in ``pos_other``'s order.
+
+    Padding points at position ``S``, a "sink" column of the score rows that is always -inf,
+    so padding needs no score of its own.
+    """
+    sink = torch.full((1,), pos_other.numel(), dtype=torch.int64, device=other_end.device)
+    ext = torch.cat([pos_other[other_end], sink])
     sw.other = [ext[pad] for pad in sw.garc]
 
 

@@ -116,7 +116,6 @@ def _adjoint(plan: _Plan, scores: torch.Tensor, vals: torch.Tensor, best: torch.
     For the forward sweep the adjoint flows from destinations back to sources (levels in
     decreasing order); for the backward sweep the other way round.
     """
-    S = plan.num_states
     frm, to = (plan.dst_r, plan.src_r) if backward else (plan.src_r, plan.dst_r)
     if log_semiring:
         w = torch.exp(vals[frm] + scores - vals[to])
@@ -145,7 +144,6 @@ def _adjoint(plan: _Plan, scores: torch.Tensor, vals: torch.Tensor, best: torch.
         contrib = g[to[idx]] * w[idx]
         grad_scores[idx] = contrib
         g.index_add_(0, frm[idx], contrib)
-    del S
     return grad_scores
 
 
@@ -238,13 +236,14 @@ def get_arc_post(fsas: Fsa, log_semiring: bool = True,
     return torch.where(torch.isfinite(post), post, torch.full_like(post, NEG_INF))
 
 
-def best_arcs(fsas: Fsa) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def best_arcs(fsas: Fsa) -> tuple[torch.Tensor, torch.Tensor]:
     """Tropical forward sweep: ``(alpha [S], best entering arc [S] or -1)`` (global numbering).
 
-    Used by :func:`shortest_path`; no gradient.
+    Used by :func:`shortest_path`; no gradient. Float64 scores are kept in float64.
     """
     _lazy_dispatch(fsas)
     plan = _plan(fsas)
     with torch.no_grad():
-        vals, best = _sweep(plan, _scores_of(fsas, False).detach(), False, False)
-    return vals[plan.rank], best[plan.rank], None
+        scores = _scores_of(fsas, fsas.scores.dtype == torch.float64).detach()
+        vals, best = _sweep(plan, scores, False, False)
+    return vals[plan.rank], best[plan.rank]

@@ -102,14 +102,14 @@ class Fsa:
             object.__setattr__(self, name, value)
             if name in ("arcs", "_arc_splits", "_num_states"):
                 self._cache.clear()
+        elif name == "labels":
+            object.__setattr__(self, name, value)  # the property setter: writes arcs[:, 2]
         elif isinstance(value, torch.Tensor):
             if value.dim() == 0 or value.shape[0] != self.num_arcs:
                 raise ValueError(f"per-arc attribute {name!r} must have first dimension "
                                  f"{self.num_arcs}, got {tuple(value.shape)}")
             self._other_attrs.pop(name, None)
             self._tensor_attrs[name] = value
-        elif name in ("labels",):
-            object.__setattr__(self, name, value)
         else:
             self._tensor_attrs.pop(name, None)
             self._other_attrs[name] = value
@@ -409,8 +409,10 @@ class Fsa:
         if self.num_arcs < 2:
             return True
         big = int(self.num_states) + 2
-        lab = self.arcs[:, 2].long() + 1
-        key = (self.src_global * (int(lab.max()) + 2) + lab) * big + self.arcs[:, 1].long()
+        lab = self.arcs[:, 2].long()
+        top = int(lab.max()) + 1
+        lab = torch.where(lab < 0, torch.full_like(lab, top), lab)  # -1 sorts last, as in k2
+        key = (self.src_global * (top + 1) + lab) * big + self.arcs[:, 1].long()
         return bool((key[1:] >= key[:-1]).all())
 
     def has_epsilons(self) -> bool:

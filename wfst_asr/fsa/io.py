@@ -22,6 +22,8 @@ state is the first field of the first line.
 
 **kaldifst** (:func:`to_kaldifst`, :func:`from_kaldifst`): ``kaldifst.StdVectorFst`` (tropical
 arcs, float32 costs), and OpenFst binary files through it (:func:`read_fst`, :func:`write_fst`).
+The arcs travel as numpy arrays through an OpenFst ``const`` FST file (see :mod:`._fstbin`), not
+one Python call per arc, so graphs with millions of arcs convert in about a second.
 
 **torch** (:func:`save`, :func:`load`): a ``torch.save``'d dict of tensors and plain values,
 read back with ``weights_only=True``.
@@ -39,7 +41,8 @@ comes after the state's other arcs (k2's arc-sorted order puts -1 last). A state
 arcs needs ``final_semiring='tropical'`` (max) or ``'log'`` (logsumexp), else ValueError.
 
 The start state of an OpenFst FST becomes state 0 (it is swapped with state 0); other state
-numbers are kept. Only ``arcs``, ``scores``, ``aux_labels`` and the symbol tables ``labels_sym``
+numbers are kept. (In OpenFst *text*, states numbered above every state that appears in it
+cannot be expressed: they are lost, and so is a start state without arcs that is not final.) Only ``arcs``, ``scores``, ``aux_labels`` and the symbol tables ``labels_sym``
 / ``aux_labels_sym`` survive a trip through OpenFst; other per-arc attributes do not.
 """
 
@@ -59,6 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _fstbin
 from .fsa import Fsa
 from .symbol_table import SymbolTable, atomic_write_text
 
@@ -194,11 +198,9 @@ def _float(tok: str, where: str, what: str) -> str:
 
 
 def _make_fsa(arcs: list[list[int]], score_toks: list[str], num_states: int,
-              aux: list[int] | None, negate: bool) -> Fsa:
+              aux: list[int] | None) -> Fsa:
     arcs_t = torch.tensor(arcs, dtype=torch.int32).reshape(-1, 3)
     scores = parse_float32(score_toks) if score_toks else torch.zeros(0)
-    if negate:
-        scores = -scores + 0.0  # cost -> score; "+ 0.0" turns -0.0 into 0.0
     attrs: dict[str, Any] = {}
     if aux is not None:
         attrs["aux_labels"] = torch.tensor(aux, dtype=torch.int32)
@@ -252,7 +254,7 @@ def from_str(s: str, acceptor: bool | None = None, source: str = "<string>") -> 
         if transducer:
             aux.append(_int(fields[3], where, "aux_label"))
         scores.append(_float(fields[-1], where, "score") if has_score else "0")
-    return _make_fsa(arcs, scores, final + 1, aux if transducer else None, negate=False)
+    return _make_fsa(arcs, scores, final + 1, aux if transducer else None)
 
 
 class _Slow(Exception):
@@ -568,17 +570,34 @@ def to_kaldifst(fsa: Fsa, final_semiring: str | None = None, attach_symbols: boo
             i = int(bad[0])
             raise ValueError(f"arc {i}: aux_label {int(fsa.aux_labels[i])} < 0 on an arc not "
                              "entering the final state (OpenFst labels are >= 0)")
-    # OpenFst's own text compiler: fast, and exact since to_openfst_str's weights round-trip
-    text = to_openfst_str(fsa, final_semiring)
-    fst = kfst.StdVectorFst()
-    if text:
-        fst = kfst.compile(text, acceptor=not transducer, keep_state_numbering=True)
-    while fst.num_states < fsa.num_states - 1:
-        fst.add_state()
-    if fst.num_states:
-        fst.start = 0
+    fst = _to_vector_fst(kfst, fsa, final_semiring)
     if attach_symbols:
         _attach_symbols(fsa, fst, transducer)
+    return fst
+
+
+def _to_vector_fst(kfst, fsa: Fsa, final_semiring: str | None):
+    """Arrays -> OpenFst const-FST bytes -> StdVectorFst (see :mod:`._fstbin`)."""
+    ns = fsa.num_states
+    if ns == 0:
+        return kfst.StdVectorFst()
+    final_costs = np.full(max(ns - 1, 1), np.inf, dtype=np.float32)
+    if ns == 1:
+        final_costs[0] = 0.0
+    else:
+        fq, fscores = _final_weights(fsa, final_semiring)
+        final_costs[fq] = (-fscores + 0.0).numpy()
+    regular = (fsa.labels != -1).cpu()
+    arcs = fsa.arcs.cpu()[regular].numpy()
+    src = arcs[:, 0].astype(np.int64)
+    order = np.argsort(src, kind="stable")
+    ilab = arcs[order, 2]
+    olab = fsa.aux_labels.cpu()[regular].numpy()[order] if fsa.has_attr("aux_labels") else ilab
+    cost = (-fsa.scores.detach().cpu().float()[regular] + 0.0).numpy()[order]
+    data = _fstbin.const_bytes(0, final_costs, src[order], ilab, olab, cost, arcs[order, 1])
+    fst = _fstbin.vector_fst_from_bytes(kfst, data)
+    if fst is None:
+        raise RuntimeError("OpenFst could not read the const FST written by to_kaldifst")
     return fst
 
 
@@ -614,23 +633,39 @@ def from_kaldifst(fst, acceptor: bool | None = None) -> Fsa:
     if ns == 0 or start < 0:
         attrs = {"aux_labels": torch.zeros(0, dtype=torch.int32)} if acceptor is False else {}
         return Fsa(torch.zeros(0, 3, dtype=torch.int32), num_states=0, **attrs)
-    rows, fin_q, fin_w = _read_fst(kfst, fst)
-    src, dst, ilab, olab = (torch.tensor(c, dtype=torch.int64) for c in rows[:4])
+    cols = _fst_columns(kfst, fst)
+    ilab, olab = cols[2], cols[3]
     is_acc = bool((ilab == olab).all())
     if acceptor and not is_acc:
         raise ValueError("the FST is not an acceptor (some arc has ilabel != olabel); "
                          "pass acceptor=False or None")
     acceptor = is_acc if acceptor is None else acceptor
-    out = _assemble_arrays(src, dst, ilab, olab, torch.tensor(rows[4], dtype=torch.float32),
-                           torch.tensor(fin_q, dtype=torch.int64),
-                           torch.tensor(fin_w, dtype=torch.float32), start, ns,
-                           acceptor=acceptor)
+    out = _assemble_arrays(*cols, start, ns, acceptor=acceptor)
     isym, osym = fst.input_symbols, fst.output_symbols
     if isym is not None:
         out.labels_sym = SymbolTable.from_kaldifst(isym)
     if osym is not None and not acceptor:
         out.aux_labels_sym = SymbolTable.from_kaldifst(osym)
     return out
+
+
+def _fst_columns(kfst, fst) -> tuple[torch.Tensor, ...]:
+    """(src, dst, ilabel, olabel, cost) of all arcs in order, final states and final costs."""
+    res = _fstbin.read_const(kfst, fst)
+    if res is None:  # unexpected layout: iterate (slower, same result)
+        cols, fin_q, fin_w = _read_fst(kfst, fst)
+        return (*(torch.tensor(c, dtype=torch.int64) for c in cols[:4]),
+                torch.tensor(cols[4], dtype=torch.float32),
+                torch.tensor(fin_q, dtype=torch.int64), torch.tensor(fin_w, dtype=torch.float32))
+    _, states, arcs = res
+    src = np.repeat(np.arange(len(states), dtype=np.int64), states["narcs"].astype(np.int64))
+    fin = np.nonzero(states["final"] != np.inf)[0]
+
+    def t(a: np.ndarray, dtype: type) -> torch.Tensor:  # copies out of the read-only buffer
+        return torch.from_numpy(np.array(a, dtype=dtype))
+    return (t(src, np.int64), t(arcs["nextstate"], np.int64), t(arcs["ilabel"], np.int64),
+            t(arcs["olabel"], np.int64), t(arcs["weight"], np.float32), t(fin, np.int64),
+            t(states["final"][fin], np.float32))
 
 
 def _read_fst(kfst, fst) -> tuple[list, list[int], list[float]]:

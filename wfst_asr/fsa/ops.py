@@ -230,8 +230,9 @@ def project(fsa: Fsa, project_output: bool = False) -> Fsa:
 def top_sort(fsa: Fsa) -> Fsa:
     """Renumber the states of an acyclic FSA so that every arc goes to a higher state.
 
-    States are ordered by longest-path depth from the start (ties by old number); the start
-    stays 0 and the final state stays last. Arc order within a state is kept, as are all
+    States are ordered by longest-path depth (ties by old number); the start stays 0 and the
+    final state stays last. (Only an arc into the start state from a state unreachable from it
+    can then still go backwards: :func:`connect` first removes such states.) Arc order within a state is kept, as are all
     attributes and the gradient graph. Raises ValueError for a cyclic FSA (OpenFst's TopSort
     would leave it unchanged; kaldifst does not expose TopSort).
     """

@@ -16,7 +16,7 @@ from .dense import DenseFsaVec
 from .dense_plan import _check_graphs
 from .forward_backward import get_arc_post
 from .fsa import Fsa
-from .intersect_dense import assemble_lattice
+from .intersect import assemble_lattice
 
 NEG_INF = float("-inf")
 

@@ -19,7 +19,7 @@ def shortest_path(fsas: Fsa) -> Fsa:
     fsas = fsas.as_vec()
     device = fsas.device
     N = fsas.num_fsas
-    alpha, best, _ = best_arcs(fsas)
+    alpha, best = best_arcs(fsas)
     final = fsas.final_states
     ok = (final >= 0)
     ok[ok.clone()] = torch.isfinite(alpha[final[ok]])

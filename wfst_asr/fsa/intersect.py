@@ -14,6 +14,7 @@ recursion. This is how CTC, HMM and LF-MMI losses are computed.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -89,9 +90,7 @@ class _Frames:
         self.gf_ext = _ext(gf)
         if self.state_mode:
             zero_g = bool((gf == 0).all())
-            A = gf.numel()  # index of the padding arc
-            self.const = [None if zero_g and not bool((garc == A).any()) else self.gf_ext[garc]
-                          for garc in sw.garc]
+            self.const = [None if zero_g else self.gf_ext[garc] for garc in sw.garc]
 
     def chunk(self, t0: int, t1: int) -> None:
         if self.state_mode:
@@ -113,10 +112,10 @@ def forward_sweep(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge: 
     With ``want_bp`` (tropical only) also the best entering pad slot of each state per frame.
     """
     S, Tm = plan.num_states, plan.T_max
-    alpha = torch.full((Tm + 1, S), NEG_INF, dtype=gf.dtype, device=gf.device)
+    alpha = torch.full((Tm + 1, S + 1), NEG_INF, dtype=gf.dtype, device=gf.device)
     ok = plan.seg_start_state >= 0
     alpha[0, plan.fwd.layout.pos[plan.seg_start_state[ok]]] = 0.0
-    bp = torch.zeros((Tm + 1, S), dtype=torch.int64, device=gf.device) if want_bp else None
+    bp = torch.zeros((Tm + 1, S + 1), dtype=torch.int64, device=gf.device) if want_bp else None
     C = chunk_frames(plan)
     frames = _Frames(plan, plan.fwd, lp_flat, gf)
     for t0 in range(0, Tm, C):
@@ -155,7 +154,7 @@ def backward_chunks(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge
     dev, dt = gf.device, gf.dtype
     beta_final, _ = scatter_reduce_semiring(ge, plan.bwd.layout.pos[plan.e_src], S, log_semiring)
     ends: dict[int, torch.Tensor] = dict(plan.end_groups)
-    nxt = torch.full((S,), NEG_INF, dtype=dt, device=dev)
+    nxt = torch.full((S + 1,), NEG_INF, dtype=dt, device=dev)
     if Tm in ends:
         nxt[ends[Tm]] = beta_final[ends[Tm]]
     if Tm == 0:
@@ -166,7 +165,7 @@ def backward_chunks(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge
     for t0 in reversed(range(0, Tm, C)):
         t1 = min(Tm, t0 + C)
         frames.chunk(t0, t1)
-        beta = torch.full((t1 - t0 + 1, S), NEG_INF, dtype=dt, device=dev)
+        beta = torch.full((t1 - t0 + 1, S + 1), NEG_INF, dtype=dt, device=dev)
         beta[t1 - t0] = nxt
         for c in range(t1 - t0 - 1, -1, -1):
             src = beta[c + 1] + frames.lp_states[c] if frames.state_mode else beta[c + 1]
@@ -204,7 +203,7 @@ def _log_grads(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge: tor
             continue
         if by_state:
             al = alpha[t0 + 1:t1 + 1]
-            x = (al if plan.b2f is None else al[:, plan.b2f]) + beta[1:]
+            x = (al[:, :-1] if plan.b2f is None else al[:, plan.b2f]) + beta[1:, :-1]
             x -= tot_s
             idx = plan.s_base + torch.arange(t0, t1, device=x.device).unsqueeze(1) * plan.V
             post = torch.exp_(x).mul_(go_s)
@@ -280,36 +279,103 @@ def best_paths(plan: DensePlan, alpha: torch.Tensor, bp: torch.Tensor, ge: torch
     return e, e, e, best_e
 
 
+_POOL: ThreadPoolExecutor | None = None
+#: below this much work (states x frames) the segments are not split over two threads
+PARALLEL_MIN_WORK = 2e5
+
+
+def _map(fn, items: list) -> list:
+    """``[fn(x) for x in items]``, on two threads when there are two parts (CPU only).
+
+    The per-frame operations are small, so one Python thread cannot keep two cores busy; two
+    threads over disjoint groups of segments can, because PyTorch releases the GIL inside its
+    kernels.
+    """
+    global _POOL
+    if len(items) < 2:
+        return [fn(x) for x in items]
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wfst_asr")
+
+    def no_grad_fn(x):  # grad mode is thread-local: the pool's threads start with it on
+        with torch.no_grad():
+            return fn(x)
+    return list(_POOL.map(no_grad_fn, items))
+
+
+def _split_segments(graphs: Fsa, dense: DenseFsaVec) -> list[torch.Tensor]:
+    """Segment groups to process in parallel: two halves of about equal work on a multi-core
+    CPU with enough work, else one group with all segments."""
+    N = dense.num_segments
+    if dense.device.type != "cpu" or torch.get_num_threads() < 2 or N < 2:
+        return [torch.arange(N)]
+    g = graphs.as_vec()
+    ns = g.num_states_per_fsa.cpu()
+    work = (ns if g.num_fsas == N else ns.expand(N)).double() * dense.duration.double()
+    if float(work.sum()) < PARALLEL_MIN_WORK:  # too little work to pay for the threads
+        return [torch.arange(N)]
+    order = torch.argsort(work, descending=True).tolist()
+    parts: list[list[int]] = [[], []]
+    load = [0.0, 0.0]
+    for i in order:  # greedy balance
+        j = 0 if load[0] <= load[1] else 1
+        parts[j].append(i)
+        load[j] += float(work[i])
+    return [torch.tensor(sorted(p)) for p in parts]
+
+
 class _DenseTotScores(torch.autograd.Function):
-    """Totals of (graphs x dense) with explicit posterior-based backward."""
+    """Totals of (graphs x dense) with explicit posterior-based backward.
+
+    ``parts`` is a list of ``(segment ids, plan)``; parts run on separate threads.
+    """
 
     @staticmethod
-    def forward(ctx, log_probs: torch.Tensor, gscores: torch.Tensor, plan: DensePlan,
+    def forward(ctx, log_probs: torch.Tensor, gscores: torch.Tensor, parts: list,
                 log_semiring: bool) -> torch.Tensor:
-        lp_flat, gf, ge = _prep(plan, log_probs, gscores)
-        alpha, tot, bp = forward_sweep(plan, lp_flat, gf, ge, log_semiring,
-                                       want_bp=not log_semiring)
-        ctx.plan, ctx.log_semiring = plan, log_semiring
+        def run(part):
+            _, plan = part
+            lp_flat, gf, ge = _prep(plan, log_probs, gscores)
+            return forward_sweep(plan, lp_flat, gf, ge, log_semiring, want_bp=not log_semiring)
+
+        outs = _map(run, parts)
+        N = sum(ids.numel() for ids, _ in parts)
+        tot = torch.empty(N, dtype=log_probs.dtype, device=log_probs.device)
+        for (ids, _), (_, t, _) in zip(parts, outs):
+            tot[ids.to(tot.device)] = t
+        ctx.parts, ctx.log_semiring = parts, log_semiring
         ctx.lp_shape, ctx.g_size = log_probs.shape, gscores.shape[0]
-        ctx.save_for_backward(log_probs, gscores, alpha, tot, *(() if bp is None else (bp,)))
+        ctx.outs = [(alpha, bp) for alpha, _, bp in outs]
+        ctx.save_for_backward(log_probs, gscores, tot)
         return tot
 
     @staticmethod
     def backward(ctx, go: torch.Tensor):
-        log_probs, gscores, alpha, tot, *rest = ctx.saved_tensors
-        plan = ctx.plan
+        log_probs, gscores, tot = ctx.saved_tensors
         go = torch.where(torch.isfinite(tot), go, torch.zeros_like(go))
-        lp_flat, gf, ge = _prep(plan, log_probs, gscores)
-        if ctx.log_semiring:
-            glp, gfa, gea = _log_grads(plan, lp_flat, gf, ge, alpha, tot, go,
-                                       ctx.needs_input_grad[1])
-        else:
-            glp, gfa, gea = _viterbi_grads(plan, lp_flat, gf, ge, alpha, rest[0], tot, go)
-        gg = torch.zeros(ctx.g_size, dtype=gscores.dtype, device=gscores.device)
-        gg.index_add_(0, plan.f_garc, gfa).index_add_(0, plan.e_garc, gea)
         need_lp, need_g = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if plan.lp_pad:
-            glp = glp[:-plan.lp_pad]
+
+        def run(i):
+            (ids, plan), (alpha, bp) = ctx.parts[i], ctx.outs[i]
+            ids = ids.to(tot.device)
+            lp_flat, gf, ge = _prep(plan, log_probs, gscores)
+            if ctx.log_semiring:
+                glp, gfa, gea = _log_grads(plan, lp_flat, gf, ge, alpha, tot[ids], go[ids],
+                                           need_g)
+            else:
+                glp, gfa, gea = _viterbi_grads(plan, lp_flat, gf, ge, alpha, bp, tot[ids],
+                                               go[ids])
+            if plan.lp_pad:
+                glp = glp[:-plan.lp_pad]
+            return glp, gfa, gea
+
+        outs = _map(run, list(range(len(ctx.parts))))
+        glp = outs[0][0]
+        for o in outs[1:]:
+            glp += o[0]
+        gg = torch.zeros(ctx.g_size, dtype=gscores.dtype, device=gscores.device)
+        for (_, plan), (_, gfa, gea) in zip(ctx.parts, outs):
+            gg.index_add_(0, plan.f_garc, gfa).index_add_(0, plan.e_garc, gea)
         return (glp.view(ctx.lp_shape) if need_lp else None, gg if need_g else None, None, None)
 
 
@@ -321,9 +387,13 @@ def dense_tot_scores(graphs: Fsa, dense: DenseFsaVec, log_semiring: bool = True,
     Differentiable w.r.t. ``dense.log_probs`` and ``graphs.scores``; -inf (with zero gradient)
     for a segment that has no path, e.g. when it is too short for its labels.
     """
-    plan, graphs = build_plan(graphs, dense)
+    graphs = graphs.as_vec()
+    parts = []
+    for ids in _split_segments(graphs, dense):
+        plan, _ = build_plan(graphs, dense, ids)
+        parts.append((ids, plan))
     dt = torch.float64 if use_double_scores else torch.float32
-    return _DenseTotScores.apply(dense.log_probs.to(dt), graphs.scores.to(dt), plan, log_semiring)
+    return _DenseTotScores.apply(dense.log_probs.to(dt), graphs.scores.to(dt), parts, log_semiring)
 
 
 def _viterbi_alpha_beta(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor,
