@@ -133,8 +133,12 @@ def test_ctc_loss_matches_torch(device, dtype):
     torch.testing.assert_close(logits_e.grad.cpu(), logits_t.grad, **_tol(dtype))
 
 
-def test_ctc_segments_with_offsets(device):
-    """Several segments per sequence, starting anywhere; torch's CTC on the sliced frames."""
+@pytest.mark.parametrize("split", [False, True])
+def test_ctc_segments_with_offsets(device, monkeypatch, split):
+    """Several segments per sequence, starting anywhere (overlapping too); torch's CTC on the
+    sliced frames. ``split``: the segments run as two groups on two threads (by sequence)."""
+    import wfst_asr.fsa.intersect as idense
+    monkeypatch.setattr(idense, "PARALLEL_MIN_WORK", 0 if split else float("inf"))
     gen = torch.Generator().manual_seed(3)
     V = 6
     logits0 = torch.randn(2, 14, V, generator=gen, dtype=torch.float64)

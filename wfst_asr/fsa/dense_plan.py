@@ -14,7 +14,7 @@ entries: the last is a sink that stays -inf and absorbs the padding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -160,6 +160,7 @@ class DensePlan:
     s_base: torch.Tensor  # [S] (bwd order) flat log-prob index of (seq, start, label), 0 if none
     s_len: torch.Tensor  # [S] (bwd order) frames of the state's segment; 0 if no entering arc
     state_seg_bwd: torch.Tensor  # [S] (bwd order) segment of each state
+    cache: dict = field(default_factory=dict)  # derived index tensors, built on first use
 
 
 def _check_graphs(graphs: Fsa, dense: DenseFsaVec) -> Fsa:

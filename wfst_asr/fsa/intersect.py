@@ -18,10 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from ._frames import backward_frames_jit, forward_frames_jit
 from .dense import DenseFsaVec
 from .dense_plan import DensePlan, Sweep, build_plan, chunk_frames, frame_arc_index
 from .fsa import Fsa
-from .semiring import padded_reduce, scatter_reduce_semiring
+from .semiring import scatter_reduce_semiring
 
 NEG_INF = float("-inf")
 
@@ -59,55 +60,64 @@ def _blocks(sw: Sweep, lp_flat: torch.Tensor, gf_ext: torch.Tensor, V: int, t0: 
     return out
 
 
-def _step(sw: Sweep, cur: torch.Tensor, nxt: torch.Tensor, blocks: list[torch.Tensor | None],
-          log_semiring: bool, bp: torch.Tensor | None) -> None:
-    """One frame of a padded recursion: ``nxt[bucket] = reduce_k cur[other] + block``."""
-    for (off, n, K, _), g, blk in zip(sw.layout.buckets, sw.other, blocks):
-        x = torch.index_select(cur, 0, g).view(K, n)
-        if blk is not None:
-            x += blk.view(K, n)
-        if bp is None:
-            padded_reduce(x, log_semiring, out=nxt[off:off + n])
-        else:
-            torch.max(x, dim=0, out=(nxt[off:off + n], bp[off:off + n]))
-
-
 def _ext(gf: torch.Tensor) -> torch.Tensor:
     return torch.cat([gf, gf.new_full((1,), NEG_INF)])
 
 
 class _Frames:
-    """Per-frame padded arc scores of one sweep direction, computed a chunk at a time.
+    """Per-frame arc scores of one sweep direction, computed a chunk at a time, in the form
+    the frame loops of :mod:`._frames` take.
 
     In state mode (every state's entering arcs share one label) the log-prob term is kept per
-    state, ``[C, S]``, and the per-arc part is the constant graph score (or nothing when all
-    graph scores are 0 and no arc needs padding); otherwise per-arc ``[C, K*n]`` blocks.
+    state, ``[C, S+1]``, and the per-arc term is the constant graph score, or nothing when all
+    graph scores are 0; otherwise the per-arc terms are ``[C, K*n]`` blocks.
     """
 
     def __init__(self, plan: DensePlan, sw: Sweep, lp_flat: torch.Tensor, gf: torch.Tensor):
         self.plan, self.sw, self.lp_flat = plan, sw, lp_flat
         self.state_mode = plan.state_label_ok
         self.gf_ext = _ext(gf)
+        buckets = sw.layout.buckets
+        self.offs = [off for off, _, _, _ in buckets]
+        self.ns = [n for _, n, _, _ in buckets]
+        self.Ks = [K for _, _, K, _ in buckets]
+        self.lp_states: torch.Tensor | None = None
+        empty = gf.new_zeros(0)
         if self.state_mode:
             zero_g = bool((gf == 0).all())
-            self.const = [None if zero_g else self.gf_ext[garc] for garc in sw.garc]
+            self.kinds = [0 if zero_g else 1] * len(buckets)
+            self.terms = [empty if zero_g else self.gf_ext[garc] for garc in sw.garc]
+        else:
+            self.kinds = [2] * len(buckets)
+            self.terms = [empty] * len(buckets)
 
     def chunk(self, t0: int, t1: int) -> None:
         if self.state_mode:
-            t = torch.arange(t0, t1, device=self.lp_flat.device).unsqueeze(1) * self.plan.V
-            self.lp_states = torch.take(self.lp_flat, self.sw.s_base.unsqueeze(0) + t)
+            base = _state_index(self.plan, self.sw.s_base, t1 - t0)
+            self.lp_states = torch.take(self.lp_flat[t0 * self.plan.V:], base)
         else:
-            self.blocks = _blocks(self.sw, self.lp_flat, self.gf_ext, self.plan.V, t0, t1)
+            self.terms = _blocks(self.sw, self.lp_flat, self.gf_ext, self.plan.V, t0, t1)
 
-    def arc_blocks(self, c: int) -> list[torch.Tensor | None]:
-        if self.state_mode:
-            return self.const
-        return [b[c] for b in self.blocks]
+    def loop_args(self) -> tuple:
+        return (self.sw.other, self.offs, self.ns, self.Ks, self.kinds, self.terms,
+                self.lp_states)
+
+
+def _state_index(plan: DensePlan, s_base: torch.Tensor, C: int) -> torch.Tensor:
+    """``[C, len(s_base)]`` flat log-prob indices of frames 0..C-1 for each state's label
+    (``s_base + c * V``), cached per plan; add ``t0 * V`` by viewing the flat tensor from there."""
+    key = ("state_index", s_base.data_ptr(), s_base.numel())
+    cache = plan.cache
+    if key not in cache or cache[key].shape[0] < C:
+        c = torch.arange(chunk_frames(plan), device=s_base.device).unsqueeze(1)
+        cache[key] = s_base.unsqueeze(0) + c * plan.V
+    return cache[key][:C]
 
 
 def forward_sweep(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge: torch.Tensor,
                   log_semiring: bool, want_bp: bool = False):
-    """Forward scores of every frame: ``alpha [T_max+1, S]`` (fwd layout order), totals ``[N]``.
+    """Forward scores of every frame: ``alpha [T_max+1, S+1]`` (fwd layout order; the last
+    column is the -inf sink), and totals ``[N]``.
 
     With ``want_bp`` (tropical only) also the best entering pad slot of each state per frame.
     """
@@ -121,12 +131,8 @@ def forward_sweep(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge: 
     for t0 in range(0, Tm, C):
         t1 = min(Tm, t0 + C)
         frames.chunk(t0, t1)
-        for c in range(t1 - t0):
-            nxt = alpha[t0 + c + 1]
-            _step(plan.fwd, alpha[t0 + c], nxt, frames.arc_blocks(c), log_semiring,
-                  None if bp is None else bp[t0 + c + 1])
-            if frames.state_mode:
-                nxt += frames.lp_states[c]
+        # the loop indexes alpha by absolute frame, the chunk tensors by t - t0
+        forward_frames_jit(alpha, t0, t1, *frames.loop_args(), log_semiring, bp)
     tot = _totals(plan, alpha, ge, log_semiring)
     return alpha, tot, bp
 
@@ -144,15 +150,20 @@ def _totals(plan: DensePlan, alpha: torch.Tensor, ge: torch.Tensor, log_semiring
 
 
 def backward_chunks(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge: torch.Tensor,
-                    log_semiring: bool) -> Iterator[tuple[int, int, torch.Tensor]]:
+                    log_semiring: bool, final_offset: torch.Tensor | None = None
+                    ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Backward recursion, chunk by chunk from the last frame.
 
-    Yields ``(t0, t1, beta [C+1, S])`` where ``beta[c]`` holds the backward scores of frame
-    ``t0 + c`` in the bwd layout order.
+    Yields ``(t0, t1, beta [C+1, S+1])`` where ``beta[c]`` holds the backward scores of frame
+    ``t0 + c`` in the bwd layout order. With ``final_offset [N]``, each segment's scores are
+    computed minus its offset (it is subtracted from the final weights; in both semirings this
+    shifts every backward score of the segment by the same amount).
     """
     S, Tm = plan.num_states, plan.T_max
     dev, dt = gf.device, gf.dtype
     beta_final, _ = scatter_reduce_semiring(ge, plan.bwd.layout.pos[plan.e_src], S, log_semiring)
+    if final_offset is not None:
+        beta_final = beta_final - final_offset[plan.state_seg_bwd]
     ends: dict[int, torch.Tensor] = dict(plan.end_groups)
     nxt = torch.full((S + 1,), NEG_INF, dtype=dt, device=dev)
     if Tm in ends:
@@ -162,23 +173,22 @@ def backward_chunks(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge
         return
     C = chunk_frames(plan)
     frames = _Frames(plan, plan.bwd, lp_flat, gf)
+    end_ts = [t for t, _ in plan.end_groups]
+    end_states = [st for _, st in plan.end_groups]
     for t0 in reversed(range(0, Tm, C)):
         t1 = min(Tm, t0 + C)
         frames.chunk(t0, t1)
         beta = torch.full((t1 - t0 + 1, S + 1), NEG_INF, dtype=dt, device=dev)
         beta[t1 - t0] = nxt
-        for c in range(t1 - t0 - 1, -1, -1):
-            src = beta[c + 1] + frames.lp_states[c] if frames.state_mode else beta[c + 1]
-            _step(plan.bwd, src, beta[c], frames.arc_blocks(c), log_semiring, None)
-            st = ends.get(t0 + c)
-            if st is not None:
-                beta[c, st] = beta_final[st]
+        backward_frames_jit(beta, t0, t1, *frames.loop_args(), log_semiring, end_ts,
+                            end_states, beta_final)
         yield t0, t1, beta
         nxt = beta[0]
 
 
 def _log_grads(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge: torch.Tensor,
-               alpha: torch.Tensor, tot: torch.Tensor, go: torch.Tensor, need_graph: bool
+               alpha: torch.Tensor, tot: torch.Tensor, go: torch.Tensor, need_graph: bool,
+               grad_lp: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Posterior-weighted gradients ``(d lp_flat, d frame-arc score, d final-arc score)``.
 
@@ -186,44 +196,59 @@ def _log_grads(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge: tor
     graph scores need no gradient and every state's entering arcs share one label, the
     log-prob gradient comes from state occupancies ``exp(alpha_{t+1} + beta_{t+1} - tot)``.
     """
-    grad_lp = torch.zeros_like(lp_flat)
+    if grad_lp is None:
+        grad_lp = torch.zeros_like(lp_flat)
     grad_f = torch.zeros_like(gf)
     by_state = plan.state_label_ok and not need_graph
-    # Beta is -inf after a segment's end, so frames past it get zero posteriors without masks;
-    # segments without any path (tot = -inf) have go = 0 and a finite stand-in total.
-    tot = torch.where(torch.isfinite(tot), tot, torch.zeros_like(tot))
-    if by_state:
-        tot_s, go_s = tot[plan.state_seg_bwd], go[plan.state_seg_bwd]
-    else:
+    # Backward scores are computed minus (tot - log|go|), so exp(alpha + beta) is already the
+    # posterior times |go|; the sign of go is applied by index_add_ when it is the same for all
+    # segments. Beta is -inf after a segment's end, so frames past it get zero posteriors
+    # without masks; segments without paths or with go = 0 get an offset of +inf (all zero).
+    ok = torch.isfinite(tot) & (go != 0)
+    offset = torch.where(ok, tot - torch.log(go.abs()), torch.full_like(tot, float("inf")))
+    sign = 1.0 if bool((go >= 0).all()) else -1.0 if bool((go <= 0).all()) else 0.0
+    if sign == 0.0:  # mixed signs: multiply explicitly
+        sgn = torch.sign(go)
+        sgn_state, sgn_arc = sgn[plan.state_seg_bwd], sgn[plan.f_seg]
+    if not by_state:
         a_src = plan.fwd.layout.pos[plan.f_src]
         b_dst = plan.bwd.layout.pos[plan.f_dst]
-        tot_a, go_a = tot[plan.f_seg], go[plan.f_seg]
-    for t0, t1, beta in backward_chunks(plan, lp_flat, gf, ge, True):
+    V = plan.V
+    for t0, t1, beta in backward_chunks(plan, lp_flat, gf, ge, True, offset):
         if t1 == t0:
             continue
         if by_state:
             al = alpha[t0 + 1:t1 + 1]
-            x = (al[:, :-1] if plan.b2f is None else al[:, plan.b2f]) + beta[1:, :-1]
-            x -= tot_s
-            idx = plan.s_base + torch.arange(t0, t1, device=x.device).unsqueeze(1) * plan.V
-            post = torch.exp_(x).mul_(go_s)
+            post = (al[:, :-1] if plan.b2f is None else al[:, plan.b2f]) + beta[1:, :-1]
+            post.exp_()
+            if sign == 0.0:
+                post *= sgn_state
+            idx = _state_index(plan, plan.bwd.s_base[:-1], t1 - t0)
+            grad_lp[t0 * V:].index_add_(0, idx.reshape(-1), post.reshape(-1),
+                                        alpha=sign if sign != 0.0 else 1.0)
         else:
             sc, idx, _ = _chunk_scores(plan, lp_flat, gf, t0, t1)
-            x = alpha[t0:t1][:, a_src] + sc + beta[1:][:, b_dst] - tot_a
-            post = torch.exp_(x).mul_(go_a)
-            grad_f += post.sum(0)
-        grad_lp.index_add_(0, idx.reshape(-1), post.reshape(-1))
+            post = alpha[t0:t1][:, a_src] + sc + beta[1:][:, b_dst]
+            post.exp_()
+            if sign == 0.0:
+                post *= sgn_arc
+            s = sign if sign != 0.0 else 1.0
+            grad_f.add_(post.sum(0), alpha=s)
+            grad_lp.index_add_(0, idx.reshape(-1), post.reshape(-1), alpha=s)
+    tot = torch.where(torch.isfinite(tot), tot, torch.zeros_like(tot))
     xe = _final_scores(plan, alpha, ge) - tot[plan.e_seg]
     ge_grad = torch.where(torch.isfinite(xe), torch.exp(xe), torch.zeros_like(xe)) * go[plan.e_seg]
     return grad_lp, grad_f, ge_grad
 
 
 def _viterbi_grads(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge: torch.Tensor,
-                   alpha: torch.Tensor, bp: torch.Tensor, tot: torch.Tensor, go: torch.Tensor
+                   alpha: torch.Tensor, bp: torch.Tensor, tot: torch.Tensor, go: torch.Tensor,
+                   grad_lp: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of tropical totals: 1 (times the output gradient) along one best path."""
     arcs, frames, segs, best_e = best_paths(plan, alpha, bp, ge, tot)
-    grad_lp = torch.zeros_like(lp_flat)
+    if grad_lp is None:
+        grad_lp = torch.zeros_like(lp_flat)
     grad_f = torch.zeros_like(gf)
     w = go[segs]
     idx = (plan.f_seq[arcs] * plan.T + plan.f_start[arcs] + frames) * plan.V + plan.f_label[arcs]
@@ -314,14 +339,19 @@ def _split_segments(graphs: Fsa, dense: DenseFsaVec) -> list[torch.Tensor]:
     work = (ns if g.num_fsas == N else ns.expand(N)).double() * dense.duration.double()
     if float(work.sum()) < PARALLEL_MIN_WORK:  # too little work to pay for the threads
         return [torch.arange(N)]
-    order = torch.argsort(work, descending=True).tolist()
-    parts: list[list[int]] = [[], []]
+    # whole sequences go to one part, so the parts write disjoint parts of the gradient
+    seq = dense.segments[:, 0]
+    seq_work = torch.zeros(int(seq.max()) + 1, dtype=torch.float64).index_add_(0, seq, work)
+    if int((seq_work > 0).sum()) < 2:
+        return [torch.arange(N)]
+    side = [0] * seq_work.numel()
     load = [0.0, 0.0]
-    for i in order:  # greedy balance
+    for i in torch.argsort(seq_work, descending=True).tolist():  # greedy balance
         j = 0 if load[0] <= load[1] else 1
-        parts[j].append(i)
-        load[j] += float(work[i])
-    return [torch.tensor(sorted(p)) for p in parts]
+        side[i] = j
+        load[j] += float(seq_work[i])
+    which = torch.tensor(side)[seq]
+    return [(which == j).nonzero().squeeze(1) for j in (0, 1)]
 
 
 class _DenseTotScores(torch.autograd.Function):
@@ -355,26 +385,26 @@ class _DenseTotScores(torch.autograd.Function):
         go = torch.where(torch.isfinite(tot), go, torch.zeros_like(go))
         need_lp, need_g = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
 
+        # one gradient buffer: the parts cover disjoint sequences (see _split_segments)
+        pad = max(plan.lp_pad for _, plan in ctx.parts)
+        glp = log_probs.new_zeros(log_probs.numel() + pad)
+
         def run(i):
             (ids, plan), (alpha, bp) = ctx.parts[i], ctx.outs[i]
             ids = ids.to(tot.device)
             lp_flat, gf, ge = _prep(plan, log_probs, gscores)
             if ctx.log_semiring:
-                glp, gfa, gea = _log_grads(plan, lp_flat, gf, ge, alpha, tot[ids], go[ids],
-                                           need_g)
+                _, gfa, gea = _log_grads(plan, lp_flat, gf, ge, alpha, tot[ids], go[ids],
+                                         need_g, glp)
             else:
-                glp, gfa, gea = _viterbi_grads(plan, lp_flat, gf, ge, alpha, bp, tot[ids],
-                                               go[ids])
-            if plan.lp_pad:
-                glp = glp[:-plan.lp_pad]
-            return glp, gfa, gea
+                _, gfa, gea = _viterbi_grads(plan, lp_flat, gf, ge, alpha, bp, tot[ids],
+                                             go[ids], glp)
+            return gfa, gea
 
         outs = _map(run, list(range(len(ctx.parts))))
-        glp = outs[0][0]
-        for o in outs[1:]:
-            glp += o[0]
+        glp = glp[:log_probs.numel()]
         gg = torch.zeros(ctx.g_size, dtype=gscores.dtype, device=gscores.device)
-        for (_, plan), (_, gfa, gea) in zip(ctx.parts, outs):
+        for (_, plan), (gfa, gea) in zip(ctx.parts, outs):
             gg.index_add_(0, plan.f_garc, gfa).index_add_(0, plan.e_garc, gea)
         return (glp.view(ctx.lp_shape) if need_lp else None, gg if need_g else None, None, None)
 
