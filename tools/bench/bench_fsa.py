@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """Speed and peak memory of the FSA engine, as ratios to torch's CTC loss in the same run.
 
-Every case runs in its own subprocess so that its peak memory (extra resident memory over
-the inputs, from /proc/self/status VmHWM after resetting it) is its own. Times are the median
-of ``--repeats`` runs after one warm-up, forward + backward.
+Timing: every case runs in this process, interleaved with the reference (torch's
+``ctc_loss`` forward + backward on B=16, T=500, V=500, U=100), and the reported ratio is the
+median over rounds of (case time / reference time of the same round), which cancels slow
+drifts of a shared machine. Memory: each case runs once more in its own subprocess with glibc
+returning freed memory (``MALLOC_MMAP_THRESHOLD_``); the peak is the rise of resident memory
+(VmHWM) over the resident memory before the measured call: what the call needs on top of its
+inputs.
 
     python tools/bench/bench_fsa.py            # all cases, 2 threads
     python tools/bench/bench_fsa.py --quick    # smaller sizes, for a smoke test
@@ -39,18 +43,18 @@ def _reset_peak() -> None:
         pass
 
 
-def _measure(fn: Callable[[], None], repeats: int) -> dict[str, float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
+def _peak_mb(fn: Callable[[], None]) -> float:
+    fn()  # warm-up (compilation, caches)
     base = _rss_kb("VmRSS")
     _reset_peak()
     fn()
-    peak = _rss_kb("VmHWM")
-    return {"time_s": statistics.median(times), "peak_extra_mb": max(0, peak - base) / 1024}
+    return max(0, _rss_kb("VmHWM") - base) / 1024
+
+
+def _time(fn: Callable[[], None]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def case_torch_ctc(B: int, T: int, V: int, U: int) -> Callable[[], None]:
@@ -83,11 +87,14 @@ def case_engine_ctc(B: int, T: int, V: int, U: int) -> Callable[[], None]:
     return run
 
 
-def random_shared_graph(num_states: int, num_arcs: int, V: int, seed: int = 0):
-    """A random, strongly connected-ish graph like an LF-MMI denominator graph.
+def random_shared_graph(num_states: int, num_arcs: int, V: int, seed: int = 0,
+                        label_per_state: bool = False):
+    """A random graph of the size of an LF-MMI denominator graph.
 
-    ``num_states`` states (plus the final state), ``num_arcs`` frame arcs with random labels in
-    [0, V) and random scores, and a -1 arc from every state (all states final, as in P o H).
+    ``num_states`` states (plus the final state), ``num_arcs`` arcs in all (frame arcs with
+    labels in [0, V) and random scores, and a -1 arc from every state: all states final, as in
+    a denominator graph). ``label_per_state``: every arc entering a state has that state's
+    label, as in a graph composed with a CTC or HMM topology (H o P); else random labels.
     """
     from wfst_asr.fsa import Fsa
     g = torch.Generator().manual_seed(seed)
@@ -96,6 +103,8 @@ def random_shared_graph(num_states: int, num_arcs: int, V: int, seed: int = 0):
     src[:num_states] = torch.arange(num_states)  # every state has a leaving arc
     dst = torch.randint(0, num_states, (n_frame,), generator=g)
     lab = torch.randint(0, V, (n_frame,), generator=g)
+    if label_per_state:
+        lab = torch.randint(0, V, (num_states,), generator=g)[dst]
     fs = torch.arange(num_states)
     arcs = torch.stack([torch.cat([src, fs]), torch.cat([dst, torch.full_like(fs, num_states)]),
                         torch.cat([lab, torch.full_like(fs, -1)])], 1).to(torch.int32)
@@ -103,10 +112,10 @@ def random_shared_graph(num_states: int, num_arcs: int, V: int, seed: int = 0):
     return Fsa(arcs, scores, num_states=num_states + 1)
 
 
-def case_engine_mmi(B: int, T: int, V: int, num_states: int, num_arcs: int
-                    ) -> Callable[[], None]:
+def case_engine_mmi(B: int, T: int, V: int, num_states: int, num_arcs: int,
+                    label_per_state: bool = False) -> Callable[[], None]:
     from wfst_asr.fsa import DenseFsaVec, get_tot_scores, intersect_dense
-    graph = random_shared_graph(num_states, num_arcs, V)
+    graph = random_shared_graph(num_states, num_arcs, V, label_per_state=label_per_state)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(B, T, V, generator=g, requires_grad=True)
     segs = torch.tensor([[i, 0, T] for i in range(B)], dtype=torch.int32)
@@ -127,52 +136,76 @@ def _child(spec: str) -> None:
     d = json.loads(spec)
     torch.set_num_threads(d["threads"])
     fn = CASES[d["case"]](**d["args"])
-    print(json.dumps(_measure(fn, d["repeats"])))
+    print(json.dumps({"peak_extra_mb": _peak_mb(fn)}))
 
 
-def run_case(case: str, args: dict[str, int], threads: int, repeats: int) -> dict[str, float]:
-    spec = json.dumps({"case": case, "args": args, "threads": threads, "repeats": repeats})
+def peak_of(case: str, args: dict, threads: int) -> float:
+    """Peak extra memory (MB) of one call of a case, in a fresh subprocess."""
+    spec = json.dumps({"case": case, "args": args, "threads": threads})
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     # threads are set with torch.set_num_threads in the child; OMP_NUM_THREADS is left alone
     # (set, it makes OpenMP spin-wait, which is very slow on a loaded 2-core machine)
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run([sys.executable, __file__, "--child", spec], env=env, check=True,
                          capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1])["peak_extra_mb"]
+
+
+def time_ratio(case_fn: Callable[[], None], ref_fn: Callable[[], None], rounds: int
+               ) -> tuple[float, float]:
+    """(median case time in s, median of per-round ratios case / reference)."""
+    case_fn()
+    ref_fn()
+    times, ratios = [], []
+    for _ in range(rounds):
+        r = _time(ref_fn)
+        c = _time(case_fn)
+        times.append(c)
+        ratios.append(c / r)
+    return statistics.median(times), statistics.median(ratios)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7, help="timing rounds per case")
     p.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
         _child(a.child)
         return
-    ctc = {"B": 16, "T": 500, "V": 500, "U": 100} if not a.quick else {"B": 4, "T": 100, "V": 50, "U": 20}
+    torch.set_num_threads(a.threads)
+    ctc = {"B": 16, "T": 500, "V": 500, "U": 100}
+    if a.quick:
+        ctc = {"B": 4, "T": 100, "V": 50, "U": 20}
     mmi_T = [50, 100, 150] if not a.quick else [10, 20]
     mmi_A = [5000, 10000, 20000] if not a.quick else [500, 1000]
-    mmi = {"B": 16, "V": 300, "num_states": 2000} if not a.quick else {"B": 2, "V": 30, "num_states": 100}
-    print(f"torch {torch.__version__}, {a.threads} threads, median of {a.repeats}")
-    ref = run_case("torch_ctc", ctc, a.threads, a.repeats)
-    print(f"reference torch.nn.functional.ctc_loss fwd+bwd {ctc}: {ref['time_s'] * 1e3:.1f} ms, "
-          f"peak +{ref['peak_extra_mb']:.0f} MB")
-    rows = [("CTC " + " ".join(f"{k}={v}" for k, v in ctc.items()),
-             run_case("engine_ctc", ctc, a.threads, a.repeats))]
+    mmi = {"B": 16, "V": 300, "num_states": 2000}
+    if a.quick:
+        mmi = {"B": 2, "V": 30, "num_states": 100}
+    S = mmi["num_states"]
+    cases = [(f"CTC B={ctc['B']} T={ctc['T']} V={ctc['V']} U={ctc['U']}", "engine_ctc", ctc)]
     for T in mmi_T:
-        args = dict(mmi, T=T, num_arcs=mmi_A[-1])
-        rows.append(((f"shared graph S={mmi['num_states']} A={mmi_A[-1]} B={mmi['B']} T={T} "
-                     f"V={mmi['V']}"), run_case("engine_mmi", args, a.threads, a.repeats)))
+        cases.append((f"shared graph S={S} A={mmi_A[-1]} T={T}", "engine_mmi",
+                      dict(mmi, T=T, num_arcs=mmi_A[-1])))
     for A in mmi_A[:-1]:
-        args = dict(mmi, T=mmi_T[-1], num_arcs=A)
-        rows.append(((f"shared graph S={mmi['num_states']} A={A} B={mmi['B']} T={mmi_T[-1]} "
-                     f"V={mmi['V']}"), run_case("engine_mmi", args, a.threads, a.repeats)))
-    print(f"{'case':58s} {'time ms':>9s} {'ratio':>7s} {'peak MB':>8s}")
-    for name, r in rows:
-        print(f"{name:58s} {r['time_s'] * 1e3:9.1f} {r['time_s'] / ref['time_s']:7.2f} "
-              f"{r['peak_extra_mb']:8.0f}")
+        cases.append((f"shared graph S={S} A={A} T={mmi_T[-1]}", "engine_mmi",
+                      dict(mmi, T=mmi_T[-1], num_arcs=A)))
+    cases.append((f"shared graph S={S} A={mmi_A[-1]} T={mmi_T[-1]}, label/state", "engine_mmi",
+                  dict(mmi, T=mmi_T[-1], num_arcs=mmi_A[-1], label_per_state=True)))
+    ref_fn = case_torch_ctc(**ctc)
+    ref_t = statistics.median([_time(ref_fn) for _ in range(a.repeats + 1)][1:])
+    print(f"torch {torch.__version__}, {a.threads} threads, {a.repeats} rounds; shared graphs: "
+          f"B={mmi['B']} V={mmi['V']}, random scores, every state final")
+    print(f"reference torch.nn.functional.ctc_loss fwd+bwd {ctc}: {ref_t * 1e3:.1f} ms, "
+          f"peak +{peak_of('torch_ctc', ctc, a.threads):.0f} MB")
+    print(f"{'case (forward + backward)':46s} {'time ms':>9s} {'ratio':>7s} {'peak MB':>8s}")
+    for name, case, args in cases:
+        t, ratio = time_ratio(CASES[case](**args), ref_fn, a.repeats)
+        mb = peak_of(case, args, a.threads)
+        print(f"{name:46s} {t * 1e3:9.1f} {ratio:7.2f} {mb:8.0f}", flush=True)
 
 
 if __name__ == "__main__":

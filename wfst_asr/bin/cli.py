@@ -29,12 +29,24 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Modules of wfst_asr.bin that contribute sub-commands: each has ``add_commands(sub)``, which
+#: adds its sub-parsers (with ``set_defaults(func=...)``) to the ``wfst-asr`` command.
+COMMAND_MODULES = ("lang_cmd", "lm_cmd", "graph_cmd", "fst_cmd")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with one sub-parser per command."""
+    import importlib
+    import importlib.util
+
     parser = argparse.ArgumentParser(prog="wfst-asr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print versions and available devices")
     info.set_defaults(func=cmd_info)
+    for name in COMMAND_MODULES:
+        full = f"wfst_asr.bin.{name}"
+        if importlib.util.find_spec(full) is not None:
+            importlib.import_module(full).add_commands(sub)
     return parser
 
 

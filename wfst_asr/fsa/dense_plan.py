@@ -283,7 +283,7 @@ def _fix_other(sw: Sweep, other_end: torch.Tensor, pos_other: torch.Tensor) -> N
     sw.other = [ext[pad] for pad in sw.garc]
 
 
-def chunk_frames(plan: DensePlan, budget: int = 1 << 22) -> int:
+def chunk_frames(plan: DensePlan, budget: int = 1 << 20) -> int:
     """Frames per chunk so that a chunk's ``[C, A]`` score block stays near ``budget`` items."""
     A = max(1, plan.f_src.numel())
     return max(1, min(max(1, plan.T_max), budget // A))
