@@ -49,6 +49,17 @@ class RefFsa:
         return out
 
 
+INF = float("inf")
+
+
+def tol(dtype) -> dict:
+    """Tolerances for comparing engine results with these references: float64 vs float32."""
+    import torch
+    if dtype == torch.float64:
+        return {"rtol": 1e-9, "atol": 1e-9}
+    return {"rtol": 1e-4, "atol": 1e-4}
+
+
 def split_fsas(fsa, attrs: Sequence[str] = ()) -> list[RefFsa]:
     """The FSAs of an Fsa or FsaVec as :class:`RefFsa` (scores as Python floats)."""
     arcs = fsa.arcs.detach().cpu().tolist()

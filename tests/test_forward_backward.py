@@ -18,14 +18,9 @@ except ImportError:  # pragma: no cover - run from inside tests/
 
 from wfst_asr.fsa import Fsa, create_fsa_vec
 
-INF = float("inf")
+INF = ref.INF
 DTYPES = [torch.float32, torch.float64]
-
-
-def _tol(dtype):
-    if dtype == torch.float64:
-        return {"rtol": 1e-9, "atol": 1e-9}
-    return {"rtol": 1e-4, "atol": 1e-4}
+_tol = ref.tol
 
 
 def _fb():
