@@ -16,10 +16,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 
+from ..atomic import atomic_output, atomic_write_text
 from .fsa import Fsa
-from .symbol_table import SymbolTable, atomic_write_text
+from .symbol_table import SymbolTable
 
 __all__ = ["draw", "to_dot"]
 
@@ -127,16 +127,9 @@ def _render(source: str, fmt: str, path: str) -> None:
         raise RuntimeError("draw: rendering needs the Graphviz 'dot' program, which is not "
                            "installed (Debian/Ubuntu: apt-get install graphviz); to_dot() and "
                            "writing a .dot file work without it")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="." + fmt)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         proc = subprocess.run([exe, f"-T{fmt}", "-o", tmp], input=source.encode("utf-8"),
                               capture_output=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"draw: dot failed ({proc.returncode}): "
                                f"{proc.stderr.decode('utf-8', 'replace').strip()}")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -53,7 +53,6 @@ import gc
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 from decimal import Decimal
@@ -62,9 +61,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_output, atomic_write_text
 from . import _fstbin
 from .fsa import Fsa
-from .symbol_table import SymbolTable, atomic_write_text
+from .symbol_table import SymbolTable
 
 __all__ = [
     "from_file",
@@ -714,25 +714,13 @@ def _assemble_arrays(src: torch.Tensor, dst: torch.Tensor, ilab: torch.Tensor,
 
 
 # ---------------------------------------------------------------------- binary files
-def _tmp_path(path: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    return tmp
-
-
 def write_fst(fsa: Fsa, path: PathLike, final_semiring: str | None = None) -> None:
     """Write an OpenFst binary ``vector`` FST (tropical) through kaldifst, atomically."""
     path = os.fspath(path)
     fst = to_kaldifst(fsa, final_semiring=final_semiring)
-    tmp = _tmp_path(path)
-    try:
+    with atomic_output(path) as tmp:
         if not fst.write(tmp):
             raise OSError(f"kaldifst failed to write {path}")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_fst(path: PathLike, acceptor: bool | None = None) -> Fsa:
@@ -775,13 +763,8 @@ def save(fsa: Fsa, path: PathLike) -> None:
            "arcs": fsa.arcs.cpu(), "scores": fsa.scores.detach().cpu(),
            "arc_splits": fsa.arc_splits.cpu(), "num_states": fsa.num_states_per_fsa.cpu(),
            "tensor_attrs": tensors, "symbol_tables": symtabs, "plain_attrs": plain}
-    tmp = _tmp_path(path)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load(path: PathLike, map_location: str | torch.device = "cpu") -> Fsa:
