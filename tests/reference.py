@@ -420,3 +420,21 @@ def random_log_probs(gen: torch.Generator, B: int, T: int, V: int,
     if normalized:
         x = x.log_softmax(-1)
     return x.to(dtype)
+
+
+# ------------------------------------------------------------------ ARPA
+def parse_arpa(text: str) -> tuple[int, dict[tuple[str, ...], tuple[float, float]]]:
+    """(order, {ngram: (log10 prob, log10 backoff or 0)}) from ARPA text."""
+    table: dict[tuple[str, ...], tuple[float, float]] = {}
+    order, section = 0, 0
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("ngram "):
+            order = int(line.split("=")[0].split()[1])
+        elif line.startswith("\\") and line.endswith("-grams:"):
+            section = int(line[1:].split("-")[0])
+        elif line and section and not line.startswith("\\"):
+            f = line.split()
+            bow = float(f[section + 1]) if len(f) == section + 2 else 0.0
+            table[tuple(f[1:section + 1])] = (float(f[0]), bow)
+    return order, table

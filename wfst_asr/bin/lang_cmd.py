@@ -1,0 +1,57 @@
+"""``wfst-asr compile-lang``: build a lang directory (tokens.txt, words.txt, L.fst, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = """\
+Build an icefall-style lang directory from a Kaldi lexicon (lexicon.txt: "word tok1 tok2 ...",
+or lexiconp.txt: "word prob tok1 tok2 ..."). Writes tokens.txt (<blk> 0, tokens, #0 #1 ...),
+words.txt (<eps> 0, sorted words, #0 <s> </s>), lexicon_disambig.txt, L.fst and
+L_disambig.fst (OpenFst binary, tokens -> words), L.pt and L_disambig.pt (wfst_asr.fsa.save)."""
+
+
+def add_lang_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options shared by ``compile-lang`` and ``local/prepare_lang.py``."""
+    parser.add_argument("--lang-dir", required=True, help="output directory (created)")
+    parser.add_argument("--lexicon", required=True,
+                        help="lexicon.txt or lexiconp.txt (probability column detected)")
+    parser.add_argument("--tokens", default=None,
+                        help="token list (one a line, or a tokens.txt with ids) fixing the token "
+                             "ids; default: the lexicon's tokens, sorted")
+    parser.add_argument("--sil-token", default=None,
+                        help="optional-silence token (e.g. SIL); default: no optional silence")
+    parser.add_argument("--sil-prob", type=float, default=0.5,
+                        help="probability of silence at the start and after each word, in "
+                             "[0, 1) (default 0.5; 0: no optional silence)")
+    parser.add_argument("--oov-word", default=None,
+                        help="word used for OOVs (must be in the lexicon), written to oov.txt")
+
+
+def run_prepare_lang(args: argparse.Namespace) -> int:
+    """Call :func:`wfst_asr.graphs.lang.prepare_lang`; print a summary; 1 on bad input."""
+    from wfst_asr.graphs.lang import prepare_lang
+
+    try:
+        lang = prepare_lang(args.lang_dir, args.lexicon, tokens=args.tokens,
+                            sil_token=args.sil_token, sil_prob=args.sil_prob,
+                            oov_word=args.oov_word)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"compile-lang: error: {e}", file=sys.stderr)
+        return 1
+    n_tok = len(lang.token_table) - 1 - (lang.max_disambig + 1)
+    n_words = len(lang.word_table) - 4
+    print(f"{lang.lang_dir}: {n_tok} tokens (+ <blk>, #0..#{lang.max_disambig}), {n_words} words, "
+          f"{len(lang.lexicon)} pronunciations, L: {lang.L.num_states} states "
+          f"{lang.L.num_arcs} arcs, L_disambig: {lang.L_disambig.num_arcs} arcs")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``compile-lang`` to the ``wfst-asr`` sub-commands."""
+    p = sub.add_parser("compile-lang", help="build a lang directory (tokens.txt, words.txt, L)",
+                       description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_lang_arguments(p)
+    p.set_defaults(func=run_prepare_lang)

@@ -1,0 +1,98 @@
+"""``wfst-asr estimate-lm`` and ``wfst-asr compile-lm``: n-gram LMs (ARPA) and the grammar G."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Iterable, Iterator
+
+_SKIP_VOCAB = re.compile(r"^(<eps>|<s>|</s>|#\d+)$")
+
+
+def _words(lines: Iterable[str], skip_first_field: bool) -> Iterator[list[str]]:
+    for line in lines:
+        words = line.split()[1:] if skip_first_field else line.split()
+        if words:
+            yield words
+
+
+def _sentences(path: str, skip_first_field: bool) -> Iterator[list[str]]:
+    """Yield the words of each non-blank line of ``path`` (``-``: standard input)."""
+    if path == "-":
+        yield from _words(sys.stdin, skip_first_field)
+        return
+    with open(path, encoding="utf-8") as f:
+        yield from _words(f, skip_first_field)
+
+
+def read_vocab(path: str) -> list[str]:
+    """Words of a vocabulary file: the first field of each line (``words.txt`` or a word list),
+    without ``<eps>``, ``<s>``, ``</s>`` and ``#N`` disambiguation symbols."""
+    with open(path, encoding="utf-8") as f:
+        first = (line.split()[0] for line in f if line.strip())
+        return [w for w in first if not _SKIP_VOCAB.match(w)]
+
+
+def cmd_estimate_lm(args: argparse.Namespace) -> int:
+    """Estimate an n-gram LM from a text file and write it as ARPA."""
+    from wfst_asr.graphs.ngram import estimate_ngram
+
+    start = time.perf_counter()
+    vocab = read_vocab(args.vocab) if args.vocab else None
+    model = estimate_ngram(_sentences(args.text, args.skip_first_field), args.order,
+                           method=args.method, vocab=vocab, unk=args.unk)
+    model.write_arpa(args.out)
+    counts = ", ".join(f"{n}-grams: {m}" for n, m in enumerate(model.counts, start=1))
+    print(f"wrote {args.out} ({model.method}, {counts}) in {time.perf_counter() - start:.1f} s",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_compile_lm(args: argparse.Namespace) -> int:
+    """Compile an ARPA LM into G (OpenFst binary + .pt) over words.txt."""
+    from wfst_asr.graphs.lm import arpa_to_fst, g_pt_path
+
+    start = time.perf_counter()
+    g = arpa_to_fst(args.arpa, args.words, args.out, disambig_symbol=args.disambig,
+                    max_order=args.max_order)
+    print(f"wrote {args.out} and {g_pt_path(args.out)}: {g.num_states} states, "
+          f"{g.num_arcs} arcs in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``estimate-lm`` and ``compile-lm`` to the ``wfst-asr`` sub-commands."""
+    est = sub.add_parser(
+        "estimate-lm", help="estimate an n-gram LM (Kneser-Ney / Witten-Bell) as ARPA",
+        description="Estimate an interpolated modified Kneser-Ney (kn) or Witten-Bell (wb) "
+        "back-off n-gram LM from a text file (one sentence per line, words separated by "
+        "white space; <s> and </s> are added) and write it as an ARPA file, atomically.")
+    est.add_argument("--text", required=True, help="training text ('-': standard input)")
+    est.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
+    est.add_argument("--method", choices=("kn", "wb"), default="kn",
+                     help="kn: interpolated modified Kneser-Ney (default); wb: Witten-Bell")
+    est.add_argument("--out", required=True, help="output ARPA file")
+    est.add_argument("--vocab", help="vocabulary file (words.txt or one word a line; first "
+                     "field; <eps>, <s>, </s>, #N skipped): every word gets a unigram")
+    est.add_argument("--unk", help="with --vocab: map words outside it to this word "
+                     "(default: an error)")
+    est.add_argument("--skip-first-field", action="store_true",
+                     help="drop the first field of each line (Kaldi 'text': utterance ids)")
+    est.set_defaults(func=cmd_estimate_lm)
+
+    comp = sub.add_parser(
+        "compile-lm", help="compile an ARPA LM into G.fst (+ G.pt) over words.txt",
+        description="Compile an ARPA LM into the grammar transducer G with kaldilm's arpa2fst "
+        "(back-off arcs #0:<eps>, <s>/</s> removed), over the ids of words.txt; write it as an "
+        "OpenFst binary and a torch file (same name, .pt), atomically. Every ARPA word must be "
+        "in words.txt.")
+    comp.add_argument("--arpa", required=True, help="input ARPA file")
+    comp.add_argument("--words", required=True, help="words.txt (symbol id per line)")
+    comp.add_argument("--out", required=True, help="output G.fst (G.pt is written next to it)")
+    comp.add_argument("--disambig", default="#0",
+                      help="input label of back-off arcs (default '#0'; '' for epsilon)")
+    comp.add_argument("--max-order", type=int, default=None,
+                      help="use n-grams up to this order only (default: all)")
+    comp.set_defaults(func=cmd_compile_lm)

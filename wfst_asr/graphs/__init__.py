@@ -1,0 +1,81 @@
+"""wfst_asr.graphs: H, L and G, decoding graphs (LG, HLG, TLG, HCLG) and training graphs.
+
+* :mod:`.lang`: lexicons, Kaldi/icefall lang directories, L and L_disambig
+* :mod:`.ngram`, :mod:`.lm`: n-gram estimation (Kneser-Ney, Witten-Bell) to ARPA, ARPA to G
+* :mod:`.topo`: CTC and HMM topologies (H), the HMM ones through kaldi-hmm-gmm
+* :mod:`.compile`: LG / HLG / TLG / HCLG compilation with OpenFst (kaldifst), cached on disk
+* :mod:`.training`: batched per-utterance training graphs (CTC, LF-MMI num/den, HMM)
+"""
+
+from .compile import (
+    GRAPH_KINDS,
+    CompileStats,
+    compile_graph,
+    compile_hclg,
+    compile_hlg,
+    compile_lg,
+    remove_input_epsilons,
+)
+from .lang import (
+    Lang,
+    LexiconEntry,
+    add_disambig_symbols,
+    lexicon_to_fst,
+    prepare_lang,
+    read_lexicon,
+    read_token_list,
+    remove_disambig_symbols,
+    write_lexicon,
+    write_token_list,
+)
+from .lm import arpa_to_fst, make_token_lm
+from .ngram import BOS, EOS, NgramModel, estimate_ngram, read_arpa
+from .topo import TOPOLOGIES, Topology, make_topology, pdf_to_tid_log_probs
+from .training import (
+    CtcTrainingGraphCompiler,
+    HmmTrainingGraphCompiler,
+    LinearComposer,
+    MmiTrainingGraphCompiler,
+    compose_linear,
+    ctc_graph_from_acceptors,
+    hmm_output_id,
+    hmm_topo,
+)
+
+__all__ = [
+    "BOS",
+    "EOS",
+    "GRAPH_KINDS",
+    "TOPOLOGIES",
+    "CompileStats",
+    "CtcTrainingGraphCompiler",
+    "HmmTrainingGraphCompiler",
+    "Lang",
+    "LexiconEntry",
+    "LinearComposer",
+    "MmiTrainingGraphCompiler",
+    "NgramModel",
+    "Topology",
+    "add_disambig_symbols",
+    "arpa_to_fst",
+    "compile_graph",
+    "compile_hclg",
+    "compile_hlg",
+    "compile_lg",
+    "compose_linear",
+    "ctc_graph_from_acceptors",
+    "estimate_ngram",
+    "hmm_output_id",
+    "hmm_topo",
+    "lexicon_to_fst",
+    "make_token_lm",
+    "make_topology",
+    "pdf_to_tid_log_probs",
+    "read_arpa",
+    "read_lexicon",
+    "read_token_list",
+    "remove_disambig_symbols",
+    "remove_input_epsilons",
+    "write_lexicon",
+    "write_token_list",
+]

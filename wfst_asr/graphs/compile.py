@@ -1,0 +1,494 @@
+"""Decoding-graph compilation: LG, HLG / TLG (CTC) and HCLG (HMM), as Kaldi's mkgraph and
+icefall's compile_hlg do.
+
+Conventions: graphs are :class:`~wfst_asr.fsa.Fsa` transducers, ``labels`` = input side,
+``aux_labels`` = output side (words), scores = log-weights (tropical semiring in OpenFst,
+``cost = -score``). L_disambig: tokens (``tokens.txt`` ids; 0 = epsilon/blank) -> words
+(``words.txt`` ids), with ``#0`` self-loop; G: an acceptor (or transducer) over word ids whose
+back-off arcs carry ``#0``.
+
+Pipeline
+--------
+:func:`compile_lg`: arcsort, ``L o G``, DeterminizeStar (disambiguation symbols present, so
+``L o G`` is determinizable), then (unless ``keep_disambig``) disambiguation symbols -> 0, RmEpsilon;
+MinimizeEncoded, Connect, ArcSort. With ``keep_disambig=True`` the result is Kaldi's LG: deterministic
+(no state has two arcs with the same input label). Without, it may have arcs ``0:word`` (a
+homophone or prefix word is only known at its ``#n``), and backoff epsilons removed by RmEpsilon
+make it non-deterministic.
+
+:func:`compile_hlg` (CTC): every input label of the result must consume a frame in
+:func:`wfst_asr.fsa.intersect_dense_pruned` (0 = blank). k2 removes LG's ``0:word`` arcs with
+ragged aux_labels; an Fsa has one aux_label per arc, so :func:`remove_input_epsilons` moves the
+word of each ``0:w`` arc onto the token arcs entering its source state (or, failing that, leaving
+its destination), which keeps every path's token sequence, word sequence and total score.
+Then ``H o LG`` (no determinization of H; H's blank ``0:0`` arcs only mean "H moves, LG stays"),
+Connect, ArcSort. Result: labels = network output ids (0 = blank), aux_labels = words, -1 arcs
+into one final state.
+
+:func:`compile_hclg` (HMM, monophone: C = identity): H (transition-ids -> phones, self-loops and
+transition probabilities included, :mod:`.topo`) ``o`` epsilon-free LG, Connect, RmEpsilon (H's
+``0:0`` phone-exit arcs), ArcSort. Labels = transition-ids (no epsilon left), aux_labels = words.
+Unlike Kaldi, HCLG is not determinized again before adding self-loops (icefall's HLG is not
+either).
+
+:func:`compile_graph`: reads a lang dir, writes ``<kind>.fst`` (OpenFst binary) and ``<kind>.pt``
+(:func:`wfst_asr.fsa.save`) atomically with a JSON stamp ``<kind>.stamp.json``; recompiles only
+when an output is missing or older than an input, or the options changed.
+
+Every function returns/records a *stats* dict: ``kaldifst_s`` (time inside kaldifst's own
+operations: compose, determinize_star, rmepsilon, minimize_encoded, connect, arcsort),
+``convert_s`` (Fsa <-> kaldifst conversions), ``python_s`` (the rest), ``total_s``, and sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wfst_asr.fsa import Fsa, SymbolTable
+from wfst_asr.fsa.io import from_kaldifst, load, read_fst, save, to_kaldifst, write_fst
+from wfst_asr.fsa.symbol_table import atomic_write_text
+
+from .topo import TOPOLOGIES, Topology, make_topology
+
+__all__ = ["GRAPH_KINDS", "CompileStats", "compile_graph", "compile_hclg", "compile_hlg",
+           "compile_lg", "remove_input_epsilons"]
+
+log = logging.getLogger(__name__)
+
+#: Graph kinds of :func:`compile_graph`. TLG is HLG under EESEN's name (T = CTC token topology).
+GRAPH_KINDS = ("LG", "HLG", "TLG", "HCLG")
+_STAMP_VERSION = 1
+
+
+# ---------------------------------------------------------------------- timing
+class CompileStats(dict):
+    """A dict of timings (seconds) and sizes; :meth:`kaldifst` / :meth:`convert` time blocks."""
+
+    def __init__(self) -> None:
+        super().__init__(kaldifst_s=0.0, convert_s=0.0, total_s=0.0, python_s=0.0)
+        self._t0 = time.perf_counter()
+
+    @contextmanager
+    def _timed(self, key: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[key] = self.get(key, 0.0) + time.perf_counter() - t
+
+    @contextmanager
+    def kaldifst(self, op: str) -> Iterator[None]:
+        """Time a block inside kaldifst (also under ``kaldifst_<op>_s``)."""
+        with self._timed("kaldifst_s"), self._timed(f"kaldifst_{op}_s"):
+            yield
+
+    def convert(self) -> contextlib.AbstractContextManager[None]:
+        """Time a block of Fsa <-> kaldifst conversion."""
+        return self._timed("convert_s")
+
+    def finish(self) -> CompileStats:
+        """Set ``total_s``, ``python_s`` and ``kaldifst_share``."""
+        self["total_s"] = time.perf_counter() - self._t0
+        self["python_s"] = self["total_s"] - self["kaldifst_s"] - self["convert_s"]
+        self["kaldifst_share"] = self["kaldifst_s"] / max(self["total_s"], 1e-12)
+        return self
+
+    def merge(self, other: dict[str, Any], prefix: str = "") -> None:
+        """Add another stats dict's timings; copy its other entries under ``prefix``."""
+        for k, v in other.items():
+            if k in ("total_s", "python_s", "kaldifst_share"):
+                continue
+            if k.endswith("_s") and not prefix:
+                self[k] = self.get(k, 0.0) + v
+            else:
+                self[prefix + k] = v
+
+
+def _kfst():
+    from wfst_asr import _kaldi
+    return _kaldi.kaldifst()
+
+
+def _to_k(fsa: Fsa, stats: CompileStats):
+    with stats.convert():
+        return to_kaldifst(fsa, attach_symbols=False)
+
+
+def _from_k(fst, stats: CompileStats, acceptor: bool = False) -> Fsa:
+    with stats.convert():
+        return from_kaldifst(fst, acceptor=acceptor)
+
+
+def _size(fsa: Fsa) -> tuple[int, int]:
+    """(states, arcs) without k2's extra final state and -1 arcs (OpenFst's counting)."""
+    n_final = int((fsa.labels == -1).sum())
+    return max(fsa.num_states - 1, 0), fsa.num_arcs - n_final
+
+
+# ---------------------------------------------------------------------- LG
+def compile_lg(L_disambig: Fsa, G: Fsa, first_token_disambig: int, first_word_disambig: int,
+               *, keep_disambig: bool = False, use_log: bool = False, minimize: bool = True,
+               delta: float = 1.0 / 1024, stats: CompileStats | None = None) -> Fsa:
+    """``LG = min(det*(L_disambig o G))`` with disambiguation symbols removed (see module doc).
+
+    Args:
+      L_disambig: transducer tokens -> words (``#n`` token ids >= ``first_token_disambig``,
+        the ``#0:#0`` loop included).
+      G: acceptor (or transducer) over word ids; back-off arcs carry word ``#0``
+        (``first_word_disambig``).
+      first_token_disambig / first_word_disambig: ids of ``#0`` in tokens.txt / words.txt.
+        Input ids >= the first and output ids >= the second are removed (in words.txt of
+        :func:`~wfst_asr.graphs.lang.prepare_lang` that also clears ``<s>``, ``</s>``).
+      keep_disambig: return Kaldi's deterministic LG with ``#n`` symbols still present.
+      use_log: DeterminizeStar in the log semiring (Kaldi's mkgraph) instead of tropical.
+      minimize: MinimizeEncoded (weights quantized to ``delta``, as Kaldi).
+      stats: a :class:`CompileStats` to add timings to.
+
+    Returns:
+      LG, labels = tokens, aux_labels = words, scores = log-weights.
+    """
+    own = stats is None
+    stats = CompileStats() if own else stats
+    kf = _kfst()
+    if not L_disambig.has_attr("aux_labels"):
+        raise ValueError("L_disambig must be a transducer (aux_labels = words)")
+    fl, fg = _to_k(L_disambig, stats), _to_k(G, stats)
+    with stats.kaldifst("compose"):
+        kf.arcsort(fl, sort_type="olabel")
+        kf.arcsort(fg, sort_type="ilabel")
+        fst = kf.compose(fl, fg, connect=True)
+    with stats.kaldifst("determinize_star"):
+        if kf.determinize_star(fst, use_log=use_log):
+            raise RuntimeError("determinize_star stopped early")
+    if not keep_disambig:
+        fsa = _remove_disambig(_from_k(fst, stats), first_token_disambig, first_word_disambig)
+        fst = _to_k(fsa, stats)
+        with stats.kaldifst("rmepsilon"):
+            kf.rmepsilon(fst)
+    with stats.kaldifst("minimize"):
+        if minimize:
+            kf.minimize_encoded(fst, delta=delta)
+    with stats.kaldifst("connect"):
+        kf.connect(fst)
+        kf.arcsort(fst, sort_type="ilabel")
+    LG = _from_k(fst, stats)
+    _copy_syms(LG, L_disambig, G)
+    stats["LG_states"], stats["LG_arcs"] = _size(LG)
+    if own:
+        log.info("compile_lg: %s", stats.finish())
+    return LG
+
+
+def _remove_disambig(fsa: Fsa, first_token_disambig: int, first_word_disambig: int) -> Fsa:
+    """Input ids >= first_token_disambig and output ids >= first_word_disambig -> 0."""
+    lab = fsa.labels.clone()
+    lab[lab >= first_token_disambig] = 0
+    aux = fsa.aux_labels.clone()
+    aux[aux >= first_word_disambig] = 0
+    arcs = torch.cat([fsa.arcs[:, :2], lab.unsqueeze(1)], dim=1)
+    return Fsa(arcs, fsa.scores.detach().clone(), num_states=fsa.num_states, aux_labels=aux)
+
+
+def _copy_syms(out: Fsa, L: Fsa, G: Fsa) -> None:
+    """Symbol tables: tokens from L's labels, words from L's aux labels (or G's)."""
+    if L.has_attr("labels_sym"):
+        out.labels_sym = L.labels_sym
+    for src, name in ((L, "aux_labels_sym"), (G, "aux_labels_sym"), (G, "labels_sym")):
+        if src.has_attr(name):
+            out.aux_labels_sym = getattr(src, name)
+            break
+
+
+# ---------------------------------------------------------------------- epsilon removal
+def remove_input_epsilons(fsa: Fsa) -> Fsa:
+    """Remove the arcs with input label 0 of a transducer whose epsilon arcs all have a word.
+
+    For an arc ``e = p -> r`` with label 0, aux_label ``w`` and score ``s`` (processed one at a
+    time, each step keeps the set of (labels, words, total score) paths):
+
+    * backward: when ``p`` is not the start state and every arc ``f = o -> p`` entering it has a
+      label > 0 and aux_label 0, add ``o -> r`` with ``f``'s label, aux_label ``w``, score
+      ``f.score + s`` for each ``f`` (``f`` stays, for ``p``'s other arcs);
+    * forward: else, when every arc ``g = r -> x`` leaving ``r`` has a label > 0 and aux_label 0
+      (and ``r`` is not final), add ``p -> x`` with ``g``'s label, aux_label ``w``, score
+      ``s + g.score``;
+
+    then delete ``e``. Arcs ``0:0`` must have been removed before (RmEpsilon). Raises ValueError
+    when neither rule applies to some arc (two words would have to share a frame-consuming arc).
+    States that become useless are left in place (call Connect).
+    """
+    if fsa.is_vec or not fsa.has_attr("aux_labels"):
+        raise ValueError("remove_input_epsilons takes a single transducer")
+    a = fsa.arcs.long().tolist()
+    src = [x[0] for x in a]
+    dst = [x[1] for x in a]
+    lab = [x[2] for x in a]
+    aux = fsa.aux_labels.long().tolist()
+    sc = fsa.scores.detach().double().tolist()
+    alive = [True] * len(src)
+    n = fsa.num_states
+    inc: list[list[int]] = [[] for _ in range(n)]
+    out: list[list[int]] = [[] for _ in range(n)]
+    for i in range(len(src)):
+        inc[dst[i]].append(i)
+        out[src[i]].append(i)
+    pending = [i for i in range(len(src)) if lab[i] == 0]
+    if any(aux[i] == 0 for i in pending):
+        raise ValueError("remove_input_epsilons: arcs 0:0 present; run RmEpsilon first")
+
+    def add(s: int, d: int, label: int, word: int, score: float) -> None:
+        src.append(s)
+        dst.append(d)
+        lab.append(label)
+        aux.append(word)
+        sc.append(score)
+        alive.append(True)
+        inc[d].append(len(src) - 1)
+        out[s].append(len(src) - 1)
+
+    def ok(arcs: list[int]) -> bool:
+        return all(lab[j] > 0 and aux[j] == 0 for j in arcs if alive[j])
+
+    while pending:
+        left = []
+        for e in pending:
+            p, r, w, s = src[e], dst[e], aux[e], sc[e]
+            into = [j for j in inc[p] if alive[j]]
+            outof = [j for j in out[r] if alive[j]]
+            if p != 0 and ok(into):
+                for f in into:
+                    add(src[f], r, lab[f], w, sc[f] + s)
+            elif outof and ok(outof):
+                for g in outof:
+                    add(p, dst[g], lab[g], w, s + sc[g])
+            else:
+                left.append(e)
+                continue
+            alive[e] = False
+        if len(left) == len(pending):
+            raise ValueError(
+                f"remove_input_epsilons: cannot move the word of {len(left)} epsilon arc(s) "
+                f"(e.g. {src[left[0]]} -> {dst[left[0]]} word {aux[left[0]]}) onto a "
+                "frame-consuming arc without a word")
+        pending = left
+    keep = [i for i in range(len(src)) if alive[i]]
+    order = sorted(keep, key=lambda i: (src[i], lab[i] == -1))
+    arcs = torch.tensor([[src[i], dst[i], lab[i]] for i in order], dtype=torch.int32)
+    out_fsa = Fsa(arcs.reshape(-1, 3), torch.tensor([sc[i] for i in order], dtype=torch.float32),
+                  num_states=n, aux_labels=torch.tensor([aux[i] for i in order],
+                                                        dtype=torch.int32))
+    for k, v in fsa._other_attrs.items():
+        setattr(out_fsa, k, v)
+    return out_fsa
+
+
+def _epsilon_free_lg(LG: Fsa, stats: CompileStats) -> Fsa:
+    """LG without input epsilons (``0:w`` arcs moved, then Connect)."""
+    if not bool((LG.labels == 0).any()):
+        return LG
+    t = time.perf_counter()
+    fixed = remove_input_epsilons(LG)
+    stats["remove_input_epsilons_s"] = time.perf_counter() - t
+    fst = _to_k(fixed, stats)
+    kf = _kfst()
+    with stats.kaldifst("connect"):
+        kf.connect(fst)
+        kf.arcsort(fst, sort_type="ilabel")
+    out = _from_k(fst, stats)
+    for k, v in LG._other_attrs.items():
+        setattr(out, k, v)
+    return out
+
+
+# ---------------------------------------------------------------------- H o LG
+def _compose_h(H: Fsa, LG: Fsa, stats: CompileStats, rmeps: bool) -> Fsa:
+    """``H o LG`` (Connect, optional RmEpsilon, ArcSort) through kaldifst."""
+    kf = _kfst()
+    fh, flg = _to_k(H, stats), _to_k(LG, stats)
+    with stats.kaldifst("compose"):
+        kf.arcsort(fh, sort_type="olabel")
+        kf.arcsort(flg, sort_type="ilabel")
+        fst = kf.compose(fh, flg, connect=True)
+    if rmeps:
+        with stats.kaldifst("rmepsilon"):
+            kf.rmepsilon(fst)
+    with stats.kaldifst("connect"):
+        kf.connect(fst)
+        kf.arcsort(fst, sort_type="ilabel")
+    out = _from_k(fst, stats)
+    if LG.has_attr("aux_labels_sym"):
+        out.aux_labels_sym = LG.aux_labels_sym
+    return out
+
+
+def compile_hlg(H: Fsa | Topology, LG: Fsa, *, stats: CompileStats | None = None) -> Fsa:
+    """CTC decoding graph ``H o LG`` for :func:`wfst_asr.fsa.intersect_dense_pruned`.
+
+    ``H``: a CTC topology (:func:`wfst_asr.fsa.ctc_topo`, or a :class:`Topology`); ``LG`` from
+    :func:`compile_lg` (disambiguation symbols removed). Returns labels = network output ids
+    (0 = blank; every label >= 0 consumes one frame), aux_labels = words (0 = none), -1 arcs
+    into the single final state. See the module docstring for the epsilon scheme.
+    """
+    own = stats is None
+    stats = CompileStats() if own else stats
+    if isinstance(H, Topology):
+        if not H.is_ctc:
+            raise ValueError(f"compile_hlg needs a CTC topology, got {H.name!r}; use "
+                             "compile_hclg")
+        H = H.H
+    HLG = _compose_h(H, _epsilon_free_lg(LG, stats), stats, rmeps=False)
+    stats["HLG_states"], stats["HLG_arcs"] = _size(HLG)
+    if own:
+        log.info("compile_hlg: %s", stats.finish())
+    return HLG
+
+
+def compile_hclg(topo: Topology, LG: Fsa, *, stats: CompileStats | None = None) -> Fsa:
+    """HMM decoding graph ``H o C o LG`` (monophone: C = identity) with self-loops and transition
+    probabilities (in H). Labels = transition-ids (1-based, no epsilon: every arc with a label
+    >= 0 consumes a frame; map network pdf outputs with :attr:`Topology.tid2pdf`), aux_labels =
+    words."""
+    own = stats is None
+    stats = CompileStats() if own else stats
+    if topo.is_ctc:
+        raise ValueError(f"compile_hclg needs an HMM topology, got {topo.name!r}")
+    HCLG = _compose_h(topo.H, _epsilon_free_lg(LG, stats), stats, rmeps=True)
+    if bool((HCLG.labels == 0).any()):
+        raise RuntimeError("HCLG still has epsilon input arcs after RmEpsilon")
+    stats["HCLG_states"], stats["HCLG_arcs"] = _size(HCLG)
+    if own:
+        log.info("compile_hclg: %s", stats.finish())
+    return HCLG
+
+
+# ---------------------------------------------------------------------- lang dir
+def _lang_inputs(lang_dir: Path) -> dict[str, Path]:
+    names = {"L_disambig": "L_disambig.fst", "G": "G.fst", "tokens": "tokens.txt",
+             "words": "words.txt"}
+    paths = {k: lang_dir / v for k, v in names.items()}
+    for p in paths.values():
+        if not p.is_file():
+            raise FileNotFoundError(f"compile_graph: {p} not found")
+    return paths
+
+
+def _first_disambig(table: SymbolTable, path: Path) -> int:
+    if "#0" not in table:
+        raise ValueError(f"{path}: no disambiguation symbol #0")
+    return int(table["#0"])
+
+
+def _stamp(kind: str, topo: str, options: dict[str, Any], inputs: dict[str, Path]) -> dict:
+    return {"version": _STAMP_VERSION, "kind": kind, "topo": topo, "options": options,
+            "inputs": {k: str(v.resolve()) for k, v in inputs.items()}}
+
+
+def _up_to_date(outs: list[Path], stamp_path: Path, stamp: dict,
+                inputs: dict[str, Path]) -> bool:
+    """All outputs exist, are newer than every input, and the stamp is identical."""
+    if not all(p.is_file() for p in outs + [stamp_path]):
+        return False
+    oldest_out = min(p.stat().st_mtime_ns for p in outs + [stamp_path])
+    if any(p.stat().st_mtime_ns > oldest_out for p in inputs.values()):
+        return False
+    try:
+        return json.loads(stamp_path.read_text(encoding="utf-8")) == stamp
+    except (OSError, ValueError):
+        return False
+
+
+def compile_graph(lang_dir: str | os.PathLike, kind: str = "HLG", topo: str = "ctc",
+                  out_dir: str | os.PathLike | None = None, *, force: bool = False,
+                  use_log: bool = False, transition_scale: float = 1.0,
+                  self_loop_scale: float = 1.0,
+                  progress: Callable[[str], None] | None = None
+                  ) -> tuple[Fsa, dict[str, Any]]:
+    """Compile ``kind`` ('LG', 'HLG'/'TLG' with a CTC ``topo``, 'HCLG' with an HMM ``topo``)
+    from ``lang_dir`` (``L_disambig.fst``, ``G.fst``, ``tokens.txt``, ``words.txt``).
+
+    Writes ``<kind>.fst`` (OpenFst binary), ``<kind>.pt`` and ``<kind>.stamp.json`` into
+    ``out_dir`` (default ``lang_dir``), atomically; for HCLG also ``HCLG.tid2pdf.txt`` (pdf-id
+    of transition-ids 1, 2, ..., one per line). When the outputs are newer than the inputs and
+    the stamp (kind, topo, options, input paths) is unchanged, loads ``<kind>.pt`` instead
+    (``stats['cached'] = True``) unless ``force``.
+
+    Returns:
+      (graph, stats): stats holds timings (``kaldifst_s``, ``convert_s``, ``total_s``,
+      ``kaldifst_share``, ...) and sizes.
+    """
+    if kind not in GRAPH_KINDS:
+        raise ValueError(f"unknown graph kind {kind!r}; known: {', '.join(GRAPH_KINDS)}")
+    if topo not in TOPOLOGIES:
+        raise ValueError(f"unknown topology {topo!r}; known topologies: {', '.join(TOPOLOGIES)}")
+    ctc = topo.startswith("ctc")
+    if kind in ("HLG", "TLG") and not ctc:
+        raise ValueError(f"{kind} needs a CTC topology (ctc, ctc-modified), got {topo!r}")
+    if kind == "HCLG" and ctc:
+        raise ValueError(f"HCLG needs an HMM topology (hmm-1state, hmm-3state, chain), got "
+                         f"{topo!r}")
+    lang = Path(lang_dir)
+    out = Path(out_dir) if out_dir is not None else lang
+    out.mkdir(parents=True, exist_ok=True)
+    inputs = _lang_inputs(lang)
+    options = {"use_log": use_log}
+    if kind == "HCLG":
+        options.update(transition_scale=transition_scale, self_loop_scale=self_loop_scale)
+    stamp = _stamp(kind, topo if kind != "LG" else "", options, inputs)
+    fst_path, pt_path = out / f"{kind}.fst", out / f"{kind}.pt"
+    stamp_path = out / f"{kind}.stamp.json"
+    if not force and _up_to_date([fst_path, pt_path], stamp_path, stamp, inputs):
+        t = time.perf_counter()
+        graph = load(pt_path)
+        return graph, {"cached": True, "total_s": time.perf_counter() - t}
+    stats = CompileStats()
+    graph, t = _compile_from_files(inputs, kind, topo, options, stats, progress)
+    with stats._timed("write_s"):
+        write_fst(graph, fst_path)
+        save(graph, pt_path)
+        if t is not None and t.tid2pdf is not None:
+            atomic_write_text(out / "HCLG.tid2pdf.txt",
+                              "".join(f"{int(p)}\n" for p in t.tid2pdf[1:].tolist()))
+            stats["num_pdfs"] = int(t.num_pdfs)
+        atomic_write_text(stamp_path, json.dumps(stamp, indent=1, sort_keys=True) + "\n")
+    stats["cached"] = False
+    stats.finish()
+    log.info("compile_graph %s (%s): %s", kind, topo, dict(stats))
+    return graph, dict(stats)
+
+
+def _compile_from_files(inputs: dict[str, Path], kind: str, topo: str, options: dict,
+                        stats: CompileStats, progress: Callable[[str], None] | None
+                        ) -> tuple[Fsa, Topology | None]:
+    say = progress or (lambda _msg: None)
+    tokens = SymbolTable.from_file(inputs["tokens"])
+    words = SymbolTable.from_file(inputs["words"])
+    ftd = _first_disambig(tokens, inputs["tokens"])
+    fwd = _first_disambig(words, inputs["words"])
+    with stats.convert():
+        L = read_fst(inputs["L_disambig"], acceptor=False)
+        G = read_fst(inputs["G"])
+    L.labels_sym, L.aux_labels_sym = tokens, words
+    say(f"L_disambig: {_size(L)}, G: {_size(G)} (states, arcs)")
+    LG = compile_lg(L, G, ftd, fwd, use_log=options["use_log"], stats=stats)
+    say(f"LG: {_size(LG)}")
+    if kind == "LG":
+        return LG, None
+    t = make_topology(topo, ftd - 1, transition_scale=options.get("transition_scale", 1.0),
+                      self_loop_scale=options.get("self_loop_scale", 1.0))
+    if kind == "HCLG":
+        graph = compile_hclg(t, LG, stats=stats)
+    else:
+        graph = compile_hlg(t, LG, stats=stats)
+        graph.labels_sym = tokens
+    say(f"{kind}: {_size(graph)}")
+    return graph, t

@@ -1,0 +1,133 @@
+"""The grammar G from an ARPA language model (through kaldilm), and token LMs.
+
+* :func:`arpa_to_fst` -- ARPA -> G over the ids of ``words.txt``, as Kaldi's ``arpa2fst``
+  (kaldilm): one state per history, word arcs, back-off arcs ``#0:<eps>`` (input ``#0``, output
+  epsilon) towards the shorter history, ``<s>`` / ``</s>`` turned into the start state and final
+  weights. Returned as an :class:`~wfst_asr.fsa.Fsa` transducer: ``labels`` = input side (words
+  and ``#0``), ``aux_labels`` = output side (words, 0 on back-off arcs), ``scores`` =
+  ``ln(10) * log10 values`` (OpenFst cost = -score). Optionally written as an OpenFst binary
+  ``G.fst`` and ``G.pt`` (:func:`wfst_asr.fsa.save`), both atomically.
+* :func:`make_token_lm` -- an n-gram LM over token sequences (TIMIT phone bigram, the LF-MMI
+  denominator phone LM P) written as ARPA.
+
+OOV policy: every word of the ARPA file must be in ``words.txt``, else ``ValueError`` naming
+the ARPA file and the words. Words are never mapped to ``<unk>`` here: mapping would merge
+n-grams whose probabilities no longer sum to one; estimate the LM with
+``estimate_ngram(..., vocab=words, unk="<UNK>")`` instead. (kaldilm itself silently *drops*
+n-grams with unknown words, and aborts the whole process on a malformed ARPA file, so the file
+is fully validated with :func:`~wfst_asr.graphs.ngram.read_arpa` first.)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from wfst_asr.atomic import atomic_output
+from wfst_asr.fsa import Fsa, SymbolTable
+from wfst_asr.fsa.io import read_fst, save
+
+from .ngram import BOS, EOS, NgramModel, estimate_ngram, read_arpa
+
+__all__ = ["arpa_to_fst", "g_pt_path", "make_token_lm"]
+
+PathLike = str | os.PathLike
+
+
+def g_pt_path(fst_path: PathLike) -> Path:
+    """The torch file written next to an FST: ``G.fst`` -> ``G.pt``."""
+    p = Path(fst_path)
+    return p.with_suffix(".pt") if p.suffix == ".fst" else p.with_name(p.name + ".pt")
+
+
+def _check_words(arpa_path: str, model: NgramModel, table: SymbolTable, words_txt: str,
+                 disambig_symbol: str) -> None:
+    """Every ARPA word must be in ``words.txt`` (``<s>``/``</s>`` too without a disambig)."""
+    special = {BOS, EOS} if disambig_symbol else set()
+    missing = [w for w in model.vocab if w not in table and w not in special]
+    if missing:
+        shown = ", ".join(repr(w) for w in missing[:10])
+        more = f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""
+        raise ValueError(f"{arpa_path}: {len(missing)} word(s) of the ARPA file are not in "
+                         f"{words_txt}: {shown}{more}")
+    if disambig_symbol and disambig_symbol not in table:
+        raise ValueError(f"{words_txt}: no disambiguation symbol {disambig_symbol!r}")
+    if not disambig_symbol:
+        for sym in (BOS, EOS):
+            if sym not in table:
+                raise ValueError(f"{words_txt}: no {sym!r} (needed as a label without a "
+                                 "disambiguation symbol)")
+
+
+def arpa_to_fst(arpa_path: PathLike, words_txt: PathLike, out_path: PathLike | None = None,
+                disambig_symbol: str = "#0", max_order: int | None = None) -> Fsa:
+    """Compile an ARPA LM into G over the word ids of ``words_txt`` (kaldilm's arpa2fst).
+
+    Args:
+      arpa_path: the ARPA file (validated strictly first, see the module docstring).
+      words_txt: ``symbol id`` lines; must hold every ARPA word and ``disambig_symbol``.
+      out_path: if given, G is written there as an OpenFst binary (vector FST, tropical) and as
+        :func:`g_pt_path` ``(out_path)`` (``G.pt``), both atomically.
+      disambig_symbol: input label of back-off arcs (``#0``); ``""``: back-off arcs are epsilon
+        and ``<s>`` / ``</s>`` stay as labels (then both must be in ``words_txt``).
+      max_order: use n-grams up to this order only (default: all). Done here by truncating
+        the model (:meth:`NgramModel.truncated`), not by kaldilm's ``max_order``, which keeps
+        the back-off weights of the ``max_order``-grams (one more back-off state level), so its
+        G is not normalised.
+
+    Returns:
+      G as a transducer :class:`Fsa` with ``labels_sym`` = ``aux_labels_sym`` = the word table.
+    """
+    arpa_path, words_txt = os.fspath(arpa_path), os.fspath(words_txt)
+    out = os.fspath(out_path) if out_path is not None else None
+    table = SymbolTable.from_file(words_txt)
+    model = read_arpa(arpa_path)
+    _check_words(arpa_path, model, table, words_txt, disambig_symbol)
+    if max_order is not None and not 1 <= max_order <= model.order:
+        raise ValueError(f"max_order must be in 1..{model.order} for {arpa_path}, got {max_order}")
+    with tempfile.TemporaryDirectory() as folder:
+        if max_order is not None and max_order < model.order:
+            arpa_path = os.path.join(folder, "truncated.arpa")
+            model.truncated(max_order).write_arpa(arpa_path)
+        del model
+        if out is None:
+            return _compile(arpa_path, words_txt, os.path.join(folder, "G.fst"),
+                            disambig_symbol, table)
+        with atomic_output(out) as tmp:
+            fsa = _compile(arpa_path, words_txt, tmp, disambig_symbol, table)
+    save(fsa, g_pt_path(out))
+    return fsa
+
+
+def _compile(arpa_path: str, words_txt: str, fst_path: str, disambig_symbol: str,
+             table: SymbolTable) -> Fsa:
+    """Run kaldilm's arpa2fst into ``fst_path`` and read the result back as an Fsa."""
+    from wfst_asr import _kaldi
+
+    _kaldi.kaldilm().arpa2fst(input_arpa=arpa_path, output_fst=fst_path,
+                              disambig_symbol=disambig_symbol, read_symbol_table=words_txt,
+                              max_arpa_warnings=30)
+    fsa = read_fst(fst_path, acceptor=False)
+    fsa.labels_sym = table
+    fsa.aux_labels_sym = table
+    return fsa
+
+
+def make_token_lm(transcripts: Iterable[Sequence[str | int]], order: int,
+                  out_arpa: PathLike | None = None, method: str = "kneser_ney",
+                  vocab: Sequence[str] | None = None) -> NgramModel:
+    """An n-gram LM over token sequences (phones, BPE pieces; ints are turned into str).
+
+    E.g. TIMIT's phone bigram (``order=2``) or the phone LM P of the LF-MMI denominator graph.
+    With ``vocab`` (e.g. every phone), unseen tokens still get a unigram. The ARPA file is
+    written atomically when ``out_arpa`` is given; compile it with :func:`arpa_to_fst` and a
+    ``tokens.txt`` that holds the tokens, ``<s>``, ``</s>`` and the disambiguation symbol.
+    """
+    sentences = ([str(t) for t in seq] for seq in transcripts)
+    model = estimate_ngram(sentences, order, method=method,
+                           vocab=[str(t) for t in vocab] if vocab is not None else None)
+    if out_arpa is not None:
+        model.write_arpa(out_arpa)
+    return model
