@@ -158,6 +158,20 @@ def test_remove_input_epsilons_small() -> None:
     _assert_same(_enumerate(out), _enumerate(fsa), tol=1e-6)
 
 
+
+def test_remove_input_epsilons_chain_and_rounds() -> None:
+    # two epsilon arcs in a row (0 -a-> 1 -eps:W-> 2 -eps:V-> 3 -b-> 4), 2 also entered by c,
+    # and a homophone-like fan-out 4 -eps:X-> 5, 4 -eps:Y-> 6 entered by a word-less arc
+    fsa = from_openfst("0 1 1 0 0.5\n1 2 0 9 1\n0 2 3 0 0.25\n2 3 0 8 0.5\n3 4 2 0 2\n"
+                       "4 5 0 7 0.1\n4 6 0 6 0.2\n5 7 1 0 0\n6 7 2 0 0.3\n7 0.5\n",
+                       acceptor=False)
+    out = remove_input_epsilons(fsa)
+    assert int((out.labels == 0).sum()) == 0
+    _assert_same(_enumerate(out, max_tokens=5), _enumerate(fsa, max_tokens=5), tol=1e-6)
+    with pytest.raises(ValueError, match="cannot move the word"):
+        # the only arc after the epsilon arc is final, the only one before already has a word
+        remove_input_epsilons(from_openfst("0 1 1 5 0\n1 2 0 9 0\n2\n", acceptor=False))
+
 def test_hlg_structure_and_paths() -> None:
     LG = compile_lg(_L(), _G(), FTD, FWD)
     HLG = compile_hlg(make_topology("ctc", FTD - 1), LG)

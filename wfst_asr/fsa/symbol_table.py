@@ -29,6 +29,7 @@ class SymbolTable:
     def __init__(self, pairs: dict[str, int] | None = None) -> None:
         self._sym2id: dict[str, int] = {}
         self._id2sym: dict[int, str] = {}
+        self._max_id = -1  # kept up to date by _add_new, so add() is O(1)
         for sym, i in (pairs or {}).items():
             self.add(sym, i)
 
@@ -117,7 +118,7 @@ class SymbolTable:
     @property
     def max_id(self) -> int:
         """The largest id, -1 for an empty table."""
-        return max(self._id2sym, default=-1)
+        return self._max_id
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SymbolTable) and self._sym2id == other._sym2id
@@ -137,6 +138,7 @@ class SymbolTable:
             raise ValueError(f"duplicate id {i} (symbols {self._id2sym[i]!r} and {sym!r})")
         self._sym2id[sym] = i
         self._id2sym[i] = sym
+        self._max_id = max(self._max_id, i)
 
     def add(self, symbol: str, id: int | None = None) -> int:
         """Add ``symbol`` (with ``id``, default ``max_id + 1``); returns its id.

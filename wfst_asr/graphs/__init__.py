@@ -71,6 +71,7 @@ __all__ = [
     "make_token_lm",
     "make_topology",
     "pdf_to_tid_log_probs",
+    "prepare_lang",
     "read_arpa",
     "read_lexicon",
     "read_token_list",

@@ -52,6 +52,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from wfst_asr.fsa import Fsa, SymbolTable
@@ -213,8 +214,8 @@ def _copy_syms(out: Fsa, L: Fsa, G: Fsa) -> None:
 def remove_input_epsilons(fsa: Fsa) -> Fsa:
     """Remove the arcs with input label 0 of a transducer whose epsilon arcs all have a word.
 
-    For an arc ``e = p -> r`` with label 0, aux_label ``w`` and score ``s`` (processed one at a
-    time, each step keeps the set of (labels, words, total score) paths):
+    For an arc ``e = p -> r`` with label 0, aux_label ``w`` and score ``s`` (each step keeps the
+    set of (labels, words, total score) paths):
 
     * backward: when ``p`` is not the start state and every arc ``f = o -> p`` entering it has a
       label > 0 and aux_label 0, add ``o -> r`` with ``f``'s label, aux_label ``w``, score
@@ -226,70 +227,90 @@ def remove_input_epsilons(fsa: Fsa) -> Fsa:
     then delete ``e``. Arcs ``0:0`` must have been removed before (RmEpsilon). Raises ValueError
     when neither rule applies to some arc (two words would have to share a frame-consuming arc).
     States that become useless are left in place (call Connect).
+
+    Vectorised (numpy), in rounds. Each round looks at the graph as it is at the round's start:
+    ``B`` = the epsilon arcs the backward rule applies to, ``F`` = the others the forward rule
+    applies to. An arc of ``B`` whose ``p`` is entered by an arc leaving the ``r`` of an arc of
+    ``F`` waits for the next round (done one after the other, the first of the two would change
+    what the second sees); all the others are done at once. They do not interfere: a backward
+    step reads the arcs entering its ``p``, adds arcs ``o -> r`` and deletes ``e``; ``r`` has
+    ``e`` entering it, so it is no backward ``p``, and an ``o`` is no forward ``r`` (that would
+    be the deferred case). A forward step reads the arcs leaving its ``r``, adds arcs ``p -> x``
+    and deletes ``e``; ``p`` has ``e`` leaving it, so it is no forward ``r``, and an ``x`` is no
+    backward ``p`` (the deferred case again). So a round is the one-at-a-time process in some
+    order, and the paths are kept.
     """
     if fsa.is_vec or not fsa.has_attr("aux_labels"):
         raise ValueError("remove_input_epsilons takes a single transducer")
-    a = fsa.arcs.long().tolist()
-    src = [x[0] for x in a]
-    dst = [x[1] for x in a]
-    lab = [x[2] for x in a]
-    aux = fsa.aux_labels.long().tolist()
-    sc = fsa.scores.detach().double().tolist()
-    alive = [True] * len(src)
+    a = fsa.arcs.cpu().numpy()
+    src, dst = a[:, 0].astype(np.int64), a[:, 1].astype(np.int64)
+    lab = a[:, 2].astype(np.int64)
+    aux = fsa.aux_labels.cpu().numpy().astype(np.int64)
+    sc = fsa.scores.detach().cpu().numpy().astype(np.float64)
     n = fsa.num_states
-    inc: list[list[int]] = [[] for _ in range(n)]
-    out: list[list[int]] = [[] for _ in range(n)]
-    for i in range(len(src)):
-        inc[dst[i]].append(i)
-        out[src[i]].append(i)
-    pending = [i for i in range(len(src)) if lab[i] == 0]
-    if any(aux[i] == 0 for i in pending):
+    if bool((aux[lab == 0] == 0).any()):
         raise ValueError("remove_input_epsilons: arcs 0:0 present; run RmEpsilon first")
-
-    def add(s: int, d: int, label: int, word: int, score: float) -> None:
-        src.append(s)
-        dst.append(d)
-        lab.append(label)
-        aux.append(word)
-        sc.append(score)
-        alive.append(True)
-        inc[d].append(len(src) - 1)
-        out[s].append(len(src) - 1)
-
-    def ok(arcs: list[int]) -> bool:
-        return all(lab[j] > 0 and aux[j] == 0 for j in arcs if alive[j])
-
-    while pending:
-        left = []
-        for e in pending:
-            p, r, w, s = src[e], dst[e], aux[e], sc[e]
-            into = [j for j in inc[p] if alive[j]]
-            outof = [j for j in out[r] if alive[j]]
-            if p != 0 and ok(into):
-                for f in into:
-                    add(src[f], r, lab[f], w, sc[f] + s)
-            elif outof and ok(outof):
-                for g in outof:
-                    add(p, dst[g], lab[g], w, s + sc[g])
-            else:
-                left.append(e)
-                continue
-            alive[e] = False
-        if len(left) == len(pending):
+    alive = np.ones(len(src), dtype=bool)
+    while True:
+        pending = np.flatnonzero(alive & (lab == 0))
+        if not len(pending):
+            break
+        ok_arc = alive & (lab > 0) & (aux == 0)
+        bad_in = np.zeros(n, dtype=bool)
+        bad_in[dst[alive & ~ok_arc]] = True
+        bad_out = np.zeros(n, dtype=bool)
+        bad_out[src[alive & ~ok_arc]] = True
+        n_out = np.bincount(src[alive], minlength=n)
+        p, r = src[pending], dst[pending]
+        back = (p != 0) & ~bad_in[p]
+        fwd = ~back & (n_out[r] > 0) & ~bad_out[r]
+        F = pending[fwd]
+        r_of_f = np.zeros(n, dtype=bool)
+        r_of_f[dst[F]] = True
+        conflict = np.zeros(n, dtype=bool)
+        conflict[dst[ok_arc & r_of_f[src]]] = True
+        B = pending[back & ~conflict[p]]
+        if not len(B) and not len(F):
+            e0 = int(pending[0])
             raise ValueError(
-                f"remove_input_epsilons: cannot move the word of {len(left)} epsilon arc(s) "
-                f"(e.g. {src[left[0]]} -> {dst[left[0]]} word {aux[left[0]]}) onto a "
+                f"remove_input_epsilons: cannot move the word of {len(pending)} epsilon arc(s) "
+                f"(e.g. {src[e0]} -> {dst[e0]} word {aux[e0]}) onto a "
                 "frame-consuming arc without a word")
-        pending = left
-    keep = [i for i in range(len(src)) if alive[i]]
-    order = sorted(keep, key=lambda i: (src[i], lab[i] == -1))
-    arcs = torch.tensor([[src[i], dst[i], lab[i]] for i in order], dtype=torch.int32)
-    out_fsa = Fsa(arcs.reshape(-1, 3), torch.tensor([sc[i] for i in order], dtype=torch.float32),
-                  num_states=n, aux_labels=torch.tensor([aux[i] for i in order],
-                                                        dtype=torch.int32))
+        eb, fb = _arc_pairs(B, src[B], dst, alive)  # arcs f entering p
+        ef, gf = _arc_pairs(F, dst[F], src, alive)  # arcs g leaving r
+        alive[B] = False
+        alive[F] = False
+        src = np.concatenate([src, src[fb], src[ef]])
+        dst = np.concatenate([dst, dst[eb], dst[gf]])
+        lab = np.concatenate([lab, lab[fb], lab[gf]])
+        aux = np.concatenate([aux, aux[eb], aux[ef]])
+        sc = np.concatenate([sc, sc[fb] + sc[eb], sc[ef] + sc[gf]])
+        alive = np.concatenate([alive, np.ones(len(eb) + len(ef), dtype=bool)])
+    keep = np.flatnonzero(alive)
+    order = keep[np.lexsort((lab[keep] == -1, src[keep]))]
+    arcs = torch.from_numpy(np.stack([src[order], dst[order], lab[order]], axis=1)
+                            .astype(np.int32))
+    out_fsa = Fsa(arcs.reshape(-1, 3), torch.from_numpy(sc[order].astype(np.float32)),
+                  num_states=n, aux_labels=torch.from_numpy(aux[order].astype(np.int32)))
     for k, v in fsa._other_attrs.items():
         setattr(out_fsa, k, v)
     return out_fsa
+
+
+def _arc_pairs(sel: np.ndarray, state: np.ndarray, at: np.ndarray, alive: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Every (arc of ``sel``, alive arc ``j`` with ``at[j] == state`` of that arc) pair."""
+    if not len(sel):
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    idx = np.flatnonzero(alive)
+    idx = idx[np.argsort(at[idx], kind="stable")]
+    deg = np.bincount(at[idx], minlength=int(max(state.max(), 0)) + 1)
+    first = np.concatenate([[0], np.cumsum(deg)])
+    cnt = deg[state]
+    rep = np.repeat(np.arange(len(sel)), cnt)
+    offs = np.arange(len(rep)) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    return sel[rep], idx[first[state][rep] + offs]
 
 
 def _epsilon_free_lg(LG: Fsa, stats: CompileStats) -> Fsa:

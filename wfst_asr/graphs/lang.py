@@ -412,12 +412,13 @@ def _token_list(tokens: PathLike | Sequence[str] | None, lexicon: list[LexiconEn
 
 def _make_tables(tokens: list[str], words: list[str], max_disambig: int
                  ) -> tuple[SymbolTable, SymbolTable]:
+    # explicit ids: SymbolTable.add(sym) without an id scans every id (quadratic for 100k words)
     token_table = SymbolTable({BLANK: 0})
-    for t in tokens + [f"#{i}" for i in range(max_disambig + 1)]:
-        token_table.add(t)
+    for i, t in enumerate(tokens + [f"#{k}" for k in range(max_disambig + 1)], start=1):
+        token_table.add(t, i)
     word_table = SymbolTable({WORD_EPS: 0})
-    for w in sorted(set(words)) + ["#0", "<s>", "</s>"]:
-        word_table.add(w)
+    for i, w in enumerate(sorted(set(words)) + ["#0", "<s>", "</s>"], start=1):
+        word_table.add(w, i)
     return token_table, word_table
 
 
