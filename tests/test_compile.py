@@ -305,6 +305,17 @@ def test_compile_graph_cache(tmp_path) -> None:
     assert st["num_pdfs"] == 9
 
 
+def test_compile_graph_rejects_mismatched_symbols(tmp_path) -> None:
+    """A G (or L) built with another words.txt: a clear error naming the files, no output."""
+    _write_lang(tmp_path)
+    n_words = len(WORDS.split("\n")) - 1
+    short = "".join(line + "\n" for line in WORDS.splitlines()[: n_words // 2])
+    (tmp_path / "words.txt").write_text(short + "#0 " + str(n_words + 5) + "\n")
+    with pytest.raises(ValueError, match=r"G\.fst: input label ids .* not in .*words\.txt"):
+        compile_graph(tmp_path, kind="HLG", topo="ctc")
+    assert not (tmp_path / "HLG.fst").exists() and not (tmp_path / "HLG.pt").exists()
+
+
 def test_cli(tmp_path, capsys) -> None:
     from wfst_asr.bin.cli import main
 

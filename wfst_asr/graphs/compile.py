@@ -409,6 +409,27 @@ def _first_disambig(table: SymbolTable, path: Path) -> int:
     return int(table["#0"])
 
 
+def _check_ids(labels: torch.Tensor, table: SymbolTable, fst_path: Path, table_path: Path,
+               side: str) -> None:
+    """Every label (other than 0 and -1) of ``fst_path`` must be an id of ``table_path``."""
+    ids = torch.unique(labels.long())
+    ids = ids[ids > 0].tolist()
+    missing = [i for i in ids if i not in table]
+    if missing:
+        raise ValueError(f"{fst_path}: {side} label ids {missing[:5]} (and {len(missing)} in "
+                         f"all) are not in {table_path}: the graph was built with other symbols")
+
+
+def _check_table(fsa: Fsa, attr: str, table: SymbolTable, fst_path: Path, table_path: Path
+                 ) -> None:
+    """A symbol table stored in the FST file must equal the lang dir's table."""
+    own = getattr(fsa, attr, None) if fsa.has_attr(attr) else None
+    if isinstance(own, SymbolTable) and own != table:
+        diff = next((sym for sym, i in own.items() if sym not in table or table[sym] != i), None)
+        raise ValueError(f"{fst_path}: its symbol table differs from {table_path} (first "
+                         f"difference: {diff!r}); rebuild it with {table_path}")
+
+
 def _stamp(kind: str, topo: str, options: dict[str, Any], inputs: dict[str, Path]) -> dict:
     return {"version": _STAMP_VERSION, "kind": kind, "topo": topo, "options": options,
             "inputs": {k: str(v.resolve()) for k, v in inputs.items()}}
@@ -498,6 +519,10 @@ def _compile_from_files(inputs: dict[str, Path], kind: str, topo: str, options: 
     with stats.convert():
         L = read_fst(inputs["L_disambig"], acceptor=False)
         G = read_fst(inputs["G"])
+    _check_ids(G.labels, words, inputs["G"], inputs["words"], "input")
+    _check_table(G, "labels_sym", words, inputs["G"], inputs["words"])
+    _check_ids(L.labels, tokens, inputs["L_disambig"], inputs["tokens"], "input")
+    _check_ids(L.aux_labels, words, inputs["L_disambig"], inputs["words"], "output")
     L.labels_sym, L.aux_labels_sym = tokens, words
     say(f"L_disambig: {_size(L)}, G: {_size(G)} (states, arcs)")
     LG = compile_lg(L, G, ftd, fwd, use_log=options["use_log"], stats=stats)
