@@ -313,3 +313,29 @@ def test_hmm_graph_gradcheck():
     gen = torch.Generator().manual_seed(3)
     lp = torch.randn(2, 5, 5, generator=gen, dtype=torch.float64).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda x: tot(graphs, x), (lp,))
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_hmm_word_graphs_through_lexicon(n):
+    """Word transcripts: one pronunciation per word gives exactly the token-transcript graph;
+    a word with two pronunciations gives the log-sum of the brute-force totals of both token
+    sequences (they are different strings, so no path is shared)."""
+    p = 0.3
+    H = hmm_topo(3, n, math.log(p))
+    lexicon = {1: [1, 2], 2: [[3], [2, 3]], 3: [2]}
+    comp = HmmTrainingGraphCompiler(H, lexicon=lexicon)
+    gen = torch.Generator().manual_seed(10 + n)
+    V = 3 * n + 1
+    single = comp.compile([[1, 3]])
+    assert torch.equal(single.arcs, HmmTrainingGraphCompiler(H).compile([[1, 2, 2]]).arcs)
+    multi = comp.compile([[1, 2], [2]])
+    for T in (4, 5):
+        lp = torch.randn(2, T, V, generator=gen, dtype=torch.float64).log_softmax(-1)
+        got = tot(multi, lp)
+        want = [ref.logsumexp([brute_force_hmm_total(lp[0], [1, 2, 3], n, p),
+                               brute_force_hmm_total(lp[0], [1, 2, 2, 3], n, p)]),
+                ref.logsumexp([brute_force_hmm_total(lp[1], [3], n, p),
+                               brute_force_hmm_total(lp[1], [2, 3], n, p)])]
+        torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
+    with pytest.raises(KeyError, match="not in the lexicon"):
+        comp.compile([[7]])

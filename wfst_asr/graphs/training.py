@@ -539,22 +539,56 @@ def hmm_topo(num_tokens: int, num_states: int = 1, self_loop_logprob: float = ma
 
 
 class HmmTrainingGraphCompiler:
-    """Per-utterance HMM training graphs ``H o transcript`` (batched, no OpenFst call).
+    """Per-utterance HMM training graphs ``H o transcript`` (batched, no OpenFst call when every
+    word has one pronunciation).
 
     Args:
       topo: the topology transducer ``H`` (labels = output ids, aux_labels = tokens, see
         :class:`LinearComposer`), e.g. :func:`hmm_topo` or an H built from a Kaldi topology.
+      lexicon: optional ``{word id: pronunciation}`` or ``{word id: [pron, ...]}`` (token ids
+        >= 1) for word transcripts.
       device: where the graphs go.
     """
 
-    def __init__(self, topo: Fsa, device: Device = None) -> None:
+    def __init__(self, topo: Fsa, lexicon: Mapping[int, Sequence] | None = None,
+                 device: Device = None) -> None:
         self.topo = topo
         self.device = device
         self._composer = LinearComposer(topo)
+        self.lexicon = _normalize_lexicon(lexicon) if lexicon is not None else None
 
-    def compile(self, texts: Texts) -> Fsa:
-        """FsaVec of ``H o linear(texts[i])`` (token ids >= 1); scores = H's transition scores."""
-        return self._composer(texts, device=self.device)
+    def compile(self, texts: Texts, unit: str | None = None) -> Fsa:
+        """FsaVec of ``H o transcript_i``; scores = H's transition scores.
+
+        Args:
+          texts: token-id sequences (``unit="tokens"``) or word-id sequences (``"words"``,
+            through the lexicon; default when a lexicon was given).
+        """
+        seqs = _as_lists(texts)
+        unit = unit or ("words" if self.lexicon is not None else "tokens")
+        if unit == "tokens":
+            return self._composer(seqs, device=self.device)
+        if unit != "words" or self.lexicon is None:
+            raise ValueError("word transcripts need a lexicon; unit must be 'tokens' or 'words'")
+        for i, s in enumerate(seqs):
+            missing = [w for w in s if w not in self.lexicon]
+            if missing:
+                raise KeyError(f"utterance {i}: words {missing} are not in the lexicon")
+        if all(len(self.lexicon[w]) == 1 for s in seqs for w in s):
+            tokens = [[t for w in s for t in self.lexicon[w][0]] for s in seqs]
+            return self._composer(tokens, device=self.device)
+        # several pronunciations: H o (union of pronunciation chains), through OpenFst
+        words_ctc = CtcTrainingGraphCompiler(self.lexicon, determinize=True)
+        graphs = []
+        for s in seqs:
+            acc = words_ctc._acceptor_from_lexicon(s)
+            g = ops.compose(self.topo, acc)  # arc-sorts both, trims dead states
+            if bool((g.labels == 0).any()):
+                raise ValueError("H has arcs without an output id (input epsilon): it cannot "
+                                 "be used for frame-synchronous training graphs")
+            graphs.append(g)
+        vec = create_fsa_vec(graphs)
+        return vec.to(self.device) if self.device is not None else vec
 
 
 # ---------------------------------------------------------------------------- LF-MMI
