@@ -129,20 +129,25 @@ def fsa_info_lines(fsa: Fsa, isymbols: SymbolTable | None = None,
     return lines
 
 
-def _tables(args: argparse.Namespace) -> tuple[SymbolTable | None, SymbolTable | None]:
-    isym = SymbolTable.from_file(args.isymbols) if args.isymbols else None
-    osym = SymbolTable.from_file(args.osymbols) if args.osymbols else None
-    return isym, osym
+def _load(args: argparse.Namespace, cmd: str
+          ) -> tuple[Fsa, SymbolTable | None, SymbolTable | None] | None:
+    """The FST of ``args.file`` and the optional symbol tables; None (error printed) on failure."""
+    try:
+        fsa = read_any(args.file, args.format)
+        isym = SymbolTable.from_file(args.isymbols) if args.isymbols else None
+        osym = SymbolTable.from_file(args.osymbols) if args.osymbols else None
+    except (ValueError, OSError) as e:
+        print(f"{cmd}: error: {e}", file=sys.stderr)
+        return None
+    return fsa, isym, osym
 
 
 def cmd_fst_info(args: argparse.Namespace) -> int:
     """Print :func:`fsa_info_lines` of ``args.file``."""
-    try:
-        fsa = read_any(args.file, args.format)
-        isym, osym = _tables(args)
-    except (ValueError, OSError) as e:
-        print(f"fst-info: error: {e}", file=sys.stderr)
+    loaded = _load(args, "fst-info")
+    if loaded is None:
         return 1
+    fsa, isym, osym = loaded
     print(f"file: {args.file}")
     print("\n".join(fsa_info_lines(fsa, isym, osym)))
     return 0
@@ -152,12 +157,10 @@ def cmd_fst_draw(args: argparse.Namespace) -> int:
     """Draw ``args.file`` to ``args.out`` (refusing graphs over ``--max-states``)."""
     from wfst_asr.fsa import draw
 
-    try:
-        fsa = read_any(args.file, args.format)
-        isym, osym = _tables(args)
-    except (ValueError, OSError) as e:
-        print(f"fst-draw: error: {e}", file=sys.stderr)
+    loaded = _load(args, "fst-draw")
+    if loaded is None:
         return 1
+    fsa, isym, osym = loaded
     if fsa.num_states > args.max_states:
         print(f"fst-draw: error: {args.file} has {fsa.num_states} states, more than "
               f"--max-states {args.max_states}; a picture would be unreadable (raise "
