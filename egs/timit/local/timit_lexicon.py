@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """TIMIT lexicons and lang directories (phone level for PER, word level from timitdic.txt).
 
-* Phone level: each phone of the 61-phone TIMIT set (or of the 48-phone set of Lee & Hon, 1989)
-  is its own "word" and its own token; no optional silence (``h#``/``pau``/``epi`` or ``sil`` are
-  words themselves).
+* Phone level: each phone of the 61-phone TIMIT set (or of the 48- or 39-phone set of Lee & Hon,
+  1989, folded by the table ``phones.60-48-39.map`` next to this file) is its own "word" and its
+  own token; no optional silence (``h#``/``pau``/``epi`` or ``sil`` are words themselves).
 * Word level: ``timitdic.txt`` (lines ``word  /ph1 ph2 .../``, comment lines start with ``;``),
   stress digits 1/2 stripped. Its 45 phonemic symbols all belong to the 61-phone set, so the
   tokens are the 61 TIMIT phones unchanged (or mapped to the 48-phone set), with ``h#`` (``sil``
@@ -29,37 +29,67 @@ from pathlib import Path
 from wfst_asr.fsa.symbol_table import atomic_write_text
 from wfst_asr.graphs.lang import Lang, LexiconEntry, prepare_lang, write_lexicon
 
-#: The 61 phone labels of the TIMIT .phn files.
-PHONES_61 = (
-    "aa", "ae", "ah", "ao", "aw", "ax", "ax-h", "axr", "ay", "b", "bcl", "ch", "d", "dcl", "dh",
-    "dx", "eh", "el", "em", "en", "eng", "epi", "er", "ey", "f", "g", "gcl", "h#", "hh", "hv",
-    "ih", "ix", "iy", "jh", "k", "kcl", "l", "m", "n", "ng", "nx", "ow", "oy", "p", "pau", "pcl",
-    "q", "r", "s", "sh", "t", "tcl", "th", "uh", "uw", "ux", "v", "w", "y", "z", "zh",
-)
+#: The standard TIMIT folding table (Lee & Hon, 1989; the file Kaldi's TIMIT recipe uses too):
+#: one line ``phone61 phone48 phone39`` per phone of the 61-phone set, ``q`` alone on its line
+#: (the glottal stop maps to nothing).
+PHONE_MAP_FILE = Path(__file__).resolve().with_name("phones.60-48-39.map")
+
+
+def read_phone_map(path: str | os.PathLike = PHONE_MAP_FILE
+                   ) -> dict[str, tuple[str | None, str | None]]:
+    """``{phone61: (phone48, phone39)}`` from a folding table (``None``: maps to nothing).
+
+    Raises ValueError naming the file and line for a line with 2 or more than 3 fields or a
+    phone listed twice.
+    """
+    out: dict[str, tuple[str | None, str | None]] = {}
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for no, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) not in (1, 3):
+            raise ValueError(f"{os.fspath(path)}:{no}: expected 'phone61 phone48 phone39' or "
+                             f"'phone61', got {line!r}")
+        if fields[0] in out:
+            raise ValueError(f"{os.fspath(path)}:{no}: phone {fields[0]!r} listed twice")
+        out[fields[0]] = (fields[1], fields[2]) if len(fields) == 3 else (None, None)
+    return out
+
+
+_PHONE_MAP = read_phone_map()
+
+#: The 61 phone labels of the TIMIT .phn files (in the order of the folding table).
+PHONES_61 = tuple(_PHONE_MAP)
 
 #: 61 -> 48 phones (Lee & Hon 1989); ``q`` (glottal stop) maps to nothing.
-MAP_61_TO_48 = {p: p for p in PHONES_61} | {
-    "ax-h": "ax", "axr": "er", "hv": "hh", "ux": "uw", "em": "m", "nx": "n", "eng": "ng",
-    "bcl": "vcl", "dcl": "vcl", "gcl": "vcl", "pcl": "cl", "tcl": "cl", "kcl": "cl",
-    "h#": "sil", "pau": "sil", "q": None,
-}
+MAP_61_TO_48 = {p: m48 for p, (m48, _) in _PHONE_MAP.items()}
+#: 61 -> 39 phones (the 48 folded further for scoring); ``q`` maps to nothing.
+MAP_61_TO_39 = {p: m39 for p, (_, m39) in _PHONE_MAP.items()}
 PHONES_48 = sorted({p for p in MAP_61_TO_48.values() if p is not None})
+PHONES_39 = sorted({p for p in MAP_61_TO_39.values() if p is not None})
+_MAPS = {"48": MAP_61_TO_48, "39": MAP_61_TO_39}
 
 _DIC_RE = re.compile(r"(\S+)\s+/([^/]*)/\s*\Z")
 
 
 def phone_set(name: str) -> list[str]:
-    """The phones of set ``"61"`` or ``"48"``."""
-    if name not in ("61", "48"):
-        raise ValueError(f"unknown phone set {name!r} (61 or 48)")
-    return list(PHONES_61) if name == "61" else list(PHONES_48)
+    """The phones of set ``"61"``, ``"48"`` or ``"39"``."""
+    if name not in ("61", "48", "39"):
+        raise ValueError(f"unknown phone set {name!r} (61, 48 or 39)")
+    return list(PHONES_61) if name == "61" else list(PHONES_48 if name == "48" else PHONES_39)
 
 
 def map_phones(phones: Sequence[str], name: str) -> list[str]:
-    """Map 61-set phones to set ``name`` (``q`` disappears in the 48 set)."""
+    """Map 61-set phones to set ``name`` (``q`` disappears in the 48 and 39 sets).
+
+    Raises KeyError for a phone outside the 61-phone set (when ``name`` is not ``"61"``).
+    """
     if name == "61":
         return list(phones)
-    return [m for m in (MAP_61_TO_48[p] for p in phones) if m is not None]
+    table = _MAPS[name]
+    return [m for m in (table[p] for p in phones) if m is not None]
 
 
 def read_timitdic(path: str | os.PathLike) -> list[LexiconEntry]:
@@ -124,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--timit-dir", required=True, help="folder holding timitdic.txt")
     parser.add_argument("--out-dir", required=True, help="output folder (e.g. data)")
-    parser.add_argument("--phone-set", choices=("61", "48"), default="61")
+    parser.add_argument("--phone-set", choices=("61", "48", "39"), default="61")
     args = parser.parse_args(argv)
     for lang in prepare_timit_langs(args.timit_dir, args.out_dir, args.phone_set):
         n_tok = len(lang.token_table) - 1 - (lang.max_disambig + 1)
