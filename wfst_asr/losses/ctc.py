@@ -1,0 +1,171 @@
+"""The CTC loss through the FSA engine, with infeasible utterances excluded up front.
+
+``CtcLoss()(log_probs, out_lens, token_seqs)`` computes, for each utterance ``b``,
+``-get_tot_scores(intersect_dense(ctc_graph(token_seqs), DenseFsaVec(log_probs, segments)))``
+with segments ``(b, 0, out_lens[b])``.
+
+An utterance whose transcript cannot be aligned with its frames (``T < U + number of adjacent
+repeated tokens`` for standard CTC, ``T < U`` for modified CTC) has no CTC path: its loss would
+be ``inf``. Such utterances are found before the loss, left out of the graphs, and reported
+(``info["excluded"]``); any total that still comes out non-finite (e.g. ``-inf`` log-probs on
+every path) is dropped the same way. So neither the loss nor the gradient is ever inf/NaN when
+the log-probs themselves are finite. :func:`nan_guard` is the last line of defence before an
+optimizer step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from itertools import pairwise
+
+import torch
+from torch import nn
+
+from wfst_asr.fsa import DenseFsaVec, ctc_graph, get_tot_scores, intersect_dense
+
+__all__ = ["CtcLoss", "ctc_min_frames", "nan_guard"]
+
+log = logging.getLogger(__name__)
+
+
+def ctc_min_frames(tokens: Sequence[int], modified: bool = False) -> int:
+    """Fewest frames a CTC path for ``tokens`` needs: ``U`` plus one blank between each pair of
+    identical adjacent tokens (none for modified CTC)."""
+    tokens = list(tokens)
+    if modified:
+        return len(tokens)
+    return len(tokens) + sum(1 for a, b in pairwise(tokens) if a == b)
+
+
+def _as_token_lists(token_seqs) -> list[list[int]]:
+    if isinstance(token_seqs, torch.Tensor):
+        token_seqs = token_seqs.tolist()
+    return [[int(t) for t in (s.tolist() if isinstance(s, torch.Tensor) else s)]
+            for s in token_seqs]
+
+
+class CtcLoss(nn.Module):
+    """CTC loss (token 0 = blank) computed with the FSA engine.
+
+    Args:
+      modified: use the modified CTC topology (identical adjacent tokens need no blank between
+        them), as :func:`wfst_asr.fsa.ctc_graph`.
+      reduction: ``"sum"`` over the kept utterances; ``"mean"``: that sum divided by the number
+        of output frames of the kept utterances (``info["frames"]``; not torch's per-target-
+        length mean); ``"none"``: a ``[B]`` tensor, 0 for excluded utterances.
+      use_double_scores: run the forward-backward in float64 (the loss is then float64).
+
+    ``forward(log_probs [B, T, V], out_lens [B], token_seqs)`` returns ``(loss, info)`` where
+    ``token_seqs`` holds one list of token ids (1..V-1) per sequence and ``info`` is a dict:
+
+    * ``num_utts``: B;
+    * ``num_excluded``, ``excluded``: how many and which sequence indices were left out
+      (infeasible transcripts, plus any non-finite total: see ``num_nonfinite``);
+    * ``num_nonfinite``: how many of those were feasible but still gave a non-finite total;
+    * ``frames``: output frames of the kept utterances (int; the ``"mean"`` denominator).
+
+    If every utterance is excluded the loss is a zero that still depends on ``log_probs`` (so
+    ``backward()`` works and gives zero gradients).
+    """
+
+    def __init__(self, modified: bool = False, reduction: str = "sum",
+                 use_double_scores: bool = False) -> None:
+        super().__init__()
+        if reduction not in ("sum", "mean", "none"):
+            raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got {reduction!r}")
+        self.modified = bool(modified)
+        self.reduction = reduction
+        self.use_double_scores = bool(use_double_scores)
+
+    def extra_repr(self) -> str:
+        return f"modified={self.modified}, reduction={self.reduction!r}"
+
+    def feasible(self, out_lens: torch.Tensor | Sequence[int],
+                 token_seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+        """bool ``[B]`` (CPU): the transcript fits the frames (``T >= ctc_min_frames``)."""
+        lens = torch.as_tensor(out_lens).detach().to("cpu", torch.int64)
+        need = torch.tensor([ctc_min_frames(s, self.modified) for s in token_seqs],
+                            dtype=torch.int64)
+        return lens >= need
+
+    def forward(self, log_probs: torch.Tensor, out_lens: torch.Tensor,
+                token_seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, dict]:
+        if log_probs.dim() != 3:
+            raise ValueError(f"log_probs must be [B, T, V], got {tuple(log_probs.shape)}")
+        B, T, V = log_probs.shape
+        seqs = _as_token_lists(token_seqs)
+        lens = torch.as_tensor(out_lens).detach().to("cpu", torch.int64).reshape(-1)
+        if len(seqs) != B or lens.numel() != B:
+            raise ValueError(f"got {B} sequences of log-probs, {lens.numel()} lengths and "
+                             f"{len(seqs)} transcripts")
+        if bool((lens < 0).any()) or bool((lens > T).any()):
+            raise ValueError(f"out_lens must lie in [0, T={T}], got {lens.tolist()}")
+        for i, s in enumerate(seqs):
+            if s and (min(s) < 1 or max(s) >= V):
+                raise ValueError(f"transcript {i}: token ids must be in [1, {V}) (0 is blank, "
+                                 f"V={V} outputs), got {s}")
+
+        ok = self.feasible(lens, seqs)
+        keep = ok.nonzero().squeeze(1)
+        dtype = torch.float64 if self.use_double_scores else log_probs.dtype
+        per_utt = log_probs.new_zeros(B, dtype=dtype)
+        num_nonfinite = 0
+        if keep.numel():
+            segs = torch.stack([keep, torch.zeros_like(keep), lens[keep]], 1).to(torch.int32)
+            graphs = ctc_graph([seqs[i] for i in keep.tolist()], modified=self.modified,
+                               device=log_probs.device)
+            tot = get_tot_scores(intersect_dense(graphs, DenseFsaVec(log_probs, segs)),
+                                 log_semiring=True, use_double_scores=self.use_double_scores)
+            fin = torch.isfinite(tot).detach()
+            if not bool(fin.all()):
+                bad = (~fin).nonzero().squeeze(1).cpu()
+                num_nonfinite = bad.numel()
+                ok[keep[bad]] = False
+                log.warning("CtcLoss: %d feasible utterance(s) gave a non-finite total; "
+                            "excluded: %s", num_nonfinite, keep[bad].tolist())
+            # where(): the gradient of the dropped (non-finite) entries is exactly 0
+            nll = torch.where(fin, -tot, torch.zeros_like(tot))
+            per_utt = per_utt.index_put((keep.to(log_probs.device),), nll.to(dtype))
+        excluded = (~ok).nonzero().squeeze(1).tolist()
+        frames = int(lens[ok].sum())
+        info = {"num_utts": B, "num_excluded": len(excluded), "excluded": excluded,
+                "num_nonfinite": num_nonfinite, "frames": frames}
+        if excluded:
+            log.debug("CtcLoss: excluded %d/%d utterances: %s", len(excluded), B, excluded)
+        if not keep.numel():
+            # nothing to train on: a zero that is still connected to the graph
+            per_utt = per_utt + 0.0 * log_probs.sum().to(dtype)
+        if self.reduction == "none":
+            return per_utt, info
+        loss = per_utt.sum()
+        if self.reduction == "mean":
+            loss = loss / max(frames, 1)
+        return loss, info
+
+
+def nan_guard(loss: torch.Tensor, params: Iterable[torch.nn.Parameter],
+              zero_grad: bool = True) -> bool:
+    """True when ``loss`` and every gradient of ``params`` are finite, so the optimizer step
+    is safe; otherwise log a warning, drop the gradients (``p.grad = None``, unless
+    ``zero_grad=False``) and return False. Call after ``backward()``::
+
+        loss.backward()
+        if nan_guard(loss, model.parameters()):
+            optimizer.step()
+        optimizer.zero_grad()
+    """
+    params = [p for p in params if p.grad is not None]
+    ok = bool(torch.isfinite(loss.detach()).all())
+    if ok and params:
+        by_device: dict[torch.device, list[torch.Tensor]] = {}
+        for p in params:  # one "all finite" flag per parameter, one sync per device
+            by_device.setdefault(p.grad.device, []).append(torch.isfinite(p.grad).all())
+        ok = all(bool(torch.stack(flags).all()) for flags in by_device.values())
+    if not ok:
+        log.warning("nan_guard: non-finite loss or gradient (loss=%s); skipping this step",
+                    float(loss.detach().sum()) if loss.numel() else loss)
+        if zero_grad:
+            for p in params:
+                p.grad = None
+    return ok
