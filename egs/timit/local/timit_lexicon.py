@@ -28,6 +28,7 @@ from pathlib import Path
 
 from wfst_asr.fsa.symbol_table import atomic_write_text
 from wfst_asr.graphs.lang import Lang, LexiconEntry, prepare_lang, write_lexicon
+from wfst_asr.scoring import PhoneMap
 
 #: The standard TIMIT folding table (Lee & Hon, 1989; the file Kaldi's TIMIT recipe uses too):
 #: one line ``phone61 phone48 phone39`` per phone of the 61-phone set, ``q`` alone on its line
@@ -35,40 +36,18 @@ from wfst_asr.graphs.lang import Lang, LexiconEntry, prepare_lang, write_lexicon
 PHONE_MAP_FILE = Path(__file__).resolve().with_name("phones.60-48-39.map")
 
 
-def read_phone_map(path: str | os.PathLike = PHONE_MAP_FILE
-                   ) -> dict[str, tuple[str | None, str | None]]:
-    """``{phone61: (phone48, phone39)}`` from a folding table (``None``: maps to nothing).
-
-    Raises ValueError naming the file and line for a line with 2 or more than 3 fields or a
-    phone listed twice.
-    """
-    out: dict[str, tuple[str | None, str | None]] = {}
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    for no, line in enumerate(lines, start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) not in (1, 3):
-            raise ValueError(f"{os.fspath(path)}:{no}: expected 'phone61 phone48 phone39' or "
-                             f"'phone61', got {line!r}")
-        if fields[0] in out:
-            raise ValueError(f"{os.fspath(path)}:{no}: phone {fields[0]!r} listed twice")
-        out[fields[0]] = (fields[1], fields[2]) if len(fields) == 3 else (None, None)
-    return out
-
-
-_PHONE_MAP = read_phone_map()
+#: The folding table (wfst_asr.scoring.PhoneMap: sets "61", "48", "39").
+PHONE_MAP = PhoneMap.from_file(PHONE_MAP_FILE)
 
 #: The 61 phone labels of the TIMIT .phn files (in the order of the folding table).
-PHONES_61 = tuple(_PHONE_MAP)
+PHONES_61 = tuple(PHONE_MAP.mapping("61"))
 
-#: 61 -> 48 phones (Lee & Hon 1989); ``q`` (glottal stop) maps to nothing.
-MAP_61_TO_48 = {p: m48 for p, (m48, _) in _PHONE_MAP.items()}
+#: 61 -> 48 phones (Lee & Hon 1989); ``q`` (glottal stop) maps to nothing (None).
+MAP_61_TO_48 = PHONE_MAP.mapping("48")
 #: 61 -> 39 phones (the 48 folded further for scoring); ``q`` maps to nothing.
-MAP_61_TO_39 = {p: m39 for p, (_, m39) in _PHONE_MAP.items()}
-PHONES_48 = sorted({p for p in MAP_61_TO_48.values() if p is not None})
-PHONES_39 = sorted({p for p in MAP_61_TO_39.values() if p is not None})
+MAP_61_TO_39 = PHONE_MAP.mapping("39")
+PHONES_48 = PHONE_MAP.phones("48")
+PHONES_39 = PHONE_MAP.phones("39")
 _MAPS = {"48": MAP_61_TO_48, "39": MAP_61_TO_39}
 
 _DIC_RE = re.compile(r"(\S+)\s+/([^/]*)/\s*\Z")
