@@ -1,0 +1,331 @@
+"""wfst_asr.train: config registry/overrides, checkpoints, the Trainer, resume, averaging, DDP.
+
+Data: a tiny synthetic task written as a real lhotse ``CutSet`` with precomputed features
+(lhotse's ``NumpyFilesWriter`` in ``tmp_path``, lossless, so runs are bit-reproducible): each
+cut is a sequence of 3-5 phones from {a, b, c, d}; every phone lasts 5-8 frames of an 8-dim
+feature whose mean depends on the phone (plus noise), and the supervision carries the phones as
+a string in ``custom["phones"]`` mapped through a ``tokens.txt`` (as TIMIT's ``phones_48``).
+The models are a 1-layer BLSTM of 16 cells, so an epoch takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from lhotse import CutSet, Features, MonoCut, SupervisionSegment
+from lhotse.features.io import NumpyFilesWriter
+
+from wfst_asr.bin.train_cmd import build
+from wfst_asr.train import (
+    CheckpointError,
+    ExperimentConfig,
+    Trainer,
+    apply_overrides,
+    average_checkpoints,
+    get_config,
+    list_configs,
+    load_checkpoint,
+    register,
+    save_checkpoint,
+    seed_everything,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+PHONES = ["a", "b", "c", "d"]
+F = 8
+
+
+def _write_cuts(folder: Path, name: str, n: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    means = np.eye(len(PHONES), F, dtype=np.float32) * 3.0
+    cuts = []
+    with NumpyFilesWriter(folder / f"feats_{name}") as writer:
+        for i in range(n):
+            phones = [PHONES[k] for k in rng.integers(0, len(PHONES), rng.integers(3, 6))]
+            frames = [np.repeat(means[PHONES.index(p)][None], rng.integers(5, 9), 0)
+                      for p in phones]
+            x = np.concatenate(frames) + rng.normal(0, 0.5, (sum(map(len, frames)), F))
+            cid = f"{name}{i}"
+            key = writer.write(cid, x.astype(np.float32))
+            dur = x.shape[0] * 0.01
+            feats = Features(type="synthetic", num_frames=x.shape[0], num_features=F,
+                             frame_shift=0.01, sampling_rate=16000, start=0.0, duration=dur,
+                             storage_type=writer.name, storage_path=str(writer.storage_path),
+                             storage_key=key)
+            sup = SupervisionSegment(id=cid, recording_id=cid, start=0.0, duration=dur,
+                                     custom={"phones": " ".join(phones)})
+            cuts.append(MonoCut(id=cid, start=0.0, duration=dur, channel=0,
+                                supervisions=[sup], features=feats))
+    path = folder / f"cuts_{name}.jsonl.gz"
+    CutSet.from_cuts(cuts).to_file(path)
+    return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: tiny models are far faster so, and the 2 shared cores are not
+    oversubscribed (the subprocesses get OMP_NUM_THREADS=1)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("data")
+    tokens = folder / "tokens.txt"
+    tokens.write_text("<blk> 0\n" + "".join(f"{p} {i}\n" for i, p in enumerate(PHONES, 1))
+                      + "#0 5\n")
+    return {"train_cuts": str(_write_cuts(folder, "train", 24, 0)),
+            "dev_cuts": str(_write_cuts(folder, "dev", 6, 1)), "tokens": str(tokens)}
+
+
+@register("test.tiny_blstm")
+class TinyBlstm(ExperimentConfig):
+    token_field: str = "phones"
+    num_features: int = F
+    model: str = "blstm"
+    model_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"hidden": 16, "num_layers": 1, "dropout": 0.1})
+    max_duration: float = 1.6
+    bucketing: bool = False
+    spec_augment: bool = True
+    lr: float = 1e-2
+    num_epochs: int = 2
+    average_last: int = 2
+    tensorboard: bool = False
+    seed: int = 3
+
+
+@register("test.tiny_tdnn")
+class TinyTdnn(TinyBlstm):
+    model: str = "tdnn_lstm"
+    model_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"tdnn_dim": 16, "dilations": (1, 2), "lstm_hidden": 16,
+                                 "lstm_layers": 1})
+    schedule: str = "noam"
+
+
+def _cfg(data, exp_dir, name="test.tiny_blstm", *overrides) -> ExperimentConfig:
+    cfg = get_config(name)
+    apply_overrides(cfg, [f"{k}={v}" for k, v in data.items()] + [f"exp_dir={exp_dir}",
+                                                                  *overrides])
+    return cfg
+
+
+def _trainer(cfg) -> Trainer:
+    seed_everything(cfg.seed)
+    model, loss, train_dl, dev_dl, table = build(cfg)
+    return Trainer(cfg, model, loss, train_dl, dev_dl, "cpu", token_table=table)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_registry_inheritance_and_overrides():
+    assert {"timit.ctc_blstm", "timit.ctc_tdnn_lstm", "test.tiny_tdnn"} <= set(list_configs())
+    tdnn, blstm = get_config("timit.ctc_tdnn_lstm"), get_config("timit.ctc_blstm")
+    assert tdnn.name == "timit.ctc_tdnn_lstm" and tdnn.model == "tdnn_lstm"
+    assert tdnn.token_field == blstm.token_field == "phones_48"  # inherited
+    assert get_config("test.tiny_tdnn").lr == 1e-2 and get_config("test.tiny_tdnn").schedule \
+        == "noam"
+    cfg = apply_overrides(get_config("timit.ctc_blstm"), [
+        "lr=5e-4", "num_epochs=3", "spec_augment=false", "max_cuts=7", "model.hidden=128",
+        "exp_dir=/x/y", "model.subsample_type=stride", "max_cuts=none"])
+    assert cfg.lr == 5e-4 and isinstance(cfg.num_epochs, int) and cfg.spec_augment is False
+    assert cfg.model_kwargs["hidden"] == 128 and cfg.model_kwargs["subsample_type"] == "stride"
+    assert cfg.max_cuts is None and cfg.exp_dir == "/x/y"
+    apply_overrides(tdnn, ["model.dilations=1,2,3", "loss.modified=true"])
+    assert tdnn.model_kwargs["dilations"] == (1, 2, 3) and tdnn.loss_kwargs["modified"] is True
+    assert get_config("timit.ctc_blstm").lr == 1e-3  # fresh instances, no shared state
+    with pytest.raises(ValueError, match="valid keys.*max_duration"):
+        apply_overrides(cfg, ["max_durration=3"])
+    with pytest.raises(ValueError, match="model.hidden"):
+        apply_overrides(cfg, ["model.hiden=3"])
+    with pytest.raises(ValueError, match="boolean"):
+        apply_overrides(cfg, ["spec_augment=maybe"])
+    with pytest.raises(ValueError):
+        apply_overrides(cfg, ["num_epochs=2.5"])
+    with pytest.raises(ValueError, match="unknown config"):
+        get_config("timit.nope")
+
+
+def test_config_logged_and_saved(data, tmp_path, caplog):
+    cfg = _cfg(data, tmp_path / "exp", "test.tiny_blstm", "num_epochs=1", "average_last=0",
+               "tensorboard=true")
+    with caplog.at_level("INFO", logger="wfst_asr.train"):
+        _trainer(cfg).fit()
+    saved = json.loads((tmp_path / "exp" / "config.json").read_text())
+    assert saved == cfg.to_dict() and saved["model_kwargs"]["hidden"] == 16
+    assert type(cfg).from_dict(saved) == cfg
+    for key in cfg.to_dict():
+        assert f"  {key} = " in caplog.text
+    assert list((tmp_path / "exp" / "tensorboard").glob("events.out.tfevents.*"))
+    assert not list((tmp_path / "exp").glob(".tmp-*"))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_two_epochs_decrease_loss_and_write_checkpoints(data, tmp_path):
+    exp = tmp_path / "exp"
+    history = _trainer(_cfg(data, exp, "test.tiny_tdnn")).fit()
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+    assert history[1]["dev_loss"] < history[0]["dev_loss"]
+    names = {p.name for p in exp.iterdir()}
+    assert {"epoch-1.pt", "epoch-2.pt", "best.pt", "averaged.pt", "config.json"} <= names
+    assert not [n for n in names if n.startswith(".tmp-")]
+    state = torch.load(exp / "epoch-2.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["step_in_epoch"] > 0 and state["sampler"] is not None
+    assert state["optimizer"]["state"] and state["scheduler"]["last_epoch"] > 0
+    assert isinstance(state["rng"]["torch"], torch.Tensor)
+
+
+def test_corrupted_checkpoint_clear_error(tmp_path):
+    good = tmp_path / "epoch-1.pt"
+    save_checkpoint(good, {"model": {"w": torch.ones(1000)}})
+    bad = tmp_path / "epoch-2.pt"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"epoch-2\.pt.*corrupted or truncated"):
+        load_checkpoint(bad)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    from wfst_asr.train import latest_checkpoint
+    path, state = latest_checkpoint(tmp_path)  # skips the truncated newest one
+    assert path == good and torch.equal(state["model"]["w"], torch.ones(1000))
+
+
+def test_failed_save_leaves_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "epoch-1.pt"
+    save_checkpoint(path, {"model": {"w": torch.zeros(3)}})
+
+    def broken(obj, f, *a, **k):
+        Path(f).write_bytes(b"PK\x03\x04partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"model": {"w": torch.ones(3)}})
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.zeros(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["epoch-1.pt"]
+
+
+def test_average_checkpoints(tmp_path):
+    a = {"w": torch.randn(4, 3), "b": torch.randn(3).half(), "n": torch.tensor(5)}
+    b = {"w": torch.randn(4, 3), "b": torch.randn(3).half(), "n": torch.tensor(9)}
+    save_checkpoint(tmp_path / "a.pt", {"model": a})
+    save_checkpoint(tmp_path / "b.pt", {"model": b})
+    avg = average_checkpoints([tmp_path / "a.pt", tmp_path / "b.pt"])
+    torch.testing.assert_close(avg["w"], (a["w"] + b["w"]) / 2)
+    assert avg["b"].dtype == torch.float16
+    torch.testing.assert_close(avg["b"], ((a["b"].double() + b["b"].double()) / 2).half())
+    assert int(avg["n"]) == 9
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_resume_matches_uninterrupted(data, tmp_path):
+    full = _trainer(_cfg(data, tmp_path / "full"))
+    h_full = full.fit()
+    first = _trainer(_cfg(data, tmp_path / "part", "test.tiny_blstm", "num_epochs=1"))
+    first.fit()
+    second = _trainer(_cfg(data, tmp_path / "part"))
+    h_part = second.fit(resume=True)
+    assert [h["train_loss"] for h in h_part] == [h["train_loss"] for h in h_full]
+    assert [h["dev_loss"] for h in h_part] == [h["dev_loss"] for h in h_full]
+    for (k, p), q in zip(full.raw_model.state_dict().items(),
+                         second.raw_model.state_dict().values()):
+        assert torch.equal(p, q), k
+    for name in ("averaged.pt", "best.pt"):
+        x = load_checkpoint(tmp_path / "full" / name)["model"]
+        y = load_checkpoint(tmp_path / "part" / name)["model"]
+        assert all(torch.equal(x[k], y[k]) for k in x)
+
+
+def _cli_args(data, exp: Path, *extra: str) -> list[str]:
+    sets = {**data, "token_field": "phones", "num_features": F, "model.hidden": 16,
+            "model.num_layers": 1, "subsampling": 1, "spec_augment": "false", "cmvn": "",
+            "schedule": "none", "lr": 0.01, "max_duration": 0.8, "bucketing": "false",
+            "tensorboard": "false", "average_last": 2}
+    args = ["train", "--config", "timit.ctc_blstm", "--exp-dir", str(exp)]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={v}"]
+    return args + list(extra)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def test_killed_mid_epoch_then_resumed(data, tmp_path):
+    exp = tmp_path / "exp"
+    cmd = [sys.executable, "-m", "wfst_asr.bin.cli",
+           *_cli_args(data, exp, "--set", "num_epochs=4")]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 40
+        while not (exp / "epoch-1.pt").exists() and proc.poll() is None:
+            assert time.time() < deadline, "no first checkpoint"
+            time.sleep(0.02)
+        time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    done = sorted(p.name for p in exp.glob("epoch-*.pt"))
+    assert done and "epoch-4.pt" not in done
+    out = subprocess.run([sys.executable, "-m", "wfst_asr.bin.cli",
+                          *_cli_args(data, exp, "--set", "num_epochs=4", "--resume")],
+                         check=False, env=_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resumed from {exp / done[-1]}" in out.stderr
+    state = load_checkpoint(exp / "epoch-4.pt")
+    assert [h["epoch"] for h in state["history"]] == [1, 2, 3, 4]
+    assert (exp / "averaged.pt").exists() and (exp / "train.log").exists()
+
+
+# --------------------------------------------------------------------------- DDP
+
+
+@pytest.mark.skipif(os.environ.get("WFST_ASR_SKIP_SLOW") == "1",
+                    reason="slow (about 10 s): WFST_ASR_SKIP_SLOW=1")
+def test_slow_torchrun_two_processes_match_one(data, tmp_path):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    if not os.path.exists(torchrun):
+        pytest.skip("torchrun is not available")
+    common = ["--set", "num_epochs=2", "--set", "model.dropout=0"]
+    one = subprocess.run([sys.executable, "-m", "wfst_asr.bin.cli",
+                          *_cli_args(data, tmp_path / "one", *common, "--set",
+                                     "max_duration=1.6")],
+                         check=False, env=_env(), capture_output=True, text=True, timeout=60)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m",
+                          "wfst_asr.bin.cli", *_cli_args(data, tmp_path / "two", *common)],
+                         check=False, env=_env(), capture_output=True, text=True, timeout=60)
+    assert two.returncode == 0, two.stderr[-3000:]
+    h1 = load_checkpoint(tmp_path / "one" / "epoch-2.pt")["history"]
+    h2 = load_checkpoint(tmp_path / "two" / "epoch-2.pt")["history"]
+    assert not (tmp_path / "two" / "epoch-3.pt").exists()
+    for a, b in zip(h1, h2):  # same data, same number of steps, different batch make-up
+        assert abs(a["train_loss"] - b["train_loss"]) < 0.15 * a["train_loss"]
+        assert abs(a["dev_loss"] - b["dev_loss"]) < 0.15 * a["dev_loss"]
+    assert h2[1]["train_loss"] < h2[0]["train_loss"]

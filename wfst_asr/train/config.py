@@ -1,0 +1,321 @@
+"""Experiment configurations: typed, named, inheritable dataclasses in a registry.
+
+In the spirit of Lingvo's ``Params`` + model registry: an experiment is a subclass of
+:class:`ExperimentConfig` that overrides field defaults, registered under a dotted name::
+
+    @register("timit.ctc_blstm")
+    class TimitCtcBlstm(ExperimentConfig):
+        model: str = "blstm"
+        model_kwargs: dict = field(default_factory=lambda: {"hidden": 256})
+
+    @register("timit.ctc_tdnn_lstm")
+    class TimitCtcTdnnLstm(TimitCtcBlstm):      # inherits everything else
+        model: str = "tdnn_lstm"
+
+    cfg = get_config("timit.ctc_blstm")
+    apply_overrides(cfg, ["lr=1e-3", "model.hidden=128", "spec_augment=false"])
+    cfg.save(exp_dir / "config.json"); cfg.log()
+
+Override keys are field names; ``model.KEY`` / ``loss.KEY`` set an entry of
+``model_kwargs`` / ``loss_kwargs`` (typed from the current value, else from the default of the
+registered model's constructor). Values are parsed to the field's type (int, float, bool,
+str, tuple/list, ``None`` for optional fields); an unknown key raises ``ValueError`` listing the
+valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import logging
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from wfst_asr.atomic import atomic_write_text
+
+__all__ = [
+    "CONFIGS",
+    "ExperimentConfig",
+    "apply_overrides",
+    "get_config",
+    "list_configs",
+    "register",
+]
+
+log = logging.getLogger(__name__)
+
+#: name -> ExperimentConfig subclass.
+CONFIGS: dict[str, type[ExperimentConfig]] = {}
+
+
+@dataclass
+class ExperimentConfig:
+    """Every hyper-parameter of a training run (see the module doc for overrides)."""
+
+    name: str = "base"
+    # -- data (lhotse cuts with precomputed features) --
+    train_cuts: str = ""
+    dev_cuts: str = ""
+    tokens: str = ""            # tokens.txt ("sym id"; blank = 0; '#N' ignored) or ""
+    token_field: str = "tokens"  # supervision.custom key: list of ids, or symbols (str/list)
+    cmvn: str = ""               # .pt from wfst_asr.data.save_cmvn, or "" for none
+    num_features: int = 80
+    num_classes: int = 0         # 0: max token id + 1 from `tokens`
+    max_duration: float = 200.0
+    max_cuts: int | None = None
+    bucketing: bool = True
+    num_buckets: int = 10
+    num_workers: int = 0
+    spec_augment: bool = False
+    # -- model and loss --
+    model: str = "blstm"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    subsampling: int = 1
+    loss: str = "ctc"
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    # -- optimisation --
+    optimizer: str = "adam"      # adam | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0       # max gradient norm; 0 = none
+    schedule: str = "none"       # none | noam | plateau | exponential
+    warmup_steps: int = 1000     # noam
+    decay: float = 0.5           # plateau factor / exponential gamma
+    patience: int = 1            # plateau
+    num_epochs: int = 20
+    seed: int = 42
+    average_last: int = 5        # checkpoints averaged into averaged.pt at the end
+    # -- output --
+    exp_dir: str = "exp"
+    tensorboard: bool = True
+    log_every: int = 50          # batches between TensorBoard points
+
+    def __post_init__(self) -> None:
+        if self.name == "base":
+            self.name = getattr(type(self), "_registered_name", "base")
+
+    # ------------------------------------------------------------------ dict / json / log
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as plain JSON-able values (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the configuration as JSON, atomically."""
+        atomic_write_text(path, self.to_json() + "\n")
+
+    def log(self, logger: logging.Logger | None = None) -> None:
+        """Log every hyper-parameter, one per line."""
+        logger = logger or log
+        logger.info("experiment %s (%s)", self.name, type(self).__name__)
+        for key, value in sorted(self.to_dict().items()):
+            logger.info("  %s = %r", key, value)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
+        """Inverse of :meth:`to_dict` (unknown keys: ``ValueError``)."""
+        cfg = cls()
+        bad = sorted(set(d) - set(_field_types(cls)))
+        if bad:
+            raise ValueError(f"unknown config keys {bad}; valid keys: {sorted(_field_types(cls))}")
+        for k, v in d.items():
+            setattr(cfg, k, v)
+        return cfg
+
+
+def register(name: str):
+    """Class decorator: register an :class:`ExperimentConfig` subclass under ``name``; its
+    ``name`` field defaults to ``name``."""
+    def add(cls: type[ExperimentConfig]) -> type[ExperimentConfig]:
+        if not (isinstance(cls, type) and issubclass(cls, ExperimentConfig)):
+            raise TypeError(f"@register({name!r}) needs an ExperimentConfig subclass")
+        if name in CONFIGS and CONFIGS[name].__qualname__ != cls.__qualname__:
+            raise ValueError(f"config {name!r} is already registered")
+        cls._registered_name = name
+        cls = dataclass(cls)
+        CONFIGS[name] = cls
+        return cls
+    return add
+
+
+def get_config(name: str) -> ExperimentConfig:
+    """A fresh instance of the configuration registered as ``name``."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config {name!r}; registered: {list_configs()}")
+    return CONFIGS[name]()
+
+
+def list_configs() -> list[str]:
+    return sorted(CONFIGS)
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse_bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in _TRUE:
+        return True
+    if t in _FALSE:
+        return False
+    raise ValueError(f"expected a boolean (true/false/1/0/yes/no), got {text!r}")
+
+
+def _parse_seq(text: str, item_type: Any) -> list:
+    t = text.strip()
+    if t[:1] in "([" and t[-1:] in ")]":
+        t = t[1:-1]
+    return [parse_value(x, item_type) for x in t.split(",") if x.strip()]
+
+
+def _guess(text: str) -> Any:
+    """Best-effort value for an untyped entry: bool, int, float, sequence, None, else str."""
+    t = text.strip()
+    if t.lower() in ("none", "null"):
+        return None
+    if t.lower() in ("true", "false"):
+        return t.lower() == "true"
+    if t[:1] in "([" or "," in t:
+        return tuple(_guess(x) for x in _parse_seq(t, str))
+    for conv in (int, float):
+        try:
+            return conv(t)
+        except ValueError:
+            pass
+    return t
+
+
+def parse_value(text: str, typ: Any) -> Any:
+    """Parse ``text`` as a value of type ``typ`` (a type hint)."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        if text.strip().lower() in ("none", "null") and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        return parse_value(text, rest[0]) if len(rest) == 1 else _guess(text)
+    if typ is bool:
+        return _parse_bool(text)
+    if typ in (int, float, str):
+        return typ(text.strip()) if typ is not str else text
+    if origin in (tuple, list) or typ in (tuple, list):
+        item = args[0] if args else Any
+        seq = _parse_seq(text, item)
+        return tuple(seq) if (origin or typ) is tuple else seq
+    return _guess(text)
+
+
+def _kwarg_type(cfg: ExperimentConfig, group: str, key: str) -> Any:
+    """Type of ``model.KEY`` / ``loss.KEY``: from its current value, else the constructor."""
+    current = getattr(cfg, f"{group}_kwargs")
+    if key in current and current[key] is not None:
+        return type(current[key])
+    params = _constructor_params(cfg, group)
+    if params is None:
+        return Any
+    if key not in params:
+        raise ValueError(f"unknown key {group}.{key} for {group} {getattr(cfg, group)!r}; "
+                         f"valid: {sorted(f'{group}.{p}' for p in params)}")
+    default = params[key].default
+    if default is inspect.Parameter.empty or default is None:
+        return Any
+    return type(default)
+
+
+def _constructor_params(cfg: ExperimentConfig, group: str) -> dict | None:
+    if group == "model":
+        from wfst_asr.models import MODELS
+        factory = MODELS.get(cfg.model)
+        skip = {"self", "num_features", "num_classes"}
+    else:
+        from wfst_asr.losses import CtcLoss
+        factory = CtcLoss if cfg.loss == "ctc" else None
+        skip = {"self"}
+    if factory is None:
+        return None
+    sig = inspect.signature(factory)
+    return {k: p for k, p in sig.parameters.items()
+            if k not in skip and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def _parse_kwarg(text: str, typ: Any) -> Any:
+    if typ in (tuple, list):
+        return typ(_guess(x) for x in _parse_seq(text, str))
+    return _guess(text) if typ is Any else parse_value(text, typ)
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: list[str] | tuple[str, ...]
+                    ) -> ExperimentConfig:
+    """Apply ``key=value`` strings to ``cfg`` in place (and return it); see the module doc."""
+    known = _field_types(type(cfg))
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, text = (s.strip() for s in item.split("=", 1))
+        group, _, sub = key.partition(".")
+        if sub and group in ("model", "loss"):
+            getattr(cfg, f"{group}_kwargs")[sub] = _parse_kwarg(text, _kwarg_type(cfg, group, sub))
+        elif key in known and not sub:
+            try:
+                setattr(cfg, key, parse_value(text, known[key]))
+            except ValueError as e:
+                raise ValueError(f"override {key}={text!r}: {e}") from e
+        else:
+            raise ValueError(f"unknown config key {key!r}; valid keys: {sorted(known)} "
+                             f"(and model.<arg>, loss.<arg>)")
+    return cfg
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+@register("timit.ctc_blstm")
+class TimitCtcBlstm(ExperimentConfig):
+    """TIMIT phone recognition: CTC over 48 phones (+ blank), 80-dim fbank, 4-layer BLSTM."""
+
+    train_cuts: str = "data/fbank/timit_cuts_train.jsonl.gz"
+    dev_cuts: str = "data/fbank/timit_cuts_dev.jsonl.gz"
+    tokens: str = "data/lang_phone/tokens.txt"
+    token_field: str = "phones_48"
+    cmvn: str = "data/fbank/cmvn.pt"
+    model: str = "blstm"
+    model_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"hidden": 256, "num_layers": 4, "dropout": 0.2})
+    subsampling: int = 2
+    spec_augment: bool = True
+    lr: float = 1e-3
+    schedule: str = "plateau"
+    num_epochs: int = 30
+    max_duration: float = 200.0
+    average_last: int = 5
+    exp_dir: str = "exp/ctc_blstm"
+
+
+@register("timit.ctc_tdnn_lstm")
+class TimitCtcTdnnLstm(TimitCtcBlstm):
+    """As :class:`TimitCtcBlstm` with a TDNN-LSTM encoder and the Noam schedule."""
+
+    model: str = "tdnn_lstm"
+    model_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"tdnn_dim": 256, "dilations": (1, 1, 2, 3),
+                                 "lstm_hidden": 256, "lstm_layers": 2, "bidirectional": True})
+    schedule: str = "noam"
+    lr: float = 2e-3
+    warmup_steps: int = 500
+    exp_dir: str = "exp/ctc_tdnn_lstm"

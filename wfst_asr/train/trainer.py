@@ -1,0 +1,441 @@
+"""The trainer every recipe uses: epochs, checkpoints, resume, dev loss, averaging, DDP.
+
+::
+
+    seed_everything(cfg.seed)
+    model = build_model(...)
+    trainer = Trainer(cfg, model, CtcLoss(), train_dl, dev_dl, device)
+    history = trainer.fit(resume=True)     # [{"epoch", "train_loss", "dev_loss", ...}, ...]
+
+Per epoch: a tqdm bar, TensorBoard scalars (``exp_dir/tensorboard``), the dev loss,
+``exp_dir/epoch-N.pt`` (atomic), ``best.pt`` when the dev loss improves; at the end the last
+``cfg.average_last`` checkpoints are averaged into ``averaged.pt``. ``fit(resume=True)``
+continues after the newest readable ``epoch-N.pt`` with the model, optimizer, scheduler and
+RNG states restored, so the result equals an uninterrupted run (same seed, deterministic
+kernels); a run killed mid-epoch loses that epoch only.
+
+The loss function is called ``loss_fn(log_probs, out_lens, token_seqs) -> (loss, info)`` with
+``info["num_utts"]``, ``info["num_excluded"]`` and ``info["frames"]`` (as
+:class:`~wfst_asr.losses.CtcLoss`); a ``"sum"`` loss is divided by ``info["frames"]`` before
+``backward()``, and losses are reported per output frame. A batch with no usable utterance is
+skipped (counted in ``skipped_batches``); a step whose loss or gradients are not finite is
+skipped by :func:`~wfst_asr.losses.nan_guard` (counted in ``skipped_steps``).
+
+Distributed data-parallel: launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment),
+:func:`init_distributed` starts the process group (gloo on CPU, nccl on CUDA), the model is
+wrapped in ``DistributedDataParallel``, the samplers shard by rank (build them with
+``world_size``/``rank``), losses are summed over ranks, and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from wfst_asr.losses import nan_guard
+from wfst_asr.train.checkpoint import (
+    average_checkpoints,
+    find_checkpoints,
+    get_rng_state,
+    latest_checkpoint,
+    sampler_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from wfst_asr.train.config import ExperimentConfig
+
+__all__ = [
+    "Trainer",
+    "batch_targets",
+    "build_optimizer",
+    "build_scheduler",
+    "init_distributed",
+    "seed_everything",
+]
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), Python's ``random`` and NumPy."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def init_distributed() -> tuple[int, int]:
+    """``(rank, world_size)``; with ``WORLD_SIZE`` > 1 (torchrun) also start the process
+    group: nccl when CUDA is available (and select ``cuda:LOCAL_RANK``), else gloo."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _token_ids(value: Any, table: dict[str, int] | None, field: str) -> list[int]:
+    if value is None:
+        raise ValueError(f"a supervision has no {field!r} field (set token_field)")
+    if isinstance(value, str):
+        value = value.split()
+    out = []
+    for t in value:
+        if isinstance(t, str) and not t.lstrip("-").isdigit():
+            if table is None or t not in table:
+                raise ValueError(f"token {t!r} of field {field!r} is not in the token table")
+            out.append(table[t])
+        else:
+            out.append(int(t))
+    return out
+
+
+def batch_targets(batch: dict, field: str = "tokens",
+                  table: dict[str, int] | None = None) -> list[list[int]]:
+    """One token-id list per sequence of ``batch``: the supervisions' ``field`` (ids, or
+    symbols mapped through ``table``), concatenated per cut in order."""
+    sup = batch["supervisions"]
+    if field not in sup and len(sup.get("sequence_idx", [])):
+        raise ValueError(f"supervisions have no field {field!r}; fields: {sorted(sup)}")
+    seqs: list[list[int]] = [[] for _ in range(batch["features"].shape[0])]
+    for s, value in zip(torch.as_tensor(sup["sequence_idx"]).tolist(), sup.get(field, [])):
+        seqs[s].extend(_token_ids(value, table, field))
+    return seqs
+
+
+def build_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
+    """Adam or SGD (momentum) with ``cfg.lr`` and ``cfg.weight_decay``."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, sgd)")
+
+
+def build_scheduler(cfg: ExperimentConfig, optimizer: torch.optim.Optimizer):
+    """``none`` (None), ``noam`` (per step: linear warm-up to ``lr`` over ``warmup_steps``,
+    then ``1/sqrt(step)``), ``exponential`` (per epoch, gamma ``decay``) or ``plateau`` (per
+    epoch on the dev loss: times ``decay`` after ``patience`` epochs without improvement)."""
+    if cfg.schedule == "none":
+        return None
+    if cfg.schedule == "noam":
+        w = max(cfg.warmup_steps, 1)
+
+        def noam(step: int) -> float:
+            s = step + 1
+            return min(s ** -0.5, s * w ** -1.5) * w ** 0.5
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, noam)
+    if cfg.schedule == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.decay)
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=cfg.decay,
+                                                          patience=cfg.patience)
+    raise ValueError(f"unknown schedule {cfg.schedule!r} (none, noam, exponential, plateau)")
+
+
+def _all_reduce(values: Sequence[float], op=None) -> list[float]:
+    if not _distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def _set_epoch(dl, epoch: int) -> None:
+    sampler = getattr(dl, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """See the module doc. ``targets(batch) -> list[list[int]]`` defaults to
+    :func:`batch_targets` with ``cfg.token_field`` and ``token_table``."""
+
+    def __init__(self, cfg: ExperimentConfig, model: nn.Module, loss_fn: nn.Module,
+                 train_dl, dev_dl=None, device: str | torch.device = "cpu",
+                 token_table: dict[str, int] | None = None,
+                 targets: Callable[[dict], list[list[int]]] | None = None) -> None:
+        self.cfg, self.loss_fn = cfg, loss_fn
+        self.train_dl, self.dev_dl = train_dl, dev_dl
+        self.device = torch.device(device)
+        self.raw_model = model.to(self.device)
+        self.rank = dist.get_rank() if _distributed() else 0
+        self.is_main = self.rank == 0
+        self.model = self._wrap(self.raw_model)
+        self.targets = targets or (lambda b: batch_targets(b, cfg.token_field, token_table))
+        self.optimizer = build_optimizer(cfg, self.raw_model.parameters())
+        self.scheduler = build_scheduler(cfg, self.optimizer)
+        self.exp_dir = Path(cfg.exp_dir)
+        self.global_step = 0
+        self.best_dev_loss = math.inf
+        self.history: list[dict[str, Any]] = []
+        self.skipped_batches = 0
+        self.skipped_steps = 0
+        self.step_in_epoch = 0
+        self._tb = None
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if not _distributed():
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, resume: bool = False) -> list[dict[str, Any]]:
+        """Train ``cfg.num_epochs`` epochs (after the latest checkpoint with ``resume``);
+        return the per-epoch history."""
+        start = self.resume() if resume else self._fresh_start()
+        if self.is_main:
+            self.exp_dir.mkdir(parents=True, exist_ok=True)
+            self.cfg.log(log)
+            self.cfg.save(self.exp_dir / "config.json")
+        try:
+            for epoch in range(start, self.cfg.num_epochs + 1):
+                t0 = time.perf_counter()
+                train_loss = self.train_epoch(epoch)
+                dev_loss = self.evaluate()
+                self._end_epoch(epoch, train_loss, dev_loss, time.perf_counter() - t0)
+            if self.is_main:
+                self.average()
+        finally:
+            if self._tb is not None:
+                self._tb.close()
+        return self.history
+
+    def _fresh_start(self) -> int:
+        seed_everything(self.cfg.seed + self.rank)
+        return 1
+
+    # ------------------------------------------------------------------ one epoch
+
+    def train_epoch(self, epoch: int) -> float:
+        """One pass over ``train_dl``; the loss per output frame (over all ranks)."""
+        self.model.train()
+        _set_epoch(self.train_dl, epoch)
+        tot_loss = tot_frames = 0.0
+        bar = tqdm(self.train_dl, desc=f"epoch {epoch}", unit="batch", disable=not self.is_main,
+                   leave=False)
+        self.step_in_epoch = 0
+        for batch in bar:
+            self.step_in_epoch += 1
+            stats = self.train_step(batch)
+            if stats is None:
+                continue
+            tot_loss += stats[0]
+            tot_frames += stats[1]
+            bar.set_postfix(loss=f"{tot_loss / max(tot_frames, 1):.4f}")
+            if self.global_step % max(self.cfg.log_every, 1) == 0:
+                self._scalar("train/batch_loss", stats[0] / max(stats[1], 1))
+        tot_loss, tot_frames = _all_reduce([tot_loss, tot_frames])
+        return tot_loss / max(tot_frames, 1)
+
+    def _inputs(self, batch: dict):
+        feats, lens = batch["features"], batch["feature_lens"]
+        targets = self.targets(batch) if feats.shape[0] else []
+        dummy = feats.shape[0] == 0 and _distributed()
+        if dummy:  # keep DDP ranks in step: a zero-weight forward/backward
+            n = 16 * max(getattr(self.raw_model, "subsampling_factor", 1), 1)
+            feats = torch.zeros(1, n, getattr(self.raw_model, "num_features", feats.shape[2]))
+            lens, targets = torch.tensor([n]), [[]]
+        return feats.to(self.device), lens.to(self.device), targets, dummy
+
+    def train_step(self, batch: dict) -> tuple[float, float] | None:
+        """Forward, backward, guarded optimizer step; ``(loss sum, frames)`` or None if the
+        batch was skipped."""
+        feats, lens, targets, dummy = self._inputs(batch)
+        if feats.shape[0] == 0:
+            self.skipped_batches += 1
+            return None
+        log_probs, out_lens = self.model(feats, lens)
+        loss, info = self.loss_fn(log_probs, out_lens, targets)
+        usable = info["num_utts"] > info["num_excluded"] and not dummy
+        if not usable:
+            self.skipped_batches += 1
+            if not _distributed():
+                return None
+            loss = loss * 0.0
+        frames = max(int(info["frames"]), 1) if usable else 1
+        scale = frames if getattr(self.loss_fn, "reduction", "sum") == "sum" else 1
+        (loss / scale).backward()
+        self._step(loss)
+        return (float(loss.detach()), float(frames)) if usable else None
+
+    def _step(self, loss: torch.Tensor) -> None:
+        ok = nan_guard(loss, self.raw_model.parameters(), zero_grad=False)
+        ok = _all_reduce([float(ok)], dist.ReduceOp.MIN if _distributed() else None)[0] > 0
+        if ok:
+            if self.cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            self.global_step += 1
+            if self.cfg.schedule == "noam":
+                self.scheduler.step()
+        else:
+            self.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Loss per output frame on ``dev_dl`` (over all ranks), or None without one."""
+        if self.dev_dl is None:
+            return None
+        self.raw_model.eval()
+        tot_loss = tot_frames = 0.0
+        for batch in self.dev_dl:
+            if batch["features"].shape[0] == 0:
+                continue
+            feats, lens = batch["features"].to(self.device), batch["feature_lens"].to(self.device)
+            log_probs, out_lens = self.raw_model(feats, lens)
+            loss, info = self.loss_fn(log_probs, out_lens, self.targets(batch))
+            if info["frames"] > 0:
+                mean = getattr(self.loss_fn, "reduction", "sum") == "mean"
+                tot_loss += float(loss) * (info["frames"] if mean else 1)
+                tot_frames += info["frames"]
+        tot_loss, tot_frames = _all_reduce([tot_loss, tot_frames])
+        return tot_loss / tot_frames if tot_frames else None
+
+    # ------------------------------------------------------------------ epoch end
+
+    def _end_epoch(self, epoch: int, train_loss: float, dev_loss: float | None,
+                   seconds: float) -> None:
+        self._epoch_scheduler(dev_loss if dev_loss is not None else train_loss)
+        record = {"epoch": epoch, "train_loss": train_loss, "dev_loss": dev_loss,
+                  "lr": self.optimizer.param_groups[0]["lr"], "global_step": self.global_step,
+                  "skipped_batches": self.skipped_batches, "skipped_steps": self.skipped_steps,
+                  "seconds": seconds}
+        self.history.append(record)
+        is_best = dev_loss is not None and dev_loss < self.best_dev_loss
+        if is_best:
+            self.best_dev_loss = dev_loss
+        if self.is_main:
+            log.info("epoch %d: train loss %.4f, dev loss %s, lr %.3g, %d steps, skipped "
+                     "%d batches / %d steps, %.1f s", epoch, train_loss,
+                     "n/a" if dev_loss is None else f"{dev_loss:.4f}", record["lr"],
+                     self.global_step, self.skipped_batches, self.skipped_steps, seconds)
+            for key in ("train_loss", "dev_loss", "lr", "skipped_steps"):
+                if record[key] is not None:
+                    self._scalar(f"epoch/{key}", record[key], epoch)
+            self.save(epoch, is_best)
+        if _distributed():
+            dist.barrier()
+
+    def _epoch_scheduler(self, metric: float) -> None:
+        if self.cfg.schedule == "plateau":
+            self.scheduler.step(metric)
+        elif self.cfg.schedule == "exponential":
+            self.scheduler.step()
+
+    def _scalar(self, tag: str, value: float, step: int | None = None) -> None:
+        if not (self.is_main and self.cfg.tensorboard):
+            return
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(str(self.exp_dir / "tensorboard"))
+        self._tb.add_scalar(tag, value, self.global_step if step is None else step)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
+        """Everything :meth:`resume` needs (``weights_only``-loadable)."""
+        return {
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "sampler": sampler_state(getattr(self.train_dl, "sampler", None)),
+            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.global_step,
+            "best_dev_loss": self.best_dev_loss, "history": self.history,
+            "skipped_batches": self.skipped_batches, "skipped_steps": self.skipped_steps,
+            "rng": get_rng_state(), "config": self.cfg.to_dict(),
+        }
+
+    def save(self, epoch: int, is_best: bool = False) -> Path:
+        """Write ``epoch-N.pt`` (and ``best.pt``), atomically."""
+        state = self.state_dict(epoch, self.step_in_epoch)
+        path = self.exp_dir / f"epoch-{epoch}.pt"
+        save_checkpoint(path, state)
+        if is_best:
+            save_checkpoint(self.exp_dir / "best.pt", state)
+        return path
+
+    def resume(self) -> int:
+        """Restore the newest readable checkpoint; return the first epoch still to run."""
+        found = latest_checkpoint(self.exp_dir)
+        if found is None:
+            log.info("no checkpoint in %s: starting from scratch", self.exp_dir)
+            return self._fresh_start()
+        path, state = found
+        self._check_config(state.get("config", {}))
+        self._check_sampler(state.get("sampler"))
+        self.raw_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.global_step, self.best_dev_loss = state["global_step"], state["best_dev_loss"]
+        self.history = list(state["history"])
+        self.skipped_batches = state["skipped_batches"]
+        self.skipped_steps = state["skipped_steps"]
+        set_rng_state(state["rng"])
+        if self.rank:  # the RNG state saved is rank 0's; give the others their own stream
+            seed_everything(self.cfg.seed + self.rank + 1000003 * state["epoch"])
+        log.info("resumed from %s (epoch %d done, step %d)", path, state["epoch"],
+                 self.global_step)
+        return state["epoch"] + 1
+
+    def _check_sampler(self, saved: dict[str, Any] | None) -> None:
+        """Checkpoints are taken at epoch ends, where a lhotse sampler's order depends only on
+        (seed, epoch, world size): ``set_epoch`` restores it; warn if those differ."""
+        now = sampler_state(getattr(self.train_dl, "sampler", None))
+        if saved is None or now is None:
+            return
+        diff = {k: (saved.get(k), now.get(k)) for k in ("seed", "world_size", "shuffle")
+                if saved.get(k) != now.get(k)}
+        if diff and self.is_main:
+            log.warning("resuming with a different sampler (saved, now): %s: the batches "
+                        "will differ from an uninterrupted run", diff)
+
+    def _check_config(self, saved: dict[str, Any]) -> None:
+        now = self.cfg.to_dict()
+        diff = {k: (saved.get(k), v) for k, v in now.items()
+                if k not in ("num_epochs", "exp_dir") and saved.get(k, v) != v}
+        if diff and self.is_main:
+            log.warning("resuming with a different configuration (saved, now): %s", diff)
+
+    def average(self) -> Path | None:
+        """Average the last ``cfg.average_last`` epoch checkpoints into ``averaged.pt``."""
+        paths = find_checkpoints(self.exp_dir)[-self.cfg.average_last:] \
+            if self.cfg.average_last > 0 else []
+        if not paths:
+            return None
+        out = self.exp_dir / "averaged.pt"
+        save_checkpoint(out, {"model": average_checkpoints(paths),
+                              "averaged": [p.name for p in paths], "config": self.cfg.to_dict()})
+        log.info("averaged %s into %s", ", ".join(p.name for p in paths), out)
+        return out
