@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# TIMIT phone recognition: CTC BLSTM over 48 phones, decoded greedily and with a phone-bigram
+# HLG (two backends), PER on the 39-phone set. Thin recipe: the work is in wfst_asr and
+# egs/timit/local/*.py.
+#
+#   egs/timit/run.sh [--stage N] [--stop-stage M] [--timit-dir DIR] [--exp-dir DIR] [--set k=v ...]
+#
+# --set k=v (repeatable) goes to `wfst-asr train --config timit.ctc_blstm` (e.g. num_epochs=2,
+# model.hidden=64). Stages (each skips work already done: a .done marker per stage):
+#   0  manifests (local/prepare_timit.py)                      -> data/manifests
+#   1  80-dim fbank + global CMVN (local/compute_fbank.py)     -> data/fbank
+#   2  48-phone lang dir, train-only phone bigram G, CTC HLG    -> data/lang_phone
+#   3  train (wfst-asr train ... --resume: a rerun continues)   -> EXP_DIR (exp/ctc_blstm)
+#   4  decode dev/test: greedy, HLG (lm_scale tuned on dev), kaldi; 5  score PER (39)
+# Data: --timit-dir, else the NLTK TIMIT sample in $NLTK_DATA/corpora/timit,
+# ~/nltk_data/corpora/timit or ../shared/data/timit_nltk_sample. Markers of stages 0-2 live in
+# data/, of stages 3-5 in EXP_DIR; delete them (or the folders) to redo a stage.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+stage=0
+stop_stage=5
+timit_dir=
+exp_dir=exp/ctc_blstm
+sets=()
+while (( $# )); do
+    case "$1" in
+        --stage) stage=${2:?--stage needs a value}; shift 2 ;;
+        --stop-stage) stop_stage=${2:?--stop-stage needs a value}; shift 2 ;;
+        --timit-dir) timit_dir=${2:?--timit-dir needs a value}; shift 2 ;;
+        --exp-dir) exp_dir=${2:?--exp-dir needs a value}; shift 2 ;;
+        --set) sets+=(--set "${2:?--set needs k=v}"); shift 2 ;;
+        *) echo "error: unknown argument $1" >&2; sed -n 2,16p "${BASH_SOURCE[0]}" >&2; exit 1 ;;
+    esac
+done
+
+python=.venv/bin/python
+[[ -x "$python" ]] || python=python3
+# passive OpenMP waiting: no spinning threads when other processes share the cores
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+
+manifest_dir=data/manifests
+fbank_dir=data/fbank
+lang_dir=data/lang_phone
+
+if [[ -z "$timit_dir" ]]; then
+    for d in ${NLTK_DATA:+"$NLTK_DATA/corpora/timit"} "$HOME/nltk_data/corpora/timit" \
+             ../shared/data/timit_nltk_sample; do
+        if [[ -d "$d" ]]; then timit_dir=$d; break; fi
+    done
+fi
+if (( stage <= 2 )) && [[ -z "$timit_dir" || ! -d "$timit_dir" ]]; then
+    echo "error: no TIMIT data${timit_dir:+ at $timit_dir}." >&2
+    echo "Get the NLTK TIMIT sample with \`python -m nltk.downloader timit\` (it goes to" >&2
+    echo "~/nltk_data/corpora/timit), or pass --timit-dir DIR pointing at a full LDC TIMIT" >&2
+    echo "(the folder with TRAIN/ and TEST/)." >&2
+    exit 1
+fi
+
+run_stage() {  # run_stage N MARKER DESCRIPTION CMD...: run CMD unless MARKER exists; time it
+    local n=$1 marker=$2 what=$3
+    shift 3
+    (( stage <= n && n <= stop_stage )) || return 0
+    echo "stage $n: $what"
+    if [[ -f "$marker" ]]; then
+        echo "stage $n: already done ($marker exists), skipped"
+        return 0
+    fi
+    local start=$SECONDS
+    "$@"
+    mkdir -p "$(dirname "$marker")"
+    date > "$marker"
+    echo "stage $n took $(( SECONDS - start )) s"
+}
+
+stage0() {
+    "$python" egs/timit/local/prepare_timit.py --timit-dir "$timit_dir" --out-dir "$manifest_dir" \
+        --no-progress
+}
+stage1() {
+    "$python" egs/timit/local/compute_fbank.py --manifest-dir "$manifest_dir" --out-dir "$fbank_dir"
+}
+stage2() {
+    "$python" egs/timit/local/make_graph.py --manifest-dir "$manifest_dir" --lang-dir "$lang_dir" \
+        2> >(grep -v -e '^\[I\]' -e 'kaldilm/csrc' >&2)
+}
+stage3() {
+    "$python" -m wfst_asr.bin.cli train --config timit.ctc_blstm \
+        --set "train_cuts=$fbank_dir/timit_cuts_train.jsonl.gz" \
+        --set "dev_cuts=$fbank_dir/timit_cuts_dev.jsonl.gz" \
+        --set "cmvn=$fbank_dir/cmvn.pt" --set "tokens=$lang_dir/tokens.txt" \
+        ${sets[@]+"${sets[@]}"} --exp-dir "$exp_dir" --resume
+}
+stage45() {
+    "$python" egs/timit/local/decode_timit.py --exp-dir "$exp_dir" --lang-dir "$lang_dir" \
+        --dev-cuts "$fbank_dir/timit_cuts_dev.jsonl.gz" \
+        --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz"
+}
+
+echo "TIMIT data: ${timit_dir:-(not needed)}; exp dir: $exp_dir; stages $stage..$stop_stage"
+run_stage 0 data/.timit_stage0.done "prepare manifests from $timit_dir -> $manifest_dir" stage0
+run_stage 1 data/.timit_stage1.done "fbank features + CMVN -> $fbank_dir" stage1
+run_stage 2 data/.timit_stage2.done "phone lang dir + HLG -> $lang_dir" stage2
+run_stage 3 "$exp_dir/.stage3.done" "train timit.ctc_blstm -> $exp_dir" stage3
+if (( stage <= 5 && 4 <= stop_stage )); then
+    run_stage 4 "$exp_dir/.stage45.done" "decode dev/test and score PER (stages 4+5)" stage45
+    echo "results: $exp_dir/results.txt"
+    cat "$exp_dir/results.txt"
+fi
