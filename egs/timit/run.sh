@@ -3,18 +3,19 @@
 # HLG (two backends), PER on the 39-phone set. Thin recipe: the work is in wfst_asr and
 # egs/timit/local/*.py.
 #
-#   egs/timit/run.sh [--stage N] [--stop-stage M] [--timit-dir DIR] [--exp-dir DIR] [--set k=v ...]
+#   egs/timit/run.sh [--stage N] [--stop-stage M] [--timit-dir DIR] [--data-dir DIR]
+#                    [--exp-dir DIR] [--lm-scales 0.1,0.3,...] [--set k=v ...]
 #
 # --set k=v (repeatable) goes to `wfst-asr train --config timit.ctc_blstm` (e.g. num_epochs=2,
 # model.hidden=64). Stages (each skips work already done: a .done marker per stage):
-#   0  manifests (local/prepare_timit.py)                      -> data/manifests
-#   1  80-dim fbank + global CMVN (local/compute_fbank.py)     -> data/fbank
-#   2  48-phone lang dir, train-only phone bigram G, CTC HLG    -> data/lang_phone
+#   0  manifests (local/prepare_timit.py)                      -> DATA_DIR/manifests
+#   1  80-dim fbank + global CMVN (local/compute_fbank.py)     -> DATA_DIR/fbank
+#   2  48-phone lang dir, train-only phone bigram G, CTC HLG    -> DATA_DIR/lang_phone
 #   3  train (wfst-asr train ... --resume: a rerun continues)   -> EXP_DIR (exp/ctc_blstm)
 #   4  decode dev/test: greedy, HLG (lm_scale tuned on dev), kaldi; 5  score PER (39)
 # Data: --timit-dir, else the NLTK TIMIT sample in $NLTK_DATA/corpora/timit,
 # ~/nltk_data/corpora/timit or ../shared/data/timit_nltk_sample. Markers of stages 0-2 live in
-# data/, of stages 3-5 in EXP_DIR; delete them (or the folders) to redo a stage.
+# DATA_DIR (default data/), of stages 3-5 in EXP_DIR; delete them (or the folders) to redo a stage.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -22,6 +23,8 @@ stage=0
 stop_stage=5
 timit_dir=
 exp_dir=exp/ctc_blstm
+data_dir=data
+lm_scales=0.1,0.2,0.3,0.5,0.7,1.0
 sets=()
 while (( $# )); do
     case "$1" in
@@ -29,8 +32,10 @@ while (( $# )); do
         --stop-stage) stop_stage=${2:?--stop-stage needs a value}; shift 2 ;;
         --timit-dir) timit_dir=${2:?--timit-dir needs a value}; shift 2 ;;
         --exp-dir) exp_dir=${2:?--exp-dir needs a value}; shift 2 ;;
+        --data-dir) data_dir=${2:?--data-dir needs a value}; shift 2 ;;
+        --lm-scales) lm_scales=${2:?--lm-scales needs a value}; shift 2 ;;
         --set) sets+=(--set "${2:?--set needs k=v}"); shift 2 ;;
-        *) echo "error: unknown argument $1" >&2; sed -n 2,16p "${BASH_SOURCE[0]}" >&2; exit 1 ;;
+        *) echo "error: unknown argument $1" >&2; sed -n 2,18p "${BASH_SOURCE[0]}" >&2; exit 1 ;;
     esac
 done
 
@@ -39,9 +44,9 @@ python=.venv/bin/python
 # passive OpenMP waiting: no spinning threads when other processes share the cores
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
-manifest_dir=data/manifests
-fbank_dir=data/fbank
-lang_dir=data/lang_phone
+manifest_dir=$data_dir/manifests
+fbank_dir=$data_dir/fbank
+lang_dir=$data_dir/lang_phone
 
 if [[ -z "$timit_dir" ]]; then
     for d in ${NLTK_DATA:+"$NLTK_DATA/corpora/timit"} "$HOME/nltk_data/corpora/timit" \
@@ -94,13 +99,13 @@ stage3() {
 stage45() {
     "$python" egs/timit/local/decode_timit.py --exp-dir "$exp_dir" --lang-dir "$lang_dir" \
         --dev-cuts "$fbank_dir/timit_cuts_dev.jsonl.gz" \
-        --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz"
+        --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz" --lm-scales "$lm_scales"
 }
 
 echo "TIMIT data: ${timit_dir:-(not needed)}; exp dir: $exp_dir; stages $stage..$stop_stage"
-run_stage 0 data/.timit_stage0.done "prepare manifests from $timit_dir -> $manifest_dir" stage0
-run_stage 1 data/.timit_stage1.done "fbank features + CMVN -> $fbank_dir" stage1
-run_stage 2 data/.timit_stage2.done "phone lang dir + HLG -> $lang_dir" stage2
+run_stage 0 "$data_dir/.timit_stage0.done" "prepare manifests from $timit_dir -> $manifest_dir" stage0
+run_stage 1 "$data_dir/.timit_stage1.done" "fbank features + CMVN -> $fbank_dir" stage1
+run_stage 2 "$data_dir/.timit_stage2.done" "phone lang dir + HLG -> $lang_dir" stage2
 run_stage 3 "$exp_dir/.stage3.done" "train timit.ctc_blstm -> $exp_dir" stage3
 if (( stage <= 5 && 4 <= stop_stage )); then
     run_stage 4 "$exp_dir/.stage45.done" "decode dev/test and score PER (stages 4+5)" stage45
