@@ -82,6 +82,9 @@ class _FrameConfig:
     low_freq: float = 20.0
     high_freq: float = 0.0
     waveform_scale: float = 1.0
+    # energy (used by both; use_energy itself differs per extractor)
+    energy_floor: float = 0.0
+    raw_energy: bool = True
 
 
 @dataclass
@@ -90,8 +93,6 @@ class KnfFbankConfig(_FrameConfig):
 
     num_mel_bins: int = 80
     use_energy: bool = False
-    energy_floor: float = 0.0
-    raw_energy: bool = True
     use_log_fbank: bool = True
     use_power: bool = True
 
@@ -103,12 +104,14 @@ class KnfMfccConfig(_FrameConfig):
     num_ceps: int = 13
     num_mel_bins: int = 23
     use_energy: bool = True
-    energy_floor: float = 0.0
-    raw_energy: bool = True
     cepstral_lifter: float = 22.0
 
 
 def _set_frame_opts(opts, cfg: _FrameConfig, sampling_rate: int) -> None:
+    """Frame, mel and energy options shared by the fbank and MFCC extractors."""
+    opts.use_energy = cfg.use_energy
+    opts.energy_floor = cfg.energy_floor
+    opts.raw_energy = cfg.raw_energy
     f = opts.frame_opts
     f.samp_freq = float(sampling_rate)
     f.frame_length_ms = cfg.frame_length_ms
@@ -184,9 +187,6 @@ class KnfFbank(_KnfExtractor):
         cfg = self.config
         opts = knf.FbankOptions()
         _set_frame_opts(opts, cfg, sampling_rate)
-        opts.use_energy = cfg.use_energy
-        opts.energy_floor = cfg.energy_floor
-        opts.raw_energy = cfg.raw_energy
         opts.use_log_fbank = cfg.use_log_fbank
         opts.use_power = cfg.use_power
         return opts
@@ -210,9 +210,6 @@ class KnfMfcc(_KnfExtractor):
         opts = knf.MfccOptions()
         _set_frame_opts(opts, cfg, sampling_rate)
         opts.num_ceps = cfg.num_ceps
-        opts.use_energy = cfg.use_energy
-        opts.energy_floor = cfg.energy_floor
-        opts.raw_energy = cfg.raw_energy
         opts.cepstral_lifter = cfg.cepstral_lifter
         return opts
 

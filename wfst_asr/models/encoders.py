@@ -25,16 +25,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from wfst_asr.data.dataset import subsampled_lengths
 
-__all__ = [
-    "MODELS",
-    "Blstm",
-    "Encoder",
-    "TdnnLstm",
-    "build_model",
-    "check_output_dim",
-    "register_model",
-]
-
 
 def _mask(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
     """Zero the frames ``t >= lens[b]`` of ``x [B, T, D]``."""
