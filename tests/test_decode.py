@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from wfst_asr.decode import greedy_ctc, kaldi_ctc_graph, kaldi_one_best, one_best
-from wfst_asr.fsa import SymbolTable, ctc_topo
+from wfst_asr.fsa import Fsa, SymbolTable, ctc_topo
 from wfst_asr.graphs.compile import compile_graph
 
 # prefix-free pronunciations, so a token sequence has one segmentation into words
@@ -152,3 +152,47 @@ def test_lm_scale_matters(lang) -> None:
     hi = one_best(hlg, lp, lens, lm_scale=20.0)
     assert lo != hi
     assert kaldi_one_best(hlg, lp, lens, lm_scale=20.0) == hi
+
+
+def _brute_force_penalised_ctc(lp: torch.Tensor, n: int, penalty: float) -> list[int]:
+    """Best collapsed sequence over all V**n frame labellings, each scored as the sum of its
+    frame log-probs minus ``penalty`` per token of its collapsed sequence (explicit search)."""
+    import itertools
+
+    V = lp.shape[-1]
+    best, best_seq = -float("inf"), []
+    for frames in itertools.product(range(V), repeat=n):
+        seq = [s for i, s in enumerate(frames) if s != 0 and (i == 0 or frames[i - 1] != s)]
+        total = sum(float(lp[t, s]) for t, s in enumerate(frames)) - penalty * len(seq)
+        if total > best:
+            best, best_seq = total, seq
+    return best_seq
+
+
+@pytest.mark.parametrize("penalty", [-3.0, -0.5, 0.0, 0.7, 2.5])
+def test_word_penalty_against_brute_force(penalty: float) -> None:
+    g = torch.Generator().manual_seed(11)
+    lp = (1.5 * torch.randn(4, 6, 3, generator=g)).log_softmax(-1)
+    lens = torch.tensor([6, 5, 6, 3])
+    want = [_brute_force_penalised_ctc(lp[b], int(n), penalty) for b, n in enumerate(lens)]
+    topo = ctc_topo(2)
+    for output_beam in (50.0, 0.0):  # a real lattice, and Viterbi back-pointers only
+        assert one_best(topo, lp, lens, word_penalty=penalty, search_beam=50.0,
+                        output_beam=output_beam) == want
+    assert kaldi_one_best(topo, lp, lens, word_penalty=penalty, beam=50.0) == want
+
+
+def test_word_penalty_moves_word_count(lang) -> None:
+    hlg, *_ = lang
+    g = torch.Generator().manual_seed(6)
+    lp = (0.5 * torch.randn(10, 30, lang[4], generator=g)).log_softmax(-1)
+    lens = torch.full((10,), 30)
+    counts = []
+    for wp in (-4.0, 0.0, 4.0):
+        a = one_best(hlg, lp, lens, word_penalty=wp)
+        assert a == kaldi_one_best(hlg, lp, lens, word_penalty=wp)
+        counts.append(sum(map(len, a)))
+    assert counts[0] > counts[1] > counts[2]
+    with pytest.raises(ValueError, match="aux_labels"):
+        one_best(Fsa(hlg.arcs, hlg.scores, num_states=hlg.num_states), lp, lens,
+                 word_penalty=1.0)

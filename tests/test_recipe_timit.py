@@ -33,7 +33,7 @@ def test_timit_recipe_all_stages(tmp_path):
     if not timit.is_dir():
         pytest.skip(f"{timit} not found: the TIMIT sample is needed for the recipe test")
     args = ["--timit-dir", str(timit), "--data-dir", str(tmp_path / "data"),
-            "--exp-dir", str(tmp_path / "exp"), "--lm-scales", "0.3",
+            "--exp-dir", str(tmp_path / "exp"), "--lm-scales", "0.3", "--word-penalties", "0,1",
             "--set", "num_epochs=1", "--set", "model.hidden=16", "--set", "model.num_layers=1"]
     out = _run(args)
     for n in range(5):
@@ -48,6 +48,11 @@ def test_timit_recipe_all_stages(tmp_path):
             report = (exp / f"per_{dec}_{split}.txt").read_text()
             rate = re.search(r"%PER ([0-9.]+)", report)
             assert rate is not None and 0.0 <= float(rate.group(1)) <= 200.0
+    assert "word_penalty" in (exp / "results.txt").read_text()
+    # every stage timed, with its peak memory and exit status
+    rows = [ln.split("\t") for ln in (exp / "stage_times.tsv").read_text().splitlines()]
+    assert [r[0] for r in rows] == [f"stage {n}" for n in range(5)]
+    assert all(float(r[1]) > 0 and float(r[2]) > 50 and r[3] == "0" for r in rows)
     # a second run finds every stage done
     again = _run(args)
     assert again.count("already done") == 5

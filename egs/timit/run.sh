@@ -4,7 +4,8 @@
 # egs/timit/local/*.py.
 #
 #   egs/timit/run.sh [--stage N] [--stop-stage M] [--timit-dir DIR] [--data-dir DIR]
-#                    [--exp-dir DIR] [--lm-scales 0.1,0.3,...] [--set k=v ...]
+#                    [--exp-dir DIR] [--lm-scales 0.1,0.3,...] [--word-penalties -1,0,1]
+#                    [--set k=v ...]
 #
 # --set k=v (repeatable) goes to `wfst-asr train --config timit.ctc_blstm` (e.g. num_epochs=2,
 # model.hidden=64). Stages (each skips work already done: a .done marker per stage):
@@ -12,7 +13,8 @@
 #   1  80-dim fbank + global CMVN (local/compute_fbank.py)     -> DATA_DIR/fbank
 #   2  48-phone lang dir, train-only phone bigram G, CTC HLG    -> DATA_DIR/lang_phone
 #   3  train (wfst-asr train ... --resume: a rerun continues)   -> EXP_DIR (exp/ctc_blstm)
-#   4  decode dev/test: greedy, HLG (lm_scale tuned on dev), kaldi; 5  score PER (39)
+#   4  decode dev/test: greedy, HLG (lm_scale x phone insertion penalty tuned on dev), kaldi;
+#   5  score PER (39). Each stage's wall time and peak memory go to EXP_DIR/stage_times.tsv.
 # Data: --timit-dir, else the NLTK TIMIT sample in $NLTK_DATA/corpora/timit,
 # ~/nltk_data/corpora/timit or ../shared/data/timit_nltk_sample. Markers of stages 0-2 live in
 # DATA_DIR (default data/), of stages 3-5 in EXP_DIR; delete them (or the folders) to redo a stage.
@@ -25,6 +27,7 @@ timit_dir=
 exp_dir=exp/ctc_blstm
 data_dir=data
 lm_scales=0.1,0.2,0.3,0.5,0.7,1.0
+word_penalties=0
 sets=()
 while (( $# )); do
     case "$1" in
@@ -34,8 +37,9 @@ while (( $# )); do
         --exp-dir) exp_dir=${2:?--exp-dir needs a value}; shift 2 ;;
         --data-dir) data_dir=${2:?--data-dir needs a value}; shift 2 ;;
         --lm-scales) lm_scales=${2:?--lm-scales needs a value}; shift 2 ;;
+        --word-penalties) word_penalties=${2:?--word-penalties needs a value}; shift 2 ;;
         --set) sets+=(--set "${2:?--set needs k=v}"); shift 2 ;;
-        *) echo "error: unknown argument $1" >&2; sed -n 2,18p "${BASH_SOURCE[0]}" >&2; exit 1 ;;
+        *) echo "error: unknown argument $1" >&2; sed -n 2,20p "${BASH_SOURCE[0]}" >&2; exit 1 ;;
     esac
 done
 
@@ -62,9 +66,12 @@ if (( stage <= 2 )) && [[ -z "$timit_dir" || ! -d "$timit_dir" ]]; then
     exit 1
 fi
 
+timing_log=$exp_dir/stage_times.tsv
+py=("$python")  # the stages' python; run_stage wraps it to time the stage and its peak memory
 run_stage() {  # run_stage N MARKER DESCRIPTION CMD...: run CMD unless MARKER exists; time it
     local n=$1 marker=$2 what=$3
     shift 3
+    py=("$python" egs/utils/timed.py --label "stage $n" --log "$timing_log" -- "$python")
     (( stage <= n && n <= stop_stage )) || return 0
     echo "stage $n: $what"
     if [[ -f "$marker" ]]; then
@@ -75,31 +82,32 @@ run_stage() {  # run_stage N MARKER DESCRIPTION CMD...: run CMD unless MARKER ex
     "$@"
     mkdir -p "$(dirname "$marker")"
     date > "$marker"
-    echo "stage $n took $(( SECONDS - start )) s"
+    echo "stage $n took $(( SECONDS - start )) s (times and peak memory: $timing_log)"
 }
 
 stage0() {
-    "$python" egs/timit/local/prepare_timit.py --timit-dir "$timit_dir" --out-dir "$manifest_dir" \
+    "${py[@]}" egs/timit/local/prepare_timit.py --timit-dir "$timit_dir" --out-dir "$manifest_dir" \
         --no-progress
 }
 stage1() {
-    "$python" egs/timit/local/compute_fbank.py --manifest-dir "$manifest_dir" --out-dir "$fbank_dir"
+    "${py[@]}" egs/timit/local/compute_fbank.py --manifest-dir "$manifest_dir" --out-dir "$fbank_dir"
 }
 stage2() {
-    "$python" egs/timit/local/make_graph.py --manifest-dir "$manifest_dir" --lang-dir "$lang_dir" \
+    "${py[@]}" egs/timit/local/make_graph.py --manifest-dir "$manifest_dir" --lang-dir "$lang_dir" \
         2> >(grep -v -e '^\[I\]' -e 'kaldilm/csrc' >&2)
 }
 stage3() {
-    "$python" -m wfst_asr.bin.cli train --config timit.ctc_blstm \
+    "${py[@]}" -m wfst_asr.bin.cli train --config timit.ctc_blstm \
         --set "train_cuts=$fbank_dir/timit_cuts_train.jsonl.gz" \
         --set "dev_cuts=$fbank_dir/timit_cuts_dev.jsonl.gz" \
         --set "cmvn=$fbank_dir/cmvn.pt" --set "tokens=$lang_dir/tokens.txt" \
         ${sets[@]+"${sets[@]}"} --exp-dir "$exp_dir" --resume
 }
 stage45() {
-    "$python" egs/timit/local/decode_timit.py --exp-dir "$exp_dir" --lang-dir "$lang_dir" \
+    "${py[@]}" egs/timit/local/decode_timit.py --exp-dir "$exp_dir" --lang-dir "$lang_dir" \
         --dev-cuts "$fbank_dir/timit_cuts_dev.jsonl.gz" \
-        --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz" --lm-scales "$lm_scales"
+        --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz" --lm-scales "$lm_scales" \
+        --word-penalties "$word_penalties"
 }
 
 echo "TIMIT data: ${timit_dir:-(not needed)}; exp dir: $exp_dir; stages $stage..$stop_stage"

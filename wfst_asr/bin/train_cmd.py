@@ -15,44 +15,13 @@ import sys
 from pathlib import Path
 
 
-def _token_table(path: str) -> dict[str, int]:
-    from wfst_asr.graphs.lang import read_token_list
-
-    return {tok: i for i, tok in enumerate(read_token_list(path), start=1)}
-
-
-def _loader(cfg, cuts_path: str, train: bool, rank: int, world: int):
-    from lhotse import CutSet
-
-    from wfst_asr.data import AsrDataset, make_dataloader, make_sampler
-
-    cuts = CutSet.from_file(cuts_path)
-    sampler = make_sampler(cuts, cfg.max_duration, shuffle=train, bucketing=cfg.bucketing,
-                           num_buckets=cfg.num_buckets, seed=cfg.seed, world_size=world,
-                           rank=rank, max_cuts=cfg.max_cuts)
-    dataset = AsrDataset(cmvn=cfg.cmvn or None, spec_augment=cfg.spec_augment and train)
-    return make_dataloader(dataset, sampler, num_workers=cfg.num_workers)
-
-
 def build(cfg, rank: int = 0, world: int = 1):
     """(model, loss, train_dl, dev_dl, token_table) for ``cfg``."""
-    from wfst_asr.losses import CtcLoss
-    from wfst_asr.models import build_model
+    from wfst_asr.train.build import build_model_and_loss, make_loader
 
-    table = _token_table(cfg.tokens) if cfg.tokens else None
-    if cfg.num_classes <= 0:
-        if table is None:
-            raise ValueError("set num_classes or tokens")
-        cfg.num_classes = max(table.values()) + 1
-    if cfg.loss != "ctc":
-        raise ValueError(f"unknown loss {cfg.loss!r} (only 'ctc' for now)")
-    kwargs = dict(cfg.model_kwargs)
-    kwargs.setdefault("subsampling", cfg.subsampling)
-    model = build_model(cfg.model, cfg.num_features, cfg.num_classes,
-                        num_tokens=cfg.num_classes, **kwargs)
-    loss = CtcLoss(**{"reduction": "sum", **cfg.loss_kwargs})
-    train_dl = _loader(cfg, cfg.train_cuts, True, rank, world)
-    dev_dl = _loader(cfg, cfg.dev_cuts, False, rank, world) if cfg.dev_cuts else None
+    model, loss, table = build_model_and_loss(cfg)
+    train_dl = make_loader(cfg, cfg.train_cuts, True, rank, world)
+    dev_dl = make_loader(cfg, cfg.dev_cuts, False, rank, world) if cfg.dev_cuts else None
     return model, loss, train_dl, dev_dl, table
 
 

@@ -45,12 +45,20 @@ def greedy_ctc(log_probs: torch.Tensor, lens: torch.Tensor | Sequence[int]) -> l
     return [row[k].tolist() for row, k in zip(best, keep)]
 
 
-def scale_graph(graph: Fsa, lm_scale: float) -> Fsa:
-    """A detached view of ``graph`` whose scores are multiplied by ``lm_scale`` (tensors other
-    than the scores are shared; ``graph`` itself is unchanged)."""
+def scale_graph(graph: Fsa, lm_scale: float, word_penalty: float = 0.0) -> Fsa:
+    """A detached view of ``graph`` with scores ``lm_scale * score - word_penalty * [aux > 0]``.
+
+    ``word_penalty`` is Kaldi's word insertion penalty (``lattice-add-penalty``): it is taken
+    off every arc that outputs a word (``aux_labels > 0``); a negative value is a bonus. Tensors
+    other than the scores are shared; ``graph`` itself is unchanged.
+    """
     g = graph.detach()
     if lm_scale != 1.0:
         g.scores = g.scores * lm_scale
+    if word_penalty != 0.0:
+        if not g.has_attr("aux_labels"):
+            raise ValueError("word_penalty needs a graph with aux_labels (output words)")
+        g.scores = g.scores - word_penalty * (g.aux_labels > 0).to(g.scores.dtype)
     return g
 
 
@@ -72,8 +80,9 @@ def aux_label_sequences(paths: Fsa) -> list[list[int]]:
 
 
 def one_best(graph: Fsa, log_probs: torch.Tensor, lens: torch.Tensor | Sequence[int],
-             search_beam: float = 20.0, output_beam: float = 8.0, min_active_states: int = 30,
-             max_active_states: int = 10000, lm_scale: float = 1.0) -> list[list[int]]:
+             search_beam: float = 20.0, output_beam: float = 0.0, min_active_states: int = 30,
+             max_active_states: int = 10000, lm_scale: float = 1.0,
+             word_penalty: float = 0.0) -> list[list[int]]:
     """1-best decoding of a batch with a decoding graph (icefall's ``1best`` method).
 
     Each utterance ``b`` is the segment ``(b, 0, lens[b])`` of a :class:`DenseFsaVec`; the whole
@@ -85,11 +94,15 @@ def one_best(graph: Fsa, log_probs: torch.Tensor, lens: torch.Tensor | Sequence[
         token ids). Labels are network output ids (0 = blank), -1 on final arcs.
       log_probs: ``[B, T, V]`` network log-probs.
       lens: ``[B]`` valid frames per utterance.
-      search_beam, output_beam, min_active_states, max_active_states: see
-        :func:`intersect_dense_pruned`.
+      search_beam, min_active_states, max_active_states: see :func:`intersect_dense_pruned`.
+      output_beam: beam of the lattice searched for the best path. The default 0 keeps only
+        the best arc into each (frame, state), i.e. Viterbi back-pointers: the same best path
+        as any larger beam, with a lattice the size of the search (a larger beam, as icefall's
+        default 8, builds a real lattice first and only costs time here).
       lm_scale: the graph's scores are multiplied by ``lm_scale`` (the acoustic log-probs are
         not scaled), as icefall scales LM scores. Same best path as ``log_probs / lm_scale``
         with unscaled graph scores, but the beams are in the units of the scaled total.
+      word_penalty: taken off the total once per output word (see :func:`scale_graph`).
 
     Returns:
       The non-zero, non-(-1) aux_labels of each utterance's best path (``[]`` when the search
@@ -101,7 +114,7 @@ def one_best(graph: Fsa, log_probs: torch.Tensor, lens: torch.Tensor | Sequence[
         return []
     if graph.is_vec and graph.num_fsas != 1:
         raise ValueError(f"one_best takes one shared graph, got an FsaVec of {graph.num_fsas}")
-    g = scale_graph(graph, lm_scale).to(log_probs.device)
+    g = scale_graph(graph, lm_scale, word_penalty).to(log_probs.device)
     segs = torch.stack([torch.arange(B), torch.zeros(B, dtype=torch.int64), lens_t], dim=1)
     dense = DenseFsaVec(log_probs.detach(), segs.to(torch.int32))
     lattice = intersect_dense_pruned(g, dense, search_beam, output_beam, min_active_states,

@@ -37,7 +37,8 @@ from .ctc import _check_inputs, scale_graph
 __all__ = ["kaldi_ctc_graph", "kaldi_one_best"]
 
 
-def kaldi_ctc_graph(hlg: Fsa | str | os.PathLike, lm_scale: float = 1.0):
+def kaldi_ctc_graph(hlg: Fsa | str | os.PathLike, lm_scale: float = 1.0,
+                    word_penalty: float = 0.0):
     """The ``kaldifst.StdVectorFst`` that kaldi-decoder's ``DecodableCtc`` expects.
 
     Args:
@@ -45,9 +46,12 @@ def kaldi_ctc_graph(hlg: Fsa | str | os.PathLike, lm_scale: float = 1.0):
         -1 on final arcs), or the path of one written by :func:`wfst_asr.fsa.write_fst` (e.g.
         ``HLG.fst`` of :func:`wfst_asr.graphs.compile.compile_graph`).
       lm_scale: graph scores are multiplied by it (see :func:`wfst_asr.decode.one_best`).
+      word_penalty: added to the cost of every arc with a word (see
+        :func:`wfst_asr.decode.scale_graph`).
 
     Returns:
-      A copy with input labels + 1 (see the module docstring), costs ``-lm_scale * score``.
+      A copy with input labels + 1 (see the module docstring), costs
+      ``-lm_scale * score + word_penalty * [word arc]``.
     """
     if isinstance(hlg, (str, os.PathLike)):
         hlg = read_fst(Path(hlg), acceptor=False)
@@ -57,7 +61,7 @@ def kaldi_ctc_graph(hlg: Fsa | str | os.PathLike, lm_scale: float = 1.0):
         hlg = hlg[0]
     if not hlg.has_attr("aux_labels"):
         raise ValueError("the graph has no aux_labels (output symbols)")
-    g = scale_graph(hlg, lm_scale).to("cpu")
+    g = scale_graph(hlg, lm_scale, word_penalty).to("cpu")
     lab = g.labels.to(torch.int64)
     shifted = torch.where(lab >= 0, lab + 1, lab).to(torch.int32)
     arcs = torch.cat([g.arcs[:, :2], shifted.unsqueeze(1)], dim=1)
@@ -71,20 +75,22 @@ def _is_kaldi_fst(obj) -> bool:
 
 def kaldi_one_best(hlg, log_probs: torch.Tensor, lens: torch.Tensor | Sequence[int],
                    beam: float = 20.0, max_active: int = 10000, min_active: int = 30,
-                   lm_scale: float = 1.0) -> list[list[int]]:
+                   lm_scale: float = 1.0, word_penalty: float = 0.0) -> list[list[int]]:
     """1-best decoding with kaldi-decoder's ``FasterDecoder`` + ``DecodableCtc``, one
     utterance at a time.
 
     Args:
       hlg: an engine graph (:class:`Fsa` or the path of its ``.fst``; converted with
         :func:`kaldi_ctc_graph`), or a graph already converted by :func:`kaldi_ctc_graph`
-        (then ``lm_scale`` must have been applied there and is ignored here). Convert once
+        (then ``lm_scale`` and ``word_penalty`` must have been applied there and are ignored
+        here). Convert once
         when decoding many batches with a large graph.
       log_probs: ``[B, T, V]`` network log-probs (0 = blank).
       lens: ``[B]`` valid frames per utterance.
       beam, max_active, min_active: ``FasterDecoderOptions`` (search beam in log-prob units,
         bounds on active tokens per frame).
       lm_scale: graph scores are multiplied by it (ignored for a converted graph).
+      word_penalty: per-word penalty (ignored for a converted graph).
 
     Returns:
       The non-zero output labels (word ids) of each utterance's best path; ``[]`` when no
@@ -94,7 +100,7 @@ def kaldi_one_best(hlg, log_probs: torch.Tensor, lens: torch.Tensor | Sequence[i
     lens_t = _check_inputs(log_probs, lens)
     kd = _kaldi.kaldi_decoder()
     kf = _kaldi.kaldifst()
-    fst = hlg if _is_kaldi_fst(hlg) else kaldi_ctc_graph(hlg, lm_scale)
+    fst = hlg if _is_kaldi_fst(hlg) else kaldi_ctc_graph(hlg, lm_scale, word_penalty)
     opts = kd.FasterDecoderOptions(beam=float(beam), max_active=int(max_active),
                                    min_active=int(min_active))
     decoder = kd.FasterDecoder(fst, opts)

@@ -19,6 +19,8 @@ from .fsa import Fsa
 from .intersect import assemble_lattice
 
 NEG_INF = float("-inf")
+#: segment x state key spaces up to this size use a dense table per frame instead of a sort
+DENSE_KEYS = 1 << 20
 
 
 def _out_arcs(graphs: Fsa) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,6 +48,13 @@ def _prune(seg: torch.Tensor, score: torch.Tensor, N: int, beam: float, min_acti
            max_active: int) -> torch.Tensor:
     """Mask of tokens to keep: within ``beam`` of their segment's best and among its
     ``max_active`` best, or among its ``min_active`` best."""
+    best = torch.full((N,), NEG_INF, dtype=score.dtype, device=score.device)
+    best = best.scatter_reduce(0, seg, score, "amax", include_self=True)
+    in_beam = (score >= best[seg] - beam) & torch.isfinite(score)
+    n_beam = torch.bincount(seg[in_beam], minlength=N)
+    n_all = torch.bincount(seg, minlength=N)
+    if bool(((n_beam <= max_active) & ((n_beam >= min_active) | (n_beam == n_all))).all()):
+        return in_beam  # no segment needs ranks: the beam alone decides
     order = torch.argsort(score, descending=True, stable=True)
     order = order[torch.argsort(seg[order], stable=True)]
     s_seg = seg[order]
@@ -53,8 +62,6 @@ def _prune(seg: torch.Tensor, score: torch.Tensor, N: int, beam: float, min_acti
     rank_sorted = torch.arange(seg.numel(), device=seg.device) - first[s_seg]
     rank = torch.empty_like(rank_sorted)
     rank[order] = rank_sorted
-    best = torch.full((N,), NEG_INF, dtype=score.dtype, device=score.device)
-    best = best.scatter_reduce(0, seg, score, "amax", include_self=True)
     keep = (score >= best[seg] - beam) & (rank < max_active)
     return (keep | (rank < min_active)) & torch.isfinite(score)
 
@@ -112,16 +119,37 @@ def intersect_dense_pruned(graph: Fsa, dense: DenseFsaVec, search_beam: float,
         cand = tok_score[ti] + gsc[arc] + lp_flat[row]
         dst = graphs.dst_global[arc]
         key = sg * graphs.num_states + dst
-        ukey, inv = torch.unique(key, return_inverse=True)
-        best = torch.full((ukey.numel(),), NEG_INF, device=device)
-        best = best.scatter_reduce(0, inv, cand, "amax", include_self=True)
+        ukey, best, best_of, keep_of = _best_per_key(key, cand, N * graphs.num_states)
         n_seg, n_state = ukey // graphs.num_states, ukey % graphs.num_states
         keep = _prune(n_seg, best, N, search_beam, min_active_states, max_active_states)
-        arc_keep = keep[inv] & (cand >= best[inv] - output_beam)
+        arc_keep = keep_of(keep) & (cand >= best_of - output_beam)
         rec_f.append((sg[arc_keep], torch.full_like(arc[arc_keep], t), tok_state[ti][arc_keep],
                       dst[arc_keep], arc[arc_keep]))
         tok_seg, tok_state, tok_score = n_seg[keep], n_state[keep], best[keep]
     return _finish(graphs, dense, gi, rec_f, rec_e, output_beam)
+
+
+def _best_per_key(key: torch.Tensor, cand: torch.Tensor, num_keys: int):
+    """Max of ``cand`` per distinct ``key`` (a new token = segment x graph state).
+
+    Returns ``(ukey [K] sorted, best [K], best_of [E] (best of each arc's key), keep_of)`` where
+    ``keep_of(mask [K]) -> [E]`` maps a per-token mask to the arcs. Small key spaces use a
+    dense table (no sort); large ones ``torch.unique``.
+    """
+    if num_keys <= DENSE_KEYS:
+        table = torch.full((num_keys,), NEG_INF, dtype=cand.dtype, device=cand.device)
+        table.scatter_reduce_(0, key, cand, "amax", include_self=True)
+        ukey = torch.nonzero(table > NEG_INF).squeeze(1)
+
+        def keep_of(mask: torch.Tensor) -> torch.Tensor:
+            dense = torch.zeros(num_keys, dtype=torch.bool, device=cand.device)
+            dense[ukey] = mask
+            return dense[key]
+        return ukey, table[ukey], table[key], keep_of
+    ukey, inv = torch.unique(key, return_inverse=True)
+    best = torch.full((ukey.numel(),), NEG_INF, dtype=cand.dtype, device=cand.device)
+    best = best.scatter_reduce(0, inv, cand, "amax", include_self=True)
+    return ukey, best, best[inv], lambda mask: mask[inv]
 
 
 def _record_finals(t: int, lens: torch.Tensor, tok_seg: torch.Tensor, tok_state: torch.Tensor,

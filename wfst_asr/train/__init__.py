@@ -1,5 +1,11 @@
 """Training: experiment configs and registry, checkpoints and averaging, the Trainer (DDP)."""
 
+from wfst_asr.train.build import (
+    build_model_and_loss,
+    build_model_from_config,
+    make_loader,
+    token_table,
+)
 from wfst_asr.train.checkpoint import (
     CheckpointError,
     average_checkpoints,
@@ -33,6 +39,8 @@ __all__ = [
     "apply_overrides",
     "average_checkpoints",
     "batch_targets",
+    "build_model_and_loss",
+    "build_model_from_config",
     "build_optimizer",
     "build_scheduler",
     "find_checkpoints",
@@ -41,7 +49,9 @@ __all__ = [
     "latest_checkpoint",
     "list_configs",
     "load_checkpoint",
+    "make_loader",
     "register",
     "save_checkpoint",
     "seed_everything",
+    "token_table",
 ]

@@ -4,8 +4,9 @@
 * loads ``<exp_dir>/averaged.pt`` (else ``best.pt``) and rebuilds the model from its saved
   configuration (``config.json``) with :func:`wfst_asr.models.build_model`;
 * runs it once over the dev and test cuts (CMVN as in training) and keeps the log-probs;
-* decodes with ``greedy_ctc``, with the HLG (``one_best``; ``lm_scale`` tuned on DEV over
-  ``--lm-scales`` and then applied to test) and with ``kaldi_one_best`` at the chosen scale;
+* decodes with ``greedy_ctc``, with the HLG (``one_best``; ``lm_scale`` and the phone
+  insertion penalty tuned on DEV over ``--lm-scales`` x ``--word-penalties``, then applied to
+  test) and with ``kaldi_one_best`` at the chosen setting;
 * reports the share of test utterances whose two graph 1-bests are identical;
 * scores PER on the 39-phone set (48 -> 39 folding) with a per-speaker breakdown, writing
   ``<exp_dir>/per_{greedy,hlg,kaldi}_{dev,test}.txt`` (atomically) and printing a summary.
@@ -32,9 +33,8 @@ from wfst_asr.decode import greedy_ctc, kaldi_ctc_graph, kaldi_one_best, one_bes
 from wfst_asr.fsa import SymbolTable
 from wfst_asr.graphs.compile import compile_graph
 from wfst_asr.graphs.lang import read_token_list
-from wfst_asr.models import build_model
 from wfst_asr.scoring import PhoneMap, score
-from wfst_asr.train.checkpoint import load_checkpoint
+from wfst_asr.train import build_model_from_config, load_checkpoint
 
 MAP_FILE = Path(__file__).resolve().parent / "phones.60-48-39.map"
 
@@ -49,10 +49,7 @@ def load_model(exp_dir: Path, device: torch.device) -> tuple[torch.nn.Module, di
     cfg = (json.loads(cfg_path.read_text()) if cfg_path.is_file() else state.get("config"))
     if not cfg:
         raise SystemExit(f"error: no config.json in {exp_dir} and none in {ckpt}")
-    kwargs = dict(cfg["model_kwargs"])
-    kwargs.setdefault("subsampling", cfg["subsampling"])
-    model = build_model(cfg["model"], cfg["num_features"], cfg["num_classes"],
-                        num_tokens=cfg["num_classes"], **kwargs)
+    model = build_model_from_config(cfg)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg, ckpt
 
@@ -82,6 +79,10 @@ def run_model(model, cuts_path: str, cfg: dict, device: torch.device, max_durati
     return out
 
 
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
 def decode_all(batches, fn) -> dict[str, list[int]]:
     hyps: dict[str, list[int]] = {}
     for ids, _, _, lp, lens in batches:
@@ -98,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dev-cuts", default="data/fbank/timit_cuts_dev.jsonl.gz")
     parser.add_argument("--test-cuts", default="data/fbank/timit_cuts_test.jsonl.gz")
     parser.add_argument("--lm-scales", default="0.1,0.2,0.3,0.5,0.7,1.0")
+    parser.add_argument("--word-penalties", default="0",
+                        help="word (here: phone) insertion penalties tried on dev with every "
+                             "lm scale, Kaldi's --word-ins-penalty (negative = bonus)")
     parser.add_argument("--search-beam", type=float, default=20.0)
     parser.add_argument("--max-duration", type=float, default=200.0)
     args = parser.parse_args(argv)
@@ -140,23 +144,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         hyps = decode_all(data[split], greedy_ctc)
         results.setdefault("greedy", {})[split] = per(split, {u: tok_str(h)
                                                              for u, h in hyps.items()})
-    # HLG: tune lm_scale on dev
-    scales = [float(s) for s in args.lm_scales.split(",") if s.strip()]
+    # HLG: tune (lm_scale, word_penalty) on dev only, then apply to test
+    scales = _floats(args.lm_scales)
+    penalties = _floats(args.word_penalties)
     tuning = []
     for s in scales:
-        hyps = decode_all(data["dev"], lambda lp, n, s=s: one_best(
-            hlg, lp, n, search_beam=args.search_beam, lm_scale=s))
-        rep = per("dev", {u: word_str(h) for u, h in hyps.items()})
-        tuning.append((s, rep))
-        print(f"  HLG dev lm_scale={s:<4g} PER {rep.rate:.2f}%")
-    best_scale, best_dev = min(tuning, key=lambda t: (t[1].rate, t[0]))
-    print(f"chosen lm_scale {best_scale:g} (dev PER {best_dev.rate:.2f}%)")
+        for wp in penalties:
+            hyps = decode_all(data["dev"], lambda lp, n, s=s, wp=wp: one_best(
+                hlg, lp, n, search_beam=args.search_beam, lm_scale=s, word_penalty=wp))
+            rep = per("dev", {u: word_str(h) for u, h in hyps.items()})
+            tuning.append((s, wp, rep))
+            print(f"  HLG dev lm_scale={s:<4g} word_penalty={wp:<5g} PER {rep.rate:.2f}%  "
+                  f"({rep.summary()})")
+    best_scale, best_wp, best_dev = min(tuning, key=lambda t: (t[2].rate, t[0], abs(t[1])))
+    print(f"chosen lm_scale {best_scale:g}, word_penalty {best_wp:g} "
+          f"(dev PER {best_dev.rate:.2f}%)")
     results["hlg"] = {"dev": best_dev}
     hlg_test = decode_all(data["test"], lambda lp, n: one_best(
-        hlg, lp, n, search_beam=args.search_beam, lm_scale=best_scale))
+        hlg, lp, n, search_beam=args.search_beam, lm_scale=best_scale, word_penalty=best_wp))
     results["hlg"]["test"] = per("test", {u: word_str(h) for u, h in hlg_test.items()})
-    # kaldi at the chosen scale
-    kgraph = kaldi_ctc_graph(hlg, lm_scale=best_scale)
+    # kaldi at the chosen setting
+    kgraph = kaldi_ctc_graph(hlg, lm_scale=best_scale, word_penalty=best_wp)
     kaldi_hyps = {}
     for split in ("dev", "test"):
         kaldi_hyps[split] = decode_all(data[split], lambda lp, n: kaldi_one_best(
@@ -168,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args.exp_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"TIMIT PER (39 phones, folded from 48), model {ckpt}",
-             f"HLG lm_scale tuned on dev over {scales}: {best_scale:g}"]
+             (f"HLG tuned on dev: lm_scale {best_scale:g} (of {scales}), word_penalty "
+              f"{best_wp:g} (of {penalties})")]
     for method in ("greedy", "hlg", "kaldi"):
         for split in ("dev", "test"):
             rep = results[method][split]

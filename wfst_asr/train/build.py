@@ -1,0 +1,80 @@
+"""Everything an experiment configuration builds: token table, model, loss, data loaders.
+
+One place for the rules, used by ``wfst-asr train``, the recipes' decoding scripts and the
+benchmarks:
+
+* :func:`token_table`: ``tokens.txt`` -> ``{symbol: id}`` (ids from 1; 0 is the blank);
+* :func:`build_model_and_loss`: the network and the criterion of a configuration (sets
+  ``cfg.num_classes`` from the token table when it is 0);
+* :func:`build_model_from_config`: the network alone, from a config object or the ``dict``
+  saved in ``config.json`` (decoding);
+* :func:`make_loader`: a lhotse-sampled ``DataLoader`` over a cuts file, as training uses it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from wfst_asr.train.config import ExperimentConfig
+
+__all__ = ["build_model_and_loss", "build_model_from_config", "make_loader", "token_table"]
+
+
+def token_table(path: str) -> dict[str, int]:
+    """``{symbol: id}`` of the tokens in ``path`` (``tokens.txt``; ids from 1, blank = 0)."""
+    from wfst_asr.graphs.lang import read_token_list
+
+    return {tok: i for i, tok in enumerate(read_token_list(path), start=1)}
+
+
+def build_model_from_config(cfg: ExperimentConfig | dict[str, Any]) -> nn.Module:
+    """The network of ``cfg`` (an :class:`ExperimentConfig` or its ``to_dict()``), untrained.
+
+    ``cfg.num_classes`` must be set (> 0); the configuration's ``subsampling`` is passed to the
+    model unless ``model_kwargs`` sets it.
+    """
+    from wfst_asr.models import build_model
+
+    c = cfg.to_dict() if isinstance(cfg, ExperimentConfig) else cfg
+    if int(c["num_classes"]) <= 0:
+        raise ValueError("num_classes is not set in the configuration (set it or `tokens`)")
+    kwargs = dict(c.get("model_kwargs") or {})
+    kwargs.setdefault("subsampling", c.get("subsampling", 1))
+    return build_model(c["model"], c["num_features"], c["num_classes"],
+                       num_tokens=c["num_classes"], **kwargs)
+
+
+def build_model_and_loss(cfg: ExperimentConfig
+                         ) -> tuple[nn.Module, nn.Module, dict[str, int] | None]:
+    """``(model, loss, token table or None)`` of ``cfg``; the loss sums over utterances
+    (``reduction="sum"``, the trainer divides by frames) unless ``loss_kwargs`` says else."""
+    from wfst_asr.losses import CtcLoss
+
+    table = token_table(cfg.tokens) if cfg.tokens else None
+    if cfg.num_classes <= 0:
+        if table is None:
+            raise ValueError("set num_classes or tokens")
+        cfg.num_classes = max(table.values()) + 1
+    if cfg.loss != "ctc":
+        raise ValueError(f"unknown loss {cfg.loss!r} (only 'ctc' for now)")
+    model = build_model_from_config(cfg)
+    loss = CtcLoss(**{"reduction": "sum", **cfg.loss_kwargs})
+    return model, loss, table
+
+
+def make_loader(cfg: ExperimentConfig, cuts_path: str, train: bool, rank: int = 0,
+                world: int = 1):
+    """A ``DataLoader`` over ``cuts_path`` with the configuration's batching (bucketing,
+    ``max_duration``, shuffling and SpecAugment only when ``train``; one shard per rank)."""
+    from lhotse import CutSet
+
+    from wfst_asr.data import AsrDataset, make_dataloader, make_sampler
+
+    cuts = CutSet.from_file(cuts_path)
+    sampler = make_sampler(cuts, cfg.max_duration, shuffle=train, bucketing=cfg.bucketing,
+                           num_buckets=cfg.num_buckets, seed=cfg.seed, world_size=world,
+                           rank=rank, max_cuts=cfg.max_cuts)
+    dataset = AsrDataset(cmvn=cfg.cmvn or None, spec_augment=cfg.spec_augment and train)
+    return make_dataloader(dataset, sampler, num_workers=cfg.num_workers)
