@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Passive OpenMP waiting, set before torch is imported (as wfst_asr/__init__.py does): under
+# plain `python -m pytest`, torch would otherwise come first and spin (10x slower small ops).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Must come before any kaldifst / kaldi_decoder / kaldilm import in this process (even a
 # test module's own `import kaldifst`), or a later kaldi_hmm_gmm import hangs; see

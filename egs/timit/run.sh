@@ -27,7 +27,7 @@ timit_dir=
 exp_dir=exp/ctc_blstm
 data_dir=data
 lm_scales=0.1,0.2,0.3,0.5,0.7,1.0
-word_penalties=0
+word_penalties=-2,-1,0,1
 sets=()
 while (( $# )); do
     case "$1" in
@@ -106,8 +106,8 @@ stage3() {
 stage45() {
     "${py[@]}" egs/timit/local/decode_timit.py --exp-dir "$exp_dir" --lang-dir "$lang_dir" \
         --dev-cuts "$fbank_dir/timit_cuts_dev.jsonl.gz" \
-        --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz" --lm-scales "$lm_scales" \
-        --word-penalties "$word_penalties"
+        --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz" --lm-scales="$lm_scales" \
+        --word-penalties="$word_penalties"
 }
 
 echo "TIMIT data: ${timit_dir:-(not needed)}; exp dir: $exp_dir; stages $stage..$stop_stage"

@@ -203,6 +203,15 @@ def print_table(rows: list[dict[str, float]], median: dict[str, float]) -> None:
           + " |")
 
 
+def aggregate(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Rates and shares over all ``rows`` together (sums of frames and of times)."""
+    tot = {k: sum(r[k] for r in rows) for k in ("in_frames", "out_frames", "fwd", "loss",
+                                                "rest", "total")}
+    t = tot["total"]
+    return {"in_fps": tot["in_frames"] / t, "out_fps": tot["out_frames"] / t,
+            "loss_pct": 100 * tot["loss"] / t, "net_pct": 100 * (tot["fwd"] + tot["rest"]) / t}
+
+
 def medians(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
@@ -231,9 +240,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"reference torch ctc_loss fwd+bwd {REF}: median {med['ref'] * 1e3:.1f} ms; "
           f"medians over steps {WARMUP + 1}..{n}")
     print_table(rows, med)
+    agg = aggregate(rows[WARMUP:])
+    print(f"over steps {WARMUP + 1}..{n}: {agg['in_fps']:.0f} input frames/s, "
+          f"{agg['out_fps']:.0f} output frames/s, loss {agg['loss_pct']:.1f}% of the time, "
+          f"network {agg['net_pct']:.1f}%")
     summary = {"config": cfg.name, "overrides": overrides, "data": data,
                "threads": a.threads, "torch": torch.__version__, "params": params,
-               "warmup": WARMUP, "steps": steps, "reference": REF, "median": med}
+               "warmup": WARMUP, "steps": steps, "reference": REF, "median": med,
+               "aggregate": agg}
     print(json.dumps(summary))
     if a.json:
         full = {**summary, "config_values": cfg.to_dict(), "per_step": rows}

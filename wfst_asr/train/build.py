@@ -64,6 +64,18 @@ def build_model_and_loss(cfg: ExperimentConfig
     return model, loss, table
 
 
+def _spec_augment(cfg: ExperimentConfig):
+    """``None``, ``True`` (defaults) or the augmenter built from ``spec_augment_kwargs``."""
+    if not cfg.spec_augment:
+        return None
+    if not cfg.spec_augment_kwargs:
+        return True
+    from wfst_asr.data.dataset import SpecAugment, TimeFreqMask
+
+    factory = SpecAugment if SpecAugment is not None else TimeFreqMask
+    return factory(**cfg.spec_augment_kwargs)
+
+
 def make_loader(cfg: ExperimentConfig, cuts_path: str, train: bool, rank: int = 0,
                 world: int = 1):
     """A ``DataLoader`` over ``cuts_path`` with the configuration's batching (bucketing,
@@ -76,5 +88,5 @@ def make_loader(cfg: ExperimentConfig, cuts_path: str, train: bool, rank: int = 
     sampler = make_sampler(cuts, cfg.max_duration, shuffle=train, bucketing=cfg.bucketing,
                            num_buckets=cfg.num_buckets, seed=cfg.seed, world_size=world,
                            rank=rank, max_cuts=cfg.max_cuts)
-    dataset = AsrDataset(cmvn=cfg.cmvn or None, spec_augment=cfg.spec_augment and train)
+    dataset = AsrDataset(cmvn=cfg.cmvn or None, spec_augment=_spec_augment(cfg) if train else None)
     return make_dataloader(dataset, sampler, num_workers=cfg.num_workers)

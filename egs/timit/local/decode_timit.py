@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dev-cuts", default="data/fbank/timit_cuts_dev.jsonl.gz")
     parser.add_argument("--test-cuts", default="data/fbank/timit_cuts_test.jsonl.gz")
     parser.add_argument("--lm-scales", default="0.1,0.2,0.3,0.5,0.7,1.0")
-    parser.add_argument("--word-penalties", default="0",
+    parser.add_argument("--word-penalties", default="-2,-1,0,1",
                         help="word (here: phone) insertion penalties tried on dev with every "
                              "lm scale, Kaldi's --word-ins-penalty (negative = bonus)")
     parser.add_argument("--search-beam", type=float, default=20.0)
