@@ -152,7 +152,8 @@ def test_registry_inheritance_and_overrides():
     assert tdnn.model_kwargs["dilations"] == (1, 2, 3) and tdnn.loss_kwargs["modified"] is True
     assert get_config("timit.ctc_blstm").lr != 5e-4  # fresh instances, no shared state
     apply_overrides(cfg, ["specaug.time_warp_factor=0", "specaug.p=0.5"])
-    assert cfg.spec_augment_kwargs == {"time_warp_factor": 0, "p": 0.5}
+    assert cfg.spec_augment_kwargs["time_warp_factor"] == 0
+    assert cfg.spec_augment_kwargs["p"] == 0.5
     assert get_config("timit.ctc_blstm").spec_augment_kwargs.get("p") != 0.5
     with pytest.raises(ValueError, match="specaug.num_frame_masks"):
         apply_overrides(cfg, ["specaug.num_frame_mask=2"])
