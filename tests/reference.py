@@ -438,3 +438,21 @@ def parse_arpa(text: str) -> tuple[int, dict[tuple[str, ...], tuple[float, float
             bow = float(f[section + 1]) if len(f) == section + 2 else 0.0
             table[tuple(f[1:section + 1])] = (float(f[0]), bow)
     return order, table
+
+
+def graph_paths(graph, T: int) -> list[tuple[tuple[int, ...], float]]:
+    """(labels, graph score) of every path with exactly T frame arcs then the -1 arc."""
+    leaving: dict[int, list[tuple[int, int, float]]] = {}
+    for (s, d, lab), w in zip(graph.arcs.tolist(), graph.scores.tolist()):
+        leaving.setdefault(s, []).append((d, lab, w))
+    out = []
+
+    def walk(state, labels, score):
+        for d, lab, w in leaving.get(state, []):
+            if lab == -1:
+                if len(labels) == T:
+                    out.append((tuple(labels), score + w))
+            elif len(labels) < T:
+                walk(d, labels + [lab], score + w)
+    walk(0, [], 0.0)
+    return out

@@ -132,22 +132,25 @@ CASES = {"torch_ctc": case_torch_ctc, "engine_ctc": case_engine_ctc,
          "engine_mmi": case_engine_mmi}
 
 
-def _child(spec: str) -> None:
+def child_main(cases: dict[str, Callable[..., Callable[[], None]]], spec: str) -> None:
+    """In the ``--child`` subprocess: build the case of ``spec`` from ``cases`` and print its
+    peak extra memory as JSON (used by :func:`peak_of`)."""
     d = json.loads(spec)
     torch.set_num_threads(d["threads"])
-    fn = CASES[d["case"]](**d["args"])
+    fn = cases[d["case"]](**d["args"])
     print(json.dumps({"peak_extra_mb": _peak_mb(fn)}))
 
 
-def peak_of(case: str, args: dict, threads: int) -> float:
-    """Peak extra memory (MB) of one call of a case, in a fresh subprocess."""
+def peak_of(case: str, args: dict, threads: int, script: str = __file__) -> float:
+    """Peak extra memory (MB) of one call of a case, in a fresh subprocess running
+    ``script --child SPEC`` (a benchmark script whose ``--child`` calls :func:`child_main`)."""
     spec = json.dumps({"case": case, "args": args, "threads": threads})
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     # threads are set with torch.set_num_threads in the child; OMP_NUM_THREADS is left alone
     # (set, it makes OpenMP spin-wait, which is very slow on a loaded 2-core machine)
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
                MALLOC_MMAP_THRESHOLD_="65536")
-    out = subprocess.run([sys.executable, __file__, "--child", spec], env=env, check=True,
+    out = subprocess.run([sys.executable, script, "--child", spec], env=env, check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_extra_mb"]
 
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
-        _child(a.child)
+        child_main(CASES, a.child)
         return
     torch.set_num_threads(a.threads)
     ctc = {"B": 16, "T": 500, "V": 500, "U": 100}

@@ -211,14 +211,16 @@ class Fsa:
     def src_global(self) -> torch.Tensor:
         """int64 ``[A]``: source state of each arc, numbered over the whole FsaVec."""
         if "src_global" not in self._cache:
-            self._cache["src_global"] = self.arcs[:, 0].long() + self.state_offsets[self.arc_fsa]
+            self._cache["src_global"] = self.arcs[:, 0].long() + torch.index_select(
+                self.state_offsets, 0, self.arc_fsa)
         return self._cache["src_global"]
 
     @property
     def dst_global(self) -> torch.Tensor:
         """int64 ``[A]``: destination state of each arc over the whole FsaVec."""
         if "dst_global" not in self._cache:
-            self._cache["dst_global"] = self.arcs[:, 1].long() + self.state_offsets[self.arc_fsa]
+            self._cache["dst_global"] = self.arcs[:, 1].long() + torch.index_select(
+                self.state_offsets, 0, self.arc_fsa)
         return self._cache["dst_global"]
 
     @property
@@ -393,6 +395,27 @@ class Fsa:
             raise ValueError("the FSA is not acyclic (it has a cycle or a self-loop)")
         return lv
 
+    def set_state_levels(self, levels: torch.Tensor, check: bool = True) -> None:
+        """Give :meth:`state_levels` (and so the forward-backward sweeps) a topological
+        layering of the states instead of having it computed.
+
+        ``levels``: int ``[S]`` (global state numbering), non-negative, with every arc going
+        from a lower to a strictly higher level: the longest-path depth when the builder knows
+        it (an RNN-T lattice: ``t + u``), or any such layering (the sweeps then run one step
+        per level used). Saves Kahn's algorithm, a loop over the depth of the FSA. Kept until
+        the arcs change. ``check``: verify that every arc goes up (ValueError otherwise).
+        """
+        levels = levels.to(self.device, torch.int64)
+        if levels.shape != (self.num_states,):
+            raise ValueError(f"levels must have shape [{self.num_states}], got "
+                             f"{tuple(levels.shape)}")
+        if check and levels.numel():
+            up = torch.index_select(levels, 0, self.dst_global) > torch.index_select(
+                levels, 0, self.src_global)
+            if not bool(up.all()) or int(levels.min()) < 0:
+                raise ValueError("levels must be >= 0 and increase along every arc")
+        self._cache["levels"] = levels
+
     def is_acyclic(self) -> bool:
         try:
             self.state_levels()
@@ -444,38 +467,15 @@ class Fsa:
 
 def _kahn_levels(num_states: int, src: torch.Tensor, dst: torch.Tensor
                  ) -> torch.Tensor | None:
-    """Longest-path levels of a DAG by frontier-parallel Kahn; None when there is a cycle."""
-    device = src.device
-    level = torch.zeros(num_states, dtype=torch.int64, device=device)
+    """Longest-path levels of a DAG by frontier-parallel Kahn; None when there is a cycle.
+
+    The frontier loop runs in TorchScript (:func:`._levels.kahn_levels`)."""
+    from ._levels import kahn_levels_jit  # late import: keeps this module light to import
+
     if num_states == 0:
-        return level
-    indeg = torch.zeros(num_states, dtype=torch.int64, device=device)
-    indeg.index_add_(0, dst, torch.ones_like(dst))
-    order = torch.argsort(src, stable=True)
-    src_sorted, dst_sorted = src[order], dst[order]
-    out_start = torch.searchsorted(src_sorted, torch.arange(num_states, device=device))
-    out_end = torch.searchsorted(src_sorted, torch.arange(num_states, device=device), right=True)
-    frontier = (indeg == 0).nonzero().squeeze(1)
-    done = 0
-    depth = 0
-    while frontier.numel():
-        done += frontier.numel()
-        level[frontier] = depth
-        cnt = out_end[frontier] - out_start[frontier]
-        tot = int(cnt.sum())
-        if tot == 0:
-            break
-        first = torch.repeat_interleave(out_start[frontier], cnt, output_size=tot)
-        offs = torch.arange(tot, device=device) - torch.repeat_interleave(
-            torch.cumsum(cnt, 0) - cnt, cnt, output_size=tot)
-        nxt = dst_sorted[first + offs]
-        indeg.index_add_(0, nxt, -torch.ones_like(nxt))
-        cand = torch.unique(nxt)
-        frontier = cand[indeg[cand] == 0]
-        depth += 1
-    if done != num_states:
-        return None
-    return level
+        return torch.zeros(0, dtype=torch.int64, device=src.device)
+    level, done = kahn_levels_jit(num_states, src, dst)
+    return level if int(done) == num_states else None
 
 
 def create_fsa_vec(fsas: Iterable[Fsa]) -> Fsa:

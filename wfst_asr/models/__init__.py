@@ -1,4 +1,5 @@
-"""Neural network models: acoustic encoders (:mod:`wfst_asr.models.encoders`)."""
+"""Neural network models: acoustic encoders (:mod:`wfst_asr.models.encoders`), transducer
+decoder/joiner and search (:mod:`wfst_asr.models.transducer`)."""
 
 from wfst_asr.models.encoders import (
     MODELS,
@@ -8,6 +9,14 @@ from wfst_asr.models.encoders import (
     build_model,
     check_output_dim,
     register_model,
+)
+from wfst_asr.models.transducer import (
+    Joiner,
+    StatelessDecoder,
+    Transducer,
+    add_sos,
+    beam_search,
+    greedy_search,
 )
 
 __all__ = [
@@ -19,3 +28,5 @@ __all__ = [
     "check_output_dim",
     "register_model",
 ]
+__all__ += ["Joiner", "StatelessDecoder", "Transducer", "add_sos", "beam_search",
+            "greedy_search"]
