@@ -38,7 +38,7 @@ def test_timit_recipe_all_stages(tmp_path):
     out = _run(args)
     for n in range(5):
         assert f"stage {n}:" in out
-    for m in (".timit_stage0.done", ".timit_stage1.done", ".timit_stage2.done"):
+    for m in (".timit_stage0.done", ".timit_stage1.done", ".timit_stage2.ctc.done"):
         assert (tmp_path / "data" / m).is_file()
     assert (tmp_path / "data" / "lang_phone" / "HLG.fst").is_file()
     exp = tmp_path / "exp"

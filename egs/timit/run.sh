@@ -4,14 +4,17 @@
 # egs/timit/local/*.py.
 #
 #   egs/timit/run.sh [--stage N] [--stop-stage M] [--timit-dir DIR] [--data-dir DIR]
-#                    [--exp-dir DIR] [--lm-scales 0.1,0.3,...] [--word-penalties -1,0,1]
-#                    [--set k=v ...]
+#                    [--exp-dir DIR] [--loss ctc|hmm|mmi|transducer] [--config NAME]
+#                    [--lm-scales 0.1,0.3,...] [--word-penalties -1,0,1] [--set k=v ...]
 #
-# --set k=v (repeatable) goes to `wfst-asr train --config timit.ctc_blstm` (e.g. num_epochs=2,
-# model.hidden=64). Stages (each skips work already done: a .done marker per stage):
+# --loss picks the criterion and, unless --config names another registered experiment (e.g.
+# timit.ctc_tdnn_lstm), the config timit.<loss>_blstm (default ctc); EXP_DIR defaults to
+# exp/<config without "timit.">. --set k=v (repeatable) goes to `wfst-asr train` (e.g.
+# num_epochs=2, model.hidden=64). Stages (each skips work already done: a .done marker per stage):
 #   0  manifests (local/prepare_timit.py)                      -> DATA_DIR/manifests
 #   1  80-dim fbank + global CMVN (local/compute_fbank.py)     -> DATA_DIR/fbank
-#   2  48-phone lang dir, train-only phone bigram G, CTC HLG    -> DATA_DIR/lang_phone
+#   2  48-phone lang dir, train-only phone bigram G, CTC HLG (+ the graphs of --loss)
+#                                                               -> DATA_DIR/lang_phone
 #   3  train (wfst-asr train ... --resume: a rerun continues)   -> EXP_DIR (exp/ctc_blstm)
 #   4  decode dev/test: greedy, HLG (lm_scale x phone insertion penalty tuned on dev), kaldi;
 #   5  score PER (39). Each stage's wall time and peak memory go to EXP_DIR/stage_times.tsv.
@@ -24,7 +27,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 stage=0
 stop_stage=5
 timit_dir=
-exp_dir=exp/ctc_blstm
+exp_dir=
+loss=ctc
+config=
 data_dir=data
 lm_scales=0.1,0.2,0.3,0.5,0.7,1.0
 word_penalties=-2,-1,0,1
@@ -35,13 +40,22 @@ while (( $# )); do
         --stop-stage) stop_stage=${2:?--stop-stage needs a value}; shift 2 ;;
         --timit-dir) timit_dir=${2:?--timit-dir needs a value}; shift 2 ;;
         --exp-dir) exp_dir=${2:?--exp-dir needs a value}; shift 2 ;;
+        --loss) loss=${2:?--loss needs a value}; shift 2 ;;
+        --config) config=${2:?--config needs a value}; shift 2 ;;
         --data-dir) data_dir=${2:?--data-dir needs a value}; shift 2 ;;
         --lm-scales) lm_scales=${2:?--lm-scales needs a value}; shift 2 ;;
         --word-penalties) word_penalties=${2:?--word-penalties needs a value}; shift 2 ;;
         --set) sets+=(--set "${2:?--set needs k=v}"); shift 2 ;;
-        *) echo "error: unknown argument $1" >&2; sed -n 2,20p "${BASH_SOURCE[0]}" >&2; exit 1 ;;
+        *) echo "error: unknown argument $1" >&2; sed -n 2,24p "${BASH_SOURCE[0]}" >&2; exit 1 ;;
     esac
 done
+
+case "$loss" in
+    ctc|hmm|mmi|transducer) ;;
+    *) echo "error: --loss must be ctc, hmm, mmi or transducer, got '$loss'" >&2; exit 1 ;;
+esac
+config=${config:-timit.${loss}_blstm}  # the registered experiment (wfst_asr/train/config.py)
+exp_dir=${exp_dir:-exp/${config#timit.}}
 
 python=.venv/bin/python
 [[ -x "$python" ]] || python=python3
@@ -92,29 +106,34 @@ stage0() {
 stage1() {
     "${py[@]}" egs/timit/local/compute_fbank.py --manifest-dir "$manifest_dir" --out-dir "$fbank_dir"
 }
-stage2() {
+stage2() {  # the lang dir and HLG; the graphs of the other criteria next to them, if needed
     "${py[@]}" egs/timit/local/make_graph.py --manifest-dir "$manifest_dir" --lang-dir "$lang_dir" \
-        2> >(grep -v -e '^\[I\]' -e 'kaldilm/csrc' >&2)
+        --loss "$loss" 2> >(grep -v -e '^\[I\]' -e 'kaldilm/csrc' >&2)
 }
 stage3() {
-    "${py[@]}" -m wfst_asr.bin.cli train --config timit.ctc_blstm \
+    "${py[@]}" -m wfst_asr.bin.cli train --config "$config" \
         --set "train_cuts=$fbank_dir/timit_cuts_train.jsonl.gz" \
         --set "dev_cuts=$fbank_dir/timit_cuts_dev.jsonl.gz" \
         --set "cmvn=$fbank_dir/cmvn.pt" --set "tokens=$lang_dir/tokens.txt" \
+        --set "lang_dir=$lang_dir" \
         ${sets[@]+"${sets[@]}"} --exp-dir "$exp_dir" --resume
 }
-stage45() {
-    "${py[@]}" egs/timit/local/decode_timit.py --exp-dir "$exp_dir" --lang-dir "$lang_dir" \
+stage45() {  # decode_timit.py (ctc), decode_hmm.py (hmm, mmi), decode_transducer.py (transducer)
+    local script=decode_timit.py
+    case "$loss" in hmm|mmi) script=decode_hmm.py ;; transducer) script=decode_transducer.py ;; esac
+    "${py[@]}" "egs/timit/local/$script" --loss "$loss" --exp-dir "$exp_dir" --lang-dir "$lang_dir" \
         --dev-cuts "$fbank_dir/timit_cuts_dev.jsonl.gz" \
         --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz" --lm-scales="$lm_scales" \
         --word-penalties="$word_penalties"
 }
 
-echo "TIMIT data: ${timit_dir:-(not needed)}; exp dir: $exp_dir; stages $stage..$stop_stage"
+echo "TIMIT data: ${timit_dir:-(not needed)}; loss $loss ($config); exp dir: $exp_dir;" \
+    "stages $stage..$stop_stage"
 run_stage 0 "$data_dir/.timit_stage0.done" "prepare manifests from $timit_dir -> $manifest_dir" stage0
 run_stage 1 "$data_dir/.timit_stage1.done" "fbank features + CMVN -> $fbank_dir" stage1
-run_stage 2 "$data_dir/.timit_stage2.done" "phone lang dir + HLG -> $lang_dir" stage2
-run_stage 3 "$exp_dir/.stage3.done" "train timit.ctc_blstm -> $exp_dir" stage3
+run_stage 2 "$data_dir/.timit_stage2.$loss.done" "phone lang dir + graphs ($loss) -> $lang_dir" \
+    stage2
+run_stage 3 "$exp_dir/.stage3.done" "train $config -> $exp_dir" stage3
 if (( stage <= 5 && 4 <= stop_stage )); then
     run_stage 4 "$exp_dir/.stage45.done" "decode dev/test and score PER (stages 4+5)" stage45
     echo "results: $exp_dir/results.txt"

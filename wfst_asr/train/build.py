@@ -13,13 +13,44 @@ benchmarks:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from wfst_asr.train.config import ExperimentConfig
 
-__all__ = ["build_model_and_loss", "build_model_from_config", "make_loader", "token_table"]
+__all__ = ["LOSSES", "build_model_and_loss", "build_model_from_config", "make_loader",
+           "register_loss", "token_table"]
+
+#: loss name (``cfg.loss``) -> ``(builder, signature source)``. ``builder(cfg, model) ->
+#: nn.Module`` is the criterion the :class:`~wfst_asr.train.Trainer` calls as
+#: ``loss_fn(model_output, out_lens, token_seqs) -> (loss, info)``; the signature source is a
+#: zero-argument function returning the class or function whose parameters are the valid
+#: ``loss.KEY`` overrides (``cfg.loss_kwargs``; lazy, so that no loss module is imported early).
+LOSSES: dict[str, tuple[Callable[[ExperimentConfig, nn.Module], nn.Module], Callable]] = {}
+
+
+def register_loss(name: str, signature: Callable):
+    """Decorator: register ``builder(cfg, model) -> criterion`` as the loss ``name``; the
+    parameters of ``signature()`` are its ``loss.KEY`` overrides (see :data:`LOSSES`)."""
+    def add(builder: Callable[[ExperimentConfig, nn.Module], nn.Module]):
+        LOSSES[name] = (builder, signature)
+        return builder
+    return add
+
+
+def _ctc_class():
+    from wfst_asr.losses import CtcLoss
+
+    return CtcLoss
+
+
+def _build_ctc(cfg: ExperimentConfig, model: nn.Module) -> nn.Module:
+    return _ctc_class()(**{"reduction": "sum", **cfg.loss_kwargs})
+
+
+register_loss("ctc", _ctc_class)(_build_ctc)
 
 
 def token_table(path: str) -> dict[str, int]:
@@ -48,19 +79,18 @@ def build_model_from_config(cfg: ExperimentConfig | dict[str, Any]) -> nn.Module
 
 def build_model_and_loss(cfg: ExperimentConfig
                          ) -> tuple[nn.Module, nn.Module, dict[str, int] | None]:
-    """``(model, loss, token table or None)`` of ``cfg``; the loss sums over utterances
-    (``reduction="sum"``, the trainer divides by frames) unless ``loss_kwargs`` says else."""
-    from wfst_asr.losses import CtcLoss
-
+    """``(model, loss, token table or None)`` of ``cfg``: the loss registered as ``cfg.loss``
+    (:data:`LOSSES`); CTC sums over utterances (``reduction="sum"``, the trainer divides by
+    frames) unless ``loss_kwargs`` says else."""
     table = token_table(cfg.tokens) if cfg.tokens else None
     if cfg.num_classes <= 0:
         if table is None:
             raise ValueError("set num_classes or tokens")
         cfg.num_classes = max(table.values()) + 1
-    if cfg.loss != "ctc":
-        raise ValueError(f"unknown loss {cfg.loss!r} (only 'ctc' for now)")
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"unknown loss {cfg.loss!r}; registered: {sorted(LOSSES)}")
     model = build_model_from_config(cfg)
-    loss = CtcLoss(**{"reduction": "sum", **cfg.loss_kwargs})
+    loss = LOSSES[cfg.loss][0](cfg, model)
     return model, loss, table
 
 
@@ -90,3 +120,9 @@ def make_loader(cfg: ExperimentConfig, cuts_path: str, train: bool, rank: int = 
                            rank=rank, max_cuts=cfg.max_cuts)
     dataset = AsrDataset(cmvn=cfg.cmvn or None, spec_augment=_spec_augment(cfg) if train else None)
     return make_dataloader(dataset, sampler, num_workers=cfg.num_workers)
+
+
+# --------------------------------------------------------------------------- hmm / mmi losses
+
+
+# --------------------------------------------------------------------------- transducer loss

@@ -61,6 +61,7 @@ class ExperimentConfig:
     train_cuts: str = ""
     dev_cuts: str = ""
     tokens: str = ""            # tokens.txt ("sym id"; blank = 0; '#N' ignored) or ""
+    lang_dir: str = ""           # lang dir with the graphs a loss needs (P, topology, lexicon)
     token_field: str = "tokens"  # supervision.custom key: list of ids, or symbols (str/list)
     cmvn: str = ""               # .pt from wfst_asr.data.save_cmvn, or "" for none
     num_features: int = 80
@@ -255,8 +256,8 @@ def _constructor_params(cfg: ExperimentConfig, group: str) -> dict | None:
         factory = SpecAugment if SpecAugment is not None else TimeFreqMask
         skip = {"self"}
     else:
-        from wfst_asr.losses import CtcLoss
-        factory = CtcLoss if cfg.loss == "ctc" else None
+        from wfst_asr.train.build import LOSSES
+        factory = LOSSES[cfg.loss][1]() if cfg.loss in LOSSES else None
         skip = {"self"}
     if factory is None:
         return None
@@ -335,13 +336,22 @@ class TimitCtcBlstm(ExperimentConfig):
 
 @register("timit.ctc_tdnn_lstm")
 class TimitCtcTdnnLstm(TimitCtcBlstm):
-    """As :class:`TimitCtcBlstm` with a TDNN-LSTM encoder and the Noam schedule."""
+    """As :class:`TimitCtcBlstm` with a TDNN-LSTM encoder (4 TDNN layers, the last one strided
+    by 3, then a 2-layer BLSTM) and the Noam schedule (warm-up over the first 10 epochs of the
+    sample's 16 steps each)."""
 
     model: str = "tdnn_lstm"
     model_kwargs: dict[str, Any] = field(
         default_factory=lambda: {"tdnn_dim": 256, "dilations": (1, 1, 2, 3),
-                                 "lstm_hidden": 256, "lstm_layers": 2, "bidirectional": True})
+                                 "lstm_hidden": 256, "lstm_layers": 2, "bidirectional": True,
+                                 "dropout": 0.3})
     schedule: str = "noam"
     lr: float = 2e-3
-    warmup_steps: int = 500
+    warmup_steps: int = 160
     exp_dir: str = "exp/ctc_tdnn_lstm"
+
+
+# --------------------------------------------------------------------------- timit: hmm / mmi
+
+
+# --------------------------------------------------------------------------- timit: transducer

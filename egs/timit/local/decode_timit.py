@@ -95,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exp-dir", type=Path, required=True)
+    parser.add_argument("--loss", choices=("ctc",), default="ctc",
+                        help="the criterion the model was trained with (this script: CTC)")
     parser.add_argument("--lang-dir", type=Path, default=Path("data/lang_phone"))
     parser.add_argument("--dev-cuts", default="data/fbank/timit_cuts_dev.jsonl.gz")
     parser.add_argument("--test-cuts", default="data/fbank/timit_cuts_test.jsonl.gz")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -25,6 +25,13 @@ from timit_lexicon import phone_lexicon, phone_set
 from wfst_asr.graphs.compile import compile_graph
 from wfst_asr.graphs.lang import prepare_lang, write_lexicon
 
+#: criterion -> function(lang_dir) building the graphs it needs beyond the CTC HLG (None: none)
+EXTRA_GRAPHS: dict[str, Callable[[Path], None] | None] = {
+    "ctc": None,
+    # hmm / mmi
+    # transducer
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -35,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timit-dir", help="needed with --lm-data all")
     parser.add_argument("--order", type=int, default=2)
     parser.add_argument("--prefix", default="timit")
+    parser.add_argument("--loss", choices=sorted(EXTRA_GRAPHS), default="ctc",
+                        help="also build the graphs this criterion needs (ctc: HLG only)")
     args = parser.parse_args(argv)
 
     out = args.lang_dir
@@ -57,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _, stats = compile_graph(out, kind="HLG", topo="ctc", force=True)
     print(f"HLG: {stats.get('HLG_states')} states, {stats.get('HLG_arcs')} arcs, "
           f"{stats.get('total_s', 0.0):.2f} s -> {out / 'HLG.fst'}")
+    extra = EXTRA_GRAPHS[args.loss]
+    if extra is not None:
+        extra(out)
     return 0
 
 
