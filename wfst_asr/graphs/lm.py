@@ -9,6 +9,9 @@
   ``G.fst`` and ``G.pt`` (:func:`wfst_asr.fsa.save`), both atomically.
 * :func:`make_token_lm` -- an n-gram LM over token sequences (TIMIT phone bigram, the LF-MMI
   denominator phone LM P) written as ARPA.
+* :func:`ngram_acceptor` -- a back-off n-gram as a deterministic, epsilon-free acceptor over
+  token ids, every back-off resolved (the LF-MMI phone LM ``P``: each state has an arc for
+  every word, scored with the exact back-off probability, and a final arc for ``</s>``).
 
 OOV policy: every word of the ARPA file must be in ``words.txt``, else ``ValueError`` naming
 the ARPA file and the words. Words are never mapped to ``<unk>`` here: mapping would merge
@@ -20,10 +23,13 @@ is fully validated with :func:`~wfst_asr.graphs.ngram.read_arpa` first.)
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+
+import torch
 
 from wfst_asr.atomic import atomic_output
 from wfst_asr.fsa import Fsa, SymbolTable
@@ -31,7 +37,7 @@ from wfst_asr.fsa.io import read_fst, save
 
 from .ngram import BOS, EOS, NgramModel, estimate_ngram, read_arpa
 
-__all__ = ["arpa_to_fst", "g_pt_path", "make_token_lm"]
+__all__ = ["arpa_to_fst", "g_pt_path", "make_token_lm", "ngram_acceptor"]
 
 PathLike = str | os.PathLike
 
@@ -131,3 +137,91 @@ def make_token_lm(transcripts: Iterable[Sequence[str | int]], order: int,
     if out_arpa is not None:
         model.write_arpa(out_arpa)
     return model
+
+
+def ngram_acceptor(lm: NgramModel | PathLike, symbols: SymbolTable | Mapping[str, int] | PathLike,
+                   ) -> Fsa:
+    """A back-off n-gram LM as a deterministic, epsilon-free acceptor over ``symbols``' ids.
+
+    Unlike G (:func:`arpa_to_fst`, back-off arcs ``#0``), every back-off is resolved: each state
+    is a history and has one arc per word of the LM's vocabulary (``<s>``, ``</s>`` excepted),
+    scored ``ln P(word | history)`` with the ARPA back-off rule, plus a final arc (label -1)
+    scored ``ln P(</s> | history)``. So the score of a path is the LM log-probability of its
+    sentence (with ``</s>``) and the arcs leaving each state are a distribution: what the
+    LF-MMI denominator needs as the phone LM ``P``
+    (:class:`~wfst_asr.graphs.training.MmiTrainingGraphCompiler`), where kaldilm's G, after
+    RmEpsilon and Determinize in the tropical semiring, would keep the larger of the direct and
+    the back-off score of a word instead.
+
+    States: the start state 0 is the history ``<s>``; the state reached by a word is the longest
+    suffix (at most order - 1 words) of the history so far that is a *context* of the model:
+    the empty history, a proper prefix of an n-gram, or an n-gram with a non-zero back-off
+    weight. Any other suffix contributes no n-gram and no back-off weight, so the
+    distributions of a history and of its context are the same. The final state comes last.
+    Size: (number of contexts reached) x (vocabulary + 1) arcs, e.g. 49 x 49 for TIMIT's
+    48-phone bigram.
+
+    Args:
+      lm: an :class:`~wfst_asr.graphs.ngram.NgramModel` or the path of an ARPA file.
+      symbols: ``word -> id`` (a :class:`SymbolTable`, a dict, or a ``tokens.txt`` /
+        ``words.txt`` path); every LM word other than ``<s>`` / ``</s>`` must be in it, with an
+        id >= 1.
+
+    Returns:
+      the acceptor (``labels`` = ids of ``symbols``, scores = natural-log probabilities).
+    """
+    model = read_arpa(os.fspath(lm)) if not isinstance(lm, NgramModel) else lm
+    if not isinstance(symbols, (SymbolTable, Mapping)):
+        symbols = SymbolTable.from_file(os.fspath(symbols))
+    vocab = model.vocab
+    words = [i for i, w in enumerate(vocab) if w not in (BOS, EOS)]
+    missing = [vocab[i] for i in words if vocab[i] not in symbols]
+    if missing:
+        raise ValueError(f"ngram_acceptor: {len(missing)} LM word(s) are not in the symbol "
+                         f"table: {missing[:10]}")
+    label = {i: int(symbols[vocab[i]]) for i in words}
+    if any(v < 1 for v in label.values()):
+        raise ValueError("ngram_acceptor: LM words need ids >= 1 (0 is epsilon)")
+    bos, eos = model.word_id(BOS), model.word_id(EOS)
+    contexts: set[tuple[int, ...]] = {()}
+    for n, (grams, bows) in enumerate(zip(model.ngrams, model.backoffs), start=1):
+        rows = grams.tolist()
+        for k in range(1, min(n, model.order)):
+            contexts.update(tuple(r[:k]) for r in rows)
+        if n < model.order:
+            contexts.update(tuple(r) for r, b in zip(rows, bows.tolist())
+                            if not math.isnan(b) and b != 0.0)
+    keep = max(model.order - 1, 0)
+
+    def context(hist: tuple[int, ...]) -> tuple[int, ...]:
+        hist = hist[len(hist) - keep:] if keep else ()
+        while hist not in contexts:
+            hist = hist[1:]
+        return hist
+
+    ln10 = math.log(10.0)
+    start = context((bos,))
+    state_id = {start: 0}
+    queue = [start]
+    src, dst, lab, sc = [], [], [], []
+    fin_src, fin_sc = [], []
+    while queue:
+        h = queue.pop(0)
+        s = state_id[h]
+        for w in words:
+            nxt = context(h + (w,))
+            if nxt not in state_id:
+                state_id[nxt] = len(state_id)
+                queue.append(nxt)
+            src.append(s)
+            dst.append(state_id[nxt])
+            lab.append(label[w])
+            sc.append(ln10 * model._log10_prob_ids(w, h))
+        fin_src.append(s)
+        fin_sc.append(ln10 * model._log10_prob_ids(eos, h))
+    final = len(state_id)
+    arcs = torch.tensor([src + fin_src, dst + [final] * len(fin_src), lab + [-1] * len(fin_src)],
+                        dtype=torch.int64).T
+    order = torch.argsort(arcs[:, 0], stable=True)
+    scores = torch.tensor(sc + fin_sc, dtype=torch.float32)[order]
+    return Fsa(arcs[order].to(torch.int32), scores, num_states=final + 1)
