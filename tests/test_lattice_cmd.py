@@ -167,10 +167,12 @@ def test_lattice_rescore(data, capsys, tmp_path):
                  "--best-path", str(best2), "--no-progress"]) == 1
     assert "word table differs" in capsys.readouterr().err
     assert not best2.exists()
-    # n-best rescoring with a neural LM is not there yet
+    # n-best rescoring with a neural LM needs --lm-model (tested in test_nnlm.py)
     assert main(["lattice-rescore", str(data["dir"]), "--lm", "x", "--mode", "nbest-nnlm",
                  "--best-path", str(best2)]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+    assert "needs --lm-model" in capsys.readouterr().err
+    assert main(["lattice-rescore", str(data["dir"]), "--best-path", str(best2)]) == 2
+    assert "needs --lm" in capsys.readouterr().err
 
 
 def test_lattice_to_kaldi(data, capsys, tmp_path):

@@ -14,7 +14,8 @@ when at least one lattice was processed (or there were none), 1 otherwise or on 
 * ``lattice-nbest``: the n best distinct word sequences with their scores (TSV).
 * ``lattice-to-ctm``: CTM with per-word confidences (frame-level word posteriors).
 * ``lattice-rescore``: whole-lattice rescoring with a new G / ARPA LM (new lattice directory
-  and/or best paths); n-best rescoring with a neural LM is not there yet.
+  and/or best paths), or n-best rescoring with a neural LM (``--mode nbest-nnlm``: best paths
+  and/or the scored n-best lists).
 * ``lattice-to-kaldi``: a Kaldi lattice archive (Lattice or CompactLattice, binary or text).
 """
 
@@ -303,9 +304,10 @@ def cmd_lattice_to_ctm(args: argparse.Namespace) -> int:
 
 def cmd_lattice_rescore(args: argparse.Namespace) -> int:
     if args.mode == "nbest-nnlm":
-        print("lattice-rescore: error: --mode nbest-nnlm (n-best rescoring with a neural LM) is "
-              "not implemented yet (planned in issue 6); use --mode whole-lattice with an n-gram "
-              "LM (--lm G.pt, G.fst or an ARPA file)", file=sys.stderr)
+        return _rescore_nnlm(args)
+    if not args.lm:
+        print("lattice-rescore: error: --mode whole-lattice needs --lm (ARPA, G.pt or G.fst)",
+              file=sys.stderr)
         return 2
     if not args.out_dir and not args.best_path:
         print("lattice-rescore: error: give --out-dir and/or --best-path", file=sys.stderr)
@@ -345,6 +347,92 @@ def cmd_lattice_rescore(args: argparse.Namespace) -> int:
                     print(f"{utt} {_word_str(r.reader.words, ws, args.ids)}".rstrip(), file=out)
         dest = " -> " + ", ".join(x for x in (args.out_dir, args.best_path) if x)
         return r.finish(dest)
+    return _guard("lattice-rescore", run)
+
+
+def _rescore_nnlm(args: argparse.Namespace) -> int:
+    """``lattice-rescore --mode nbest-nnlm``: the n-best list of each lattice, scored by the
+    neural LM in batches of ``--utt-batch`` utterances, reranked; best paths (and the scored
+    lists) written atomically."""
+    if not args.lm_model:
+        print("lattice-rescore: error: --mode nbest-nnlm needs --lm-model (lm.pt from "
+              "wfst_asr.models.lm.train_lm)", file=sys.stderr)
+        return 2
+    if not args.best_path and not args.nbest_out:
+        print("lattice-rescore: error: --mode nbest-nnlm writes --best-path and/or --nbest-out "
+              "(no lattices)", file=sys.stderr)
+        return 2
+
+    def run() -> int:
+        from wfst_asr.decode.lattice_io import LatticeError, symbol_table_checksum
+        from wfst_asr.decode.nbest import nbest_one
+        from wfst_asr.decode.nnlm import add_nnlm_scores
+        from wfst_asr.models.lm import load_lm
+        from wfst_asr.train.checkpoint import CheckpointError
+
+        try:
+            lm = load_lm(args.lm_model)
+        except CheckpointError as e:
+            raise ValueError(str(e)) from e
+        r = _Run("lattice-rescore", args)
+        words = r.reader.words
+        if lm.words_checksum is not None and words is not None and \
+                lm.words_checksum != symbol_table_checksum(words):
+            raise ValueError(f"the LM {args.lm_model} was trained over another word table than "
+                             f"the lattices' ({args.words or args.lat_dir + '/words.txt'})")
+        weights = {"nnlm": args.nnlm_scale}
+        pending: list[tuple[str, Any]] = []
+        inexact = 0
+
+        def flush(best_out, nbest_out) -> None:
+            nbs = [nb for _, nb in pending]
+            add_nnlm_scores(nbs, lm, batch_size=args.nnlm_batch_size)
+            for utt, nb in pending:
+                ranked = nb.reranked(weights=weights)
+                if best_out is not None:
+                    ws = ranked.word_seqs[0]
+                    print(f"{utt} {_word_str(words, ws, args.ids)}".rstrip(), file=best_out)
+                if nbest_out is not None:
+                    tot = ranked.total_scores(weights=weights)
+                    for i, ws in enumerate(ranked.word_seqs):
+                        print(f"{utt}\t{i + 1}\t{float(tot[i]):.4f}\t"
+                              f"{float(ranked.am_scores[i]):.4f}\t"
+                              f"{float(ranked.lm_scores[i]):.4f}\t"
+                              f"{float(ranked.extra_scores['nnlm'][i]):.4f}\t{len(ws)}\t"
+                              f"{_word_str(words, ws, args.ids)}", file=nbest_out)
+                r.done += 1
+            pending.clear()
+
+        with _text_output(args.best_path) if args.best_path else _nullctx() as best_out, \
+                _text_output(args.nbest_out) if args.nbest_out else _nullctx() as nbest_out:
+            if nbest_out is not None:
+                print("utt\trank\ttotal\tam\tlm\tnnlm\tnum_words\twords", file=nbest_out)
+            for utt, lat in r.lattices():
+                try:
+                    nb = nbest_one(_scaled(args, lat), args.n, beam=args.nbest_beam,
+                                   max_states=args.max_states)
+                except RuntimeError as e:
+                    r.skip("too-large", f"utterance {utt}: {e}")
+                    continue
+                if len(nb) == 0:
+                    r.skip("empty", str(LatticeError(utt, "empty", "no complete path")))
+                    continue
+                oov = [w for ws in nb.word_seqs for w in ws if not 0 <= w < lm.vocab_size]
+                if oov:
+                    r.skip("out-of-vocabulary", str(LatticeError(
+                        utt, "out-of-vocabulary", f"word id {oov[0]} is outside the LM's "
+                        f"vocabulary 0..{lm.vocab_size - 1}")))
+                    continue
+                if not nb.exact:
+                    inexact += 1
+                pending.append((utt, nb))
+                if len(pending) >= args.utt_batch:
+                    flush(best_out, nbest_out)
+            if pending:
+                flush(best_out, nbest_out)
+        dest = " -> " + ", ".join(x for x in (args.best_path, args.nbest_out) if x)
+        return r.finish(f"; nnlm scale {args.nnlm_scale:g}, {inexact} lists not proven exact"
+                        f"{dest}")
     return _guard("lattice-rescore", run)
 
 
@@ -462,13 +550,35 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        "keep G's scores; write the rescored lattices (--out-dir) and/or their "
                        "best paths (--best-path). --lm: an ARPA file (compiled over the "
                        "lattices' words.txt with exact back-off), or G.pt / G.fst over the same "
-                       "word table. --mode nbest-nnlm (a neural LM on n-best lists) is planned. "
+                       "word table. --mode nbest-nnlm: the --n best distinct word sequences of each lattice "
+                       "reranked by am + lm_scale * lm - word_penalty * words + nnlm_scale * "
+                       "log P_nnlm(words) with a neural LM (--lm-model), best paths to "
+                       "--best-path and/or the scored lists to --nbest-out. "
                        + _COMMON_HELP)
     _common(p)
     p.add_argument("--mode", choices=("whole-lattice", "nbest-nnlm"), default="whole-lattice")
-    p.add_argument("--lm", required=True, help="new LM: ARPA file, G.pt or G.fst")
+    p.add_argument("--lm", default=None,
+                   help="whole-lattice: new LM: ARPA file, G.pt or G.fst (required)")
     p.add_argument("--best-path", default=None, help="write the best paths here")
     p.add_argument("--ids", action="store_true", help="best paths as word ids")
+    p.add_argument("--lm-model", default=None,
+                   help="nbest-nnlm: the neural LM (lm.pt from wfst_asr.models.lm.train_lm, "
+                        "over the lattices' word ids; required)")
+    p.add_argument("--nnlm-scale", type=float, default=1.0,
+                   help="nbest-nnlm: weight of the neural LM log-probability (default 1)")
+    p.add_argument("--n", type=int, default=100,
+                   help="nbest-nnlm: n-best entries per utterance (default 100)")
+    p.add_argument("--nbest-beam", type=float, default=4.0,
+                   help="nbest-nnlm: first beam of the exact n-best search (default 4)")
+    p.add_argument("--max-states", type=int, default=10000,
+                   help="nbest-nnlm: determinization size limit of the n-best search")
+    p.add_argument("--nbest-out", default=None,
+                   help="nbest-nnlm: write the reranked lists as TSV (utt, rank, total, am, lm, "
+                        "nnlm, num_words, words)")
+    p.add_argument("--utt-batch", type=int, default=16,
+                   help="nbest-nnlm: utterances whose lists are scored in one LM batch")
+    p.add_argument("--nnlm-batch-size", type=int, default=256,
+                   help="nbest-nnlm: sequences per LM forward pass")
     _out_dir(p, required=False)
     p.set_defaults(func=cmd_lattice_rescore)
 
