@@ -2,11 +2,14 @@
 
 Checks that egs/timit/run.sh runs stages 0-5 end to end (the figures are meaningless at this
 size), that every stage leaves its marker and outputs, that the PER reports are written, and
-that a second run skips every stage. Skipped with a printed reason without ../shared/data.
+that a second run skips every stage; for CTC and, with ``--loss hmm`` / ``--loss mmi``, for
+the HMM (HCLG decoding) and LF-MMI (CTC topology, HLG decoding) criteria. Skipped with a
+printed reason without ../shared/data.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -54,5 +57,78 @@ def test_timit_recipe_all_stages(tmp_path):
     assert [r[0] for r in rows] == [f"stage {n}" for n in range(5)]
     assert all(float(r[1]) > 0 and float(r[2]) > 50 and r[3] == "0" for r in rows)
     # a second run finds every stage done
+    again = _run(args)
+    assert again.count("already done") == 5
+
+
+@pytest.mark.parametrize("loss,graph", [("hmm", "hclg"), ("mmi", "hlg")])
+def test_timit_recipe_hmm_mmi(tmp_path, loss, graph):
+    timit = shared_data_dir() / "timit_nltk_sample"
+    if not timit.is_dir():
+        pytest.skip(f"{timit} not found: the TIMIT sample is needed for the recipe test")
+    exp = tmp_path / "exp"
+    args = ["--loss", loss, "--timit-dir", str(timit), "--data-dir", str(tmp_path / "data"),
+            "--exp-dir", str(exp), "--lm-scales", "0.3", "--word-penalties", "0,1",
+            "--set", "num_epochs=1", "--set", "model.hidden=16", "--set", "model.num_layers=1"]
+    out = _run(args)
+    for n in range(5):
+        assert f"stage {n}:" in out
+    assert f"loss {loss} (timit.{loss}_blstm)" in out
+    for m in (".timit_stage0.done", ".timit_stage1.done", f".timit_stage2.{loss}.done"):
+        assert (tmp_path / "data" / m).is_file()
+    lang = tmp_path / "data" / "lang_phone"
+    assert (lang / "HLG.fst").is_file()
+    if loss == "hmm":
+        assert (lang / "hmm-1state" / "HCLG.fst").is_file()
+    cfg = json.loads((exp / "config.json").read_text())
+    assert cfg["loss"] == loss and cfg["num_classes"] == 49
+    assert (exp / "epoch-1.pt").is_file() and (exp / ".stage45.done").is_file()
+    for dec in ("greedy", graph, "kaldi"):
+        for split in ("dev", "test"):
+            report = (exp / f"per_{dec}_{split}.txt").read_text()
+            rate = re.search(r"%PER ([0-9.]+)", report)
+            assert rate is not None and 0.0 <= float(rate.group(1)) <= 200.0
+    results = (exp / "results.txt").read_text()
+    assert f"loss {loss}, topology" in results and "word_penalty" in results
+    assert re.search(rf"{graph.upper()} one_best and kaldi_one_best agree: \d+/20", results)
+    rows = [ln.split("\t") for ln in (exp / "stage_times.tsv").read_text().splitlines()]
+    assert [r[0] for r in rows] == [f"stage {n}" for n in range(5)]
+    assert all(r[3] == "0" for r in rows)
+    again = _run(args)
+    assert again.count("already done") == 5
+
+
+def test_timit_recipe_transducer(tmp_path):
+    timit = shared_data_dir() / "timit_nltk_sample"
+    if not timit.is_dir():
+        pytest.skip(f"{timit} not found: the TIMIT sample is needed for the recipe test")
+    exp = tmp_path / "exp"
+    args = ["--loss", "transducer", "--timit-dir", str(timit), "--data-dir",
+            str(tmp_path / "data"), "--exp-dir", str(exp), "--lm-scales", "0.3",
+            "--word-penalties", "0,1", "--set", "num_epochs=1", "--set", "model.hidden=16",
+            "--set", "model.num_layers=1", "--set", "model.encoder_dim=16", "--set",
+            "model.decoder_dim=16", "--set", "model.joiner_dim=16"]
+    out = _run(args)
+    for n in range(5):
+        assert f"stage {n}:" in out
+    assert "loss transducer (timit.transducer_blstm)" in out
+    for m in (".timit_stage0.done", ".timit_stage1.done", ".timit_stage2.transducer.done"):
+        assert (tmp_path / "data" / m).is_file()
+    assert (tmp_path / "data" / "lang_phone" / "LG.fst").is_file()
+    cfg = json.loads((exp / "config.json").read_text())
+    assert cfg["loss"] == "transducer" and cfg["model"] == "blstm_transducer"
+    assert cfg["num_classes"] == 49
+    assert (exp / "epoch-1.pt").is_file() and (exp / ".stage45.done").is_file()
+    for dec in ("greedy", "beam", "fast", "lg"):
+        for split in ("dev", "test"):
+            report = (exp / f"per_{dec}_{split}.txt").read_text()
+            rate = re.search(r"%PER ([0-9.]+)", report)
+            assert rate is not None and 0.0 <= float(rate.group(1)) <= 200.0
+    results = (exp / "results.txt").read_text()
+    assert "LG tuned on dev: lm_scale 0.3" in results and "word_penalty" in results
+    assert re.search(r"^lg +test PER", results, re.MULTILINE)
+    rows = [ln.split("\t") for ln in (exp / "stage_times.tsv").read_text().splitlines()]
+    assert [r[0] for r in rows] == [f"stage {n}" for n in range(5)]
+    assert all(float(r[1]) > 0 and float(r[2]) > 50 and r[3] == "0" for r in rows)
     again = _run(args)
     assert again.count("already done") == 5

@@ -29,7 +29,9 @@ are the token ids ``1 .. num_tokens``.
 
 ``H``'s input labels are **transition-ids** (1-based, as Kaldi; 0 = epsilon) and its output
 labels tokens (phones). Use :attr:`Topology.tid2pdf` (int64 ``[num_tids + 1]``, entry 0 = -1)
-to turn network outputs over pdfs into per-transition-id scores (:func:`pdf_to_tid_log_probs`).
+to turn network outputs over pdfs into per-transition-id scores (:func:`pdf_to_tid_log_probs`),
+or relabel a graph over transition-ids (HCLG) with the network's output columns ``pdf + 1``
+(:func:`pdf_output_graph`, the convention of :func:`wfst_asr.losses.hmm.pdf_topo`).
 
 The H transducer is built here in Python from the ``TransitionModel``, because the
 ``kaldi_hmm_gmm`` builders (``get_h_transducer``, ``add_self_loops``, ``add_transition_probs``)
@@ -61,7 +63,7 @@ import torch
 from wfst_asr.fsa import Fsa, ctc_topo
 
 __all__ = ["HMM_TOPOLOGY_TEXT", "TOPOLOGIES", "Topology", "hmm_topology_text", "make_topology",
-           "pdf_to_tid_log_probs"]
+           "pdf_output_graph", "pdf_to_tid_log_probs"]
 
 #: Known topology names for :func:`make_topology`.
 TOPOLOGIES = ("ctc", "ctc-modified", "hmm-1state", "hmm-3state", "chain")
@@ -244,4 +246,29 @@ def pdf_to_tid_log_probs(log_probs: torch.Tensor, tid2pdf: torch.Tensor) -> torc
     idx = tid2pdf.clamp(min=0).to(log_probs.device)
     out = log_probs.index_select(-1, idx)
     out[..., 0] = float("-inf")
+    return out
+
+
+def pdf_output_graph(graph: Fsa, tid2pdf: torch.Tensor) -> Fsa:
+    """``graph`` (e.g. an HCLG of :func:`wfst_asr.graphs.compile.compile_hclg`) with every
+    transition-id label ``t >= 1`` replaced by the network output column ``tid2pdf[t] + 1``
+    (column 0 is unused, as in :func:`wfst_asr.losses.hmm.pdf_topo` and
+    :func:`~wfst_asr.graphs.training.hmm_output_id`); -1 labels (final arcs) stay.
+
+    The result decodes network log-probs ``[B, T, num_pdfs + 1]`` directly with
+    :func:`wfst_asr.decode.one_best` / :func:`wfst_asr.decode.kaldi_one_best`: the same paths
+    and scores as ``graph`` on :func:`pdf_to_tid_log_probs` of the columns ``1..num_pdfs``.
+    Raises ValueError on an input epsilon (label 0: it would consume a frame here) or a label
+    outside ``tid2pdf``. Other attributes (``aux_labels``, scores) are shared, not copied.
+    """
+    lab = graph.labels.to(torch.int64)
+    if bool((lab == 0).any()):
+        raise ValueError("pdf_output_graph: the graph has input epsilons (label 0); remove them "
+                         "first (compile_hclg does)")
+    table = tid2pdf.to(device=lab.device, dtype=torch.int64)
+    if bool((lab >= table.numel()).any()):
+        raise ValueError(f"pdf_output_graph: label {int(lab.max())} is not a transition-id of "
+                         f"the topology (1..{table.numel() - 1})")
+    out = graph.detach()
+    out.labels = torch.where(lab > 0, table[lab.clamp(min=0)] + 1, lab)
     return out

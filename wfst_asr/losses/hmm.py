@@ -20,6 +20,18 @@ Topologies: :func:`wfst_asr.graphs.training.hmm_topo` (1 or ``n`` states per tok
 :func:`wfst_asr.graphs.topo.make_topology` (``hmm-1state``, ``hmm-3state``, ``chain``) turned
 into a frame-synchronous H over pdfs by :func:`pdf_topo` (output id = pdf id + 1).
 
+Prior correction (``HmmLoss(prior_scale=alpha)``): with a softmax network the full-sum
+criterion trained from scratch tends to a degenerate optimum where the most frequent states
+(TIMIT: silence and closures) take almost every frame: the network learns the state prior.
+As in RWTH's full-sum training from scratch (Raissi et al., "HMM vs. CTC for automatic speech
+recognition: comparison based on full-sum training from scratch", SLT 2022), the emissions in
+the graph are then the "scaled likelihoods" ``log p(s|x) - alpha * log p(s)``, with the prior
+``p(s)`` estimated online: an exponential moving average (``prior_momentum``) of the mean
+softmax output over the valid frames of each training batch (updated only in training mode
+with gradients enabled, i.e. not by a ``no_grad`` dev pass; kept in the buffer ``log_prior``,
+uniform at the start). Decode with the same correction
+(:meth:`HmmLoss.estimate_prior`).
+
 Infeasible utterances (a transcript that needs more frames than the utterance has after
 subsampling, :func:`feasible`) are found before the loss, left out, and counted
 (``info["excluded"]``); a total that still comes out non-finite is dropped the same way, so the
@@ -39,6 +51,7 @@ frame (same topology) into targets.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import torch
@@ -340,6 +353,11 @@ class HmmLoss(nn.Module):
         excluded utterances.
       use_double_scores: float64 totals (the loss is then float64).
       lexicon: passed to the compiler when ``topo`` is a topology (word transcripts).
+      prior_scale: ``alpha`` of the prior correction (module docstring): the graph sees
+        ``log_probs - alpha * log_prior``; 0 (default) disables it. The loss value is then
+        that of the corrected scores (for ``"ce"``, the alignment uses them, the cross-entropy
+        the plain log-probs).
+      prior_momentum: the moving average's weight of the old prior, per training batch.
 
     ``forward(log_probs [B, T, V], out_lens [B], token_seqs, alignments=None)`` returns
     ``(loss, info)``: ``token_seqs`` are token (phone) ids >= 1 (word ids with a lexicon),
@@ -358,12 +376,14 @@ class HmmLoss(nn.Module):
 
     def __init__(self, topo: HmmTrainingGraphCompiler | Fsa | Topology, mode: str = "forward",
                  reduction: str = "sum", use_double_scores: bool = False,
-                 lexicon=None) -> None:
+                 lexicon=None, prior_scale: float = 0.0, prior_momentum: float = 0.99) -> None:
         super().__init__()
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        if prior_scale < 0 or not 0.0 <= prior_momentum < 1.0:
+            raise ValueError("prior_scale must be >= 0 and prior_momentum in [0, 1)")
         if isinstance(topo, Topology):
             topo = pdf_topo(topo)
         if isinstance(topo, Fsa):
@@ -374,10 +394,39 @@ class HmmLoss(nn.Module):
         self.num_outputs = num_outputs(topo.topo)
         self.mode, self.reduction = mode, reduction
         self.use_double_scores = bool(use_double_scores)
+        self.prior_scale, self.prior_momentum = float(prior_scale), float(prior_momentum)
+        V = self.num_outputs
+        init = torch.full((V,), -math.log(max(V - 1, 1)), dtype=torch.float64)
+        init[0] = 0.0  # column 0: no arc reads it
+        self.register_buffer("log_prior", init)
 
     def extra_repr(self) -> str:
+        extra = f", prior_scale={self.prior_scale}" if self.prior_scale else ""
         return (f"mode={self.mode!r}, reduction={self.reduction!r}, "
-                f"num_outputs={self.num_outputs}")
+                f"num_outputs={self.num_outputs}{extra}")
+
+    @staticmethod
+    def estimate_prior(log_probs: torch.Tensor, lens: torch.Tensor | Sequence[int]
+                       ) -> torch.Tensor:
+        """float64 ``[V]``: the mean of ``exp(log_probs)`` over the valid frames (the state
+        prior a softmax network implies on that data; column 0 included)."""
+        lens = torch.as_tensor(lens).to(log_probs.device).reshape(-1, 1)
+        mask = torch.arange(log_probs.shape[1], device=log_probs.device) < lens
+        post = log_probs.detach().to(torch.float64).exp() * mask.unsqueeze(-1)
+        return post.sum((0, 1)) / mask.sum().clamp(min=1)
+
+    def _corrected(self, log_probs: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """The emissions the graph sees: ``log_probs - alpha * log_prior`` with the prior
+        before this batch; then (training, gradients on) the prior's moving average moves."""
+        if not self.prior_scale:
+            return log_probs
+        out = log_probs - self.prior_scale * self.log_prior.to(log_probs)
+        if self.training and torch.is_grad_enabled() and int(lens.sum()) > 0:
+            prior = self.estimate_prior(log_probs, lens).to(self.log_prior.device)
+            m = self.prior_momentum
+            new = m * self.log_prior.exp() + (1.0 - m) * prior
+            self.log_prior.copy_(new.clamp(min=1e-20).log())
+        return out
 
     def graphs(self, token_seqs) -> Fsa:
         """The training graphs (CPU FsaVec) of a batch of transcripts."""
@@ -398,6 +447,7 @@ class HmmLoss(nn.Module):
         if seqs is None:
             raise ValueError("token_seqs are needed (or alignments with mode='ce')")
         graphs = self.graphs(seqs)
+        scores = self._corrected(log_probs, lens)
         ok, _ = feasible(graphs, lens)
         keep = ok.nonzero().squeeze(1)
         per_utt = log_probs.new_zeros(B, dtype=dtype)
@@ -408,14 +458,14 @@ class HmmLoss(nn.Module):
             if self.mode == "ce":
                 # forced alignment with the current outputs (no gradient), then frame CE;
                 # utterances not in segs get no alignment (-1 rows)
-                ali = _best_path_labels(g, log_probs, segs)
+                ali = _best_path_labels(g, scores, segs)
                 got = (ali >= 0).sum(1).cpu()
                 bad = keep[got[keep] != lens[keep]]  # no path after all
                 ali[bad.to(dev)] = -1
                 aligned = int(got.sum()) - int(got[bad].sum())
                 per_utt = frame_ce_loss(log_probs.to(dtype), ali, reduction="none")
             else:
-                tot = get_tot_scores(intersect_dense(g, DenseFsaVec(log_probs, segs)),
+                tot = get_tot_scores(intersect_dense(g, DenseFsaVec(scores, segs)),
                                      log_semiring=self.mode == "forward",
                                      use_double_scores=self.use_double_scores)
                 fin = torch.isfinite(tot).detach()

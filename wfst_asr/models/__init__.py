@@ -1,5 +1,6 @@
 """Neural network models: acoustic encoders (:mod:`wfst_asr.models.encoders`), transducer
-decoder/joiner and search (:mod:`wfst_asr.models.transducer`)."""
+decoder/joiner/head and the BLSTM transducer (:mod:`wfst_asr.models.transducer`; its search,
+:mod:`wfst_asr.decode.transducer`, is re-exported there)."""
 
 from wfst_asr.models.encoders import (
     MODELS,
@@ -11,6 +12,7 @@ from wfst_asr.models.encoders import (
     register_model,
 )
 from wfst_asr.models.transducer import (
+    BlstmTransducer,
     Joiner,
     StatelessDecoder,
     Transducer,
@@ -28,5 +30,5 @@ __all__ = [
     "check_output_dim",
     "register_model",
 ]
-__all__ += ["Joiner", "StatelessDecoder", "Transducer", "add_sos", "beam_search",
+__all__ += ["BlstmTransducer", "Joiner", "StatelessDecoder", "Transducer", "add_sos", "beam_search",
             "greedy_search"]

@@ -144,14 +144,20 @@ class Blstm(Encoder):
         return (x[:, :Tq * s].reshape(B, Tq, s * D),
                 self.output_lengths(lens).to(lens.device))
 
-    def forward(self, x: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x [B, T, F]``, ``lens [B]`` -> (log-probs ``[B, T', V]``, ``out_lens [B]``)."""
+    def logits(self, x: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` without the final log-softmax: (``output(h)`` ``[B, T', V]``,
+        ``out_lens [B]``), e.g. the encoder output of a transducer (V = its dimension)."""
         lens = self._check_input(x, lens)
         for i, lstm in enumerate(self.layers):
             if i == self.subsample_after:
                 x, lens = self._subsample(x, lens)
             x = self.dropout(_run_lstm(lstm, x, lens))
-        return self.output(x).log_softmax(-1), lens
+        return self.output(x), lens
+
+    def forward(self, x: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [B, T, F]``, ``lens [B]`` -> (log-probs ``[B, T', V]``, ``out_lens [B]``)."""
+        scores, lens = self.logits(x, lens)
+        return scores.log_softmax(-1), lens
 
 
 class TdnnLstm(Encoder):

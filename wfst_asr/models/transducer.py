@@ -1,4 +1,4 @@
-"""Transducer (RNN-T) heads: a stateless prediction network, a joiner, and decoding.
+"""Transducer (RNN-T) models: a stateless prediction network, a joiner, the head, a BLSTM model.
 
 The pieces, as in icefall's stateless transducers:
 
@@ -11,8 +11,13 @@ The pieces, as in icefall's stateless transducers:
   :func:`wfst_asr.losses.do_rnnt_pruning`).
 * :class:`Transducer`: decoder + joiner + the simple joiner's projections to the vocabulary,
   on top of any encoder output ``[B, T, C]``; ``forward(..., loss=TransducerLoss(...))``.
-* :func:`greedy_search` (batched) and :func:`beam_search` (modified beam search, one utterance
-  at a time) over encoder outputs.
+* :class:`BlstmTransducer` (registered model ``blstm_transducer``): a :class:`Blstm` encoder and
+  a :class:`Transducer` head as submodules; ``forward(feats, lens) -> (encoder_out, out_lens)``
+  (what the trainer calls), ``head(...)`` for the loss (the ``transducer`` loss of
+  :mod:`wfst_asr.train.build` does it).
+* :func:`greedy_search` and :func:`beam_search` live in :mod:`wfst_asr.decode.transducer`
+  (with the graph-constrained :func:`~wfst_asr.decode.transducer.fast_beam_search`) and are
+  re-exported here.
 
 Token ``blank`` (default 0) is both the blank output and the start-of-sequence context.
 """
@@ -23,8 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Joiner", "StatelessDecoder", "Transducer", "add_sos", "beam_search",
-           "greedy_search"]
+from wfst_asr.decode.transducer import beam_search, greedy_search
+from wfst_asr.models.encoders import Blstm, Encoder, register_model
+
+__all__ = ["BlstmTransducer", "Joiner", "StatelessDecoder", "Transducer", "add_sos",
+           "beam_search", "greedy_search"]
 
 
 class StatelessDecoder(nn.Module):
@@ -146,90 +154,58 @@ class Transducer(nn.Module):
         return loss(encoder_out, encoder_lens, dec, seqs, self.joiner, simple_am, simple_lm)
 
 
-def _decoder_out(decoder: StatelessDecoder, joiner: Joiner, context: torch.Tensor
-                 ) -> torch.Tensor:
-    """Projected decoder output ``[N, J]`` for contexts ``[N, context_size]``."""
-    return joiner.decoder_proj(decoder(context, need_pad=False)[:, -1])
+class BlstmTransducer(Encoder):
+    """A transducer with a BLSTM encoder: :class:`~wfst_asr.models.Blstm` (its output layer
+    projects to ``encoder_dim``, no log-softmax) + :class:`Transducer` head, both submodules
+    (``encoder``, ``head``), so ``parameters()`` covers everything the loss trains.
 
+    Args:
+      num_features, num_classes: input dimension F; vocabulary size V (blank 0 included).
+      hidden, num_layers, dropout, subsampling, subsample_type, subsample_after: the encoder's
+        (:class:`~wfst_asr.models.Blstm`).
+      encoder_dim: encoder output dimension C.
+      decoder_dim, joiner_dim, context_size: the head's (:class:`Transducer`).
+      aux_ctc: also a CTC output layer on the encoder output, ``ctc_output: Linear(C, V)``, for
+        an auxiliary CTC loss (``loss.ctc_scale`` of the ``transducer`` loss; icefall's
+        ``--use-ctc``); :meth:`ctc_log_probs` gives its log-probs.
 
-@torch.no_grad()
-def greedy_search(decoder: StatelessDecoder, joiner: Joiner, encoder_out: torch.Tensor,
-                  encoder_lens=None, max_sym_per_frame: int = 1) -> list[list[int]]:
-    """Greedy transducer decoding, batched: at each frame take the best output; a label
-    extends the hypothesis (and the decoder context) and, up to ``max_sym_per_frame`` labels,
-    the same frame is scored again; blank moves on to the next frame.
-
-    ``encoder_out [B, T, C]`` (before the joiner's projection), ``encoder_lens [B]`` (default:
-    all T). Returns the token ids of each utterance.
+    ``forward(x [B, T, F], lens [B]) -> (encoder_out [B, T', C], out_lens [B])``; the rest of the
+    encoder interface (``subsampling_factor``, ``output_lengths``, ...) is the encoder's. For
+    search, ``decoder`` and ``joiner`` are the head's.
     """
-    if max_sym_per_frame < 1:
-        raise ValueError(f"max_sym_per_frame must be >= 1, got {max_sym_per_frame}")
-    B, T, _ = encoder_out.shape
-    dev = encoder_out.device
-    lens = (torch.full((B,), T, dtype=torch.int64) if encoder_lens is None
-            else torch.as_tensor(encoder_lens).to("cpu", torch.int64))
-    blank = decoder.blank
-    enc = joiner.encoder_proj(encoder_out)
-    context = torch.full((B, decoder.context_size), blank, dtype=torch.int64, device=dev)
-    dec = _decoder_out(decoder, joiner, context)
-    hyps: list[list[int]] = [[] for _ in range(B)]
-    for t in range(T):
-        active = (lens > t).to(dev)
-        for _ in range(max_sym_per_frame):
-            if not bool(active.any()):
-                break
-            tok = joiner(enc[:, t], dec, project_input=False).argmax(-1)
-            emit = active & (tok != blank)
-            if not bool(emit.any()):
-                break
-            for b, v in zip(emit.nonzero().squeeze(1).tolist(), tok[emit].tolist()):
-                hyps[b].append(v)
-            shifted = torch.cat([context[:, 1:], tok.unsqueeze(1)], 1)
-            context = torch.where(emit.unsqueeze(1), shifted, context)
-            dec = torch.where(emit.unsqueeze(1), _decoder_out(decoder, joiner, context), dec)
-            active = emit
-    return hyps
+
+    def __init__(self, num_features: int, num_classes: int, hidden: int = 256,
+                 num_layers: int = 3, dropout: float = 0.2, subsampling: int = 1,
+                 subsample_type: str = "concat", subsample_after: int | None = None,
+                 encoder_dim: int = 256, decoder_dim: int = 256, joiner_dim: int = 256,
+                 context_size: int = 2, aux_ctc: bool = False) -> None:
+        super().__init__(num_features, num_classes)
+        self.encoder = Blstm(num_features, encoder_dim, hidden=hidden, num_layers=num_layers,
+                             dropout=dropout, subsampling=subsampling,
+                             subsample_type=subsample_type, subsample_after=subsample_after)
+        self.subsampling_factor = self.encoder.subsampling_factor
+        self.subsampling_mode = self.encoder.subsampling_mode
+        self.encoder_dim = int(encoder_dim)
+        self.head = Transducer(encoder_dim, num_classes, decoder_dim=decoder_dim,
+                               joiner_dim=joiner_dim, context_size=context_size, blank=0)
+        self.ctc_output = nn.Linear(encoder_dim, num_classes) if aux_ctc else None
+
+    @property
+    def decoder(self) -> StatelessDecoder:
+        return self.head.decoder
+
+    @property
+    def joiner(self) -> Joiner:
+        return self.head.joiner
+
+    def forward(self, x: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder.logits(x, lens)
+
+    def ctc_log_probs(self, encoder_out: torch.Tensor) -> torch.Tensor:
+        """CTC log-probs ``[B, T', V]`` of the auxiliary output (``aux_ctc=True`` only)."""
+        if self.ctc_output is None:
+            raise ValueError("this model has no CTC output (build it with aux_ctc=True)")
+        return self.ctc_output(encoder_out).log_softmax(-1)
 
 
-@torch.no_grad()
-def beam_search(decoder: StatelessDecoder, joiner: Joiner, encoder_out: torch.Tensor,
-                encoder_lens=None, beam: int = 4) -> list[list[int]]:
-    """Modified beam search (at most one label per frame), one utterance at a time.
-
-    Hypotheses are distinct label sequences with the log-probability summed over their
-    alignments so far. At each frame every hypothesis is extended by each output
-    (blank: same sequence; a label: one longer), the ``beam`` best extensions are kept, and
-    extensions that reach the same sequence are merged (log-add). With ``beam=1`` this is
-    :func:`greedy_search` with ``max_sym_per_frame=1``; with a beam as large as the number of
-    extensions nothing is pruned and the result is the most probable label sequence under the
-    one-label-per-frame model. Returns the best sequence of each utterance.
-    """
-    if beam < 1:
-        raise ValueError(f"beam must be >= 1, got {beam}")
-    B, T, _ = encoder_out.shape
-    lens = (torch.full((B,), T, dtype=torch.int64) if encoder_lens is None
-            else torch.as_tensor(encoder_lens).to("cpu", torch.int64))
-    enc_all = joiner.encoder_proj(encoder_out)
-    blank, C = decoder.blank, decoder.context_size
-    out = []
-    for b in range(B):
-        hyps: dict[tuple[int, ...], float] = {(): 0.0}
-        for t in range(int(lens[b])):
-            seqs = list(hyps)
-            ctx = torch.tensor([([blank] * C + list(s))[-C:] for s in seqs],
-                               dtype=torch.int64, device=encoder_out.device)
-            dec = _decoder_out(decoder, joiner, ctx)
-            lp = joiner(enc_all[b, t].unsqueeze(0), dec, project_input=False).log_softmax(-1)
-            lp = lp.double() + torch.tensor([hyps[s] for s in seqs], dtype=torch.float64,
-                                            device=lp.device).unsqueeze(1)
-            V = lp.shape[1]
-            top = torch.topk(lp.reshape(-1), min(beam, lp.numel()))
-            new: dict[tuple[int, ...], float] = {}
-            for score, idx in zip(top.values.tolist(), top.indices.tolist()):
-                s, v = seqs[idx // V], idx % V
-                key = s if v == blank else s + (v,)
-                new[key] = score if key not in new else float(
-                    torch.logaddexp(torch.tensor(new[key]), torch.tensor(score)))
-            hyps = new
-        out.append(list(max(hyps.items(), key=lambda kv: kv[1])[0]))
-    return out
+register_model("blstm_transducer", BlstmTransducer)

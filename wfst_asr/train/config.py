@@ -354,4 +354,60 @@ class TimitCtcTdnnLstm(TimitCtcBlstm):
 # --------------------------------------------------------------------------- timit: hmm / mmi
 
 
+@register("timit.hmm_blstm")
+class TimitHmmBlstm(TimitCtcBlstm):
+    """As :class:`TimitCtcBlstm` (same encoder, input stacking, SpecAugment, schedule), trained
+    with the HMM full-sum (forward) criterion on Kaldi's 1-state phone topology: 48 pdfs, so
+    49 outputs with column 0 unused (:func:`wfst_asr.losses.hmm.pdf_topo`), one 30 ms output
+    frame at least per phone. Decoded with the HCLG of the same topology (``loss.topology``,
+    ``loss.mode``: see :func:`wfst_asr.train.build._hmm_options`; ``num_classes`` 0 follows the
+    topology; ``hmm-3state`` needs ``subsampling=1``: 3 frames per phone do not fit 30 ms
+    frames)."""
+
+    lang_dir: str = "data/lang_phone"
+    num_classes: int = 0         # from the topology: num_pdfs + 1
+    loss: str = "hmm"
+    loss_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"topology": "hmm-1state", "mode": "forward"})
+    exp_dir: str = "exp/hmm_blstm"
+
+
+@register("timit.mmi_blstm")
+class TimitMmiBlstm(TimitCtcBlstm):
+    """As :class:`TimitCtcBlstm`, trained with LF-MMI on the CTC topology (blank + 48 phones,
+    49 outputs; decoded with the CTC HLG): the denominator is ``ctc_topo o P`` with P the lang
+    dir's train-only phone bigram (``lm.arpa``), leaky HMM 1e-5, no output L2 (the outputs
+    are log-softmax, see :func:`wfst_asr.train.build._mmi_options`)."""
+
+    lang_dir: str = "data/lang_phone"
+    num_classes: int = 0         # from the topology: blank + tokens
+    loss: str = "mmi"
+    loss_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"topology": "ctc", "leaky_hmm_coefficient": 1e-5,
+                                 "ctc_weight": 0.0})
+    exp_dir: str = "exp/mmi_blstm"
+
+
 # --------------------------------------------------------------------------- timit: transducer
+
+
+@register("timit.transducer_blstm")
+class TimitTransducerBlstm(TimitCtcBlstm):
+    """As :class:`TimitCtcBlstm` (same 3x256 BLSTM encoder on frames stacked by 3, SpecAugment,
+    batches, schedule), as a transducer (``blstm_transducer``): the encoder projects to 256,
+    a stateless prediction network (bigram context, 256) and a 256-unit joiner over blank + 48
+    phones, trained with the pruned RNN-T loss (``s_range`` 5, ``simple_loss_scale`` 0.5, the
+    simple loss smoothed with ``lm_only_scale`` 0.25, as icefall's stateless transducers).
+    Decoded greedily, with modified beam search and with fast beam search in the phone LG
+    (``egs/timit/local/decode_transducer.py``)."""
+
+    model: str = "blstm_transducer"
+    model_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"hidden": 256, "num_layers": 3, "dropout": 0.3,
+                                 "subsample_after": 0, "encoder_dim": 256, "decoder_dim": 256,
+                                 "joiner_dim": 256, "context_size": 2})
+    loss: str = "transducer"
+    loss_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"pruned": True, "s_range": 5, "simple_loss_scale": 0.5,
+                                 "lm_only_scale": 0.25, "am_only_scale": 0.0})
+    exp_dir: str = "exp/transducer_blstm"

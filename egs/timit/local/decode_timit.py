@@ -11,6 +11,9 @@
 * scores PER on the 39-phone set (48 -> 39 folding) with a per-speaker breakdown, writing
   ``<exp_dir>/per_{greedy,hlg,kaldi}_{dev,test}.txt`` (atomically) and printing a summary.
 
+The pieces (:func:`parse_args`, :class:`Evaluation`, :func:`decode_graph`,
+:func:`write_results`) are shared with ``decode_hmm.py`` (HMM / LF-MMI models).
+
     python egs/timit/local/decode_timit.py --exp-dir exp/ctc_blstm --lang-dir data/lang_phone
 """
 
@@ -21,7 +24,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -91,12 +94,18 @@ def decode_all(batches, fn) -> dict[str, list[int]]:
     return hyps
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
+def parse_args(argv: Sequence[str] | None = None, doc: str | None = __doc__,
+               losses: Sequence[str] = ("ctc",),
+               extra: Callable[[argparse.ArgumentParser], None] | None = None
+               ) -> argparse.Namespace:
+    """The decoding scripts' common command line (``--loss`` takes one of ``losses``;
+    ``extra(parser)`` adds a script's own options)."""
+    parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exp-dir", type=Path, required=True)
-    parser.add_argument("--loss", choices=("ctc",), default="ctc",
-                        help="the criterion the model was trained with (this script: CTC)")
+    parser.add_argument("--loss", choices=tuple(losses), default=losses[0],
+                        help="the criterion the model was trained with "
+                             f"(this script: {', '.join(losses)})")
     parser.add_argument("--lang-dir", type=Path, default=Path("data/lang_phone"))
     parser.add_argument("--dev-cuts", default="data/fbank/timit_cuts_dev.jsonl.gz")
     parser.add_argument("--test-cuts", default="data/fbank/timit_cuts_test.jsonl.gz")
@@ -106,19 +115,113 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "lm scale, Kaldi's --word-ins-penalty (negative = bonus)")
     parser.add_argument("--search-beam", type=float, default=20.0)
     parser.add_argument("--max-duration", type=float, default=200.0)
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
+    return args
 
+
+class Evaluation:
+    """The model's outputs on dev and test (one pass each), their 39-phone references and
+    speakers, and PER scoring (:meth:`per`)."""
+
+    def __init__(self, model, cfg: dict, args: argparse.Namespace,
+                 device: torch.device) -> None:
+        self.pmap = PhoneMap.from_file(MAP_FILE)
+        self.data, self.refs39, self.speaker_of = {}, {}, {}
+        for split, path in (("dev", args.dev_cuts), ("test", args.test_cuts)):
+            t0 = time.perf_counter()
+            self.data[split] = run_model(model, path, cfg, device, args.max_duration)
+            self.refs39[split] = {u: self.fold(r) for ids, _, refs, _, _ in self.data[split]
+                                  for u, r in zip(ids, refs)}
+            self.speaker_of.update({u: s for ids, spk, _, _, _ in self.data[split]
+                                    for u, s in zip(ids, spk)})
+            print(f"{split}: {len(self.refs39[split])} utterances through the model "
+                  f"({time.perf_counter() - t0:.1f} s)")
+
+    def fold(self, seq: list[str]) -> list[str]:
+        return self.pmap.fold(seq, to="39", source="48")
+
+    def per(self, split: str, hyps_str: dict[str, list[str]]):
+        """The PER report of ``{utt: 48-phone hypothesis}`` on ``split`` (39-phone folding)."""
+        return score(self.refs39[split], {u: self.fold(h) for u, h in hyps_str.items()},
+                     self.speaker_of, metric="PER")
+
+
+def decode_graph(ev: Evaluation, graph, args: argparse.Namespace, label_str,
+                 name: str = "HLG") -> tuple[dict[str, dict[str, object]], list[str], str]:
+    """Decode with ``graph`` (labels = the network's output columns): ``one_best`` over
+    ``--lm-scales`` x ``--word-penalties`` on DEV, the best setting on test, then
+    ``kaldi_one_best`` on both at that setting. ``label_str(ids) -> phones`` turns the
+    graph's output labels into 48-phone strings.
+
+    Returns ``(results, header lines, agreement line)``: results ``{name.lower(): {split:
+    report}, "kaldi": {split: report}}``.
+    """
+    scales = _floats(args.lm_scales)
+    penalties = _floats(args.word_penalties)
+    tuning = []
+    for s in scales:
+        for wp in penalties:
+            hyps = decode_all(ev.data["dev"], lambda lp, n, s=s, wp=wp: one_best(
+                graph, lp, n, search_beam=args.search_beam, lm_scale=s, word_penalty=wp))
+            rep = ev.per("dev", {u: label_str(h) for u, h in hyps.items()})
+            tuning.append((s, wp, rep))
+            print(f"  {name} dev lm_scale={s:<4g} word_penalty={wp:<5g} PER {rep.rate:.2f}%  "
+                  f"({rep.summary()})")
+    best_scale, best_wp, best_dev = min(tuning, key=lambda t: (t[2].rate, t[0], abs(t[1])))
+    print(f"chosen lm_scale {best_scale:g}, word_penalty {best_wp:g} "
+          f"(dev PER {best_dev.rate:.2f}%)")
+    key = name.lower()
+    results: dict[str, dict[str, object]] = {key: {"dev": best_dev}}
+    graph_test = decode_all(ev.data["test"], lambda lp, n: one_best(
+        graph, lp, n, search_beam=args.search_beam, lm_scale=best_scale, word_penalty=best_wp))
+    results[key]["test"] = ev.per("test", {u: label_str(h) for u, h in graph_test.items()})
+    # kaldi at the chosen setting
+    kgraph = kaldi_ctc_graph(graph, lm_scale=best_scale, word_penalty=best_wp)
+    kaldi_hyps = {}
+    for split in ("dev", "test"):
+        kaldi_hyps[split] = decode_all(ev.data[split], lambda lp, n: kaldi_one_best(
+            kgraph, lp, n, beam=args.search_beam))
+        results.setdefault("kaldi", {})[split] = ev.per(
+            split, {u: label_str(h) for u, h in kaldi_hyps[split].items()})
+    same = sum(graph_test[u] == kaldi_hyps["test"][u] for u in graph_test)
+    agree = 100.0 * same / max(len(graph_test), 1)
+    header = [(f"{name} tuned on dev: lm_scale {best_scale:g} (of {scales}), word_penalty "
+               f"{best_wp:g} (of {penalties})")]
+    footer = (f"test utterances where {name} one_best and kaldi_one_best agree: "
+              f"{same}/{len(graph_test)} ({agree:.1f}%)")
+    return results, header, footer
+
+
+def write_results(exp_dir: Path, ckpt: Path, results: dict[str, dict[str, object]],
+                  header: list[str], footer: list[str]) -> str:
+    """Write ``per_<method>_<split>.txt`` for every method of ``results`` (in order) and
+    ``results.txt`` (atomically); return the summary text."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"TIMIT PER (39 phones, folded from 48), model {ckpt}", *header]
+    for method, reports in results.items():
+        for split in ("dev", "test"):
+            rep = reports[split]
+            path = exp_dir / f"per_{method}_{split}.txt"
+            rep.write(path)
+            lines.append(f"{method:6s} {split:4s} PER {rep.rate:6.2f}%  ({rep.summary()})  "
+                         f"-> {path}")
+    text = "\n".join(lines + footer) + "\n"
+    atomic_write_text(exp_dir / "results.txt", text)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, cfg, ckpt = load_model(args.exp_dir, device)
     print(f"model {cfg['model']} from {ckpt} on {device}")
     tokens = read_token_list(cfg["tokens"])            # id k (>= 1) = tokens[k - 1]
     words = SymbolTable.from_file(args.lang_dir / "words.txt")
     hlg, _ = compile_graph(args.lang_dir, kind="HLG", topo="ctc")
-    pmap = PhoneMap.from_file(MAP_FILE)
-
-    def fold(seq: list[str]) -> list[str]:
-        return pmap.fold(seq, to="39", source="48")
+    ev = Evaluation(model, cfg, args, device)
 
     def tok_str(ids: list[int]) -> list[str]:
         return [tokens[i - 1] for i in ids]
@@ -126,72 +229,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     def word_str(ids: list[int]) -> list[str]:
         return [str(words.get(i)) for i in ids]
 
-    data, refs39, speaker_of = {}, {}, {}
-    for split, path in (("dev", args.dev_cuts), ("test", args.test_cuts)):
-        t0 = time.perf_counter()
-        data[split] = run_model(model, path, cfg, device, args.max_duration)
-        refs39[split] = {u: fold(r) for ids, _, refs, _, _ in data[split]
-                         for u, r in zip(ids, refs)}
-        speaker_of.update({u: s for ids, spk, _, _, _ in data[split] for u, s in zip(ids, spk)})
-        print(f"{split}: {len(refs39[split])} utterances through the model "
-              f"({time.perf_counter() - t0:.1f} s)")
-
-    def per(split: str, hyps_str: dict[str, list[str]]):
-        return score(refs39[split], {u: fold(h) for u, h in hyps_str.items()}, speaker_of,
-                     metric="PER")
-
     results: dict[str, dict[str, object]] = {}
     # greedy
     for split in ("dev", "test"):
-        hyps = decode_all(data[split], greedy_ctc)
-        results.setdefault("greedy", {})[split] = per(split, {u: tok_str(h)
-                                                             for u, h in hyps.items()})
-    # HLG: tune (lm_scale, word_penalty) on dev only, then apply to test
-    scales = _floats(args.lm_scales)
-    penalties = _floats(args.word_penalties)
-    tuning = []
-    for s in scales:
-        for wp in penalties:
-            hyps = decode_all(data["dev"], lambda lp, n, s=s, wp=wp: one_best(
-                hlg, lp, n, search_beam=args.search_beam, lm_scale=s, word_penalty=wp))
-            rep = per("dev", {u: word_str(h) for u, h in hyps.items()})
-            tuning.append((s, wp, rep))
-            print(f"  HLG dev lm_scale={s:<4g} word_penalty={wp:<5g} PER {rep.rate:.2f}%  "
-                  f"({rep.summary()})")
-    best_scale, best_wp, best_dev = min(tuning, key=lambda t: (t[2].rate, t[0], abs(t[1])))
-    print(f"chosen lm_scale {best_scale:g}, word_penalty {best_wp:g} "
-          f"(dev PER {best_dev.rate:.2f}%)")
-    results["hlg"] = {"dev": best_dev}
-    hlg_test = decode_all(data["test"], lambda lp, n: one_best(
-        hlg, lp, n, search_beam=args.search_beam, lm_scale=best_scale, word_penalty=best_wp))
-    results["hlg"]["test"] = per("test", {u: word_str(h) for u, h in hlg_test.items()})
-    # kaldi at the chosen setting
-    kgraph = kaldi_ctc_graph(hlg, lm_scale=best_scale, word_penalty=best_wp)
-    kaldi_hyps = {}
-    for split in ("dev", "test"):
-        kaldi_hyps[split] = decode_all(data[split], lambda lp, n: kaldi_one_best(
-            kgraph, lp, n, beam=args.search_beam))
-        results.setdefault("kaldi", {})[split] = per(
-            split, {u: word_str(h) for u, h in kaldi_hyps[split].items()})
-    same = sum(hlg_test[u] == kaldi_hyps["test"][u] for u in hlg_test)
-    agree = 100.0 * same / max(len(hlg_test), 1)
-
-    args.exp_dir.mkdir(parents=True, exist_ok=True)
-    lines = [f"TIMIT PER (39 phones, folded from 48), model {ckpt}",
-             (f"HLG tuned on dev: lm_scale {best_scale:g} (of {scales}), word_penalty "
-              f"{best_wp:g} (of {penalties})")]
-    for method in ("greedy", "hlg", "kaldi"):
-        for split in ("dev", "test"):
-            rep = results[method][split]
-            path = args.exp_dir / f"per_{method}_{split}.txt"
-            rep.write(path)
-            lines.append(f"{method:6s} {split:4s} PER {rep.rate:6.2f}%  ({rep.summary()})  "
-                         f"-> {path}")
-    lines.append(f"test utterances where HLG one_best and kaldi_one_best agree: "
-                 f"{same}/{len(hlg_test)} ({agree:.1f}%)")
-    text = "\n".join(lines) + "\n"
-    atomic_write_text(args.exp_dir / "results.txt", text)
-    print(text, end="")
+        hyps = decode_all(ev.data[split], greedy_ctc)
+        results.setdefault("greedy", {})[split] = ev.per(split, {u: tok_str(h)
+                                                                for u, h in hyps.items()})
+    # HLG: tune (lm_scale, word_penalty) on dev only, then apply to test; kaldi cross-check
+    graph_results, header, footer = decode_graph(ev, hlg, args, word_str, "HLG")
+    results.update(graph_results)
+    print(write_results(args.exp_dir, ckpt, results, header, [footer]), end="")
     return 0
 
 

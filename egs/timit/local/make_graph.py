@@ -25,11 +25,55 @@ from timit_lexicon import phone_lexicon, phone_set
 from wfst_asr.graphs.compile import compile_graph
 from wfst_asr.graphs.lang import prepare_lang, write_lexicon
 
+
+def hmm_mmi_graphs(loss: str) -> Callable[[Path], None]:
+    """The graphs of ``--loss hmm`` / ``mmi`` for the topology of ``timit.<loss>_blstm``: an
+    HMM topology's HCLG (over the same L and bigram G, cached in ``<lang_dir>/<topology>/``:
+    decode_hmm.py loads it, or compiles the one of another topology the model was trained
+    with); a CTC topology decodes with the HLG above. For mmi, also the phone LM P of the
+    denominator (built from ``lm.arpa`` when the loss is built; here only its size is shown)."""
+    def build(lang_dir: Path) -> None:
+        from wfst_asr.graphs.lm import ngram_acceptor
+        from wfst_asr.train import get_config
+        from wfst_asr.train.build import loss_options, loss_topology
+
+        cfg = get_config(f"timit.{loss}_blstm").to_dict()
+        cfg.update(tokens=str(lang_dir / "tokens.txt"), lang_dir=str(lang_dir))
+        opts = loss_options(cfg)
+        if loss == "mmi":
+            P = ngram_acceptor(lang_dir / opts["phone_lm"], lang_dir / "tokens.txt")
+            print(f"P (LF-MMI phone LM, {opts['phone_lm']}): {P.num_states} states, "
+                  f"{P.num_arcs} arcs")
+        topo = loss_topology(cfg)
+        if topo.is_ctc:
+            print(f"{loss}: topology {topo.name}, decoded with the HLG")
+            return
+        out = lang_dir / topo.name
+        _, stats = compile_graph(lang_dir, kind="HCLG", topo=topo.name, out_dir=out,
+                                 transition_scale=opts["transition_scale"],
+                                 self_loop_scale=opts["self_loop_scale"])
+        print(f"HCLG ({topo.name}, {topo.num_pdfs} pdfs): {stats.get('HCLG_states')} states, "
+              f"{stats.get('HCLG_arcs')} arcs, {stats.get('total_s', 0.0):.2f} s"
+              f"{' (cached)' if stats.get('cached') else ''} -> {out / 'HCLG.fst'}")
+    return build
+
+
+def transducer_graphs(lang_dir: Path) -> None:
+    """``--loss transducer``: the LG of fast beam search (tokens in, the phones as words out, no
+    input epsilons), compiled and cached as ``<lang_dir>/LG.fst`` (decode_transducer.py)."""
+    from decode_transducer import transducer_lg
+
+    lg = transducer_lg(lang_dir)
+    print(f"LG (transducer fast beam search): {lg.num_states} states, {lg.num_arcs} arcs -> "
+          f"{lang_dir / 'LG.fst'}")
+
+
 #: criterion -> function(lang_dir) building the graphs it needs beyond the CTC HLG (None: none)
 EXTRA_GRAPHS: dict[str, Callable[[Path], None] | None] = {
     "ctc": None,
-    # hmm / mmi
-    # transducer
+    "hmm": hmm_mmi_graphs("hmm"),
+    "mmi": hmm_mmi_graphs("mmi"),
+    "transducer": transducer_graphs,
 }
 
 
