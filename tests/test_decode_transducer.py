@@ -258,3 +258,14 @@ def test_search_moved_to_decode_keeps_old_import_path():
     assert old_path_beam_search is beam_search
     from wfst_asr.models.transducer import greedy_search as old_greedy
     assert old_greedy is greedy_search
+
+
+def test_unique_rows_matches_torch_unique():
+    from wfst_asr.decode.transducer import _unique_rows
+
+    g = torch.Generator().manual_seed(0)
+    rows = torch.stack([torch.randint(0, r, (200,), generator=g) for r in (3, 7, 5, 5)], 1)
+    for radix in ([3, 7, 5, 5], [3, 7, 2 ** 40, 2 ** 40]):  # packed keys; the fallback
+        got_rows, got_inv = _unique_rows(rows, radix)
+        want_rows, want_inv = torch.unique(rows, dim=0, return_inverse=True)
+        assert torch.equal(got_rows, want_rows) and torch.equal(got_inv, want_inv)

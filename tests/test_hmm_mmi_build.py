@@ -189,7 +189,8 @@ def test_hmm_builder_matches_hand_built_loss(lang):
     with torch.no_grad():
         lp, out_lens = model(feats, lens)
     got, info = loss(lp, out_lens, texts)
-    ref, _ = HmmLoss(make_topology("hmm-1state", 3))(lp, out_lens, texts)
+    assert loss.prior_scale == 0.3  # the config's prior correction, uniform prior at first
+    ref, _ = HmmLoss(make_topology("hmm-1state", 3), prior_scale=0.3)(lp, out_lens, texts)
     assert info["num_excluded"] == 0 and float(got) == pytest.approx(float(ref), rel=1e-6)
     cfg = _cfg("timit.hmm_blstm", lang, "loss.topology=hmm-3state", "loss.mode=viterbi",
                "subsampling=1")

@@ -119,7 +119,7 @@ def test_timit_recipe_transducer(tmp_path):
     assert cfg["loss"] == "transducer" and cfg["model"] == "blstm_transducer"
     assert cfg["num_classes"] == 49
     assert (exp / "epoch-1.pt").is_file() and (exp / ".stage45.done").is_file()
-    for dec in ("greedy", "beam", "fast", "lg"):
+    for dec in ("greedy", "beam", "fast", "lg", "ctc"):
         for split in ("dev", "test"):
             report = (exp / f"per_{dec}_{split}.txt").read_text()
             rate = re.search(r"%PER ([0-9.]+)", report)

@@ -96,7 +96,7 @@ def test_loss_registry_and_criterion(data):
     cfg = apply_overrides(get_config("timit.transducer_blstm"), [
         f"tokens={data['tokens']}", "model.hidden=8", "model.num_layers=1", "num_features=8",
         "model.encoder_dim=6", "model.decoder_dim=4", "model.joiner_dim=5", "loss.s_range=3",
-        "model.dropout=0"])
+        "model.dropout=0", "model.aux_ctc=false", "loss.ctc_scale=0"])
     assert cfg.loss_kwargs["s_range"] == 3 and isinstance(cfg.loss_kwargs["s_range"], int)
     keys = set(inspect.signature(LOSSES["transducer"][1]()).parameters)
     assert keys == set(inspect.signature(TransducerLoss).parameters) | {"ctc_scale"}
@@ -179,14 +179,17 @@ def test_timit_transducer_config():
     assert cfg.loss == "transducer" and cfg.exp_dir == "exp/transducer_blstm"
     assert cfg.subsampling == 3 and cfg.token_field == "phones_48"
     assert cfg.loss_kwargs["pruned"] is True and cfg.loss_kwargs["s_range"] == 5
+    assert cfg.model_kwargs["aux_ctc"] is True and cfg.loss_kwargs["ctc_scale"] == 0.3
+    assert cfg.lr == 4e-3
     with pytest.raises(ValueError, match="loss.s_range"):
         apply_overrides(cfg, ["loss.srange=4"])
     with pytest.raises(ValueError, match="model.joiner_dim"):
         apply_overrides(cfg, ["model.joiner=4"])
     # the model of the configuration builds, 49 outputs over the 48 phones
     apply_overrides(cfg, ["num_classes=49", "tokens="])
-    model, _, _ = build_model_and_loss(cfg)
+    model, crit, _ = build_model_and_loss(cfg)
     assert model.num_classes == 49 and model.encoder.subsampling_factor == 3
+    assert model.ctc_output.out_features == 49 and crit.ctc_scale == 0.3
 
 
 # ----------------------------------------------------------------------------- training

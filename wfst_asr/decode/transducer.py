@@ -222,8 +222,8 @@ def _group_max(index: torch.Tensor, values: torch.Tensor, size: int) -> torch.Te
 
 @torch.no_grad()
 def fast_beam_search(decoder: nn.Module, joiner: nn.Module, encoder_out: torch.Tensor,
-                     encoder_lens=None, graph: Fsa | None = None, beam: float = 4.0,
-                     max_states: int = 32, max_contexts: int = 8) -> Fsa:
+                     encoder_lens=None, graph: Fsa | None = None, beam: float = 20.0,
+                     max_states: int = 64, max_contexts: int = 8) -> Fsa:
     """k2's fast beam search (``RnntDecodingStreams``, icefall's ``fast_beam_search``):
     one-label-per-frame transducer search constrained by a decoding graph, returning lattices.
 
@@ -246,7 +246,7 @@ def fast_beam_search(decoder: nn.Module, joiner: nn.Module, encoder_out: torch.T
         scores are added as they are (scale them first, e.g. with
         :func:`~wfst_asr.decode.scale_graph`). Default: :func:`trivial_graph`.
       beam: score beam (natural log) per frame; max_states, max_contexts: per utterance and
-        frame.
+        frame (defaults: icefall's decoding defaults).
 
     Returns:
       The lattices, an FsaVec with one FSA per utterance: a state per surviving hypothesis and
@@ -383,8 +383,8 @@ def _lattice(arcs, done, g: _Graph, id_stream: torch.Tensor, id_frame: torch.Ten
 
 
 def fast_beam_search_one_best(decoder: nn.Module, joiner: nn.Module, encoder_out: torch.Tensor,
-                              encoder_lens=None, graph: Fsa | None = None, beam: float = 4.0,
-                              max_states: int = 32, max_contexts: int = 8,
+                              encoder_lens=None, graph: Fsa | None = None, beam: float = 20.0,
+                              max_states: int = 64, max_contexts: int = 8,
                               output: str = "tokens") -> list[list[int]]:
     """The best path of each :func:`fast_beam_search` lattice: its tokens (``output="tokens"``,
     blanks dropped) or its graph outputs (``"aux_labels"``: the words of an LG; 0s dropped).

@@ -82,7 +82,8 @@ def greedy_hmm(log_probs: torch.Tensor, lens: torch.Tensor, phone_of: torch.Tens
 
 
 def decoding_graph(topo: Topology, cfg: dict, lang_dir: Path):
-    """``(graph, name)``: the HCLG relabelled to pdf + 1 columns, or the CTC HLG."""
+    """``(graph, name, compile stats)``: the HCLG relabelled to pdf + 1 columns, or the CTC
+    HLG (``compile_graph`` reuses a cached graph of the same topology and options)."""
     if topo.is_ctc:
         out = lang_dir if topo.name == "ctc" else lang_dir / topo.name
         hlg, stats = compile_graph(lang_dir, kind="HLG", topo=topo.name, out_dir=out)

@@ -10,9 +10,10 @@ transducer (``timit.transducer_blstm``) and score PER.
   beam search in the phone LG of the lang dir: the train-only phone bigram, its scores times
   ``lm_scale`` and a phone insertion penalty, both tuned on DEV over ``--lm-scales`` x
   ``--word-penalties`` and then applied to test); the fast searches use ``--search-beam``,
-  ``--max-states`` and ``--max-contexts``;
+  ``--max-states`` and ``--max-contexts``; a model with an auxiliary CTC output
+  (``model.aux_ctc``) is also decoded greedily through it (``ctc``);
 * scores PER on the 39-phone set (48 -> 39 folding) with a per-speaker breakdown, writing
-  ``<exp_dir>/per_{greedy,beam,fast,lg}_{dev,test}.txt`` and ``results.txt``
+  ``<exp_dir>/per_{greedy,beam,fast,lg[,ctc]}_{dev,test}.txt`` and ``results.txt``
   (``decode_timit.write_results``).
 
 The LG (``<lang_dir>/LG.fst``, compiled by stage 2, else here) has tokens in and words (the
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 from decode_timit import Evaluation, _floats, decode_all, load_model, parse_args, write_results
 
-from wfst_asr.decode import scale_graph
+from wfst_asr.decode import greedy_ctc, scale_graph
 from wfst_asr.decode.transducer import (
     beam_search,
     fast_beam_search_one_best,
@@ -99,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fast": (lambda e, n: fast_beam_search_one_best(dec, joiner, e, n, trivial, **fast),
                  tok_str),
     }
+    if getattr(model, "ctc_output", None) is not None:  # the auxiliary CTC output, greedy
+        methods["ctc"] = (lambda e, n: greedy_ctc(model.ctc_log_probs(e), n), tok_str)
     results: dict[str, dict[str, object]] = {}
     seconds: dict[str, float] = {}
     for name, (fn, to_str) in methods.items():
@@ -128,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = [(f"transducer search: greedy (1 label per frame), beam = modified beam search "
                f"(beam {extra.beam_size}), fast = fast beam search in the trivial graph, lg = "
                f"fast beam search in the phone LG (beam {args.search_beam:g}, max_states "
-               f"{extra.max_states}, max_contexts {extra.max_contexts})"),
+               f"{extra.max_states}, max_contexts {extra.max_contexts})"
+               + ("; ctc = greedy CTC on the auxiliary CTC output" if "ctc" in results else "")),
               (f"LG tuned on dev: lm_scale {best_scale:g} (of {scales}), word_penalty "
                f"{best_wp:g} (of {penalties})")]
     footer = ["decoding time, dev + test (lg: test only): " + ", ".join(
