@@ -181,7 +181,7 @@ def _batch(V_in: int = 80, B: int = 2, T: int = 60, seed: int = 0):
 
 
 def test_hmm_builder_matches_hand_built_loss(lang):
-    cfg = _cfg("timit.hmm_blstm", lang)
+    cfg = _cfg("timit.hmm_fullsum_blstm", lang)
     model, loss, table = build_model_and_loss(cfg)
     assert isinstance(loss, HmmLoss) and loss.mode == "forward" and loss.num_outputs == 4
     assert table == {"a": 1, "b": 2, "c": 3}
@@ -192,7 +192,7 @@ def test_hmm_builder_matches_hand_built_loss(lang):
     assert loss.prior_scale == 0.3  # the config's prior correction, uniform prior at first
     ref, _ = HmmLoss(make_topology("hmm-1state", 3), prior_scale=0.3)(lp, out_lens, texts)
     assert info["num_excluded"] == 0 and float(got) == pytest.approx(float(ref), rel=1e-6)
-    cfg = _cfg("timit.hmm_blstm", lang, "loss.topology=hmm-3state", "loss.mode=viterbi",
+    cfg = _cfg("timit.hmm_fullsum_blstm", lang, "loss.topology=hmm-3state", "loss.mode=viterbi",
                "subsampling=1")
     _, loss, _ = build_model_and_loss(cfg)  # num_classes 0: from the topology
     assert cfg.num_classes == 10 and loss.num_outputs == 10 and loss.mode == "viterbi"
@@ -201,13 +201,13 @@ def test_hmm_builder_matches_hand_built_loss(lang):
 
 def test_builders_reject_bad_settings(lang):
     with pytest.raises(ValueError, match="num_classes=10"):
-        build_model_and_loss(_cfg("timit.hmm_blstm", lang, "loss.topology=hmm-3state",
+        build_model_and_loss(_cfg("timit.hmm_fullsum_blstm", lang, "loss.topology=hmm-3state",
                                   "num_classes=4"))
     with pytest.raises(ValueError, match="num_classes=7"):  # chain: 2 pdfs per phone
         build_model_and_loss(_cfg("timit.mmi_blstm", lang, "loss.topology=chain",
                                   "num_classes=4"))
     with pytest.raises(ValueError, match="topology must be one of"):
-        build_model_and_loss(_cfg("timit.hmm_blstm", lang, "loss.topology=ctc"))
+        build_model_and_loss(_cfg("timit.hmm_fullsum_blstm", lang, "loss.topology=ctc"))
     cfg = _cfg("timit.mmi_blstm", lang)
     cfg.loss_kwargs["leaky"] = 0.1
     with pytest.raises(ValueError, match="loss.leaky_hmm_coefficient"):

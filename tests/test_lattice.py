@@ -253,3 +253,20 @@ def test_determinize_words_with_beam(case):
             assert got == want
     with pytest.raises(RuntimeError, match="max_states"):
         determinize_words(lat, max_states=2)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_frame_levels_are_the_longest_path_depths(seed):
+    """The frame layering of a lattice equals Kahn's longest-path levels (computed on a copy
+    without cached levels), and a layering that does not fit the arcs is refused."""
+    from wfst_asr.decode.lattice import frame_levels, with_frame_levels
+
+    lat = make_case(seed)["lat"]
+    want = lat.clone().state_levels()  # a clone has no cached levels: Kahn's algorithm
+    got = frame_levels(lat)
+    assert got is not None and torch.equal(got, want)
+    one = lat[0]
+    assert torch.equal(with_frame_levels(one.clone()).state_levels(), one.clone().state_levels())
+    bad = lat.clone()
+    bad.frame_idx = torch.zeros_like(bad.frame_idx)
+    assert frame_levels(bad) is None

@@ -1,9 +1,12 @@
 """The TIMIT recipe, every stage, on the NLTK sample with a tiny model and 1 epoch.
 
 Checks that egs/timit/run.sh runs stages 0-5 end to end (the figures are meaningless at this
-size), that every stage leaves its marker and outputs, that the PER reports are written, and
+size), and for CTC the rescoring stages 6-8 (lattices, 3-gram / LSTM LM on the training
+transcripts, 1-best / 3-gram / LSTM-LM / oracle PER: the oracle never above the others), that
+every stage leaves its marker and outputs, that the PER reports are written, and
 that a second run skips every stage; for CTC and, with ``--loss hmm`` / ``--loss mmi``, for
-the HMM (HCLG decoding) and LF-MMI (CTC topology, HLG decoding) criteria. Skipped with a
+the HMM (a quick monophone GMM, frame CE on its alignments, HCLG decoding) and LF-MMI (CTC
+topology, HLG decoding) criteria. Skipped with a
 printed reason without ../shared/data.
 """
 
@@ -37,9 +40,11 @@ def test_timit_recipe_all_stages(tmp_path):
         pytest.skip(f"{timit} not found: the TIMIT sample is needed for the recipe test")
     args = ["--timit-dir", str(timit), "--data-dir", str(tmp_path / "data"),
             "--exp-dir", str(tmp_path / "exp"), "--lm-scales", "0.3", "--word-penalties", "0,1",
-            "--set", "num_epochs=1", "--set", "model.hidden=16", "--set", "model.num_layers=1"]
+            "--set", "num_epochs=1", "--set", "model.hidden=16", "--set", "model.num_layers=1",
+            "--nnlm-epochs", "2", "--lattice-args", "--output-beam 3 --max-active-states 500",
+            "--rescore-args", "--nbest 10"]
     out = _run(args)
-    for n in range(5):
+    for n in (0, 1, 2, 3, 4, 6, 7, 8):
         assert f"stage {n}:" in out
     for m in (".timit_stage0.done", ".timit_stage1.done", ".timit_stage2.ctc.done"):
         assert (tmp_path / "data" / m).is_file()
@@ -52,13 +57,55 @@ def test_timit_recipe_all_stages(tmp_path):
             rate = re.search(r"%PER ([0-9.]+)", report)
             assert rate is not None and 0.0 <= float(rate.group(1)) <= 200.0
     assert "word_penalty" in (exp / "results.txt").read_text()
+    _check_rescoring_stages(exp)
     # every stage timed, with its peak memory and exit status
     rows = [ln.split("\t") for ln in (exp / "stage_times.tsv").read_text().splitlines()]
-    assert [r[0] for r in rows] == [f"stage {n}" for n in range(5)]
+    assert [r[0] for r in rows] == [f"stage {n}" for n in (0, 1, 2, 3, 4, 6, 7, 8)]
     assert all(float(r[1]) > 0 and float(r[2]) > 50 and r[3] == "0" for r in rows)
     # a second run finds every stage done
     again = _run(args)
-    assert again.count("already done") == 5
+    assert again.count("already done") == 8
+
+
+def _per(path: Path) -> tuple[float, int]:
+    """(PER %, errors) of a PER report."""
+    m = re.search(r"%PER ([0-9.]+) \[ (\d+) / \d+", path.read_text())
+    assert m is not None, path
+    return float(m.group(1)), int(m.group(2))
+
+
+def _check_rescoring_stages(exp: Path) -> None:
+    """Stages 6-8: lattice directories, LMs on the training transcripts only, PER reports of
+    the 1-best / 3-gram / LSTM-LM / oracle, sweeps and settings from the dev grid."""
+    from wfst_asr.decode.lattice_io import LatticeReader
+
+    for split in ("dev", "test"):
+        reader = LatticeReader(exp / "lats" / split)
+        assert len(reader) == 20 and reader.meta["output_beam"] > 0
+    train_ids = {ln.split()[0] for ln in (exp / "lm" / "text_train").read_text().splitlines()}
+    assert len(train_ids) == 120
+    for split in ("dev", "test"):  # no dev / test transcript in the LMs' training text
+        assert not train_ids & set(LatticeReader(exp / "lats" / split).utt_ids)
+    assert "\\3-grams:" in (exp / "lm" / "3gram.arpa").read_text()
+    assert (exp / "lm" / "nnlm" / "lm.pt").is_file()
+    res = exp / "rescore"
+    for split in ("dev", "test"):
+        rates = {m: _per(res / f"per_{m}_{split}.txt")
+                 for m in ("lat1best", "3gram", "nnlm", "oracle")}
+        assert all(0.0 <= r <= 200.0 for r, _ in rates.values())
+        # every hypothesis is a lattice path's: the oracle is never worse than any of them
+        assert all(rates["oracle"][1] <= e for _, e in rates.values()), rates
+    settings = json.loads((res / "settings.json").read_text())
+    for name in ("lat1best", "3gram"):
+        assert settings[name]["lm_scale"] == 0.3 and settings[name]["word_penalty"] in (0, 1)
+        rows = [ln.split() for ln in (res / f"sweep_{name}_dev.txt").read_text().splitlines()
+                if ln.strip() and ln.split()[0][0].isdigit()]
+        assert len(rows) == 2  # the dev grid: 1 scale x 2 penalties
+        assert float(settings[name]["dev_per"]) == pytest.approx(min(float(r[2]) for r in rows),
+                                                                 abs=0.006)  # 2 decimals
+    assert settings["nnlm"]["nnlm_scale"] in (0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+    text = (res / "results.txt").read_text()
+    assert re.search(r"^oracle +test PER", text, re.MULTILINE) and "skipped:" in text
 
 
 @pytest.mark.parametrize("loss,graph", [("hmm", "hclg"), ("mmi", "hlg")])
@@ -70,6 +117,9 @@ def test_timit_recipe_hmm_mmi(tmp_path, loss, graph):
     args = ["--loss", loss, "--timit-dir", str(timit), "--data-dir", str(tmp_path / "data"),
             "--exp-dir", str(exp), "--lm-scales", "0.3", "--word-penalties", "0,1",
             "--set", "num_epochs=1", "--set", "model.hidden=16", "--set", "model.num_layers=1"]
+    if loss == "hmm":  # a quick monophone GMM: 3 EM iterations, realigned once
+        args += ["--gmm-args", ("--num-iters 3 --max-iter-inc 2 --tot-gauss 200 "
+                 "--realign-iters 1 --lm-scales 1 --word-penalties 0")]
     out = _run(args)
     for n in range(5):
         assert f"stage {n}:" in out
@@ -92,7 +142,15 @@ def test_timit_recipe_hmm_mmi(tmp_path, loss, graph):
     assert f"loss {loss}, topology" in results and "word_penalty" in results
     assert re.search(rf"{graph.upper()} one_best and kaldi_one_best agree: \d+/20", results)
     rows = [ln.split("\t") for ln in (exp / "stage_times.tsv").read_text().splitlines()]
-    assert [r[0] for r in rows] == [f"stage {n}" for n in range(5)]
+    stages = [f"stage {n}" for n in range(5)]
+    if loss == "hmm":  # the GMM: its alignments in the cuts the hybrid trained on, its PER
+        gmm = tmp_path / "mono"
+        assert (gmm / ".done").is_file() and (gmm / "ali_train.pt").is_file()
+        assert cfg["train_cuts"] == str(gmm / "cuts_train.jsonl.gz")
+        assert cfg["token_field"] == "gmm_ali"
+        assert re.search(r"hclg +test PER", (gmm / "results.txt").read_text())
+        stages.insert(3, "stage 3 gmm")
+    assert [r[0] for r in rows] == stages
     assert all(r[3] == "0" for r in rows)
     again = _run(args)
     assert again.count("already done") == 5

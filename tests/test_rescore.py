@@ -159,13 +159,16 @@ def test_oracle(seed):
             want = min(lref.edit_distance(ref, list(s)) for s in seqs)
             e1, h1 = oracle(lat[b], ref, method="exhaustive")
             e2, h2 = oracle(lat[b], ref, method="compose")
-            assert e1 == e2 == want
-            assert tuple(h1) in seqs and tuple(h2) in seqs
-            assert lref.edit_distance(ref, h1) == want and lref.edit_distance(ref, h2) == want
+            e3, h3 = oracle(lat[b], ref, method="dp")
+            assert e1 == e2 == e3 == want
+            assert tuple(h1) in seqs and tuple(h2) in seqs and tuple(h3) in seqs
+            for h in (h1, h2, h3):
+                assert lref.edit_distance(ref, h) == want
             assert want <= lref.edit_distance(ref, one_best)
     # word_map: map word 1 to 2 and delete word 3
-    e, h = oracle(lat[0], [2, 2], method="compose", word_map={1: 2, 3: 0})
-    assert set(h) <= {2} and e == lref.edit_distance([2, 2], h)
+    for method in ("compose", "dp"):
+        e, h = oracle(lat[0], [2, 2], method=method, word_map={1: 2, 3: 0})
+        assert set(h) <= {2} and e == lref.edit_distance([2, 2], h)
 
 
 def test_oracle_empty_lattice():
@@ -176,3 +179,23 @@ def test_oracle_empty_lattice():
     lat = get_lattice(graph, torch.randn(1, 3, 3).log_softmax(-1), [1], search_beam=BIG,
                       output_beam=BIG)
     assert oracle(lat[0], [1, 2, 1]) == (3, [])
+    assert oracle(lat[0], [1, 2, 1], method="dp") == (3, [])
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_oracle_dp_on_larger_lattices(seed):
+    """The DP against brute force on lattices with more paths than the default max_paths
+    (auto picks the DP there), with word maps and references of every length up to 6."""
+    c = make_case(seed, T=9)
+    lat = c["lat"]
+    gen = torch.Generator().manual_seed(seed)
+    for b in range(lat.num_fsas):
+        paths = lref.lattice_paths(lat[b])
+        wmap = {1: 2} if b % 2 else None
+        seqs = {tuple(wmap.get(w, w) if wmap else w for w in p["words"]) for p in paths}
+        for n in range(7):
+            ref = torch.randint(1, c["V"] + 2, (n,), generator=gen).tolist()
+            want = min(lref.edit_distance(ref, list(s)) for s in seqs)
+            e, h = oracle(lat[b], ref, method="auto" if len(paths) > 1000 else "dp",
+                          word_map=wmap)
+            assert e == want and tuple(h) in seqs and lref.edit_distance(ref, h) == want

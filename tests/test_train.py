@@ -169,6 +169,26 @@ def test_registry_inheritance_and_overrides():
         get_config("timit.nope")
 
 
+@pytest.mark.parametrize("name", ["timit.ctc_blstm", "timit.transducer_blstm"])
+def test_output_dim_must_match_token_table(tmp_path, name):
+    """CTC and transducer: blank + the token ids of ``tokens``; any other num_classes is an
+    error at build time that names the tokens file and the right value."""
+    from wfst_asr.train import build_model_and_loss
+
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("<blk> 0\na 1\nb 2\nc 3\n")
+    sets = [f"tokens={tokens}", "model.hidden=4", "model.num_layers=1", "num_features=8"]
+    for bad in (3, 7):
+        cfg = apply_overrides(get_config(name), sets + [f"num_classes={bad}"])
+        with pytest.raises(ValueError, match=f"tokens.txt.*needs 4 network outputs.*"
+                                             f"num_classes is {bad}"):
+            build_model_and_loss(cfg)
+    for good in (0, 4):  # 0: from the table
+        cfg = apply_overrides(get_config(name), sets + [f"num_classes={good}"])
+        _, _, table = build_model_and_loss(cfg)
+        assert cfg.num_classes == 4 and table["c"] == 3
+
+
 def test_config_logged_and_saved(data, tmp_path, caplog):
     cfg = _cfg(data, tmp_path / "exp", "test.tiny_blstm", "num_epochs=1", "average_last=0",
                "tensorboard=true")

@@ -63,6 +63,7 @@ __all__ = [
     "combine_scores",
     "ctm_lines",
     "determinize_words",
+    "frame_levels",
     "frame_word_posteriors",
     "get_lattice",
     "is_empty",
@@ -71,6 +72,7 @@ __all__ = [
     "num_frames",
     "prune",
     "rescale",
+    "with_frame_levels",
     "word_acceptor",
     "word_alignment",
     "word_confidences",
@@ -152,6 +154,35 @@ def get_lattice(graph: Fsa, log_probs: torch.Tensor, lens: torch.Tensor | Sequen
     return lat
 
 
+def frame_levels(lattice: Fsa) -> torch.Tensor | None:
+    """int64 ``[S]``: each state's frame (the ``frame_idx`` of the arcs leaving it; the final
+    state one past the last frame), a topological layering of a lattice's states (every arc
+    goes from frame ``t`` to ``t + 1``), or None when the arcs' ``frame_idx`` do not form one
+    (then Kahn's algorithm has to find the levels)."""
+    S = lattice.num_states
+    lv = torch.zeros(S, dtype=torch.int64, device=lattice.device)
+    if lattice.num_arcs == 0 or not lattice.has_attr("frame_idx"):
+        return lv if lattice.num_arcs == 0 else None
+    f = lattice.frame_idx.long()
+    src, dst = lattice.src_global, lattice.dst_global
+    lv.scatter_(0, src, f)
+    lv.scatter_(0, dst, f + 1)
+    if bool((lv[src] != f).any()) or bool((lv[dst] != f + 1).any()) or int(f.min()) < 0:
+        return None
+    return lv
+
+
+def with_frame_levels(fsa: Fsa, lattice: Fsa | None = None) -> Fsa:
+    """``fsa`` with its state levels set (:meth:`~wfst_asr.fsa.Fsa.set_state_levels`) to the
+    frame layering of ``lattice`` (default: ``fsa`` itself; another FSA over the same states,
+    e.g. :func:`word_acceptor`'s), so that best paths, pruning and posteriors skip Kahn's
+    algorithm; ``fsa`` unchanged when the frames do not layer the states. Returns ``fsa``."""
+    lv = frame_levels(fsa if lattice is None else lattice)
+    if lv is not None and lv.numel() == fsa.num_states:
+        fsa.set_state_levels(lv, check=False)
+    return fsa
+
+
 def check_lattice(lattice: Fsa) -> None:
     """ValueError unless ``lattice`` has the per-arc attributes of a lattice."""
     missing = [k for k in LATTICE_ATTRS if not lattice.has_attr(k)]
@@ -220,7 +251,8 @@ def prune(lattice: Fsa, beam: float) -> Fsa:
     lat = lattice.as_vec()
     if lat.num_arcs == 0:
         return lat.clone()
-    post = get_arc_post(lat.detach(), log_semiring=False, use_double_scores=True)
+    post = get_arc_post(with_frame_levels(lat.detach()), log_semiring=False,
+                        use_double_scores=True)
     keep = torch.isfinite(post) & (post >= -beam - 1e-9 * (1 + post.abs()))
     idx = keep.nonzero().squeeze(1)
     used = torch.zeros(lat.num_states, dtype=torch.bool, device=lat.device)
@@ -242,7 +274,7 @@ def prune(lattice: Fsa, beam: float) -> Fsa:
 def best_paths(lattice: Fsa) -> Fsa:
     """The best path (by ``scores``) of each lattice: linear FSAs with the lattice's per-arc
     attributes (:func:`~wfst_asr.fsa.shortest_path`); empty for an empty lattice."""
-    return shortest_path(lattice.as_vec().detach())
+    return shortest_path(with_frame_levels(lattice.as_vec().detach()))
 
 
 def best_word_sequences(lattice: Fsa) -> list[list[int]]:
@@ -257,7 +289,8 @@ def word_acceptor(lattice: Fsa) -> Fsa:
     aux = one.aux_labels.to(torch.int32)
     lab = torch.where(one.labels == -1, torch.full_like(aux, -1), aux)
     arcs = torch.cat([one.arcs[:, :2], lab.unsqueeze(1)], dim=1)
-    return Fsa(arcs, one.scores.detach().float(), num_states=one.num_states, validate=False)
+    acc = Fsa(arcs, one.scores.detach().float(), num_states=one.num_states, validate=False)
+    return with_frame_levels(acc, one)
 
 
 def determinize_words(lattice: Fsa, beam: float | None = None, max_states: int = -1) -> Fsa:
@@ -350,7 +383,7 @@ def frame_word_posteriors(lattice: Fsa, scale: float = 1.0) -> list[dict[int, fl
     if one.num_arcs == 0:
         return out
     s = (one.scores.detach().double() * scale)
-    f = Fsa(one.arcs, s, num_states=one.num_states, validate=False)
+    f = with_frame_levels(Fsa(one.arcs, s, num_states=one.num_states, validate=False), one)
     alpha = get_forward_scores(f, log_semiring=True, use_double_scores=True).tolist()
     beta = get_backward_scores(f, log_semiring=True, use_double_scores=True).tolist()
     tot = alpha[one.num_states - 1]
@@ -404,7 +437,7 @@ def word_posteriors(lattice: Fsa, scale: float = 1.0) -> list[tuple[int, int, fl
     if one.num_arcs == 0:
         return []
     s = one.scores.detach().double() * scale
-    f = Fsa(one.arcs, s, num_states=one.num_states, validate=False)
+    f = with_frame_levels(Fsa(one.arcs, s, num_states=one.num_states, validate=False), one)
     post = get_arc_post(f, log_semiring=True, use_double_scores=True).exp()
     sel = (one.aux_labels > 0) & (one.labels >= 0)
     acc: dict[tuple[int, int], float] = {}

@@ -34,7 +34,7 @@ from wfst_asr import _kaldi
 from wfst_asr.fsa import Fsa, get_arc_post
 from wfst_asr.fsa.io import to_kaldifst
 
-from .lattice import _scales, best_paths, check_lattice, determinize_words
+from .lattice import _scales, best_paths, check_lattice, determinize_words, with_frame_levels
 
 __all__ = ["Nbest", "add_flat_scores", "flatten", "nbest", "nbest_one"]
 
@@ -211,7 +211,8 @@ def nbest_one(lattice: Fsa, k: int, beam: float = 4.0, max_states: int = 10000) 
     lm_scale, wp = _scales(one)
     if one.num_arcs == 0 or k <= 0:
         return _empty(lm_scale, wp)
-    post = get_arc_post(one.detach().as_vec(), log_semiring=False, use_double_scores=True)
+    post = get_arc_post(with_frame_levels(one.detach().as_vec()), log_semiring=False,
+                        use_double_scores=True)
     post = post[torch.isfinite(post)]
     if post.numel() == 0:
         return _empty(lm_scale, wp)

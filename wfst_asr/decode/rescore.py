@@ -15,9 +15,9 @@ side, epsilon-removed and determinized (tropical: a word then keeps the larger o
 its back-off score, as when G is compiled into HLG).
 
 Oracle (:func:`oracle`): the lattice path whose word sequence is closest to a reference (edit
-distance), exhaustively over the paths of small lattices, else by composing the lattice's word
-acceptor with an edit-distance transducer built for the reference (as Kaldi's
-``lattice-oracle``).
+distance), exhaustively over the paths of small lattices, else by the edit-distance
+recursion run over the lattice's states (the same recursion Kaldi's ``lattice-oracle`` gets by
+composing with an edit-distance transducer, which ``method="compose"`` also offers).
 """
 
 from __future__ import annotations
@@ -33,7 +33,14 @@ from wfst_asr import _kaldi
 from wfst_asr.fsa import Fsa, SymbolTable, create_fsa_vec, ops, shortest_path
 from wfst_asr.fsa.io import from_kaldifst, load, read_fst, to_kaldifst
 
-from .lattice import _scales, check_lattice, combine_scores, num_frames, word_acceptor
+from .lattice import (
+    _scales,
+    check_lattice,
+    combine_scores,
+    num_frames,
+    with_frame_levels,
+    word_acceptor,
+)
 from .lattice_io import symbol_table_checksum
 from .nbest import arc_id_fst
 
@@ -246,6 +253,82 @@ def _edit_transducer(ref: Sequence[int], vocab: Sequence[int]) -> Fsa:
                num_states=n + 2, aux_labels=t[:, 3].to(torch.int32))
 
 
+def _oracle_dp(acc: Fsa, ref: Sequence[int]) -> tuple[int, list[int]]:
+    """Edit-distance DP over ONE acyclic word acceptor (labels: word > 0, 0 = epsilon, -1 on
+    final arcs) against ``ref``: ``cost[q, i]`` = the fewest errors of a path prefix ending in
+    state ``q`` aligned with ``ref[:i]`` (int64 ``[S, n + 1]``), filled level by level
+    (:meth:`~wfst_asr.fsa.Fsa.state_levels`): a state's incoming arcs all come from lower
+    levels, so once they are in, deletions close it (``cost[q, j] = min_i cost[q, i] + j - i``)
+    and its leaving arcs push ``cost[q, i] + 1`` (insertion of the arc's word) and
+    ``cost[q, i] + [word != ref[i]]`` into position ``i + 1`` (match / substitution) of the
+    next state; epsilon arcs carry the row as is. The hypothesis is read back by retracing an
+    optimal predecessor from ``(final, n)``."""
+    n = len(ref)
+    S = acc.num_states
+    big = 1 << 40
+    ref_t = torch.tensor(list(ref), dtype=torch.int64)
+    jj = torch.arange(n + 1, dtype=torch.int64)
+    pre = torch.full((S, n + 1), big, dtype=torch.int64)   # before the deletion closure
+    post = torch.full((S, n + 1), big, dtype=torch.int64)
+    pre[0, 0] = 0
+    src = acc.arcs[:, 0].long()
+    dst = acc.arcs[:, 1].long()
+    lab = acc.labels.long()
+    lv = acc.state_levels().long()
+    arc_lv = lv[src]
+    order = torch.sort(arc_lv, stable=True).indices
+    state_order = torch.sort(lv, stable=True).indices
+    num_lv = int(lv.max()) + 1
+    s_bounds = torch.searchsorted(lv[state_order], torch.arange(num_lv + 1))
+    a_bounds = torch.searchsorted(arc_lv[order], torch.arange(num_lv + 1))
+    for level in range(num_lv):
+        qs = state_order[int(s_bounds[level]):int(s_bounds[level + 1])]
+        post[qs] = jj + torch.cummin(pre[qs] - jj, dim=1).values
+        a = order[int(a_bounds[level]):int(a_bounds[level + 1])]
+        if a.numel() == 0:
+            continue
+        row = post[src[a]]                                  # [A, n + 1]
+        w = lab[a]
+        cand = torch.where((w > 0).unsqueeze(1), row + 1, row)  # insertion / epsilon, final
+        if n:
+            sub = row[:, :-1] + (ref_t.unsqueeze(0) != w.unsqueeze(1)).long()
+            cand[:, 1:] = torch.where((w > 0).unsqueeze(1), torch.minimum(cand[:, 1:], sub),
+                                      cand[:, 1:])
+        pre.scatter_reduce_(0, dst[a].unsqueeze(1).expand(-1, n + 1), cand, "amin")
+    final = S - 1
+    errors = int(post[final, n])
+    # traceback
+    incoming: dict[int, list[int]] = {}
+    for i, d in enumerate(dst.tolist()):
+        incoming.setdefault(d, []).append(i)
+    P, Q = post.tolist(), pre.tolist()
+    labs, srcs = lab.tolist(), src.tolist()
+    hyp: list[int] = []
+    q, j = final, n
+    while q != 0 or j != 0:
+        v = P[q][j]
+        if Q[q][j] != v:          # came from a deletion of ref[j - 1]
+            j -= 1
+            continue
+        for a in incoming.get(q, []):
+            p_, w = srcs[a], labs[a]
+            if w <= 0 and P[p_][j] == v:
+                q = p_
+                break
+            if w > 0 and P[p_][j] + 1 == v:
+                hyp.append(w)
+                q = p_
+                break
+            if w > 0 and j > 0 and P[p_][j - 1] + (ref[j - 1] != w) == v:
+                hyp.append(w)
+                q, j = p_, j - 1
+                break
+        else:  # pragma: no cover - the DP guarantees a predecessor
+            raise RuntimeError("oracle: no predecessor found in the traceback")
+    hyp.reverse()
+    return errors, hyp
+
+
 def oracle(lattice: Fsa, ref: Sequence[int], method: str = "auto", max_paths: int = 1000,
            word_map: Mapping[int, int] | None = None) -> tuple[int, list[int]]:
     """The lattice's word sequence closest to ``ref``: ``(errors, hypothesis)``.
@@ -256,14 +339,16 @@ def oracle(lattice: Fsa, ref: Sequence[int], method: str = "auto", max_paths: in
       method: ``"exhaustive"`` (edit distance to the word sequence of every path),
         ``"compose"`` (shortest path of the lattice's word acceptor composed with an
         edit-distance transducer for ``ref``, as Kaldi's ``lattice-oracle``; no determinization,
-        so its size stays ``lattice arcs x (len(ref) + 1)``), ``"auto"``: exhaustive when the
-        lattice has at most ``max_paths`` paths.
+        but the composition is materialised: slow on dense phone lattices), ``"dp"`` (the same
+        edit-distance recursion run directly over the lattice, level by level, ``O(arcs x
+        (len(ref) + 1))`` in int64 tensors: :func:`_oracle_dp`), ``"auto"``: exhaustive when the
+        lattice has at most ``max_paths`` paths, else ``"dp"``.
       word_map: applied to the lattice's words first (e.g. 48 -> 39 phones; 0 deletes a word).
 
     Unit costs (substitution, insertion, deletion), as the scoring module counts errors.
     """
-    if method not in ("auto", "exhaustive", "compose"):
-        raise ValueError(f"method must be auto, exhaustive or compose, got {method!r}")
+    if method not in ("auto", "exhaustive", "compose", "dp"):
+        raise ValueError(f"method must be auto, exhaustive, compose or dp, got {method!r}")
     one = (lattice[0] if lattice.is_vec else lattice).detach().to("cpu")
     ref = [int(r) for r in ref]
     if one.num_arcs == 0:
@@ -273,8 +358,9 @@ def oracle(lattice: Fsa, ref: Sequence[int], method: str = "auto", max_paths: in
     if word_map is not None:
         new = [x if x <= 0 else int(word_map.get(x, x)) for x in lab.tolist()]
         lab = torch.tensor(new, dtype=torch.int32)
-    acc = Fsa(torch.cat([acc.arcs[:, :2], lab.unsqueeze(1)], dim=1),
-              torch.zeros(acc.num_arcs), num_states=acc.num_states, validate=False)
+    acc = with_frame_levels(Fsa(torch.cat([acc.arcs[:, :2], lab.unsqueeze(1)], dim=1),
+                                torch.zeros(acc.num_arcs), num_states=acc.num_states,
+                                validate=False), one)
     if method == "exhaustive" or (method == "auto" and _count_paths(acc) <= max_paths):
         best: tuple[int, list[int]] | None = None
         for seq in {tuple(x) for x in _word_sequences(acc)}:
@@ -283,6 +369,8 @@ def oracle(lattice: Fsa, ref: Sequence[int], method: str = "auto", max_paths: in
                 best = (e, list(seq))
         assert best is not None
         return best
+    if method != "compose":
+        return _oracle_dp(acc, ref)
     vocab = sorted({x for x in lab.tolist() if x > 0} | set(ref))
     comp = ops.compose(acc, _edit_transducer(ref, vocab))
     path = shortest_path(comp)

@@ -2,6 +2,7 @@
 
 from wfst_asr.losses.ctc import CtcLoss, ctc_min_frames, nan_guard
 from wfst_asr.losses.hmm import (
+    AlignmentCeLoss,
     HmmLoss,
     alignments_from_transition_ids,
     frame_ce_loss,
@@ -22,7 +23,8 @@ from wfst_asr.losses.transducer import (
 )
 
 __all__ = ["CtcLoss", "ctc_min_frames", "nan_guard"]
-__all__ += ["HmmLoss", "MmiLoss", "add_leaky_arcs", "alignments_from_transition_ids",
+__all__ += ["AlignmentCeLoss", "HmmLoss", "MmiLoss", "add_leaky_arcs",
+            "alignments_from_transition_ids",
             "frame_ce_loss", "min_frames", "pdf_topo", "viterbi_align"]
 __all__ += ["TransducerLoss", "do_rnnt_pruning", "get_pruned_ranges", "pruned_rnnt_lattice",
             "pruned_transducer_loss", "rnnt_lattice", "simple_transducer_loss", "transducer_loss"]

@@ -37,15 +37,14 @@ subsampling, :func:`feasible`) are found before the loss, left out, and counted
 (``info["excluded"]``); a total that still comes out non-finite is dropped the same way, so the
 loss and its gradient are never inf/NaN for finite inputs.
 
-TODO(issue 5): alignments from a monophone GMM system (kaldi-hmm-gmm) are not produced yet.
-Plan: flat-start ``AmDiagGmm`` (one ``DiagGmm`` per pdf of the same ``Topology``, global
-mean/variance of MFCCs), then EM rounds of: per-frame GMM log-likelihoods (shifted by one
-column) as ``log_probs``, :func:`viterbi_align` on the ``pdf_topo`` training graphs (no
-kaldi-hmm-gmm ``TrainingGraphCompiler``: its graph builders may hit the unregistered OpenFst
-types noted in :mod:`wfst_asr.graphs.topo`; not tried), ``AccumAmDiagGmm`` accumulation and
-``mle_am_diag_gmm_update``, with Gaussian splitting. Until then the CE targets come from :func:`viterbi_align` (self-alignment) or from
-Kaldi alignments made elsewhere: :func:`alignments_from_transition_ids` turns transition-ids per
-frame (same topology) into targets.
+Alignments from a GMM system: :mod:`wfst_asr.gmm` trains a monophone GMM-HMM with
+kaldi-hmm-gmm (aligned with :func:`viterbi_align` on the :func:`pdf_topo` training graphs);
+:class:`AlignmentCeLoss` trains a hybrid with frame cross-entropy on such alignments, given per
+input frame and brought to the network's output rate by :func:`subsample_alignments` (the
+middle input frame of each output frame, pdfs mapped to the network's topology by
+:func:`pdf_map`); :func:`alignment_prior` gives the state prior of their counts for decoding.
+Kaldi alignments made elsewhere (transition-ids per frame, same topology) become targets with
+:func:`alignments_from_transition_ids`.
 """
 
 from __future__ import annotations
@@ -62,8 +61,9 @@ from wfst_asr.fsa import DenseFsaVec, Fsa, get_tot_scores, intersect_dense
 from wfst_asr.graphs.topo import Topology
 from wfst_asr.graphs.training import HmmTrainingGraphCompiler
 
-__all__ = ["HmmLoss", "alignments_from_transition_ids", "feasible", "frame_ce_loss",
-           "min_frames", "pdf_topo", "viterbi_align"]
+__all__ = ["AlignmentCeLoss", "HmmLoss", "alignment_prior", "alignments_from_transition_ids",
+           "feasible", "frame_ce_loss", "min_frames", "pdf_map", "pdf_topo",
+           "subsample_alignments", "viterbi_align"]
 
 log = logging.getLogger(__name__)
 
@@ -515,3 +515,109 @@ class HmmLoss(nn.Module):
         if self.reduction == "mean":
             loss = loss / max(info["frames"], 1)
         return loss
+
+
+# ---------------------------------------------------------------------------- given alignments
+def pdf_map(src: Topology, dst: Topology) -> torch.Tensor:
+    """int64 ``[src.num_pdfs]``: the ``dst`` output id (``pdf + 1``, as :func:`pdf_topo`) of
+    each ``src`` pdf: the same phone, HMM state ``min(k, n_dst - 1)`` for ``src``'s state ``k``
+    (``hmm-3state`` -> ``hmm-1state``: every state of a phone -> the phone's pdf; the same
+    topology: the identity plus one). Monophone topologies with one pdf per HMM state."""
+    from wfst_asr.gmm.mono import phone_pdfs
+
+    s, d = phone_pdfs(src), phone_pdfs(dst)
+    out = torch.full((src.num_pdfs,), -1, dtype=torch.int64)
+    for phone, pdfs in s.items():
+        if phone not in d:
+            raise ValueError(f"phone {phone} of {src.name!r} is not in {dst.name!r}")
+        for k, p in enumerate(pdfs):
+            out[p] = d[phone][min(k, len(d[phone]) - 1)] + 1
+    return out
+
+
+def subsample_alignments(alis: Sequence[Sequence[int]] | Sequence[torch.Tensor],
+                         subsampling: int, mapping: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+    """Per-input-frame alignments (one sequence per utterance) -> targets ``[B, T_out]`` int64
+    at the network's output rate, -1 as padding.
+
+    Output frame ``k`` of a network that stacks ``subsampling`` input frames (floor mode)
+    covers input frames ``k s .. k s + s - 1``; it gets the label of the middle one,
+    ``k s + s // 2``, mapped through ``mapping`` (e.g. :func:`pdf_map`) when given. Raises
+    ValueError naming the utterance for a label outside ``mapping``.
+    """
+    if subsampling < 1:
+        raise ValueError(f"subsampling must be >= 1, got {subsampling}")
+    rows = [torch.as_tensor(r if isinstance(r, torch.Tensor) else list(r), dtype=torch.int64)
+            for r in alis]
+    rows = [r[subsampling // 2::subsampling][:r.numel() // subsampling] for r in rows]
+    T = max((r.numel() for r in rows), default=0)
+    out = torch.full((len(rows), T), -1, dtype=torch.int64)
+    for i, r in enumerate(rows):
+        if mapping is not None and r.numel():
+            if int(r.min()) < 0 or int(r.max()) >= mapping.numel():
+                raise ValueError(f"utterance {i} of the batch: alignment labels must lie in "
+                                 f"[0, {mapping.numel() - 1}], got {int(r.min())}.."
+                                 f"{int(r.max())}")
+            r = mapping[r]
+        out[i, :r.numel()] = r
+    return out
+
+
+def alignment_prior(targets: torch.Tensor, num_outputs: int, floor: float = 1.0
+                    ) -> torch.Tensor:
+    """float64 ``[num_outputs]``: relative frequencies of the targets ``>= 0`` (counts plus
+    ``floor`` for every column but 0, which stays 0): the state prior ``p(s)`` of hybrid
+    decoding, ``log p(s|x) - alpha log p(s)``."""
+    t = targets[targets >= 0].reshape(-1)
+    counts = torch.bincount(t, minlength=num_outputs).to(torch.float64)[:num_outputs]
+    counts[1:] += floor
+    counts[0] = 0.0
+    return counts / counts.sum().clamp(min=1e-20)
+
+
+class AlignmentCeLoss(nn.Module):
+    """Frame cross-entropy of a hybrid model against given alignments (e.g. a GMM system's).
+
+    The trainer passes each utterance's alignment where it passes transcripts for the other
+    criteria (the supervision field named by ``cfg.token_field``): one label (a pdf of the
+    aligning system's topology) per input frame. :func:`subsample_alignments` brings them to
+    the output rate, through ``mapping`` (:func:`pdf_map`: the aligner's pdfs -> this model's
+    output ids), and ``loss`` (an :class:`HmmLoss` with ``mode="ce"``) computes the
+    cross-entropy ``-sum_t log_probs[b, t, target[b, t]]`` (frames without a target ignored;
+    an utterance without any is excluded and counted in ``info``).
+
+    ``forward(log_probs [B, T, V], out_lens [B], alignments)`` -> ``(loss, info)``.
+    """
+
+    def __init__(self, loss: HmmLoss, mapping: torch.Tensor, subsampling: int = 1) -> None:
+        super().__init__()
+        if loss.mode != "ce":
+            raise ValueError(f"AlignmentCeLoss needs an HmmLoss with mode='ce', got {loss.mode!r}")
+        if int(mapping.max()) >= loss.num_outputs:
+            raise ValueError(f"mapping targets up to {int(mapping.max())}, but the topology has "
+                             f"{loss.num_outputs} outputs")
+        self.loss = loss
+        self.register_buffer("mapping", mapping.to(torch.int64), persistent=False)
+        self.subsampling = int(subsampling)
+
+    @property
+    def reduction(self) -> str:
+        return self.loss.reduction
+
+    @property
+    def num_outputs(self) -> int:
+        return self.loss.num_outputs
+
+    def targets(self, alignments) -> torch.Tensor:
+        """int64 ``[B, T_out]`` output ids (-1 = none) of a batch of input-rate alignments."""
+        return subsample_alignments(_as_token_lists(alignments), self.subsampling,
+                                    self.mapping.cpu())
+
+    def forward(self, log_probs: torch.Tensor, out_lens: torch.Tensor, alignments
+                ) -> tuple[torch.Tensor, dict]:
+        ali = self.targets(alignments)
+        T = log_probs.shape[1]
+        if ali.shape[1] > T:
+            ali = ali[:, :T]
+        return self.loss(log_probs, out_lens, alignments=ali.to(log_probs.device))

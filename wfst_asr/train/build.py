@@ -94,6 +94,10 @@ def build_model_and_loss(cfg: ExperimentConfig
     if cfg.loss not in LOSSES:
         raise ValueError(f"unknown loss {cfg.loss!r}; registered: {sorted(LOSSES)}")
     model = build_model_from_config(cfg)
+    if table is not None and cfg.loss not in _NUM_OUTPUTS:  # ctc, transducer: blank + tokens
+        top = max(table.values())
+        _check_num_classes(cfg, model, top + 1,
+                           f"the token table {cfg.tokens} (blank 0 + ids up to {top})")
     loss = LOSSES[cfg.loss][0](cfg, model)
     return model, loss, table
 
@@ -139,7 +143,8 @@ def make_loader(cfg: ExperimentConfig, cuts_path: str, train: bool, rank: int = 
 def _hmm_options(topology: str = "hmm-1state", mode: str = "forward",
                  transition_scale: float = 1.0, self_loop_scale: float = 1.0,
                  prior_scale: float = 0.0, prior_momentum: float = 0.99,
-                 reduction: str = "sum", use_double_scores: bool = False) -> dict[str, Any]:
+                 reduction: str = "sum", use_double_scores: bool = False,
+                 ali_topology: str = "") -> dict[str, Any]:
     """``loss.KEY`` options of the ``hmm`` loss (:class:`~wfst_asr.losses.HmmLoss`).
 
     topology: a Kaldi HMM topology of :func:`~wfst_asr.graphs.topo.make_topology`
@@ -148,7 +153,12 @@ def _hmm_options(topology: str = "hmm-1state", mode: str = "forward",
     cross-entropy against the current model's forced alignments). transition_scale,
     self_loop_scale: scales of H's transition log-probabilities (training and the decoding
     HCLG). prior_scale, prior_momentum: the prior correction of full-sum training from scratch
-    (:mod:`wfst_asr.losses.hmm`; decoding subtracts the same ``prior_scale * log prior``)."""
+    (:mod:`wfst_asr.losses.hmm`; decoding subtracts the same ``prior_scale * log prior``).
+    ali_topology: non-empty (mode ``ce`` only): the targets (``cfg.token_field``) are given
+    alignments, one pdf of this Kaldi topology per input frame (e.g. a monophone GMM's,
+    ``egs/timit/local/train_mono.py``), trained with :class:`~wfst_asr.losses.hmm.
+    AlignmentCeLoss` at the model's output rate; ``prior_scale`` is then only the decoding
+    prior's scale (the prior of the alignment counts)."""
     return dict(locals())
 
 
@@ -251,7 +261,26 @@ def _build_hmm(cfg: ExperimentConfig, model: nn.Module) -> nn.Module:
     _check_num_classes(cfg, model, loss.num_outputs,
                        f"topology {topo.name} over {topo.num_tokens} tokens ({topo.num_pdfs} "
                        "pdfs + the unused column 0)")
+    if opts["ali_topology"]:
+        return alignment_criterion(cfg, loss, topo, model)
     return loss
+
+
+def alignment_criterion(cfg: ExperimentConfig | dict[str, Any], loss: nn.Module, topo,
+                        model: nn.Module | None = None) -> nn.Module:
+    """The :class:`~wfst_asr.losses.hmm.AlignmentCeLoss` of ``cfg`` (``loss.ali_topology``
+    set, ``loss.mode=ce``) around ``loss``; the subsampling is the model's (else ``cfg``'s)."""
+    from wfst_asr.graphs.topo import make_topology
+    from wfst_asr.losses.hmm import AlignmentCeLoss, pdf_map
+
+    c = _cfg_dict(cfg)
+    opts = loss_options(c)
+    if opts["mode"] != "ce":
+        raise ValueError(f"loss.ali_topology={opts['ali_topology']!r} needs loss.mode=ce, got "
+                         f"{opts['mode']!r}")
+    src = make_topology(opts["ali_topology"], topo.num_tokens)
+    sub = getattr(model, "subsampling_factor", None) or int(c.get("subsampling", 1))
+    return AlignmentCeLoss(loss, pdf_map(src, topo), subsampling=int(sub))
 
 
 def _build_mmi(cfg: ExperimentConfig, model: nn.Module) -> nn.Module:

@@ -14,9 +14,14 @@ The topology is the one the model was trained with (``loss_kwargs.topology`` of 
 * a CTC topology (``mmi`` by default): the CTC HLG of the lang dir (as ``decode_timit.py``) and
   greedy CTC decoding.
 
-An HMM model trained with prior correction (``loss.prior_scale`` alpha > 0) is decoded, greedy
-included, with the same scaled likelihoods ``log p(s|x) - alpha * log p(s)``, the prior being
-the mean softmax output of the model over the TRAINING cuts (``--prior-scale`` overrides alpha).
+An HMM model with ``loss.prior_scale`` alpha > 0 is decoded, greedy included, with the scaled
+likelihoods ``log p(s|x) - alpha * log p(s)`` (``--prior-scale`` overrides alpha). The prior:
+for a hybrid trained on given alignments (``loss.ali_topology``, e.g. the GMM-aligned
+``timit.hmm_blstm``), the relative frequencies of its training targets (the alignments of the
+training cuts at the output rate, :func:`wfst_asr.losses.hmm.alignment_prior`), as classic
+hybrids do; otherwise the mean softmax output of the model over the TRAINING cuts. Such a
+hybrid's ``token_field`` holds alignments, so the references come from ``--ref-field``
+(default ``phones_48``).
 
 Then, as ``decode_timit.py`` (whose pieces this script imports): ``one_best`` with ``lm_scale`` x
 phone insertion penalty tuned on DEV only, the chosen setting on test, ``kaldi_one_best`` at
@@ -54,7 +59,8 @@ from wfst_asr.graphs.compile import compile_graph
 from wfst_asr.graphs.lang import read_token_list
 from wfst_asr.graphs.topo import Topology, pdf_output_graph
 from wfst_asr.losses import HmmLoss
-from wfst_asr.train.build import loss_options, loss_topology
+from wfst_asr.losses.hmm import alignment_prior
+from wfst_asr.train.build import alignment_criterion, loss_options, loss_topology
 
 
 def pdf_to_phone(topo: Topology) -> torch.Tensor:
@@ -106,7 +112,25 @@ def train_prior(model, cfg: dict, device: torch.device, max_duration: float) -> 
     return total / max(frames, 1)
 
 
+def counts_prior(cfg: dict, topo: Topology) -> torch.Tensor:
+    """float64 ``[V]``: the prior of the training targets of a hybrid trained on alignments
+    (``cfg["token_field"]`` of the training cuts, at the model's output rate)."""
+    from lhotse import CutSet
+
+    crit = alignment_criterion(cfg, HmmLoss(topo, mode="ce"), topo)
+    field = cfg["token_field"]
+    alis = [s.custom[field] for c in CutSet.from_file(cfg["train_cuts"]) for s in c.supervisions
+            if s.custom and field in s.custom]
+    if not alis:
+        raise SystemExit(f"error: no {field!r} alignments in {cfg['train_cuts']}")
+    targets = crit.targets([a.split() if isinstance(a, str) else a for a in alis])
+    return alignment_prior(targets, crit.num_outputs)
+
+
 def _extra_args(parser) -> None:
+    parser.add_argument("--ref-field", default="phones_48",
+                        help="supervision field of the references when the model's token_field "
+                             "holds alignments (loss.ali_topology set)")
     parser.add_argument("--prior-scale", type=float, default=None,
                         help="alpha of log p(s|x) - alpha * log p(s) (HMM topologies; default: "
                              "the model's loss.prior_scale)")
@@ -126,19 +150,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     graph, name, stats = decoding_graph(topo, cfg, args.lang_dir)
     print(f"{name} ({topo.name}): {graph.num_states} states, {graph.num_arcs} arcs"
           f"{' (cached)' if stats.get('cached') else ''}")
-    ev = Evaluation(model, cfg, args, device)
+    opts = loss_options(cfg)
+    aligned = bool(opts.get("ali_topology"))
+    ev = Evaluation(model, {**cfg, "token_field": args.ref_field} if aligned else cfg, args,
+                    device)
     alpha = args.prior_scale
     if alpha is None:
-        alpha = float(loss_options(cfg).get("prior_scale", 0.0))
+        alpha = float(opts.get("prior_scale", 0.0))
     prior_note = []
     if alpha and not topo.is_ctc:
-        shift = (alpha * train_prior(model, cfg, device, args.max_duration).clamp(min=1e-20).log()
-                 ).float()
+        prior = (counts_prior(cfg, topo) if aligned
+                 else train_prior(model, cfg, device, args.max_duration))
+        shift = (alpha * prior.clamp(min=1e-20).log()).float()
         shift[0] = 0.0
         for split in ev.data:
             ev.data[split] = [(i, s, r, lp - shift, n) for i, s, r, lp, n in ev.data[split]]
-        prior_note = [(f"scaled likelihoods: log p(s|x) - {alpha:g} * log p(s), prior over "
-                       f"{cfg['train_cuts']}")]
+        prior_note = [(f"scaled likelihoods: log p(s|x) - {alpha:g} * log p(s), prior "
+                       f"{'of the alignment counts' if aligned else 'of the mean posteriors'} "
+                       f"over {cfg['train_cuts']}")]
         print(prior_note[0])
 
     def tok_str(ids: list[int]) -> list[str]:
