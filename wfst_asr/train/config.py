@@ -419,7 +419,7 @@ class TimitMmiBlstm(TimitCtcBlstm):
     49 outputs; decoded with the CTC HLG): the denominator is ``ctc_topo o P`` with P the lang
     dir's train-only phone bigram (``lm.arpa``), leaky HMM 1e-5, no output L2 (the outputs
     are log-softmax, see :func:`wfst_asr.train.build._mmi_options`), no CTC term. On the
-    sample's dev set: 40.7% PER with the HLG (CTC: 43.1%), and the same with
+    sample's dev set: 40.7% PER with the HLG (CTC: 42.0%), and the same with
     ``loss.topology=hmm-1state`` and its HCLG. Greedy CTC decoding of these outputs means little
     (over 90% PER, mostly insertions): LF-MMI does not make blank the dominant output."""
 
