@@ -31,13 +31,12 @@ import torch
 from wfst_asr.atomic import atomic_write_text
 from wfst_asr.fsa import (
     DenseFsaVec,
-    ctc_graph,
-    ctc_topo,
     get_tot_scores,
     intersect_dense,
     intersect_dense_pruned,
     shortest_path,
 )
+from wfst_asr.graphs import ctc_graph, ctc_topo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "yesno" / "waves_yesno"

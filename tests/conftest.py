@@ -22,6 +22,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 devices: list[str] = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+#: The TIMIT recipe's config files (the library registers only corpus-free bases).
+TIMIT_CONF = Path(__file__).resolve().parent.parent / "egs" / "timit" / "conf"
+
+
+def timit_conf(name: str) -> str:
+    """Path of ``egs/timit/conf/<name>.yaml`` (e.g. ``timit_conf("ctc_blstm")``)."""
+    return str(TIMIT_CONF / f"{name}.yaml")
+
+
 def shared_data_dir() -> Path:
     """Return ``../shared/data`` (relative to the repo root), or skip the test if it is absent."""
     path = (REPO_ROOT.parent / "shared" / "data").resolve()

@@ -17,7 +17,8 @@ try:
 except ImportError:  # pragma: no cover - run from inside tests/
     import reference as ref
 
-from wfst_asr.fsa import DenseFsaVec, Fsa, create_fsa_vec, ctc_graph, ctc_topo
+from wfst_asr.fsa import DenseFsaVec, Fsa, create_fsa_vec
+from wfst_asr.graphs import ctc_graph, ctc_topo
 
 INF = float("inf")
 
@@ -81,7 +82,7 @@ def test_reference_dp_matches_torch_ctc():
 
 
 def _ref_ctc_graph(targets, modified=False):
-    """The CTC graph written out independently of wfst_asr.fsa.ctc_graph (same state layout is
+    """The CTC graph written out independently of wfst_asr.graphs.training.ctc_graph (same state layout is
     not required; blank states 2k, token states 2k+1, final 2U+1)."""
     U = len(targets)
     rows = []

@@ -181,3 +181,35 @@ def test_with_model_end_to_end():
     assert info["excluded"] == [2]  # 5 frames -> 2 output frames < 4 tokens
     loss.backward()
     assert nan_guard(loss, model.parameters())
+
+
+# --------------------------------------------------------------------------- word transcripts
+def test_word_transcripts_with_several_pronunciations():
+    """CtcLoss(compiler=...) on word ids = -log sum over the distinct token strings of the
+    words' pronunciations of exp(-torch ctc_loss), enumerated here; an utterance too short for
+    every pronunciation is excluded, one that fits only the short one is kept."""
+    import itertools
+
+    from wfst_asr.graphs import CtcTrainingGraphCompiler
+
+    lexicon = {1: [[1, 2], [3]], 2: [[4]], 3: [[2, 2], [5, 1, 5]], 4: [[3], [3]]}
+    words = [[1, 2], [3, 1], [2, 4, 1], [3], [3, 3]]
+    lens = torch.tensor([9, 10, 8, 3, 2])
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(len(words), 11, V, generator=g)
+    loss = CtcLoss(reduction="none", compiler=CtcTrainingGraphCompiler(lexicon))
+    got, info = loss(logits.log_softmax(-1), lens, words)
+    for b, ws in enumerate(words):
+        strings = {tuple(t for p in combo for t in p)
+                   for combo in itertools.product(*(lexicon[w] for w in ws))}
+        nll = torch.stack([_torch_ctc(logits[b:b + 1], lens[b:b + 1], [list(s)])[0]
+                           for s in sorted(strings)])
+        want = -torch.logsumexp(-nll, 0)
+        if torch.isinf(want):
+            assert b in info["excluded"] and got[b] == 0
+        else:
+            assert b not in info["excluded"]
+            torch.testing.assert_close(got[b], want, rtol=1e-5, atol=1e-4)
+    assert info["excluded"] == [4]  # [3, 3]: at least 2 + 1 + 2 frames, it has 2
+    with pytest.raises(ValueError, match="not in the lexicon"):
+        loss(logits.log_softmax(-1), lens, [[9]] * len(words))

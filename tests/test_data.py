@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import kaldi_native_fbank as knf
 import numpy as np
@@ -24,7 +25,6 @@ from wfst_asr.data import (
     make_dataloader,
     make_extractor,
     make_sampler,
-    subsampled_lengths,
     supervision_segments,
 )
 from wfst_asr.fsa import DenseFsaVec
@@ -167,14 +167,19 @@ def test_dataset_batches_and_segments(computed):
         assert toks == s.custom["tokens"] and spk == s.speaker
     assert [c.id for c in batch["cuts"]] == sup["cut_id"]
 
-    for factor, mode in [(1, "floor"), (4, "floor"), (4, "conv"), (2, "ceil")]:
-        segs = supervision_segments(batch, factor, mode)
+    # the frame-rate rule comes from the model; these stand-ins write the rules out
+    rules = {(1, "floor"): lambda n: n, (4, "floor"): lambda n: n // 4,
+             (4, "conv"): lambda n: ((n - 1) // 2 - 1) // 2, (2, "ceil"): lambda n: (n + 1) // 2}
+    for (factor, _mode), rule in rules.items():
+        model = SimpleNamespace(subsampling_factor=factor, output_lengths=rule)
+        segs = supervision_segments(batch, model)
         assert segs.dtype == torch.int32 and segs.shape == (len(expected), 3)
-        t_out = int(subsampled_lengths(torch.tensor([feats.shape[1]]), factor, mode))
-        assert segs[:, 2].tolist() == subsampled_lengths(lens, factor, mode).tolist()
+        t_out = int(rule(torch.tensor([feats.shape[1]])))
+        assert segs[:, 2].tolist() == [max(int(rule(torch.tensor(n))), 0) for n in lens.tolist()]
         DenseFsaVec(torch.randn(len(expected), t_out, 5).log_softmax(-1), segs)
-    assert subsampled_lengths(torch.tensor([100]), 4, "conv").item() == ((100 - 1) // 2 - 1) // 2
-    segs, order = supervision_segments(batch, 4, sort=True)
+    assert supervision_segments(batch)[:, 2].tolist() == lens.tolist()
+    segs, order = supervision_segments(batch, SimpleNamespace(
+        subsampling_factor=4, output_lengths=lambda n: n // 4), sort=True)
     assert torch.all(segs[:-1, 2] >= segs[1:, 2]) and sorted(order.tolist()) == [0, 1, 2, 3]
 
 

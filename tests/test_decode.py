@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from wfst_asr.decode import greedy_ctc, kaldi_ctc_graph, kaldi_one_best, one_best
-from wfst_asr.fsa import Fsa, SymbolTable, ctc_topo
+from wfst_asr.fsa import Fsa, SymbolTable
+from wfst_asr.graphs import ctc_topo
 from wfst_asr.graphs.compile import compile_graph
 
 # prefix-free pronunciations, so a token sequence has one segmentation into words

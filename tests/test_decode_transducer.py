@@ -17,15 +17,13 @@ import pytest
 import torch
 
 from wfst_asr.decode.transducer import (
-    beam_search,
     fast_beam_search,
     fast_beam_search_one_best,
     greedy_search,
-    trivial_graph,
 )
 from wfst_asr.fsa import Fsa, get_tot_scores, shortest_path
+from wfst_asr.graphs import trivial_graph
 from wfst_asr.models import Joiner, StatelessDecoder
-from wfst_asr.models import beam_search as old_path_beam_search
 
 NEG_INF = float("-inf")
 WIDE = {"beam": 1e6, "max_states": 10 ** 6, "max_contexts": 10 ** 6}
@@ -252,12 +250,6 @@ def test_bad_graphs_raise():
         fast_beam_search(decoder, joiner, enc, [4])
     with pytest.raises(ValueError, match="output"):
         fast_beam_search_one_best(decoder, joiner, enc, [3], output="words")
-
-
-def test_search_moved_to_decode_keeps_old_import_path():
-    assert old_path_beam_search is beam_search
-    from wfst_asr.models.transducer import greedy_search as old_greedy
-    assert old_greedy is greedy_search
 
 
 def test_unique_rows_matches_torch_unique():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 
 import pytest
@@ -105,7 +106,7 @@ def test_k2_text_round_trip_exact(fsa):
     assert_same(fsa, back)
     assert to_str(back) == s
     assert str(fsa) == s
-    assert_same(Fsa.from_str(s, acceptor=not fsa.has_attr("aux_labels")), fsa)
+    assert_same(from_str(s, acceptor=not fsa.has_attr("aux_labels")), fsa)
 
 
 def test_k2_text_format_details():
@@ -347,6 +348,28 @@ def test_symbols_through_kaldifst_and_binary_files(tmp_path):
     (tmp_path / "junk.fst").write_bytes(b"not an fst")
     with pytest.raises(ValueError, match="junk.fst"):
         read_fst(tmp_path / "junk.fst")
+
+
+def test_openfst_header_reader(tmp_path):
+    """The one OpenFst header parser reads OpenFst's own files, writes the same header bytes,
+    and names the file when the data is not an OpenFst FST or its header is cut short."""
+    from wfst_asr.fsa._fstbin import Reader
+
+    path = tmp_path / "g.fst"
+    write_fst(from_str("0 1 3 0.5\n1 2 -1 0\n2\n"), path)
+    data = path.read_bytes()
+    r = Reader(data, name=str(path))
+    h = r.header()
+    assert (h.fst_type, h.arc_type, h.version, h.start, h.num_states) == \
+        ("vector", "standard", 2, 0, 2)
+    assert h.to_bytes() == data[:r.pos]
+    with pytest.raises(ValueError, match=re.escape(f"{path}: not an OpenFst binary FST")):
+        Reader(b"\0\0\0\0" + data[4:], name=str(path)).header()
+    with pytest.raises(ValueError, match=re.escape(f"{path}: not an OpenFst binary FST")):
+        Reader(data[:3], name=str(path)).header()
+    for cut in (6, 10, r.pos - 1):
+        with pytest.raises(ValueError, match=re.escape(f"{path}: unexpected end of data")):
+            Reader(data[:cut], name=str(path)).header()
 
 
 # ---------------------------------------------------------------------- torch format

@@ -11,24 +11,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import timit_conf
 
-from wfst_asr.gmm import (
-    MonoGmm,
-    MonoOptions,
-    add_deltas,
-    equal_alignment,
-    phone_pdfs,
-    speaker_cmn,
-    train_mono,
-)
+from wfst_asr.gmm import MonoGmm, MonoOptions, add_deltas, speaker_cmn, train_mono
+from wfst_asr.graphs import pdf_map, phone_pdfs
 from wfst_asr.graphs.topo import make_topology
-from wfst_asr.losses.hmm import (
-    AlignmentCeLoss,
-    HmmLoss,
-    alignment_prior,
-    pdf_map,
-    subsample_alignments,
-)
+from wfst_asr.losses import alignment_prior, equal_alignment, subsample_alignments
+from wfst_asr.losses.hmm import AlignmentCeLoss, HmmLoss
 
 
 def _random_params(num_pdfs: int, gauss: list[int], D: int, seed: int = 0):
@@ -221,12 +210,12 @@ def test_alignment_ce_loss_explicit():
 
 def test_hybrid_config_builds_the_alignment_criterion(tmp_path):
     from wfst_asr.train import build_model_and_loss
-    from wfst_asr.train.config import apply_overrides, get_config
+    from wfst_asr.train.config import apply_overrides, load_config
 
     (tmp_path / "tokens.txt").write_text("<blk> 0\na 1\nb 2\nc 3\n")
     base = [f"tokens={tmp_path}/tokens.txt", f"lang_dir={tmp_path}", "model.hidden=8",
-            "model.num_layers=1"]
-    cfg = apply_overrides(get_config("timit.hmm_blstm"), base)
+            "model.num_layers=1", "train_cuts="]
+    cfg = apply_overrides(load_config(timit_conf("hmm_blstm")), base)
     model, crit, _ = build_model_and_loss(cfg)
     assert isinstance(crit, AlignmentCeLoss) and crit.subsampling == 3
     assert cfg.num_classes == 4 and cfg.token_field == "gmm_ali"
@@ -239,5 +228,5 @@ def test_hybrid_config_builds_the_alignment_criterion(tmp_path):
     ref = -sum(lp[0, k, crit.mapping[(3 * k + 1) % three.num_pdfs]] for k in range(10))
     assert float(loss) == pytest.approx(float(ref), rel=1e-5) and info["frames"] == 10
     with pytest.raises(ValueError, match="needs loss.mode=ce"):
-        build_model_and_loss(apply_overrides(get_config("timit.hmm_blstm"),
+        build_model_and_loss(apply_overrides(load_config(timit_conf("hmm_blstm")),
                                              [*base, "loss.mode=forward"]))

@@ -20,13 +20,12 @@ import pytest
 import torch
 
 from tests.reference import graph_paths
-from wfst_asr.graphs import HmmTrainingGraphCompiler, hmm_topo, make_topology
+from wfst_asr.graphs import HmmTrainingGraphCompiler, hmm_topo, make_topology, pdf_topo
 from wfst_asr.losses import (
     HmmLoss,
     alignments_from_transition_ids,
     frame_ce_loss,
     min_frames,
-    pdf_topo,
     viterbi_align,
 )
 

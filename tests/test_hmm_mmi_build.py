@@ -15,18 +15,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import timit_conf
 
 from wfst_asr.decode import kaldi_one_best, one_best
 from wfst_asr.fsa import DenseFsaVec, get_tot_scores, intersect_dense
+from wfst_asr.graphs import pdf_topo
 from wfst_asr.graphs.compile import compile_graph
 from wfst_asr.graphs.lang import prepare_lang, write_lexicon
 from wfst_asr.graphs.lm import arpa_to_fst, ngram_acceptor
 from wfst_asr.graphs.ngram import estimate_ngram
 from wfst_asr.graphs.topo import make_topology, pdf_output_graph
 from wfst_asr.graphs.training import MmiTrainingGraphCompiler
-from wfst_asr.losses import HmmLoss, MmiLoss, frame_ce_loss, pdf_topo, viterbi_align
-from wfst_asr.train import apply_overrides, get_config
-from wfst_asr.train.build import build_model_and_loss, loss_topology
+from wfst_asr.losses import HmmLoss, MmiLoss, frame_ce_loss, viterbi_align
+from wfst_asr.train import apply_overrides, load_config
+from wfst_asr.train.build import build_model_and_loss
+from wfst_asr.train.criteria import loss_topology
 
 PHONES = ["a", "b", "c"]
 
@@ -109,9 +112,9 @@ def lang_fixture(tmp_path):
 
 
 def _cfg(name: str, lang, *overrides: str):
-    return apply_overrides(get_config(name), [f"lang_dir={lang}", f"tokens={lang}/tokens.txt",
+    return apply_overrides(load_config(name), [f"lang_dir={lang}", f"tokens={lang}/tokens.txt",
                                               "model.hidden=8", "model.num_layers=1",
-                                              *overrides])
+                                              "train_cuts=", *overrides])
 
 
 # ---------------------------------------------------------------------------- P
@@ -181,7 +184,7 @@ def _batch(V_in: int = 80, B: int = 2, T: int = 60, seed: int = 0):
 
 
 def test_hmm_builder_matches_hand_built_loss(lang):
-    cfg = _cfg("timit.hmm_fullsum_blstm", lang)
+    cfg = _cfg(timit_conf("hmm_fullsum_blstm"), lang)
     model, loss, table = build_model_and_loss(cfg)
     assert isinstance(loss, HmmLoss) and loss.mode == "forward" and loss.num_outputs == 4
     assert table == {"a": 1, "b": 2, "c": 3}
@@ -192,7 +195,7 @@ def test_hmm_builder_matches_hand_built_loss(lang):
     assert loss.prior_scale == 0.3  # the config's prior correction, uniform prior at first
     ref, _ = HmmLoss(make_topology("hmm-1state", 3), prior_scale=0.3)(lp, out_lens, texts)
     assert info["num_excluded"] == 0 and float(got) == pytest.approx(float(ref), rel=1e-6)
-    cfg = _cfg("timit.hmm_fullsum_blstm", lang, "loss.topology=hmm-3state", "loss.mode=viterbi",
+    cfg = _cfg(timit_conf("hmm_fullsum_blstm"), lang, "loss.topology=hmm-3state", "loss.mode=viterbi",
                "subsampling=1")
     _, loss, _ = build_model_and_loss(cfg)  # num_classes 0: from the topology
     assert cfg.num_classes == 10 and loss.num_outputs == 10 and loss.mode == "viterbi"
@@ -201,28 +204,28 @@ def test_hmm_builder_matches_hand_built_loss(lang):
 
 def test_builders_reject_bad_settings(lang):
     with pytest.raises(ValueError, match="num_classes=10"):
-        build_model_and_loss(_cfg("timit.hmm_fullsum_blstm", lang, "loss.topology=hmm-3state",
+        build_model_and_loss(_cfg(timit_conf("hmm_fullsum_blstm"), lang, "loss.topology=hmm-3state",
                                   "num_classes=4"))
     with pytest.raises(ValueError, match="num_classes=7"):  # chain: 2 pdfs per phone
-        build_model_and_loss(_cfg("timit.mmi_blstm", lang, "loss.topology=chain",
+        build_model_and_loss(_cfg(timit_conf("mmi_blstm"), lang, "loss.topology=chain",
                                   "num_classes=4"))
     with pytest.raises(ValueError, match="topology must be one of"):
-        build_model_and_loss(_cfg("timit.hmm_fullsum_blstm", lang, "loss.topology=ctc"))
-    cfg = _cfg("timit.mmi_blstm", lang)
+        build_model_and_loss(_cfg(timit_conf("hmm_fullsum_blstm"), lang, "loss.topology=ctc"))
+    cfg = _cfg(timit_conf("mmi_blstm"), lang)
     cfg.loss_kwargs["leaky"] = 0.1
     with pytest.raises(ValueError, match="loss.leaky_hmm_coefficient"):
         build_model_and_loss(cfg)
     with pytest.raises(ValueError, match="unknown key loss.nope"):
-        _cfg("timit.mmi_blstm", lang, "loss.nope=1")
+        _cfg(timit_conf("mmi_blstm"), lang, "loss.nope=1")
     with pytest.raises(FileNotFoundError, match="nope.arpa"):
-        build_model_and_loss(_cfg("timit.mmi_blstm", lang, "loss.phone_lm=nope.arpa"))
+        build_model_and_loss(_cfg(timit_conf("mmi_blstm"), lang, "loss.phone_lm=nope.arpa"))
 
 
 @pytest.mark.parametrize("topo_name", ["ctc", "chain"])
 def test_mmi_builder_matches_hand_built_loss(lang, topo_name):
     topo = make_topology(topo_name, 3)
     V = 4 if topo.is_ctc else topo.num_pdfs + 1
-    cfg = _cfg("timit.mmi_blstm", lang, f"loss.topology={topo_name}", f"num_classes={V}",
+    cfg = _cfg(timit_conf("mmi_blstm"), lang, f"loss.topology={topo_name}", f"num_classes={V}",
                "loss.ctc_weight=0.2", "loss.den_lm_scale=0.5")
     model, loss, _ = build_model_and_loss(cfg)
     assert isinstance(loss, MmiLoss) and loss.num_outputs == V

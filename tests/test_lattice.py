@@ -29,13 +29,8 @@ from wfst_asr.decode.lattice import (
     word_posteriors,
 )
 from wfst_asr.decode.lattice_io import LatticeError  # noqa: F401  (import check)
-from wfst_asr.fsa import (
-    DenseFsaVec,
-    ctc_topo,
-    intersect_dense_pruned,
-    linear_fsa,
-    ops,
-)
+from wfst_asr.fsa import DenseFsaVec, intersect_dense_pruned, linear_fsa, ops
+from wfst_asr.graphs import ctc_topo
 
 BIG = 1.0e4
 

@@ -8,12 +8,12 @@ import torch
 
 from tests.test_lattice import make_case
 from wfst_asr.bin.cli import main
+from wfst_asr.decode.kaldi_lattice import read_kaldi_lattices
 from wfst_asr.decode.lattice import best_word_sequences, prune, rescale
 from wfst_asr.decode.lattice_io import (
     LatticeError,
     LatticeReader,
     LatticeWriter,
-    read_kaldi_lattices,
     save_lattices,
     symbol_table_checksum,
 )

@@ -1,4 +1,5 @@
-"""Lattice files and directories (wfst_asr.decode.lattice_io) and Kaldi lattice archives.
+"""Lattice files and directories (wfst_asr.decode.lattice_io) and Kaldi lattice archives
+(wfst_asr.decode.kaldi_lattice).
 
 Kaldi archives are checked against kaldifst: its ``Lattice.read`` reads what we write (every
 arc and final weight, bit for bit), our bytes equal those of a ``kaldifst.Lattice`` built arc by
@@ -8,6 +9,7 @@ entry equals bytes packed here from the format's description."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 import pytest
@@ -16,17 +18,20 @@ import torch
 from tests.lattice_reference import lattice_paths
 from tests.test_lattice import make_case
 from wfst_asr import _kaldi
+from wfst_asr.decode.kaldi_lattice import (
+    kaldi_archive_bytes,
+    read_kaldi_lattices,
+    to_kaldifst_lattice,
+    write_kaldi_lattices,
+)
 from wfst_asr.decode.lattice import best_paths, rescale
 from wfst_asr.decode.lattice_io import (
     LatticeError,
     LatticeReader,
     LatticeWriter,
     load_lattices,
-    read_kaldi_lattices,
     save_lattices,
     symbol_table_checksum,
-    to_kaldifst_lattice,
-    write_kaldi_lattices,
 )
 from wfst_asr.fsa import Fsa, SymbolTable, create_fsa_vec
 
@@ -248,7 +253,6 @@ def test_compact_lattice_bytes_from_the_format():
             + struct.pack("<ffiq", inf, inf, 0, 1) + struct.pack("<iiffiii", 0, 0, 0.0, 0.25, 1, 1, 2)
             # state 2: final (0.5, 0, no string), no arcs
             + struct.pack("<ffiq", 0.5, 0.0, 0, 0))
-    from wfst_asr.decode.lattice_io import kaldi_archive_bytes
     assert kaldi_archive_bytes([("k", lat)], compact=True) == b"k \0B" + want
     lat_want = (struct.pack("<i", 2125659606) + s("vector") + s("lattice4")
                 + struct.pack("<iiQqqq", 2, 0, 3, 0, 3, 0)
@@ -300,11 +304,17 @@ def test_to_kaldifst_lattice_best_path_agrees(case):
         assert w.value2 == pytest.approx(-float(path.am_scores.double().sum()), abs=1e-4)
 
 
-def test_archive_errors(tmp_path):
+def test_archive_errors(case, tmp_path):
     p = tmp_path / "bad.ark"
     p.write_bytes(b"k \0B" + struct.pack("<i", 12345))
-    with pytest.raises(ValueError, match="entry k"):
+    with pytest.raises(ValueError, match=re.escape(f"{p}: entry k: not an OpenFst binary FST")):
         list(read_kaldi_lattices(p))
+    # a truncated header, a truncated body: the error names the file and the entry
+    good = kaldi_archive_bytes([("u1", case["lat"][0])])
+    for cut in (20, len(good) - 3):
+        p.write_bytes(good[:cut])
+        with pytest.raises(ValueError, match=re.escape(f"{p}: entry u1: unexpected end of data")):
+            list(read_kaldi_lattices(p))
     # epsilon input labels cannot be frame-level lattice arcs
     p.write_text("k \n0\t1\t0\t5\t1,1\n1\t0,0\n\n")
     with pytest.raises(ValueError, match="epsilon"):

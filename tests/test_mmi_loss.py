@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from tests.reference import graph_paths
 from wfst_asr.fsa import Fsa, create_fsa_vec
-from wfst_asr.graphs import MmiTrainingGraphCompiler, hmm_topo, make_topology
-from wfst_asr.losses import MmiLoss, pdf_topo
+from wfst_asr.graphs import MmiTrainingGraphCompiler, hmm_topo, make_topology, pdf_topo
+from wfst_asr.losses import MmiLoss
 
 f64 = torch.float64
 

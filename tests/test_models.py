@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wfst_asr.data import subsampled_lengths, supervision_segments
+from wfst_asr.data import supervision_segments
 from wfst_asr.models import Blstm, TdnnLstm, build_model, check_output_dim
+from wfst_asr.models.subsampling import subsampled_lengths
 
 F, V = 5, 7
 LENS = [13, 9, 4, 1, 12]
@@ -54,7 +55,7 @@ def test_shapes_and_lengths(cfg):
     batch = {"feature_lens": lens, "supervisions": {
         "sequence_idx": torch.arange(len(LENS)), "start_frame": torch.zeros(len(LENS)),
         "num_frames": lens}}
-    segs = supervision_segments(batch, s, mode)
+    segs = supervision_segments(batch, model)
     assert segs[:, 2].tolist() == out_lens.tolist()
     assert int((segs[:, 1] + segs[:, 2]).max()) <= lp.shape[1]
 

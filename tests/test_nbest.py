@@ -91,7 +91,8 @@ def test_nbest_scores_for_a_language_model(case):
 def test_empty():
     from tests.test_lattice import BIG
     from wfst_asr.decode.lattice import get_lattice
-    from wfst_asr.fsa import ctc_topo, linear_fsa, ops
+    from wfst_asr.fsa import linear_fsa, ops
+    from wfst_asr.graphs import ctc_topo
 
     graph = ops.connect(ops.compose(ctc_topo(2), linear_fsa([1, 2])))
     lat = get_lattice(graph, torch.randn(1, 3, 3).log_softmax(-1), [1], search_beam=BIG,

@@ -4,7 +4,6 @@ hand-written LSTM recurrence, a brute-force sweep with its own edit distance."""
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
@@ -17,8 +16,9 @@ from wfst_asr.decode.lattice import best_word_sequences
 from wfst_asr.decode.lattice_io import symbol_table_checksum
 from wfst_asr.decode.nbest import Nbest, nbest_one
 from wfst_asr.decode.nnlm import add_nnlm_scores, error_rate, rescore, sweep
-from wfst_asr.models.lm import LstmLm, load_lm, train_lm
+from wfst_asr.models.lm import LstmLm
 from wfst_asr.train.checkpoint import save_checkpoint
+from wfst_asr.train.lm import load_lm, train_lm
 
 
 # ----------------------------------------------------------------------------- references
@@ -195,35 +195,42 @@ def _random_lists(seed: int, n_utt: int = 6, k: int = 5) -> tuple[list[Nbest], l
 def test_sweep_matches_brute_force():
     nbs, refs = _random_lists(5)
     lm_scales, nn_scales, wps = [0.0, 0.5, 1.0, 2.0], [0.0, 0.5, 1.5], [-1.0, 0.0, 1.0]
-    out = io.StringIO()
-    res = sweep(nbs, refs, lm_scales, nn_scales, wps, file=out)
-    brute = []
+    res = sweep(nbs, refs, lm_scales, nn_scales, wps)
+    brute = []  # grid_search's sweep order: lm_scale, word_penalty, nnlm_scale innermost
     for s in lm_scales:
-        for w in nn_scales:
-            for wp in wps:
+        for wp in wps:
+            for w in nn_scales:
                 hyps = []
                 for nb in nbs:
                     tot = [float(nb.am_scores[i]) + s * float(nb.lm_scores[i])
                            - wp * len(nb.word_seqs[i]) + w * float(nb.extra_scores["nnlm"][i])
                            for i in range(len(nb))]
                     hyps.append(nb.word_seqs[max(range(len(nb)), key=lambda i: tot[i])])
-                brute.append((s, w, wp, _brute_error(refs, hyps)))
+                brute.append((s, wp, w, _brute_error(refs, hyps)))
+    assert res.names == ("lm_scale", "word_penalty", "nnlm_scale")
     assert [r[:3] for r in res.table] == [r[:3] for r in brute]
     for a, b in zip(res.table, brute):
         assert a[3] == pytest.approx(b[3])
-    best = min(range(len(brute)), key=lambda i: (round(brute[i][3], 9), i))
-    assert (res.lm_scale, res.nnlm_scale, res.word_penalty) == brute[best][:3]
-    assert res.error == pytest.approx(brute[best][3])
+
+    def rule(r):  # the lowest error, then lm_scale, |penalty|, penalty, nnlm_scale
+        return (round(r[3], 9), r[0], abs(r[1]), r[1], r[2])
+
+    best = min(brute, key=rule)
+    assert res.best == {"lm_scale": best[0], "word_penalty": best[1], "nnlm_scale": best[2]}
+    assert res.error == pytest.approx(best[3])
     assert len({round(b[3], 6) for b in brute}) > 1  # the grid matters on this data
-    text = out.getvalue().splitlines()
+    text = res.format_table().splitlines()
     assert len(text) == 1 + len(brute) and "%ER" in text[0]
-    assert text[1 + best].endswith("<- best") and sum("<- best" in t for t in text) == 1
+    assert text[1 + brute.index(best)].endswith("<- best")
+    assert sum("<- best" in t for t in text) == 1
     # a custom error function; mappings utt -> list / words
     res2 = sweep({f"u{i}": nb for i, nb in enumerate(nbs)},
                  {f"u{i}": r for i, r in enumerate(refs)}, lm_scales, nn_scales, wps,
-                 error_fn=lambda rs, hs: -_brute_error(rs, hs), quiet=True)
-    worst = min(range(len(brute)), key=lambda i: (-round(brute[i][3], 9), i))
-    assert (res2.lm_scale, res2.nnlm_scale, res2.word_penalty) == brute[worst][:3]
+                 error_fn=lambda rs, hs: -_brute_error(rs, hs))
+    worst = min(brute, key=lambda r: (-round(r[3], 9), *rule(r)[1:]))
+    assert tuple(res2.best.values()) == worst[:3]
+    with pytest.raises(ValueError, match="empty grid"):
+        sweep(nbs, refs, lm_scales, [], wps)
 
 
 def test_error_rate():
@@ -305,7 +312,7 @@ def test_train_nnlm_and_sweep_tools(data, capsys, tmp_path):  # noqa: F811
     nbs = {u: nbest_one(data["want"][u], 5) for u in GOOD}
     add_nnlm_scores(list(nbs.values()), lm)
     ids = {u: [WORDS[w] for w in ws] for u, ws in refs.items()}
-    want = sweep(nbs, ids, [0.5, 1, 2], [0, 1, 3], [-1, 0, 1], quiet=True)
+    want = sweep(nbs, ids, [0.5, 1, 2], [0, 1, 3], [-1, 0, 1])
     import json
     got = json.loads(out.read_text())
     assert got == pytest.approx(want.as_dict())

@@ -4,7 +4,6 @@ and lattice directories with skipped utterances."""
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
@@ -53,12 +52,14 @@ def test_best_word_seqs_and_sweep_against_enumeration(seed):
             hyps = {u: _brute_best(lats[u], s, wp) for u in lats}
             assert best_word_seqs(lats, s, wp) == hyps
             want.append(_errors(list(refs.values()), [hyps.get(u, []) for u in refs]))
-    buf = io.StringIO()
-    res = sweep_lattices(lats, refs, scales, pens, error_fn=_errors, file=buf)
-    assert [row[3] for row in res.table] == pytest.approx(want)
-    k = min(range(len(want)), key=lambda i: (want[i], i))
-    assert (res.lm_scale, res.word_penalty) == (scales[k // 3], pens[k % 3])
-    assert res.error == pytest.approx(want[k]) and "<- best" in buf.getvalue()
+    res = sweep_lattices(lats, refs, scales, pens, error_fn=_errors)
+    assert [row[:2] for row in res.table] == [(s, wp) for s in scales for wp in pens]
+    assert [row[2] for row in res.table] == pytest.approx(want)
+    # grid_search's rule: the lowest error, then the smallest lm_scale, |penalty|, penalty
+    k = min(range(len(want)), key=lambda i: (round(want[i], 9), scales[i // 3],
+                                             abs(pens[i % 3]), pens[i % 3]))
+    assert res.best == {"lm_scale": scales[k // 3], "word_penalty": pens[k % 3]}
+    assert res.error == pytest.approx(want[k]) and "<- best" in res.format_table()
     # each lattice's own scales by default
     assert best_word_seqs(lats) == {u: _brute_best(lats[u], c["lm_scale"], c["wp"])
                                     for u in lats}
@@ -116,7 +117,8 @@ def test_lattice_dir_round_trip_and_empty(tmp_path):
     words = SymbolTable.from_str("<eps> 0\na 1\nb 2\nc 3\n")
     lp = c["lp"][:, :4]
     # a graph that needs more frames than utterance 1 has: its lattice is empty
-    from wfst_asr.fsa import ctc_topo, linear_fsa, ops
+    from wfst_asr.fsa import linear_fsa, ops
+    from wfst_asr.graphs import ctc_topo
 
     long = ops.connect(ops.compose(ctc_topo(c["V"]), linear_fsa([1, 2, 3, 1])))
     batches = [(["x", "y"], lp, torch.tensor([4, 2]))]

@@ -123,7 +123,7 @@ def test_timit_recipe_hmm_mmi(tmp_path, loss, graph):
     out = _run(args)
     for n in range(5):
         assert f"stage {n}:" in out
-    assert f"loss {loss} (timit.{loss}_blstm)" in out
+    assert f"loss {loss} (egs/timit/conf/{loss}_blstm.yaml)" in out
     for m in (".timit_stage0.done", ".timit_stage1.done", f".timit_stage2.{loss}.done"):
         assert (tmp_path / "data" / m).is_file()
     lang = tmp_path / "data" / "lang_phone"
@@ -169,7 +169,7 @@ def test_timit_recipe_transducer(tmp_path):
     out = _run(args)
     for n in range(5):
         assert f"stage {n}:" in out
-    assert "loss transducer (timit.transducer_blstm)" in out
+    assert "loss transducer (egs/timit/conf/transducer_blstm.yaml)" in out
     for m in (".timit_stage0.done", ".timit_stage1.done", ".timit_stage2.transducer.done"):
         assert (tmp_path / "data" / m).is_file()
     assert (tmp_path / "data" / "lang_phone" / "LG.fst").is_file()

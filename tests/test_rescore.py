@@ -12,7 +12,8 @@ from tests import lattice_reference as lref
 from tests.test_lattice import make_case
 from wfst_asr.decode.lattice import best_paths, best_word_sequences, get_lattice
 from wfst_asr.decode.rescore import load_g, oracle, prepare_g, rescore_lattice
-from wfst_asr.fsa import SymbolTable, ctc_topo, ops, save
+from wfst_asr.fsa import SymbolTable, ops, save
+from wfst_asr.graphs import ctc_topo
 
 
 def _exhaustive_best(lat_one, rows, lm_scale, wp):

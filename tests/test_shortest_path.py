@@ -13,7 +13,8 @@ try:
 except ImportError:  # pragma: no cover - run from inside tests/
     import reference as ref
 
-from wfst_asr.fsa import DenseFsaVec, Fsa, create_fsa_vec, ctc_topo
+from wfst_asr.fsa import DenseFsaVec, Fsa, create_fsa_vec
+from wfst_asr.graphs import ctc_topo
 
 INF = float("inf")
 

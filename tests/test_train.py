@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import timit_conf
 from lhotse import CutSet, Features, MonoCut, SupervisionSegment
 from lhotse.features.io import NumpyFilesWriter
 
@@ -37,6 +38,7 @@ from wfst_asr.train import (
     get_config,
     list_configs,
     load_checkpoint,
+    load_config,
     register,
     save_checkpoint,
     seed_everything,
@@ -136,13 +138,15 @@ def _trainer(cfg) -> Trainer:
 
 
 def test_registry_inheritance_and_overrides():
-    assert {"timit.ctc_blstm", "timit.ctc_tdnn_lstm", "test.tiny_tdnn"} <= set(list_configs())
-    tdnn, blstm = get_config("timit.ctc_tdnn_lstm"), get_config("timit.ctc_blstm")
+    assert {"ctc_blstm", "tdnn_lstm", "hmm_blstm", "mmi_blstm", "transducer_blstm",
+            "test.tiny_tdnn"} <= set(list_configs())
+    assert not any(n.startswith("timit") for n in list_configs())  # recipes own their configs
+    tdnn, blstm = load_config(timit_conf("ctc_tdnn_lstm")), load_config(timit_conf("ctc_blstm"))
     assert tdnn.name == "timit.ctc_tdnn_lstm" and tdnn.model == "tdnn_lstm"
     assert tdnn.token_field == blstm.token_field == "phones_48"  # inherited
     assert get_config("test.tiny_tdnn").lr == 1e-2 and get_config("test.tiny_tdnn").schedule \
         == "noam"
-    cfg = apply_overrides(get_config("timit.ctc_blstm"), [
+    cfg = apply_overrides(load_config(timit_conf("ctc_blstm")), [
         "lr=5e-4", "num_epochs=3", "spec_augment=false", "max_cuts=7", "model.hidden=128",
         "exp_dir=/x/y", "model.subsample_type=stride", "max_cuts=none"])
     assert cfg.lr == 5e-4 and isinstance(cfg.num_epochs, int) and cfg.spec_augment is False
@@ -150,11 +154,11 @@ def test_registry_inheritance_and_overrides():
     assert cfg.max_cuts is None and cfg.exp_dir == "/x/y"
     apply_overrides(tdnn, ["model.dilations=1,2,3", "loss.modified=true"])
     assert tdnn.model_kwargs["dilations"] == (1, 2, 3) and tdnn.loss_kwargs["modified"] is True
-    assert get_config("timit.ctc_blstm").lr != 5e-4  # fresh instances, no shared state
+    assert load_config(timit_conf("ctc_blstm")).lr != 5e-4  # fresh instances, no shared state
     apply_overrides(cfg, ["specaug.time_warp_factor=0", "specaug.p=0.5"])
     assert cfg.spec_augment_kwargs["time_warp_factor"] == 0
     assert cfg.spec_augment_kwargs["p"] == 0.5
-    assert get_config("timit.ctc_blstm").spec_augment_kwargs.get("p") != 0.5
+    assert load_config(timit_conf("ctc_blstm")).spec_augment_kwargs.get("p") != 0.5
     with pytest.raises(ValueError, match="specaug.num_frame_masks"):
         apply_overrides(cfg, ["specaug.num_frame_mask=2"])
     with pytest.raises(ValueError, match="valid keys.*max_duration"):
@@ -169,7 +173,7 @@ def test_registry_inheritance_and_overrides():
         get_config("timit.nope")
 
 
-@pytest.mark.parametrize("name", ["timit.ctc_blstm", "timit.transducer_blstm"])
+@pytest.mark.parametrize("name", ["ctc_blstm", "transducer_blstm"])
 def test_output_dim_must_match_token_table(tmp_path, name):
     """CTC and transducer: blank + the token ids of ``tokens``; any other num_classes is an
     error at build time that names the tokens file and the right value."""
@@ -177,14 +181,14 @@ def test_output_dim_must_match_token_table(tmp_path, name):
 
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("<blk> 0\na 1\nb 2\nc 3\n")
-    sets = [f"tokens={tokens}", "model.hidden=4", "model.num_layers=1", "num_features=8"]
+    sets = [f"tokens={tokens}", "train_cuts=", "model.hidden=4", "model.num_layers=1", "num_features=8"]
     for bad in (3, 7):
-        cfg = apply_overrides(get_config(name), sets + [f"num_classes={bad}"])
+        cfg = apply_overrides(load_config(timit_conf(name)), sets + [f"num_classes={bad}"])
         with pytest.raises(ValueError, match=f"tokens.txt.*needs 4 network outputs.*"
                                              f"num_classes is {bad}"):
             build_model_and_loss(cfg)
     for good in (0, 4):  # 0: from the table
-        cfg = apply_overrides(get_config(name), sets + [f"num_classes={good}"])
+        cfg = apply_overrides(load_config(timit_conf(name)), sets + [f"num_classes={good}"])
         _, _, table = build_model_and_loss(cfg)
         assert cfg.num_classes == 4 and table["c"] == 3
 
@@ -291,7 +295,7 @@ def _cli_args(data, exp: Path, *extra: str) -> list[str]:
             "model.num_layers": 1, "subsampling": 1, "spec_augment": "false", "cmvn": "",
             "schedule": "none", "lr": 0.01, "max_duration": 0.8, "bucketing": "false",
             "tensorboard": "false", "average_last": 2}
-    args = ["train", "--config", "timit.ctc_blstm", "--exp-dir", str(exp)]
+    args = ["train", "--config", timit_conf("ctc_blstm"), "--exp-dir", str(exp)]
     for k, v in sets.items():
         args += ["--set", f"{k}={v}"]
     return args + list(extra)
@@ -355,3 +359,32 @@ def test_slow_torchrun_two_processes_match_one(data, tmp_path):
         assert abs(a["train_loss"] - b["train_loss"]) < 0.15 * a["train_loss"]
         assert abs(a["dev_loss"] - b["dev_loss"]) < 0.15 * a["dev_loss"]
     assert h2[1]["train_loss"] < h2[0]["train_loss"]
+
+
+def test_ctc_on_words_through_a_lexicon(tmp_path):
+    """``loss.lexicon`` (ctc): word transcripts, several pronunciations per word, from the CLI
+    config alone; the trainer gets the word table, the loss the lexicon's graphs."""
+    from wfst_asr.train import build_model_and_loss
+    from wfst_asr.train.trainer import batch_targets
+
+    lang = tmp_path / "lang"
+    lang.mkdir()
+    (lang / "tokens.txt").write_text("<blk> 0\na 1\nb 2\nc 3\n#0 4\n")
+    (lang / "words.txt").write_text("<eps> 0\nHI 1\nYO 2\n#0 3\n")
+    (lang / "lexicon.txt").write_text("HI a b\nHI c\nYO b b a\n")
+    cfg = apply_overrides(get_config("ctc_blstm"), [
+        f"lang_dir={lang}", f"tokens={lang}/tokens.txt", "token_field=text", "num_features=8",
+        "model.hidden=4", "model.num_layers=1", "subsampling=1", "loss.lexicon=lexicon.txt"])
+    _, loss, table = build_model_and_loss(cfg)
+    assert table == {"<eps>": 0, "HI": 1, "YO": 2, "#0": 3} and cfg.num_classes == 4
+    assert loss.compiler is not None
+    batch = {"features": torch.zeros(2, 6, 8), "supervisions": {
+        "sequence_idx": torch.tensor([0, 1]), "text": ["HI YO", "HI"]}}
+    targets = batch_targets(batch, "text", table)
+    assert targets == [[1, 2], [1]]
+    lp = torch.randn(2, 6, 4).log_softmax(-1)
+    value, info = loss(lp, torch.tensor([6, 1]), targets)
+    assert info["num_excluded"] == 0 and torch.isfinite(value)  # "HI" = "c" fits one frame
+    with pytest.raises(ValueError, match="lexicon.txt: word 'NO'"):
+        (lang / "lexicon.txt").write_text("HI a b\nNO c\n")
+        build_model_and_loss(cfg)

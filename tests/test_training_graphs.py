@@ -27,22 +27,19 @@ from wfst_asr.fsa import (
     DenseFsaVec,
     Fsa,
     create_fsa_vec,
-    ctc_graph,
-    ctc_topo,
     from_kaldifst,
     get_tot_scores,
     intersect_dense,
     linear_fsa,
     to_kaldifst,
 )
+from wfst_asr.graphs import ctc_graph, ctc_topo, hmm_output_id, hmm_topo
 from wfst_asr.graphs.training import (
     CtcTrainingGraphCompiler,
     HmmTrainingGraphCompiler,
     MmiTrainingGraphCompiler,
     compose_linear,
     ctc_graph_from_acceptors,
-    hmm_output_id,
-    hmm_topo,
 )
 
 MAX_LEN = 6

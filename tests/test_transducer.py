@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 
+from wfst_asr.decode.transducer import beam_search, greedy_search
 from wfst_asr.fsa import get_tot_scores
 from wfst_asr.losses import (
     TransducerLoss,
@@ -26,14 +27,7 @@ from wfst_asr.losses import (
     simple_transducer_loss,
     transducer_loss,
 )
-from wfst_asr.models import (
-    Joiner,
-    StatelessDecoder,
-    Transducer,
-    add_sos,
-    beam_search,
-    greedy_search,
-)
+from wfst_asr.models import Joiner, StatelessDecoder, Transducer, add_sos
 
 NEG_INF = float("-inf")
 
@@ -425,16 +419,19 @@ def test_transducer_loss_module_full_and_pruned():
     lens = torch.tensor([7, 5, 6])
     ys = [[1, 2, 3], [4, 5], [1]]
     full_loss = TransducerLoss(pruned=False)
-    loss, _ = model(enc, lens, ys, full_loss)
+    dec, no_am, no_lm = model(enc, ys, simple=False)
+    assert no_am is None and no_lm is None
+    torch.testing.assert_close(dec, model.decoder(add_sos(ys)))
+    loss, _ = full_loss(enc, lens, dec, ys, model.joiner)
     # reference: the DP over the model's own full logits
-    dec = model.decoder(add_sos(ys))
     lp = model.joiner(enc.unsqueeze(2), dec.unsqueeze(1)).log_softmax(-1)
     ref = sum(-ref_total(lp[b], ys[b], int(lens[b])) for b in range(B))
     torch.testing.assert_close(loss, ref.detach())
     # pruned with s_range >= U+1: the pruned part equals the full loss
     pl = TransducerLoss(pruned=True, s_range=4, simple_loss_scale=0.5, lm_only_scale=0.0)
     model.zero_grad()
-    loss2, info2 = model(enc, lens, ys, pl)
+    dec2, am2, lm2 = model(enc, ys)
+    loss2, info2 = pl(enc, lens, dec2, ys, model.joiner, am2, lm2)
     assert info2["transducer_loss"] == pytest.approx(float(ref.detach()), rel=1e-9)
     simple_ref = simple_transducer_loss(model.simple_am_proj(enc),
                                         model.simple_lm_proj(dec), ys, lens)[0]
@@ -444,7 +441,9 @@ def test_transducer_loss_module_full_and_pruned():
     assert grads and all(bool(torch.isfinite(gr).all()) for gr in grads)
     # narrow windows still train (finite loss and gradients)
     model.zero_grad()
-    loss3, info3 = model(enc, lens, ys, TransducerLoss(pruned=True, s_range=2))
+    dec3, am3, lm3 = model(enc, ys)
+    loss3, info3 = TransducerLoss(pruned=True, s_range=2)(enc, lens, dec3, ys, model.joiner,
+                                                          am3, lm3)
     loss3.backward()
     assert info3["num_excluded"] == 0 and bool(torch.isfinite(loss3))
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import timit_conf
 
 from tests.reference import ctc_forward_dp
 from tests.test_train import F, _write_cuts
@@ -28,11 +29,12 @@ from wfst_asr.models import MODELS, Blstm, BlstmTransducer, Joiner, StatelessDec
 from wfst_asr.train import (
     apply_overrides,
     build_model_from_config,
-    get_config,
     load_checkpoint,
+    load_config,
 )
-from wfst_asr.train.build import LOSSES, TransducerCriterion, build_model_and_loss
-from wfst_asr.train.config import TimitCtcBlstm
+from wfst_asr.train.build import build_model_and_loss
+from wfst_asr.train.config import CtcBlstm
+from wfst_asr.train.criteria import LOSSES, TransducerCriterion
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,7 +54,7 @@ def _sets(data, exp: Path, *extra: str) -> list[str]:
             "model.joiner_dim": 16, "subsampling": 1, "spec_augment": "false", "cmvn": "",
             "schedule": "none", "lr": 0.01, "max_duration": 0.8, "bucketing": "false",
             "tensorboard": "false", "average_last": 2, "model.dropout": 0.0}
-    args = ["train", "--config", "timit.transducer_blstm", "--exp-dir", str(exp)]
+    args = ["train", "--config", timit_conf("transducer_blstm"), "--exp-dir", str(exp)]
     for k, v in sets.items():
         args += ["--set", f"{k}={v}"]
     return args + list(extra)
@@ -93,12 +95,12 @@ def test_blstm_logits_is_forward_before_log_softmax():
 
 
 def test_loss_registry_and_criterion(data):
-    cfg = apply_overrides(get_config("timit.transducer_blstm"), [
+    cfg = apply_overrides(load_config(timit_conf("transducer_blstm")), [
         f"tokens={data['tokens']}", "model.hidden=8", "model.num_layers=1", "num_features=8",
         "model.encoder_dim=6", "model.decoder_dim=4", "model.joiner_dim=5", "loss.s_range=3",
-        "model.dropout=0", "model.aux_ctc=false", "loss.ctc_scale=0"])
+        "model.dropout=0", "model.aux_ctc=false", "loss.ctc_scale=0", "train_cuts="])
     assert cfg.loss_kwargs["s_range"] == 3 and isinstance(cfg.loss_kwargs["s_range"], int)
-    keys = set(inspect.signature(LOSSES["transducer"][1]()).parameters)
+    keys = set(LOSSES["transducer"].options)
     assert keys == set(inspect.signature(TransducerLoss).parameters) | {"ctc_scale"}
     torch.manual_seed(0)
     model, crit, _ = build_model_and_loss(cfg)
@@ -139,10 +141,10 @@ def test_loss_registry_and_criterion(data):
 
 
 def test_aux_ctc_loss(data):
-    cfg = apply_overrides(get_config("timit.transducer_blstm"), [
+    cfg = apply_overrides(load_config(timit_conf("transducer_blstm")), [
         f"tokens={data['tokens']}", "model.hidden=8", "model.num_layers=1", "num_features=8",
         "model.encoder_dim=6", "model.decoder_dim=4", "model.joiner_dim=5", "model.dropout=0",
-        "model.aux_ctc=true", "loss.ctc_scale=0.3"])
+        "model.aux_ctc=true", "loss.ctc_scale=0.3", "train_cuts="])
     assert cfg.loss_kwargs["ctc_scale"] == 0.3 and cfg.model_kwargs["aux_ctc"] is True
     torch.manual_seed(0)
     model, crit, _ = build_model_and_loss(cfg)
@@ -152,7 +154,8 @@ def test_aux_ctc_loss(data):
     ys = [[1, 2, 3], [4], [2, 2]]
     enc, out_lens = model(x, lens)
     loss, info = crit(enc, out_lens, ys)
-    rnnt, _ = model.head(enc, out_lens, ys, crit.loss)
+    dec, simple_am, simple_lm = model.head(enc, ys)
+    rnnt, _ = crit.loss(enc, out_lens, dec, ys, model.joiner, simple_am, simple_lm)
     # CTC reference: the DP of tests/reference.py over the auxiliary output; [2, 2] needs 3
     # frames but has 2 (7 frames stacked by 3): CTC leaves it out, the transducer keeps it
     assert out_lens.tolist() == [4, 3, 2]
@@ -174,8 +177,8 @@ def test_aux_ctc_loss(data):
 
 
 def test_timit_transducer_config():
-    cfg = get_config("timit.transducer_blstm")
-    assert isinstance(cfg, TimitCtcBlstm) and cfg.model == "blstm_transducer"
+    cfg = load_config(timit_conf("transducer_blstm"))
+    assert isinstance(cfg, CtcBlstm) and cfg.model == "blstm_transducer"
     assert cfg.loss == "transducer" and cfg.exp_dir == "exp/transducer_blstm"
     assert cfg.subsampling == 3 and cfg.token_field == "phones_48"
     assert cfg.loss_kwargs["pruned"] is True and cfg.loss_kwargs["s_range"] == 5
@@ -186,7 +189,7 @@ def test_timit_transducer_config():
     with pytest.raises(ValueError, match="model.joiner_dim"):
         apply_overrides(cfg, ["model.joiner=4"])
     # the model of the configuration builds, 49 outputs over the 48 phones
-    apply_overrides(cfg, ["num_classes=49", "tokens="])
+    apply_overrides(cfg, ["num_classes=49", "tokens=", "train_cuts="])
     model, crit, _ = build_model_and_loss(cfg)
     assert model.num_classes == 49 and model.encoder.subsampling_factor == 3
     assert model.ctc_output.out_features == 49 and crit.ctc_scale == 0.3

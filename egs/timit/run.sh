@@ -4,17 +4,18 @@
 # egs/timit/local/*.py.
 #
 #   egs/timit/run.sh [--stage N] [--stop-stage M] [--timit-dir DIR] [--data-dir DIR]
-#                    [--exp-dir DIR] [--loss ctc|hmm|mmi|transducer] [--config NAME]
+#                    [--exp-dir DIR] [--loss ctc|hmm|mmi|transducer] [--config FILE|NAME]
 #                    [--lm-scales 0.1,0.3,...] [--word-penalties -1,0,1] [--set k=v ...]
 #                    [--gmm-dir DIR] [--gmm-args "ARGS"] [--nnlm-epochs N]
 #                    [--lattice-args "ARGS"] [--rescore-args "ARGS"]
 #
-# --loss picks the criterion and, unless --config names another registered experiment (e.g.
-# timit.ctc_tdnn_lstm), the config timit.<loss>_blstm (default ctc); EXP_DIR defaults to
-# exp/<config without "timit.">. --set k=v (repeatable) goes to `wfst-asr train` (e.g.
+# --loss picks the criterion and, unless --config names another config file (e.g.
+# egs/timit/conf/ctc_tdnn_lstm.yaml) or registered base, the recipe's config
+# egs/timit/conf/<loss>_blstm.yaml (default ctc); EXP_DIR defaults to exp/<config file stem>.
+# --set k=v (repeatable) goes to `wfst-asr train` (e.g.
 # num_epochs=2, model.hidden=64). Stages (each skips work already done: a .done marker per stage):
 #   0  manifests (local/prepare_timit.py)                      -> DATA_DIR/manifests
-#   1  80-dim fbank + global CMVN (local/compute_fbank.py)     -> DATA_DIR/fbank
+#   1  80-dim fbank + global CMVN (wfst-asr compute-features)  -> DATA_DIR/fbank
 #   2  48-phone lang dir, train-only phone bigram G, CTC HLG (+ the graphs of --loss)
 #                                                               -> DATA_DIR/lang_phone
 #   3  train (wfst-asr train ... --resume: a rerun continues)   -> EXP_DIR (exp/ctc_blstm)
@@ -75,8 +76,9 @@ case "$loss" in
     ctc|hmm|mmi|transducer) ;;
     *) echo "error: --loss must be ctc, hmm, mmi or transducer, got '$loss'" >&2; exit 1 ;;
 esac
-config=${config:-timit.${loss}_blstm}  # the registered experiment (wfst_asr/train/config.py)
-exp_dir=${exp_dir:-exp/${config#timit.}}
+config=${config:-egs/timit/conf/${loss}_blstm.yaml}  # the recipe's settings (conf/*.yaml)
+config_stem=$(basename "$config"); config_stem=${config_stem%.*}
+exp_dir=${exp_dir:-exp/$config_stem}
 gmm_dir=${gmm_dir:-$(dirname "$exp_dir")/mono}
 
 python=.venv/bin/python
@@ -126,7 +128,11 @@ stage0() {
         --no-progress
 }
 stage1() {
-    "${py[@]}" egs/timit/local/compute_fbank.py --manifest-dir "$manifest_dir" --out-dir "$fbank_dir"
+    local split
+    local -a cuts=()
+    for split in train dev test; do cuts+=(--cuts "$manifest_dir/timit_cuts_$split.jsonl.gz"); done
+    "${py[@]}" -m wfst_asr.bin.cli compute-features "${cuts[@]}" --out-dir "$fbank_dir" \
+        --cmvn-from timit_cuts_train.jsonl.gz
 }
 stage2() {  # the lang dir and HLG; the graphs of the other criteria next to them, if needed
     "${py[@]}" egs/timit/local/make_graph.py --manifest-dir "$manifest_dir" --lang-dir "$lang_dir" \

@@ -15,7 +15,7 @@ the median to that of the first config in the same run (``timit.ctc_blstm`` by d
 the peak memory of the whole training process (model, graphs, optimizer, data loading).
 
     python tools/bench/bench_criteria.py                              # 3 epochs each
-    python tools/bench/bench_criteria.py --configs timit.ctc_blstm timit.mmi_blstm --epochs 2
+    python tools/bench/bench_criteria.py --configs egs/timit/conf/ctc_blstm.yaml egs/timit/conf/mmi_blstm.yaml --epochs 2
     python tools/bench/bench_criteria.py --json exp/bench_criteria.json
 """
 
@@ -38,13 +38,13 @@ import torch
 from wfst_asr.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ["timit.ctc_blstm", "timit.hmm_blstm", "timit.hmm_fullsum_blstm", "timit.mmi_blstm",
-           "timit.transducer_blstm"]
+CONFIGS = [f"egs/timit/conf/{n}.yaml" for n in ("ctc_blstm", "hmm_blstm", "hmm_fullsum_blstm",
+                                                "mmi_blstm", "transducer_blstm")]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", nargs="+", default=CONFIGS, help="registered config names")
+    p.add_argument("--configs", nargs="+", default=CONFIGS, help="config files (or registered names)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--data-dir", default="data", help="the recipe's DATA_DIR (stages 0-2)")
     p.add_argument("--gmm-dir", default="exp/mono",
@@ -71,9 +71,9 @@ def data_overrides(data_dir: Path) -> list[str]:
 def alignment_overrides(name: str, gmm_dir: Path) -> list[str]:
     """For a config trained on GMM alignments (``token_field`` ``gmm_ali``, e.g.
     ``timit.hmm_blstm``): the aligned cuts of ``egs/timit/run.sh --loss hmm`` (stage 3)."""
-    from wfst_asr.train import get_config
+    from wfst_asr.train import load_config
 
-    if get_config(name).token_field != "gmm_ali":
+    if load_config(name).token_field != "gmm_ali":
         return []
     cuts = [gmm_dir / "cuts_train.jsonl.gz", gmm_dir / "cuts_dev.jsonl.gz"]
     if not cuts[0].exists():
@@ -84,7 +84,8 @@ def alignment_overrides(name: str, gmm_dir: Path) -> list[str]:
 
 def run_config(name: str, epochs: int, sets: list[str], work: Path) -> dict:
     """Train ``name`` for ``epochs`` epochs in a fresh process; its epoch times and peak MB."""
-    exp, log = work / name, work / f"{name}.tsv"
+    stem = Path(name).stem
+    exp, log = work / stem, work / f"{stem}.tsv"
     cmd = [sys.executable, str(ROOT / "egs/utils/timed.py"), "--label", name, "--log", str(log),
            "--", sys.executable, "-m", "wfst_asr.bin.cli", "train", "--config", name,
            "--exp-dir", str(exp), "--set", f"num_epochs={epochs}"]

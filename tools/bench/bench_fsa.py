@@ -72,7 +72,8 @@ def case_torch_ctc(B: int, T: int, V: int, U: int) -> Callable[[], None]:
 
 
 def case_engine_ctc(B: int, T: int, V: int, U: int) -> Callable[[], None]:
-    from wfst_asr.fsa import DenseFsaVec, ctc_graph, get_tot_scores, intersect_dense
+    from wfst_asr.fsa import DenseFsaVec, get_tot_scores, intersect_dense
+    from wfst_asr.graphs import ctc_graph
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, T, V, generator=g, requires_grad=True)
     tg = torch.randint(1, V, (B, U), generator=g).tolist()

@@ -43,7 +43,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-TIMIT_LOCAL = REPO / "egs" / "timit" / "local"
+TIMIT_GRAPHS = REPO / "egs" / "timit" / "local" / "timit_graphs.py"  # run, not imported
 DEFAULT_TIMIT = REPO.parent / "shared" / "data" / "timit_nltk_sample"
 _TAG = "@@BENCH_GRAPHS_JSON@@"
 
@@ -58,21 +58,6 @@ def _vm_mb(field: str) -> float:
 # ---------------------------------------------------------------------- workers (subprocess)
 def _emit(obj: dict) -> None:
     print(_TAG + json.dumps(obj), flush=True)
-
-
-def _worker_prep_timit(timit_dir: str, out: str, word_orders: list[int]) -> dict:
-    sys.path.insert(0, str(TIMIT_LOCAL))
-    from timit_graphs import prepare_cmudict_lang, prepare_phone_lang
-
-    res = {}
-    t = time.perf_counter()
-    prepare_phone_lang(timit_dir, Path(out) / "phone48", order=2)
-    res["phone48"] = time.perf_counter() - t
-    for n in word_orders:
-        t = time.perf_counter()
-        prepare_cmudict_lang(timit_dir, Path(out) / f"cmudict_{n}gram", order=n)
-        res[f"cmudict_{n}gram"] = time.perf_counter() - t
-    return res
 
 
 def _worker_prep_large(out: str, num_words: int, num_tokens: int, order: int, seed: int
@@ -139,9 +124,7 @@ def _run_worker(args: list[str]) -> dict:
 
 def worker_main(argv: list[str]) -> int:
     what = argv[0]
-    if what == "prep-timit":
-        res = _worker_prep_timit(argv[1], argv[2], [int(x) for x in argv[3].split(",")])
-    elif what == "prep-large":
+    if what == "prep-large":
         res = _worker_prep_large(argv[1], *(int(x) for x in argv[2:6]))
     elif what == "compile":
         res = _worker_compile(*argv[1:5])
@@ -170,6 +153,23 @@ def _table(rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(COLS) + " |", "|" + "|".join(["---"] * len(COLS)) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def prep_timit(timit_dir: Path, out: Path, word_orders: list[int]) -> dict[int, float]:
+    """The TIMIT lang dirs + G of the recipe's ``timit_graphs.py`` (run as a command, once per
+    word n-gram order ``n``: ``<out>/w<n>/{phone48,cmudict}``); ``{n: seconds}``."""
+    res = {}
+    for n in word_orders:
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, str(TIMIT_GRAPHS), "--timit-dir", str(timit_dir),
+                               "--out-dir", str(out / f"w{n}"), "--phone-order", "2",
+                               "--word-order", str(n)],
+                              check=False, capture_output=True, text=True, cwd=REPO)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{TIMIT_GRAPHS.name} failed (rc {proc.returncode}):\n"
+                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        res[n] = time.perf_counter() - t
+    return res
 
 
 def _cpu() -> str:
@@ -221,13 +221,14 @@ def main(argv: list[str] | None = None) -> int:
             if not (args.timit_dir / "timitdic.txt").is_file():
                 print(f"TIMIT sample not found at {args.timit_dir}: TIMIT cases skipped")
             else:
-                prep = _run_worker(["prep-timit", str(args.timit_dir), str(out / "timit"),
-                                    ",".join(map(str, word_orders))])
-                notes.append("TIMIT lang dirs + G (prepare_lang, estimate_ngram, arpa_to_fst): "
-                             + ", ".join(f"{k} {v:.1f} s" for k, v in prep.items()))
-                cases = [("TIMIT 48 phones, phone 2-gram", "phone48", "HLG", "ctc"),
-                         ("TIMIT 48 phones, phone 2-gram", "phone48", "HCLG", "hmm-3state")]
-                cases += [(f"TIMIT CMUdict words, word {n}-gram", f"cmudict_{n}gram", "HLG",
+                prep = prep_timit(args.timit_dir, out / "timit", word_orders)
+                notes.append("TIMIT lang dirs + G (timit_graphs.py: prepare_lang, "
+                             "estimate_ngram, arpa_to_fst; phone 2-gram and word n-gram): "
+                             + ", ".join(f"word {n}-gram {v:.1f} s" for n, v in prep.items()))
+                phone48 = f"w{word_orders[0]}/phone48"
+                cases = [("TIMIT 48 phones, phone 2-gram", phone48, "HLG", "ctc"),
+                         ("TIMIT 48 phones, phone 2-gram", phone48, "HCLG", "hmm-3state")]
+                cases += [(f"TIMIT CMUdict words, word {n}-gram", f"w{n}/cmudict", "HLG",
                            "ctc") for n in word_orders]
                 for case, sub, kind, topo in cases:
                     lang = out / "timit" / sub

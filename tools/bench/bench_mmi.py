@@ -46,9 +46,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_fsa import _time, case_torch_ctc
 
 from wfst_asr.fsa import DenseFsaVec, Fsa, get_tot_scores, intersect_dense
-from wfst_asr.graphs import MmiTrainingGraphCompiler, make_topology
+from wfst_asr.graphs import MmiTrainingGraphCompiler, make_topology, pdf_topo
 from wfst_asr.graphs.ngram import EOS, estimate_ngram
-from wfst_asr.losses import CtcLoss, MmiLoss, pdf_topo
+from wfst_asr.losses import CtcLoss, MmiLoss
 
 NUM_PHONES = 48
 REF = {"B": 16, "T": 500, "V": 500, "U": 100}

@@ -41,10 +41,8 @@ import wfst_asr  # noqa: F401  (before torch: it sets OMP_WAIT_POLICY=PASSIVE)
 # isort: split
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "egs" / "timit" / "local"))
-
 from wfst_asr.decode import one_best
+from wfst_asr.decode.grid import parse_grid
 from wfst_asr.decode.lattice import get_lattice, lattice_stats
 from wfst_asr.decode.nnlm import add_nnlm_scores, rescore
 from wfst_asr.decode.pipeline import (
@@ -56,19 +54,17 @@ from wfst_asr.decode.pipeline import (
 from wfst_asr.decode.rescore import load_g, prepare_g
 from wfst_asr.fsa import SymbolTable, create_fsa_vec
 from wfst_asr.graphs.compile import compile_graph
+from wfst_asr.train.inference import CHECKPOINT_NAMES, load_model, read_references, run_model
 
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
+REF_FIELD = "phones_48"  # the TIMIT recipe's 48-phone references (supervision field)
 
 
 def load_batches(args: argparse.Namespace) -> tuple[list, str]:
     """``([(ids, log_probs [B, T, V], lens [B])], description)`` of the dev set."""
-    from decode_timit import load_model, run_model
     from lhotse import CutSet
 
     exp = Path(args.exp_dir)
-    has_model = any((exp / n).is_file() for n in ("averaged.pt", "best.pt"))
+    has_model = any((exp / n).is_file() for n in CHECKPOINT_NAMES)
     if has_model and not args.synthetic:
         model, cfg, ckpt = load_model(exp, torch.device("cpu"))
         out = [(ids, lp, lens) for ids, _, _, lp, lens in
@@ -88,14 +84,13 @@ def load_batches(args: argparse.Namespace) -> tuple[list, str]:
 
 def get_lms(args: argparse.Namespace, words: SymbolTable):
     from wfst_asr.graphs.ngram import estimate_ngram
-    from wfst_asr.models.lm import LstmLm, load_lm
+    from wfst_asr.models.lm import LstmLm
+    from wfst_asr.train.lm import load_lm
 
     lm3 = Path(args.lm3)
     note = []
     if not lm3.is_file():
-        from rescore_timit import read_refs
-
-        refs, _ = read_refs(args.train_cuts)
+        refs, _ = read_references(args.train_cuts, REF_FIELD)
         lm3 = Path("/tmp") / "bench_rescore_3gram.arpa"
         phones = [w for w, _ in words if not w.startswith(("#", "<"))]
         estimate_ngram(list(refs.values()), 3, "kneser_ney", vocab=phones).write_arpa(lm3)
@@ -156,12 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     ref()  # warm-up (TorchScript, graph caches)
-    from rescore_timit import read_refs
-
-    refs, _ = read_refs(args.dev_cuts)  # 48-phone references as word ids, for the oracle
+    refs, _ = read_references(args.dev_cuts, REF_FIELD)  # 48-phone references, for the oracle
     ref_ids = {u: [int(words[p]) for p in refs[u]] for b in batches for u in b[0]}
     rows = []
-    for beam in _floats(args.beams):
+    for beam in parse_grid(args.beams):
         lats = lattices(beam)
         st = lattice_stats(create_fsa_vec(list(lats.values())))
         apf = float(st["arcs"].sum()) / max(float(st["frames"].sum()), 1.0)

@@ -17,7 +17,7 @@ in the same run right before each step: torch's ``ctc_loss`` forward + backward 
 T=500, V=500, U=100 (``case_torch_ctc`` of ``bench_fsa.py``).
 
 Model, loss and optimizer are built as ``wfst-asr train`` builds them, from the registered
-config (``timit.ctc_blstm`` unless ``--config``) with ``--set`` overrides. Batches: the
+config (``egs/timit/conf/ctc_blstm.yaml`` unless ``--config``) with ``--set`` overrides. Batches: the
 recipe's training loader (sampler, CMVN, SpecAugment as configured) over the TIMIT features
 when ``train_cuts`` and ``cmvn`` exist, else (or with ``--synthetic``) random features of
 B=16 x T=300 frames with random transcripts of T/subsampling/3 tokens. Without the tokens
@@ -61,7 +61,8 @@ Batch = tuple[torch.Tensor, torch.Tensor, list[list[int]]]
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="timit.ctc_blstm", help="registered config name")
+    p.add_argument("--config", default="egs/timit/conf/ctc_blstm.yaml",
+                   help="registered config name or config file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, as for `wfst-asr train` (repeatable)")
     p.add_argument("--steps", type=int, default=10, help="timed steps after 2 warm-up steps")
@@ -75,9 +76,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def make_config(name: str, overrides: list[str]) -> ExperimentConfig:
     """The registered config with ``overrides``; without its tokens file, num_classes 49."""
-    from wfst_asr.train import apply_overrides, get_config
+    from wfst_asr.train import apply_overrides, load_config
 
-    cfg = apply_overrides(get_config(name), overrides)
+    cfg = apply_overrides(load_config(name), overrides)
     if cfg.tokens and not os.path.exists(cfg.tokens):
         print(f"note: no tokens file {cfg.tokens}: num_classes "
               f"{cfg.num_classes or DEFAULT_CLASSES}, phone ids in sorted order")
@@ -97,6 +98,8 @@ def build(cfg: ExperimentConfig, with_data: bool):
     them (:mod:`wfst_asr.train.build`)."""
     from wfst_asr.train import build_model_and_loss, make_loader
 
+    if not with_data:
+        cfg.train_cuts = ""  # synthetic batches: nothing to take the feature size from
     model, loss, table = build_model_and_loss(cfg)
     train_dl = make_loader(cfg, cfg.train_cuts, True) if with_data else None
     return model, loss, train_dl, table

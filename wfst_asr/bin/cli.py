@@ -31,8 +31,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 #: Modules of wfst_asr.bin that contribute sub-commands: each has ``add_commands(sub)``, which
 #: adds its sub-parsers (with ``set_defaults(func=...)``) to the ``wfst-asr`` command.
-COMMAND_MODULES = ("lang_cmd", "lm_cmd", "graph_cmd", "fst_cmd", "train_cmd", "lattice_cmd",
-                   "nnlm_cmd")
+COMMAND_MODULES = ("data_cmd", "lang_cmd", "lm_cmd", "graph_cmd", "fst_cmd", "train_cmd",
+                   "lattice_cmd", "nnlm_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib.util
 
     parser = argparse.ArgumentParser(prog="wfst-asr", description=__doc__)
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars (they are drawn only on a terminal anyway); "
+                             "also WFST_ASR_QUIET=1")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print versions and available devices")
     info.set_defaults(func=cmd_info)
@@ -54,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``) and run the chosen command."""
     args = build_parser().parse_args(argv)
+    if args.quiet:
+        from wfst_asr.progress import set_quiet
+
+        set_quiet()
     return args.func(args)
 
 

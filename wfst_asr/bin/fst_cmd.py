@@ -15,8 +15,8 @@ import sys
 import torch
 
 from wfst_asr.fsa import Fsa, SymbolTable
+from wfst_asr.fsa._fstbin import FST_MAGIC_BYTES
 
-_OPENFST_MAGIC = (2125659606).to_bytes(4, "little")
 FORMATS = ("auto", "binary", "openfst-text", "k2-text", "pt")
 _MAX_LISTED = 10
 FORMAT_HELP = ("Files: OpenFst binary (vector or const, tropical), OpenFst text (fstprint output), "
@@ -30,7 +30,7 @@ def detect_format(path: str) -> str:
         return "pt"
     with open(path, "rb") as f:
         head = f.read(4)
-    return "binary" if head == _OPENFST_MAGIC else "openfst-text"
+    return "binary" if head == FST_MAGIC_BYTES else "openfst-text"
 
 
 def read_any(path: str, fmt: str = "auto") -> Fsa:

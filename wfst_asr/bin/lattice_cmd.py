@@ -50,12 +50,11 @@ class _Run:
         self._bar: Any = None
 
     def lattices(self) -> Iterator[tuple[str, Any]]:
-        from tqdm import tqdm
-
         from wfst_asr.decode.lattice_io import LatticeError
+        from wfst_asr.progress import progress
 
-        bar = tqdm(total=len(self.reader), desc=self.cmd, unit="utt", file=sys.stderr,
-                   disable=not self.progress, mininterval=0.5)
+        bar = progress(total=len(self.reader), desc=self.cmd, unit="utt", file=sys.stderr,
+                       disable=not self.progress, mininterval=0.5)
         self._bar = bar
         try:
             for utt, lat in self.reader:
@@ -367,8 +366,8 @@ def _rescore_nnlm(args: argparse.Namespace) -> int:
         from wfst_asr.decode.lattice_io import LatticeError, symbol_table_checksum
         from wfst_asr.decode.nbest import nbest_one
         from wfst_asr.decode.nnlm import add_nnlm_scores
-        from wfst_asr.models.lm import load_lm
         from wfst_asr.train.checkpoint import CheckpointError
+        from wfst_asr.train.lm import load_lm
 
         try:
             lm = load_lm(args.lm_model)
@@ -438,7 +437,7 @@ def _rescore_nnlm(args: argparse.Namespace) -> int:
 
 def cmd_lattice_to_kaldi(args: argparse.Namespace) -> int:
     def run() -> int:
-        from wfst_asr.decode.lattice_io import write_kaldi_lattices
+        from wfst_asr.decode.kaldi_lattice import write_kaldi_lattices
 
         r = _Run("lattice-to-kaldi", args)
 

@@ -43,7 +43,7 @@ def read_text_ids(path: str, words, utt_ids: bool = True, oov: str = "skip"
 def cmd_train_nnlm(args: argparse.Namespace) -> int:
     from wfst_asr.decode.lattice_io import symbol_table_checksum
     from wfst_asr.fsa import SymbolTable
-    from wfst_asr.models.lm import train_lm
+    from wfst_asr.train.lm import train_lm
 
     try:
         words = SymbolTable.from_file(args.words)
@@ -76,17 +76,14 @@ def cmd_train_nnlm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
 def cmd_nnlm_sweep(args: argparse.Namespace) -> int:
     from wfst_asr.bin.lattice_cmd import _guard, _Run, _scaled
+    from wfst_asr.decode.grid import parse_grid
     from wfst_asr.decode.lattice_io import symbol_table_checksum
     from wfst_asr.decode.nbest import nbest_one
     from wfst_asr.decode.nnlm import add_nnlm_scores, error_rate, sweep
-    from wfst_asr.models.lm import load_lm
     from wfst_asr.train.checkpoint import CheckpointError
+    from wfst_asr.train.lm import load_lm
 
     def run() -> int:
         import json
@@ -130,10 +127,10 @@ def cmd_nnlm_sweep(args: argparse.Namespace) -> int:
         # utterances without a usable lattice count as all deletions
         def err(rs, hs):
             return error_rate(rs, [[str(words[w]) for w in h] for h in hs])
-        res = sweep(nbests, refs, _floats(args.lm_scales), _floats(args.nnlm_scales),
-                    _floats(args.word_penalties), error_fn=err, metric=args.metric)
-        print(f"best: lm_scale {res.lm_scale:g}, nnlm_scale {res.nnlm_scale:g}, word_penalty "
-              f"{res.word_penalty:g}: %{args.metric} {res.error:.2f}")
+        res = sweep(nbests, refs, parse_grid(args.lm_scales), parse_grid(args.nnlm_scales),
+                    parse_grid(args.word_penalties), error_fn=err, metric=args.metric)
+        print(res.format_table(), end="")
+        print(f"best: {res.describe()}: %{args.metric} {res.error:.2f}")
         if args.out:
             atomic_write_text(args.out, json.dumps(res.as_dict(), indent=2) + "\n")
         return r.finish(f" -> {args.out}" if args.out else "")
@@ -172,7 +169,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        description="Rerank the n-best lists of a dev lattice directory under "
                        "every (lm_scale, nnlm_scale, word_penalty) of the grid, print the error "
                        "rate of each setting against the reference text, and write the best "
-                       "setting as JSON (apply it with 'lattice-rescore --mode nbest-nnlm "
+                       "setting (ties: the smallest lm_scale, |word_penalty|, nnlm_scale) as "
+                       "JSON (apply it with 'lattice-rescore --mode nbest-nnlm "
                        "--lm-scale S --nnlm-scale W --word-penalty P' on the test set). The "
                        "grid's lm_scale / word_penalty rescale the n-best scores; --lm-scale / "
                        "--word-penalty rescale the lattices before the n-best search.")

@@ -5,7 +5,6 @@ from wfst_asr.data.dataset import (
     TimeFreqMask,
     make_dataloader,
     make_sampler,
-    subsampled_lengths,
     supervision_segments,
 )
 from wfst_asr.data.features import (
@@ -14,7 +13,9 @@ from wfst_asr.data.features import (
     KnfFbankConfig,
     KnfMfcc,
     KnfMfccConfig,
+    MelBinsCheck,
     apply_cmvn,
+    check_mel_bins,
     compute_features,
     compute_global_cmvn,
     default_writer,
@@ -30,8 +31,10 @@ __all__ = [
     "KnfFbankConfig",
     "KnfMfcc",
     "KnfMfccConfig",
+    "MelBinsCheck",
     "TimeFreqMask",
     "apply_cmvn",
+    "check_mel_bins",
     "compute_features",
     "compute_global_cmvn",
     "default_writer",
@@ -40,6 +43,5 @@ __all__ = [
     "make_extractor",
     "make_sampler",
     "save_cmvn",
-    "subsampled_lengths",
     "supervision_segments",
 ]

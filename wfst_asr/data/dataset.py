@@ -8,8 +8,8 @@ frame rate of the network output::
     sampler = make_sampler(cuts, max_duration=200.0, shuffle=True)
     loader = make_dataloader(AsrDataset(cmvn="data/fbank/cmvn.pt"), sampler)
     for batch in loader:
-        log_probs = model(batch["features"])                      # [B, T', V], T' = T // 4
-        segs = supervision_segments(batch, subsampling_factor=4)  # same length rule as the model
+        log_probs, out_lens = model(batch["features"], batch["feature_lens"])  # [B, T', V]
+        segs = supervision_segments(batch, model)  # the model's own frame-rate rule
         dense = DenseFsaVec(log_probs, segs)
 """
 
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from lhotse import CutSet
@@ -38,7 +39,6 @@ __all__ = [
     "TimeFreqMask",
     "make_dataloader",
     "make_sampler",
-    "subsampled_lengths",
     "supervision_segments",
 ]
 
@@ -278,56 +278,25 @@ def make_dataloader(dataset: AsrDataset, sampler: CutSampler,
 # --------------------------------------------------------------------------- segments
 
 
-def subsampled_lengths(lengths: torch.Tensor, subsampling_factor: int = 1,
-                       mode: str | Callable[[torch.Tensor], torch.Tensor] = "floor"
-                       ) -> torch.Tensor:
-    """Number of output frames of a network that subsamples ``lengths`` input frames.
+class FrameRate(Protocol):
+    """A network's frame-rate rule (every :mod:`wfst_asr.models` encoder is one)."""
 
-    ``mode`` must match the model:
+    subsampling_factor: int
 
-    - ``"floor"``: ``T // s`` (e.g. frame stacking / pooling that drops the remainder);
-    - ``"ceil"``: ``(T + s - 1) // s`` (strided layers with "same" padding);
-    - ``"conv"``: ``log2(s)`` stride-2 convolutions of kernel 3 with no padding,
-      ``T -> (T - 1) // 2`` each, i.e. ``((T - 1) // 2 - 1) // 2`` for ``s = 4`` (icefall's
-      classic ``Conv2dSubsampling``); ``s`` must be a power of two;
-    - a callable ``lengths -> lengths`` for anything else.
-
-    With ``subsampling_factor=1`` every built-in mode is the identity. Results are clamped at 0.
-    """
-    lengths = torch.as_tensor(lengths, dtype=torch.int64)
-    s = int(subsampling_factor)
-    if s < 1:
-        raise ValueError(f"subsampling_factor must be >= 1, got {s}")
-    if callable(mode):
-        out = mode(lengths)
-    elif s == 1:
-        out = lengths
-    elif mode == "floor":
-        out = lengths // s
-    elif mode == "ceil":
-        out = (lengths + s - 1) // s
-    elif mode == "conv":
-        if s & (s - 1):
-            raise ValueError(f"mode='conv' needs a power-of-two factor, got {s}")
-        out = lengths
-        while s > 1:
-            out = torch.div(out - 1, 2, rounding_mode="floor")
-            s //= 2
-    else:
-        raise ValueError(f"unknown subsampling mode {mode!r}")
-    return torch.clamp(torch.as_tensor(out, dtype=torch.int64), min=0)
+    def output_lengths(self, lens: torch.Tensor) -> torch.Tensor: ...
 
 
-def supervision_segments(batch: dict, subsampling_factor: int = 1,
-                         mode: str | Callable[[torch.Tensor], torch.Tensor] = "floor",
-                         sort: bool = False):
+def supervision_segments(batch: dict, model: FrameRate | None = None, sort: bool = False):
     """``int32 [N, 3]`` rows (sequence index, start frame, number of frames) for
     :class:`~wfst_asr.fsa.DenseFsaVec`, at the network's output frame rate.
 
-    The start frame is ``start // subsampling_factor``; the number of frames is
-    :func:`subsampled_lengths` of the supervision's frames (with ``mode``), clamped so that the
-    segment ends within ``subsampled_lengths(feature_lens[seq])``: every row fits a network
-    output of ``subsampled_lengths(features.shape[1])`` frames whatever the padding.
+    The frame-rate rule is the model's (data asks the model): ``model`` is anything with
+    ``subsampling_factor`` (int) and ``output_lengths(lens [N] int64) -> [N] int64``, as every
+    encoder of :mod:`wfst_asr.models` has; None means no subsampling. The start frame is
+    ``start // subsampling_factor``; the number of frames is ``output_lengths`` of the
+    supervision's frames, clamped so that the segment ends within
+    ``output_lengths(feature_lens[seq])``: every row fits a network output of
+    ``output_lengths(features.shape[1])`` frames whatever the padding.
 
     The rows follow ``batch["supervisions"]`` order (already by decreasing duration for
     one-supervision cuts, see :class:`AsrDataset`). With ``sort=True`` they are sorted by
@@ -339,11 +308,12 @@ def supervision_segments(batch: dict, subsampling_factor: int = 1,
     start = torch.as_tensor(sup["start_frame"], dtype=torch.int64)
     num = torch.as_tensor(sup["num_frames"], dtype=torch.int64)
     lens = torch.as_tensor(batch["feature_lens"], dtype=torch.int64)
-    s = int(subsampling_factor)
+    s = int(model.subsampling_factor) if model is not None else 1
+    rule = model.output_lengths if model is not None else (lambda n: n)
     start_sub = start // s
-    limit = subsampled_lengths(lens, s, mode)[seq] if len(seq) else seq
+    limit = torch.as_tensor(rule(lens), dtype=torch.int64)[seq] if len(seq) else seq
     start_sub = torch.minimum(start_sub, limit)
-    num_sub = torch.minimum(subsampled_lengths(num, s, mode), limit - start_sub)
+    num_sub = torch.minimum(torch.as_tensor(rule(num), dtype=torch.int64), limit - start_sub)
     segs = torch.stack([seq, start_sub, num_sub], dim=1).to(torch.int32)
     if not sort:
         return segs

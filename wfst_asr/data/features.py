@@ -43,17 +43,20 @@ import torch
 from lhotse import CutSet
 from lhotse.features.base import FeatureExtractor, register_extractor
 from lhotse.features.io import FeaturesWriter, LilcomChunkyWriter, NumpyFilesWriter
-from tqdm import tqdm
 
 from wfst_asr.atomic import atomic_output
+from wfst_asr.progress import progress as progress_bar
 
 __all__ = [
+    "MIN_MEL_HALF_WIDTH",
     "FeatureResult",
     "KnfFbank",
     "KnfFbankConfig",
     "KnfMfcc",
     "KnfMfccConfig",
+    "MelBinsCheck",
     "apply_cmvn",
+    "check_mel_bins",
     "compute_features",
     "compute_global_cmvn",
     "default_writer",
@@ -226,6 +229,94 @@ def make_extractor(kind: str = "fbank", **options) -> _KnfExtractor:
     raise ValueError(f"unknown feature kind {kind!r} (expected 'fbank' or 'mfcc')")
 
 
+# --------------------------------------------------------------------------- mel-bin check
+
+#: The smallest sensible width of the narrowest (lowest) mel filter, from its left edge to its
+#: centre, in FFT bins. kaldi-native-fbank itself refuses a configuration only when some filter
+#: holds no FFT bin at all ("You may have set num_mel_bins too large"), which happens near 0.45;
+#: below about 0.6 the lowest filters each catch a single FFT bin, mostly near their edges, and
+#: repeat their neighbours. With a 25 ms window, 80 bins give 0.72 at 16 kHz (fine) but 0.54 at
+#: 8 kHz, where 71 is the most that meets 0.6.
+MIN_MEL_HALF_WIDTH = 0.6
+
+
+def _mel(freq):
+    return 1127.0 * np.log1p(np.asarray(freq, dtype=np.float64) / 700.0)
+
+
+def _inverse_mel(mel):
+    return 700.0 * np.expm1(np.asarray(mel, dtype=np.float64) / 1127.0)
+
+
+class MelBinsCheck(NamedTuple):
+    """What :func:`check_mel_bins` finds about ``num_mel_bins`` at one sampling rate."""
+
+    num_bins: int
+    sampling_rate: int
+    half_width: float
+    """Width (left edge to centre) of the narrowest mel filter, in FFT bins."""
+    fft_bin_hz: float
+    """Spacing of the FFT bins (sampling rate / padded window length)."""
+    max_bins: int
+    """The most mel bins whose narrowest filter is :data:`MIN_MEL_HALF_WIDTH` FFT bins wide."""
+    rejected: bool
+    """kaldi-native-fbank refuses the configuration (a filter holds no FFT bin)."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.rejected and self.half_width >= MIN_MEL_HALF_WIDTH
+
+    def message(self) -> str:
+        """One line saying what is wrong and which value would work ("" when :attr:`ok`)."""
+        if self.ok:
+            return ""
+        why = ("kaldi-native-fbank rejects them (a mel filter holds no FFT bin)" if self.rejected
+               else "they duplicate their neighbours")
+        return (f"{self.num_bins} mel bins are too many at {self.sampling_rate} Hz: the lowest "
+                f"filters are {self.half_width:.2f} FFT bins wide (FFT bins of "
+                f"{self.fft_bin_hz:.1f} Hz), below the sensible minimum of "
+                f"{MIN_MEL_HALF_WIDTH}, and {why}; use --num-mel-bins {self.max_bins} or fewer")
+
+
+def check_mel_bins(config: _FrameConfig, sampling_rate: int) -> MelBinsCheck:
+    """Whether ``config.num_mel_bins`` suits ``sampling_rate`` (see :data:`MIN_MEL_HALF_WIDTH`).
+
+    The filter bank is laid out as kaldi-native-fbank (Kaldi's ``MelBanks``) does it: FFT of the
+    window padded to a power of two (``round_to_power_of_two``), ``num_bins + 2`` equally spaced
+    mel points from ``low_freq`` to ``high_freq`` (``<= 0``: an offset from Nyquist).
+    """
+    window = int(sampling_rate * 0.001 * config.frame_length_ms)
+    padded = 1 << max(window - 1, 0).bit_length() if config.round_to_power_of_two else window
+    fft_bin_hz = sampling_rate / padded
+    fft_mel = _mel(np.arange(padded // 2) * fft_bin_hz)
+    nyquist = 0.5 * sampling_rate
+    high = nyquist + config.high_freq if config.high_freq <= 0 else config.high_freq
+    mel_low, mel_high = float(_mel(config.low_freq)), float(_mel(high))
+
+    def half_width(n: int) -> float:
+        delta = (mel_high - mel_low) / (n + 1)
+        return float(_inverse_mel(mel_low + delta) - config.low_freq) / fft_bin_hz
+
+    def rejected(n: int) -> bool:
+        delta = (mel_high - mel_low) / (n + 1)
+        left = mel_low + np.arange(n) * delta
+        inside = (fft_mel[None, :] > left[:, None]) & (fft_mel[None, :] < left[:, None] + 2 * delta)
+        return not bool(inside.any(axis=1).all())
+
+    def good(n: int) -> bool:
+        return half_width(n) >= MIN_MEL_HALF_WIDTH and not rejected(n)
+
+    # the largest n with half_width(n) >= MIN (half_width falls with n), then exact steps
+    min_delta = float(_mel(config.low_freq + MIN_MEL_HALF_WIDTH * fft_bin_hz)) - mel_low
+    best = max(int((mel_high - mel_low) / min_delta) - 1, 1)
+    while best > 1 and not good(best):
+        best -= 1
+    while good(best + 1):
+        best += 1
+    n = config.num_mel_bins
+    return MelBinsCheck(n, int(sampling_rate), half_width(n), fft_bin_hz, best, rejected(n))
+
+
 # --------------------------------------------------------------------------- storage
 
 
@@ -258,7 +349,7 @@ def _compute_chunk(cuts: list, extractor: FeatureExtractor, storage_path: str,
                    ) -> tuple[list, list[tuple[str, str]]]:
     done, skipped = [], []
     with writer_type(storage_path) as storage:
-        for cut in tqdm(cuts, desc="features", unit="cut", disable=not progress):
+        for cut in progress_bar(cuts, desc="features", unit="cut", disable=not progress):
             try:
                 done.append(cut.compute_and_store_features(extractor=extractor, storage=storage))
             except Exception as e:  # noqa: BLE001 -- bad audio of any kind: report, never crash
@@ -304,7 +395,7 @@ def compute_features(cuts: CutSet, storage_dir: str | os.PathLike,
         chunks = [cut_list[i:i + size] for i in range(0, len(cut_list), size)]
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(num_jobs, mp_context=ctx) as ex, \
-                tqdm(total=len(cut_list), desc="features", unit="cut") as bar:
+                progress_bar(total=len(cut_list), desc="features", unit="cut") as bar:
             futures = [ex.submit(_compute_chunk, chunk, extractor,
                                  str(storage_dir / f"{storage_name}-{k}"), writer_type)
                        for k, chunk in enumerate(chunks)]
@@ -341,7 +432,7 @@ def compute_global_cmvn(cuts: CutSet, path: str | os.PathLike | None = None,
     total_sq = None
     frames = 0
     bad: list[str] = []
-    for i, cut in enumerate(tqdm(cuts, desc="cmvn", unit="cut")):
+    for i, cut in enumerate(progress_bar(cuts, desc="cmvn", unit="cut")):
         if max_cuts is not None and i >= max_cuts:
             break
         try:

@@ -65,7 +65,7 @@ def scale_graph(graph: Fsa, lm_scale: float, word_penalty: float = 0.0) -> Fsa:
 def aux_label_sequences(paths: Fsa) -> list[list[int]]:
     """The non-zero, non-(-1) ``aux_labels`` of each FSA of an FsaVec (e.g. the output of
     :func:`~wfst_asr.fsa.shortest_path`), in arc order: word ids for an HLG, token ids for
-    :func:`~wfst_asr.fsa.ctc_topo`."""
+    :func:`~wfst_asr.graphs.topo.ctc_topo`."""
     paths = paths.as_vec()
     if not paths.has_attr("aux_labels"):
         raise ValueError("the graph has no aux_labels (output symbols); decode with a "

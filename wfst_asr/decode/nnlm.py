@@ -5,8 +5,9 @@
     nbests = [nbest_one(lat, 100) for lat in dev_lattices]
     add_nnlm_scores(nbests, lm)                 # every entry gets extra_scores["nnlm"]
     best = sweep(nbests, refs, lm_scales=[0.5, 1], nnlm_scales=[0, 0.5, 1],
-                 word_penalties=[0, 0.5])       # prints the error-rate table
-    hyps = rescore(test_nbests, best.lm_scale, best.nnlm_scale, best.word_penalty)
+                 word_penalties=[0, 0.5])       # grid_search: best setting and table
+    print(best.format_table(), end="")
+    hyps = rescore(test_nbests, best.lm_scale, best.best["nnlm_scale"], best.word_penalty)
 
 An entry's total score is (:meth:`~wfst_asr.decode.nbest.Nbest.total_scores`)::
 
@@ -19,16 +20,14 @@ the lattice's own ranking (at the lattice's own scales: its 1-best).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TextIO
 
 import torch
 
+from .grid import GridResult, grid_search
 from .nbest import Nbest, add_flat_scores, flatten
 
-__all__ = ["SweepResult", "add_nnlm_scores", "error_rate", "rescore", "sweep"]
+__all__ = ["add_nnlm_scores", "error_rate", "rescore", "sweep"]
 
 NAME = "nnlm"
 
@@ -63,25 +62,6 @@ def error_rate(refs: Sequence[Sequence], hyps: Sequence[Sequence]) -> float:
     return float(total.rate) if total else 0.0
 
 
-@dataclass
-class SweepResult:
-    """The best setting of a :func:`sweep` and the whole table.
-
-    ``table`` rows are ``(lm_scale, nnlm_scale, word_penalty, error)`` in sweep order
-    (lm_scale outermost, word_penalty innermost); the best is the first row with the lowest
-    error."""
-
-    lm_scale: float
-    nnlm_scale: float
-    word_penalty: float
-    error: float
-    table: list[tuple[float, float, float, float]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, float]:
-        return {"lm_scale": self.lm_scale, "nnlm_scale": self.nnlm_scale,
-                "word_penalty": self.word_penalty, "error": self.error}
-
-
 def _align(nbests, refs) -> tuple[list[Nbest | None], list[Sequence]]:
     if isinstance(refs, Mapping):
         if not isinstance(nbests, Mapping):
@@ -101,13 +81,12 @@ def sweep(nbests_dev: Sequence[Nbest] | Mapping[str, Nbest],
           lm_scales: Sequence[float], nnlm_scales: Sequence[float],
           word_penalties: Sequence[float],
           error_fn: Callable[[list, list], float] | None = None, name: str = NAME,
-          file: TextIO | None = None, quiet: bool = False, metric: str = "ER") -> SweepResult:
-    """Rerank the dev n-best lists under every ``(lm_scale, nnlm_scale, word_penalty)``,
-    score the best entries with ``error_fn(refs, hyps)`` (default :func:`error_rate`, in
-    percent), print a table (to ``file``, default stdout; none with ``quiet``; ``metric``
-    names the column) and return the best setting (the
-    first of the lowest error, in sweep order), to be applied to the test set with
-    :func:`rescore`.
+          log: Callable[[str], None] | None = None, metric: str = "ER") -> GridResult:
+    """:func:`~.grid.grid_search` of the dev n-best lists reranked (:meth:`Nbest.best`) at
+    every ``(lm_scale, word_penalty, <name>_scale)``, the best entries scored with
+    ``error_fn(refs, hyps)`` (default :func:`error_rate`, in percent). The result's extra axis
+    is ``f"{name}_scale"`` (default ``nnlm_scale``); apply its best setting to the test set
+    with :func:`rescore`; ``result.format_table()`` is the table (``metric`` names the error).
 
     ``nbests_dev`` / ``refs_dev``: aligned sequences, or mappings utt -> list / words (an
     utterance without a list gets an empty hypothesis). The lists need ``name`` scores
@@ -115,22 +94,13 @@ def sweep(nbests_dev: Sequence[Nbest] | Mapping[str, Nbest],
     """
     lists, refs = _align(nbests_dev, refs_dev)
     err_fn = error_fn or error_rate
-    if not (lm_scales and nnlm_scales and word_penalties):
-        raise ValueError("sweep: empty grid")
-    table: list[tuple[float, float, float, float]] = []
-    for s in lm_scales:
-        for w in nnlm_scales:
-            weights = {name: float(w)} if w else None
-            for wp in word_penalties:
-                hyps = [nb.best(float(s), float(wp), weights) if nb is not None else []
-                        for nb in lists]
-                table.append((float(s), float(w), float(wp), float(err_fn(refs, hyps))))
-    best = min(range(len(table)), key=lambda i: (table[i][3], i))
-    res = SweepResult(*table[best], table=table)
-    if not quiet:
-        file = file if file is not None else sys.stdout
-        print(f"{'lm_scale':>9} {'nnlm_scale':>10} {'word_pen':>9} {'%' + metric:>8}", file=file)
-        for i, (s, w, wp, e) in enumerate(table):
-            mark = "  <- best" if i == best else ""
-            print(f"{s:9.3g} {w:10.3g} {wp:9.3g} {e:8.2f}{mark}", file=file)
-    return res
+    axis = f"{name}_scale"
+
+    def evaluate(lm_scale: float, word_penalty: float, **scale: float) -> float:
+        weights = {name: scale[axis]} if scale[axis] else None
+        hyps = [nb.best(lm_scale, word_penalty, weights) if nb is not None else []
+                for nb in lists]
+        return err_fn(refs, hyps)
+
+    return grid_search(evaluate, lm_scales, word_penalties, {axis: nnlm_scales}, log=log,
+                       metric=metric)

@@ -6,14 +6,16 @@ Lattice sets are mappings ``utt -> lattice`` (single lattices as :func:`load_lat
 gives them); word sequences are lists of word ids (``aux_labels``). Every function that can
 meet an unusable utterance (a bad or empty lattice, no path accepted by a new G, an n-best
 determinization too large) skips it, counts it by kind in the returned :class:`Counter`, and
-reports it with its utterance id through ``on_skip`` (default: a line on stderr). Sweeps score
-an utterance without a hypothesis as an empty one (all deletions).
+reports it with its utterance id through ``on_skip`` (default: a line on stderr). Sweeps
+(:func:`~.grid.grid_search`: its sweep order and tie-break) score an utterance without a
+hypothesis as an empty one (all deletions).
 
 ::
 
     stats = write_lattice_dir(hlg, batches, "exp/lats/dev", words=words, lm_scale=0.5)
     lats, bad = load_lattice_dir("exp/lats/dev")
     best = sweep_lattices(lats, refs, [0.2, 0.5, 1.0], [-1, 0, 1], error_fn=per)   # 1-best
+    print(best.format_table(), end="")                      # .best: the chosen setting
     new, bad = rescore_lattices(lats, load_g("3gram.arpa", words))                  # 3-gram
     best3 = sweep_lattices(new, refs, [0.2, 0.5, 1.0], [-1, 0, 1], error_fn=per)
     errors = oracle_errors(lats, ref_ids, word_map=fold)                            # oracle
@@ -29,16 +31,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
 
 import torch
 
 from wfst_asr.fsa import Fsa, SymbolTable, create_fsa_vec
 
+from .grid import GridResult, grid_search
 from .lattice import best_word_sequences, get_lattice, is_empty, lattice_stats, rescale
 from .lattice_io import LatticeError, LatticeReader, LatticeWriter
 from .nbest import Nbest, nbest_one
-from .nnlm import SweepResult, error_rate
+from .nnlm import error_rate
 from .rescore import check_g_words, oracle, prepare_g, rescore_lattice
 
 __all__ = [
@@ -142,40 +144,27 @@ def best_word_seqs(lattices: Mapping[str, Fsa], lm_scale: float | None = None,
     return dict(zip(keys, best_word_sequences(vec)))
 
 
-def _print_table(table: Sequence[tuple[float, float, float, float]], best: int, metric: str,
-                 file: TextIO) -> None:
-    print(f"{'lm_scale':>9} {'word_pen':>9} {'%' + metric:>8}", file=file)
-    for i, (s, _, wp, e) in enumerate(table):
-        print(f"{s:9.3g} {wp:9.3g} {e:8.2f}{'  <- best' if i == best else ''}", file=file)
-
-
 def sweep_lattices(lattices: Mapping[str, Fsa], refs: Mapping[str, Sequence],
                    lm_scales: Sequence[float], word_penalties: Sequence[float],
                    error_fn: Callable[[list, list], float] | None = None,
-                   file: TextIO | None = None, quiet: bool = False,
-                   metric: str = "ER") -> SweepResult:
-    """Best paths of the lattices at every ``(lm_scale, word_penalty)`` of the grid, scored
-    against ``refs`` (``utt -> reference``; utterances of ``refs`` without a lattice count with
-    an empty hypothesis) with ``error_fn(refs, hyps)`` (lists in ``refs`` order; default
-    :func:`~.nnlm.error_rate` over the word ids, in percent). Prints the table (to ``file``,
-    default stdout, unless ``quiet``) and returns the best setting, the first with the lowest
-    error in sweep order (lm_scale outermost); its ``nnlm_scale`` is 0."""
-    if not (lm_scales and word_penalties):
-        raise ValueError("sweep_lattices: empty grid")
+                   log: Callable[[str], None] | None = None,
+                   metric: str = "ER") -> GridResult:
+    """:func:`~.grid.grid_search` of the lattices' best paths (:func:`best_word_seqs`) at
+    every ``(lm_scale, word_penalty)``, scored against ``refs`` (``utt -> reference``;
+    utterances of ``refs`` without a lattice count with an empty hypothesis) with
+    ``error_fn(refs, hyps)`` (lists in ``refs`` order; default :func:`~.nnlm.error_rate` over
+    the word ids, in percent). ``result.format_table()`` is the table (``metric`` names the
+    error)."""
     err_fn = error_fn or error_rate
     keys = list(refs)
     ref_list = [refs[k] for k in keys]
     usable = {k: lattices[k] for k in keys if k in lattices}
-    table: list[tuple[float, float, float, float]] = []
-    for s in lm_scales:
-        for wp in word_penalties:
-            hyps = best_word_seqs(usable, float(s), float(wp))
-            e = float(err_fn(ref_list, [hyps.get(k, []) for k in keys]))
-            table.append((float(s), 0.0, float(wp), e))
-    best = min(range(len(table)), key=lambda i: (table[i][3], i))
-    if not quiet:
-        _print_table(table, best, metric, file if file is not None else sys.stdout)
-    return SweepResult(*table[best], table=table)
+
+    def evaluate(lm_scale: float, word_penalty: float) -> float:
+        hyps = best_word_seqs(usable, lm_scale, word_penalty)
+        return err_fn(ref_list, [hyps.get(k, []) for k in keys])
+
+    return grid_search(evaluate, lm_scales, word_penalties, log=log, metric=metric)
 
 
 def rescore_lattices(lattices: Mapping[str, Fsa], G: Fsa, words: SymbolTable | None = None,

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from wfst_asr.fsa import Fsa, shortest_path
+from wfst_asr.graphs.topo import trivial_graph
 
-__all__ = ["beam_search", "fast_beam_search", "fast_beam_search_one_best", "greedy_search",
-           "trivial_graph"]
+__all__ = ["beam_search", "fast_beam_search", "fast_beam_search_one_best", "greedy_search"]
 
 
 def _decoder_out(decoder: nn.Module, joiner: nn.Module, context: torch.Tensor
@@ -133,20 +133,6 @@ def beam_search(decoder: nn.Module, joiner: nn.Module, encoder_out: torch.Tensor
 
 
 # ----------------------------------------------------------------------------- fast beam search
-def trivial_graph(vocab_size: int, device: str | torch.device | None = None) -> Fsa:
-    """k2's ``trivial_graph(vocab_size - 1)``: one state with a self-loop for every token
-    ``1 .. V-1`` (score 0, ``aux_labels`` = ``labels``) and its arc into the final state: any
-    token sequence, unscored. :func:`fast_beam_search` in it is a plain beam search."""
-    if vocab_size < 2:
-        raise ValueError(f"vocab_size must be >= 2 (blank + a token), got {vocab_size}")
-    labels = torch.cat([torch.arange(1, vocab_size), torch.tensor([-1])])
-    dst = torch.zeros(vocab_size, dtype=torch.int64)
-    dst[-1] = 1
-    arcs = torch.stack([torch.zeros_like(dst), dst, labels], 1).to(torch.int32)
-    fsa = Fsa(arcs, num_states=2, aux_labels=labels.to(torch.int32).clone())
-    return fsa.to(device) if device is not None else fsa
-
-
 class _Graph:
     """The tensors :func:`fast_beam_search` reads from a decoding graph (arcs sorted by source;
     label -1 arcs split off as per-state final scores)."""

@@ -4,7 +4,7 @@ Main entry points:
 
 * :class:`Fsa` (one FSA or an FsaVec), :func:`create_fsa_vec`, :func:`linear_fsa`
 * :class:`SymbolTable`, text and OpenFst/kaldifst I/O, :func:`to_dot` / :func:`draw`
-* :class:`DenseFsaVec`, :func:`ctc_topo`, :func:`ctc_graph`
+* :class:`DenseFsaVec` (topologies and training graphs are in :mod:`wfst_asr.graphs`)
 * :func:`intersect_dense`, :func:`intersect_dense_pruned`
 * :func:`get_tot_scores`, :func:`get_forward_scores`, :func:`get_backward_scores`,
   :func:`get_arc_post`, :func:`shortest_path`
@@ -12,7 +12,6 @@ Main entry points:
 """
 
 from . import ops
-from .ctc import ctc_graph, ctc_topo
 from .dense import DenseFsaVec
 from .draw import draw, to_dot
 from .forward_backward import get_arc_post, get_backward_scores, get_forward_scores, get_tot_scores
@@ -43,8 +42,6 @@ __all__ = [
     "Fsa",
     "SymbolTable",
     "create_fsa_vec",
-    "ctc_graph",
-    "ctc_topo",
     "draw",
     "from_file",
     "from_kaldifst",

@@ -17,10 +17,14 @@ through every operation, see :meth:`Fsa.index_arcs`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
+
+#: ``{"to_str": fn}``: the text printer of ``str(fsa)``, filled in by :mod:`wfst_asr.fsa.io`
+#: (so that this module does not import the one above it).
+TEXT_FORMAT: dict[str, Callable[[Fsa], str]] = {}
 
 _CORE = ("arcs", "scores", "_arc_splits", "_num_states", "_is_vec", "_tensor_attrs",
          "_other_attrs", "_cache")
@@ -456,13 +460,10 @@ class Fsa:
                 f"device={self.device}{', attrs=[' + extra + ']' if extra else ''})")
 
     def __str__(self) -> str:
-        from .io import to_str  # late import: io depends on this module
-        return to_str(self)
-
-    @classmethod
-    def from_str(cls, s: str, acceptor: bool | None = None, **kwargs) -> Fsa:
-        from .io import from_str
-        return from_str(s, acceptor=acceptor, **kwargs)
+        """k2's text format (:func:`wfst_asr.fsa.io.to_str`, registered in
+        :data:`TEXT_FORMAT`)."""
+        fmt = TEXT_FORMAT.get("to_str")
+        return fmt(self) if fmt is not None else repr(self)
 
 
 def _kahn_levels(num_states: int, src: torch.Tensor, dst: torch.Tensor

@@ -63,7 +63,7 @@ import torch
 
 from ..atomic import atomic_output, atomic_write_text
 from . import _fstbin
-from .fsa import Fsa
+from .fsa import TEXT_FORMAT, Fsa
 from .symbol_table import SymbolTable
 
 __all__ = [
@@ -363,6 +363,9 @@ def to_str(fsa: Fsa, openfst: bool = False) -> str:
     lines.append(f"{ns - 1}\n")
     return "".join(lines)
 
+
+
+TEXT_FORMAT["to_str"] = to_str  # str(fsa)
 
 def _aux_list(fsa: Fsa) -> list[int] | None:
     if not fsa.has_attr("aux_labels"):

@@ -2,7 +2,6 @@
 (monophone training, alignment with the FSA engine) and :mod:`.features` (MFCC deltas, CMN)."""
 
 from wfst_asr.gmm.features import add_deltas, delta_filters, speaker_cmn
-from wfst_asr.gmm.mono import MonoGmm, MonoOptions, equal_alignment, phone_pdfs, train_mono
+from wfst_asr.gmm.mono import MonoGmm, MonoOptions, train_mono
 
-__all__ = ["MonoGmm", "MonoOptions", "add_deltas", "delta_filters", "equal_alignment",
-           "phone_pdfs", "speaker_cmn", "train_mono"]
+__all__ = ["MonoGmm", "MonoOptions", "add_deltas", "delta_filters", "speaker_cmn", "train_mono"]

@@ -14,7 +14,7 @@ Kaldi's ``steps/train_mono.sh``, with its pieces in Python:
   ``tot_gauss`` (``AmDiagGmm.split_by_count``, occupancy to the power 0.25), as
   ``gmm-est --mix-up``;
 * alignment (:meth:`MonoGmm.align`): the engine's Viterbi
-  (:func:`wfst_asr.losses.hmm.viterbi_align`) on the ``pdf_topo`` training graphs of the
+  (:func:`wfst_asr.losses.align.viterbi_align`) on the ``pdf_topo`` training graphs of the
   transcripts (transition log-probs with Kaldi's ``self_loop_scale`` 0.1), with the per-frame
   GMM log-likelihoods times ``acoustic_scale`` (0.1) as emission scores.
 
@@ -41,38 +41,13 @@ import numpy as np
 import torch
 
 from wfst_asr import _kaldi
-from wfst_asr.graphs.topo import Topology
+from wfst_asr.graphs.topo import Topology, pdf_topo, phone_pdfs
+from wfst_asr.graphs.training import HmmTrainingGraphCompiler
+from wfst_asr.losses.align import equal_alignment, viterbi_align
 
-__all__ = ["MonoGmm", "MonoOptions", "equal_alignment", "phone_pdfs", "train_mono"]
+__all__ = ["MonoGmm", "MonoOptions", "train_mono"]
 
 log = logging.getLogger(__name__)
-
-
-def phone_pdfs(topology: Topology) -> dict[int, list[int]]:
-    """``{phone: [pdf of HMM state 0, 1, ...]}`` of a monophone Kaldi topology whose states have
-    one pdf each (``hmm-1state``, ``hmm-3state``; not ``chain``)."""
-    if topology.is_ctc or topology.transition_model is None:
-        raise ValueError(f"{topology.name!r} is not a Kaldi HMM topology")
-    tm = topology.transition_model
-    out: dict[int, list[int]] = {}
-    for ts in range(1, tm.num_transition_states + 1):
-        tids = [t for t in range(1, tm.num_transition_ids + 1) if tm.id2state[t] == ts]
-        pdfs = {int(topology.tid2pdf[t]) for t in tids}
-        if len(pdfs) != 1:
-            raise ValueError(f"topology {topology.name!r}: an HMM state with several pdfs "
-                             "(forward / self-loop pdf classes) is not supported")
-        out.setdefault(tm.transition_id_to_phone(tm.state2id[ts]), []).append(pdfs.pop())
-    return out
-
-
-def equal_alignment(pdf_seq: Sequence[int], num_frames: int) -> torch.Tensor | None:
-    """int64 ``[num_frames]``: state ``i`` of ``pdf_seq`` (``N`` states) on frames
-    ``ceil(i T / N) .. ceil((i+1) T / N) - 1`` (equal shares, in order); None if ``T < N``."""
-    n, T = len(pdf_seq), int(num_frames)
-    if n == 0 or T < n:
-        return None
-    idx = (torch.arange(T, dtype=torch.int64) * n) // T
-    return torch.as_tensor(list(pdf_seq), dtype=torch.int64)[idx]
 
 
 @dataclass
@@ -254,8 +229,6 @@ class MonoGmm:
 
     def compiler(self):
         if self._compiler is None:
-            from wfst_asr.graphs.training import HmmTrainingGraphCompiler
-            from wfst_asr.losses.hmm import pdf_topo
             self._compiler = HmmTrainingGraphCompiler(pdf_topo(self.topology))
         return self._compiler
 
@@ -263,8 +236,6 @@ class MonoGmm:
               acoustic_scale: float = 0.1, batch: int = 16) -> list[torch.Tensor | None]:
         """Viterbi forced alignments (pdf ids ``[T_i]``, int64) of each utterance, None where
         the transcript has no path of that length (the caller counts them)."""
-        from wfst_asr.losses.hmm import viterbi_align
-
         out: list[torch.Tensor | None] = []
         for s in range(0, len(feats), batch):
             fs, ts = feats[s:s + batch], texts[s:s + batch]

@@ -355,7 +355,7 @@ def _compose_h(H: Fsa, LG: Fsa, stats: CompileStats, rmeps: bool) -> Fsa:
 def compile_hlg(H: Fsa | Topology, LG: Fsa, *, stats: CompileStats | None = None) -> Fsa:
     """CTC decoding graph ``H o LG`` for :func:`wfst_asr.fsa.intersect_dense_pruned`.
 
-    ``H``: a CTC topology (:func:`wfst_asr.fsa.ctc_topo`, or a :class:`Topology`); ``LG`` from
+    ``H``: a CTC topology (:func:`wfst_asr.graphs.topo.ctc_topo`, or a :class:`Topology`); ``LG`` from
     :func:`compile_lg` (disambiguation symbols removed). Returns labels = network output ids
     (0 = blank; every label >= 0 consumes one frame), aux_labels = words (0 = none), -1 arcs
     into the single final state. See the module docstring for the epsilon scheme.

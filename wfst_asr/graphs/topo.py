@@ -6,7 +6,7 @@ plus what is needed to use it.
 
 CTC (``'ctc'``, ``'ctc-modified'``)
 -----------------------------------
-``H`` is :func:`wfst_asr.fsa.ctc_topo` over tokens ``1 .. num_tokens`` (``tokens.txt`` ids;
+``H`` is :func:`wfst_asr.graphs.topo.ctc_topo` over tokens ``1 .. num_tokens`` (``tokens.txt`` ids;
 disambiguation symbols excluded). Its input label 0 is *blank*, and every input label >= 0
 consumes one frame. OpenFst reads 0 as epsilon, so the scheme (k2/icefall's) is: only LG is
 determinized / epsilon-removed; H is composed with an LG that has *no* epsilon input arcs
@@ -31,7 +31,7 @@ are the token ids ``1 .. num_tokens``.
 labels tokens (phones). Use :attr:`Topology.tid2pdf` (int64 ``[num_tids + 1]``, entry 0 = -1)
 to turn network outputs over pdfs into per-transition-id scores (:func:`pdf_to_tid_log_probs`),
 or relabel a graph over transition-ids (HCLG) with the network's output columns ``pdf + 1``
-(:func:`pdf_output_graph`, the convention of :func:`wfst_asr.losses.hmm.pdf_topo`).
+(:func:`pdf_output_graph`, the convention of :func:`wfst_asr.graphs.topo.pdf_topo`).
 
 The H transducer is built here in Python from the ``TransitionModel``, because the
 ``kaldi_hmm_gmm`` builders (``get_h_transducer``, ``add_self_loops``, ``add_transition_probs``)
@@ -60,10 +60,13 @@ from typing import Any
 
 import torch
 
-from wfst_asr.fsa import Fsa, ctc_topo
+from wfst_asr.fsa import Fsa
 
-__all__ = ["HMM_TOPOLOGY_TEXT", "TOPOLOGIES", "Topology", "hmm_topology_text", "make_topology",
-           "pdf_output_graph", "pdf_to_tid_log_probs"]
+__all__ = ["HMM_TOPOLOGY_TEXT", "TOPOLOGIES", "Topology", "ctc_topo", "hmm_output_id", "hmm_topo",
+           "hmm_topology_text", "make_topology", "pdf_map", "pdf_output_graph",
+           "pdf_to_tid_log_probs", "pdf_topo", "phone_pdfs", "trivial_graph"]
+
+Device = str | torch.device | None
 
 #: Known topology names for :func:`make_topology`.
 TOPOLOGIES = ("ctc", "ctc-modified", "hmm-1state", "hmm-3state", "chain")
@@ -252,8 +255,8 @@ def pdf_to_tid_log_probs(log_probs: torch.Tensor, tid2pdf: torch.Tensor) -> torc
 def pdf_output_graph(graph: Fsa, tid2pdf: torch.Tensor) -> Fsa:
     """``graph`` (e.g. an HCLG of :func:`wfst_asr.graphs.compile.compile_hclg`) with every
     transition-id label ``t >= 1`` replaced by the network output column ``tid2pdf[t] + 1``
-    (column 0 is unused, as in :func:`wfst_asr.losses.hmm.pdf_topo` and
-    :func:`~wfst_asr.graphs.training.hmm_output_id`); -1 labels (final arcs) stay.
+    (column 0 is unused, as in :func:`wfst_asr.graphs.topo.pdf_topo` and
+    :func:`~wfst_asr.graphs.topo.hmm_output_id`); -1 labels (final arcs) stay.
 
     The result decodes network log-probs ``[B, T, num_pdfs + 1]`` directly with
     :func:`wfst_asr.decode.one_best` / :func:`wfst_asr.decode.kaldi_one_best`: the same paths
@@ -272,3 +275,193 @@ def pdf_output_graph(graph: Fsa, tid2pdf: torch.Tensor) -> Fsa:
     out = graph.detach()
     out.labels = torch.where(lab > 0, table[lab.clamp(min=0)] + 1, lab)
     return out
+
+
+def ctc_topo(max_token: int, modified: bool = False,
+             device: str | torch.device | None = None) -> Fsa:
+    """The CTC topology over tokens ``0 (blank) .. max_token`` as a transducer.
+
+    Standard (``modified=False``): one state per token, ``(max_token+1)**2`` arcs; from every
+    state an arc enters state ``j`` with label ``j``; its aux_label is ``j`` (a new token) unless it
+    is a self-loop or ``j`` is blank, so a repeated token needs a blank in between.
+
+    Modified (``modified=True`` relaxes that, linear size ``4*max_token + 2`` arcs): state 0 has a
+    self-loop for every label (blank, or a one-frame token) and an arc to token state ``i`` that
+    starts a longer token ``i``; token state ``i`` has a self-loop ``i:0`` and an arc ``i:0`` back to
+    state 0 that ends it. Repeated tokens need no blank in between.
+
+    All states are final (an arc with label -1 to the super-final state), except token states
+    of the modified topology.
+    """
+    if max_token < 1:
+        raise ValueError(f"max_token must be >= 1, got {max_token}")
+    n = max_token + 1
+    final = n
+    if not modified:
+        src = torch.arange(n).repeat_interleave(n)
+        dst = torch.arange(n).repeat(n)
+        lab = dst.clone()
+        aux = torch.where((src == dst) | (dst == 0), torch.zeros_like(dst), dst)
+        fsrc = torch.arange(n)
+    else:
+        tok = torch.arange(1, n)
+        parts_src = [torch.zeros(n, dtype=torch.long), torch.zeros(max_token, dtype=torch.long),
+                     tok, tok]
+        parts_dst = [torch.zeros(n, dtype=torch.long), tok, tok,
+                     torch.zeros(max_token, dtype=torch.long)]
+        parts_lab = [torch.arange(n), tok, tok, tok]
+        parts_aux = [torch.arange(n), tok, torch.zeros_like(tok), torch.zeros_like(tok)]
+        src, dst, lab, aux = (torch.cat(p) for p in (parts_src, parts_dst, parts_lab, parts_aux))
+        fsrc = torch.zeros(1, dtype=torch.long)
+    src = torch.cat([src, fsrc])
+    dst = torch.cat([dst, torch.full_like(fsrc, final)])
+    lab = torch.cat([lab, torch.full_like(fsrc, -1)])
+    aux = torch.cat([aux, torch.full_like(fsrc, -1)])
+    arcs = torch.stack([src, dst, lab], dim=1).to(torch.int32)
+    fsa = Fsa(arcs, num_states=n + 1, aux_labels=aux.to(torch.int32))
+    return fsa.to(device) if device is not None else fsa
+
+
+def hmm_output_id(token: int, state: int, num_states: int) -> int:
+    """Network output id of HMM state ``state`` (0-based) of ``token`` (>= 1) in :func:`hmm_topo`:
+    ``(token - 1) * num_states + state + 1`` (so 0 stays unused / blank)."""
+    return (token - 1) * num_states + state + 1
+
+
+def hmm_topo(num_tokens: int, num_states: int = 1, self_loop_logprob: float = math.log(0.5),
+             device: Device = None) -> Fsa:
+    """A simple left-to-right HMM topology as a transducer (output ids -> tokens).
+
+    Tokens ``1..num_tokens`` each get ``num_states`` emitting states; state ``j`` of token ``t``
+    emits the output id :func:`hmm_output_id` ``(t-1)*num_states + j + 1`` (network outputs
+    ``1..num_tokens*num_states``; id 0 is not used). With one state, output id = token id.
+
+    States: 0 is the (non-emitting) start, ``1 + (t-1)*num_states + j`` the emitting states,
+    then the final state. Arcs (each consumes one frame with the label of the state it enters):
+
+    * start -> first state of every token (score 0, aux_label = the token);
+    * self-loop on every emitting state (score ``self_loop_logprob`` = log p);
+    * state j -> j+1 of the same token (score log(1-p), aux 0);
+    * last state of every token -> first state of every token (score log(1-p), aux = the new
+      token): ``num_tokens**2`` arcs;
+    * last state of every token -> final (label -1, score log(1-p)), and start -> final
+      (score 0; an empty transcript).
+
+    So every emitting state leaves by its self-loop with probability p or forward with 1-p.
+    """
+    if num_tokens < 1 or num_states < 1:
+        raise ValueError("num_tokens and num_states must be >= 1")
+    if not self_loop_logprob < 0:
+        raise ValueError("self_loop_logprob must be < 0")
+    n, N = num_states, num_tokens
+    fwd = math.log(-math.expm1(self_loop_logprob))
+    tok = torch.arange(1, N + 1)
+    first = 1 + (tok - 1) * n
+    last = first + n - 1
+    emit = torch.arange(1, N * n + 1)  # emitting states; their output id = state number
+    final = N * n + 1
+    chain = emit[(emit - 1) % n != n - 1]
+    parts = [
+        (torch.zeros(N, dtype=torch.int64), first, tok, torch.zeros(N)),
+        (emit, emit, torch.zeros_like(emit), torch.full((N * n,), self_loop_logprob)),
+        (chain, chain + 1, torch.zeros_like(chain), torch.full((chain.numel(),), fwd)),
+        (last.repeat_interleave(N), first.repeat(N), tok.repeat(N), torch.full((N * N,), fwd)),
+        (last, torch.full((N,), final), torch.full((N,), -1), torch.full((N,), fwd)),
+        (torch.zeros(1, dtype=torch.int64), torch.tensor([final]), torch.tensor([-1]),
+         torch.zeros(1)),
+    ]
+    src, dst, aux, sc = (torch.cat(c) for c in zip(*parts))
+    lab = torch.where(aux == -1, -1, dst)  # the label of a state = its number
+    arcs = torch.stack([src, dst, lab], 1).to(torch.int32)
+    fsa = Fsa(arcs, sc.to(torch.float32), num_states=final + 1, aux_labels=aux.to(torch.int32))
+    return fsa.to(device) if device is not None else fsa
+
+
+def pdf_topo(topology: Topology) -> Fsa:
+    """A Kaldi HMM topology's ``H`` as a frame-synchronous transducer over pdfs.
+
+    :func:`~wfst_asr.graphs.topo.make_topology` gives ``H`` with transition-id labels and
+    epsilon arcs (``0:0``, back to the central state 0 after each phone); the engine needs
+    every arc to consume a frame. Here each epsilon arc ``q -> r`` (score ``w``) is replaced by
+    copies of the arcs leaving ``r`` (``q -> x``, score ``w +`` theirs; repeated while epsilon
+    arcs remain), which keeps every path and its score, and each transition-id label ``t``
+    becomes ``tid2pdf[t] + 1``: the network then has ``num_pdfs + 1`` outputs, column 0 unused
+    (the convention of :func:`~wfst_asr.graphs.topo.hmm_output_id`). ``aux_labels`` stay
+    the phones, so the result works with :class:`~wfst_asr.graphs.training.
+    HmmTrainingGraphCompiler` and :class:`~wfst_asr.graphs.training.MmiTrainingGraphCompiler`.
+    """
+    if topology.is_ctc or topology.tid2pdf is None:
+        raise ValueError(f"pdf_topo needs an HMM topology, got {topology.name!r} (a CTC "
+                         "topology is frame-synchronous already: use topology.H)")
+    H = topology.H.to("cpu").detach()
+    a = H.arcs.long()
+    src, dst, lab = a[:, 0].tolist(), a[:, 1].tolist(), a[:, 2].tolist()
+    aux, sc = H.aux_labels.tolist(), H.scores.tolist()
+    arcs = list(zip(src, dst, lab, aux, sc))
+    for _ in range(H.num_states + 1):
+        eps = [x for x in arcs if x[2] == 0]
+        if not eps:
+            break
+        leaving: dict[int, list[tuple]] = {}
+        for x in arcs:
+            leaving.setdefault(x[0], []).append(x)
+        new = [x for x in arcs if x[2] != 0]
+        for q, r, _lab, eaux, w in eps:
+            if eaux != 0:
+                raise ValueError("pdf_topo: an epsilon arc with an output token")
+            new += [(q, d, lb, ax, w + s) for _, d, lb, ax, s in leaving.get(r, [])]
+        arcs = new
+    else:
+        raise ValueError("pdf_topo: H has an epsilon cycle")
+    t = torch.tensor([x[:4] for x in arcs], dtype=torch.int64)
+    pdf = topology.tid2pdf.to(torch.int64)
+    labels = torch.where(t[:, 2] > 0, pdf[t[:, 2].clamp(min=0)] + 1, t[:, 2])
+    out = torch.stack([t[:, 0], t[:, 1], labels], 1).to(torch.int32)
+    return Fsa(out, torch.tensor([x[4] for x in arcs], dtype=torch.float32),
+               num_states=H.num_states, aux_labels=t[:, 3].to(torch.int32))
+
+
+def pdf_map(src: Topology, dst: Topology) -> torch.Tensor:
+    """int64 ``[src.num_pdfs]``: the ``dst`` output id (``pdf + 1``, as :func:`pdf_topo`) of
+    each ``src`` pdf: the same phone, HMM state ``min(k, n_dst - 1)`` for ``src``'s state ``k``
+    (``hmm-3state`` -> ``hmm-1state``: every state of a phone -> the phone's pdf; the same
+    topology: the identity plus one). Monophone topologies with one pdf per HMM state."""
+    s, d = phone_pdfs(src), phone_pdfs(dst)
+    out = torch.full((src.num_pdfs,), -1, dtype=torch.int64)
+    for phone, pdfs in s.items():
+        if phone not in d:
+            raise ValueError(f"phone {phone} of {src.name!r} is not in {dst.name!r}")
+        for k, p in enumerate(pdfs):
+            out[p] = d[phone][min(k, len(d[phone]) - 1)] + 1
+    return out
+
+
+def phone_pdfs(topology: Topology) -> dict[int, list[int]]:
+    """``{phone: [pdf of HMM state 0, 1, ...]}`` of a monophone Kaldi topology whose states have
+    one pdf each (``hmm-1state``, ``hmm-3state``; not ``chain``)."""
+    if topology.is_ctc or topology.transition_model is None:
+        raise ValueError(f"{topology.name!r} is not a Kaldi HMM topology")
+    tm = topology.transition_model
+    out: dict[int, list[int]] = {}
+    for ts in range(1, tm.num_transition_states + 1):
+        tids = [t for t in range(1, tm.num_transition_ids + 1) if tm.id2state[t] == ts]
+        pdfs = {int(topology.tid2pdf[t]) for t in tids}
+        if len(pdfs) != 1:
+            raise ValueError(f"topology {topology.name!r}: an HMM state with several pdfs "
+                             "(forward / self-loop pdf classes) is not supported")
+        out.setdefault(tm.transition_id_to_phone(tm.state2id[ts]), []).append(pdfs.pop())
+    return out
+
+
+def trivial_graph(vocab_size: int, device: str | torch.device | None = None) -> Fsa:
+    """k2's ``trivial_graph(vocab_size - 1)``: one state with a self-loop for every token
+    ``1 .. V-1`` (score 0, ``aux_labels`` = ``labels``) and its arc into the final state: any
+    token sequence, unscored. :func:`fast_beam_search` in it is a plain beam search."""
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be >= 2 (blank + a token), got {vocab_size}")
+    labels = torch.cat([torch.arange(1, vocab_size), torch.tensor([-1])])
+    dst = torch.zeros(vocab_size, dtype=torch.int64)
+    dst[-1] = 1
+    arcs = torch.stack([torch.zeros_like(dst), dst, labels], 1).to(torch.int32)
+    fsa = Fsa(arcs, num_states=2, aux_labels=labels.to(torch.int32).clone())
+    return fsa.to(device) if device is not None else fsa

@@ -12,7 +12,7 @@ Main pieces:
   (optionally weighted), in one vectorised step (no per-utterance OpenFst call);
 * :func:`ctc_graph_from_acceptors` -- ``ctc_topo o G_i`` for a batch of epsilon-free token
   acceptors ``G_i`` (e.g. the union of the pronunciations of a word sequence), vectorised;
-* :func:`hmm_topo` -- a simple HMM topology transducer;
+* :func:`ctc_graph` -- CTC training graphs of token sequences (k2's ``ctc_graph``);
 * :class:`CtcTrainingGraphCompiler`, :class:`HmmTrainingGraphCompiler`,
   :class:`MmiTrainingGraphCompiler`.
 
@@ -22,12 +22,13 @@ Static graphs (the LF-MMI denominator ``H o P``) go through OpenFst
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 
-from wfst_asr.fsa import Fsa, create_fsa_vec, ctc_graph, ctc_topo, linear_fsa, ops
+from wfst_asr.fsa import Fsa, create_fsa_vec, linear_fsa, ops
+from wfst_asr.graphs.topo import ctc_topo
 
 __all__ = [
     "CtcTrainingGraphCompiler",
@@ -35,9 +36,8 @@ __all__ = [
     "LinearComposer",
     "MmiTrainingGraphCompiler",
     "compose_linear",
+    "ctc_graph",
     "ctc_graph_from_acceptors",
-    "hmm_output_id",
-    "hmm_topo",
 ]
 
 Device = str | torch.device | None
@@ -483,61 +483,6 @@ class CtcTrainingGraphCompiler:
 
 
 # ---------------------------------------------------------------------------- HMM
-def hmm_output_id(token: int, state: int, num_states: int) -> int:
-    """Network output id of HMM state ``state`` (0-based) of ``token`` (>= 1) in :func:`hmm_topo`:
-    ``(token - 1) * num_states + state + 1`` (so 0 stays unused / blank)."""
-    return (token - 1) * num_states + state + 1
-
-
-def hmm_topo(num_tokens: int, num_states: int = 1, self_loop_logprob: float = math.log(0.5),
-             device: Device = None) -> Fsa:
-    """A simple left-to-right HMM topology as a transducer (output ids -> tokens).
-
-    Tokens ``1..num_tokens`` each get ``num_states`` emitting states; state ``j`` of token ``t``
-    emits the output id :func:`hmm_output_id` ``(t-1)*num_states + j + 1`` (network outputs
-    ``1..num_tokens*num_states``; id 0 is not used). With one state, output id = token id.
-
-    States: 0 is the (non-emitting) start, ``1 + (t-1)*num_states + j`` the emitting states,
-    then the final state. Arcs (each consumes one frame with the label of the state it enters):
-
-    * start -> first state of every token (score 0, aux_label = the token);
-    * self-loop on every emitting state (score ``self_loop_logprob`` = log p);
-    * state j -> j+1 of the same token (score log(1-p), aux 0);
-    * last state of every token -> first state of every token (score log(1-p), aux = the new
-      token): ``num_tokens**2`` arcs;
-    * last state of every token -> final (label -1, score log(1-p)), and start -> final
-      (score 0; an empty transcript).
-
-    So every emitting state leaves by its self-loop with probability p or forward with 1-p.
-    """
-    if num_tokens < 1 or num_states < 1:
-        raise ValueError("num_tokens and num_states must be >= 1")
-    if not self_loop_logprob < 0:
-        raise ValueError("self_loop_logprob must be < 0")
-    n, N = num_states, num_tokens
-    fwd = math.log(-math.expm1(self_loop_logprob))
-    tok = torch.arange(1, N + 1)
-    first = 1 + (tok - 1) * n
-    last = first + n - 1
-    emit = torch.arange(1, N * n + 1)  # emitting states; their output id = state number
-    final = N * n + 1
-    chain = emit[(emit - 1) % n != n - 1]
-    parts = [
-        (torch.zeros(N, dtype=torch.int64), first, tok, torch.zeros(N)),
-        (emit, emit, torch.zeros_like(emit), torch.full((N * n,), self_loop_logprob)),
-        (chain, chain + 1, torch.zeros_like(chain), torch.full((chain.numel(),), fwd)),
-        (last.repeat_interleave(N), first.repeat(N), tok.repeat(N), torch.full((N * N,), fwd)),
-        (last, torch.full((N,), final), torch.full((N,), -1), torch.full((N,), fwd)),
-        (torch.zeros(1, dtype=torch.int64), torch.tensor([final]), torch.tensor([-1]),
-         torch.zeros(1)),
-    ]
-    src, dst, aux, sc = (torch.cat(c) for c in zip(*parts))
-    lab = torch.where(aux == -1, -1, dst)  # the label of a state = its number
-    arcs = torch.stack([src, dst, lab], 1).to(torch.int32)
-    fsa = Fsa(arcs, sc.to(torch.float32), num_states=final + 1, aux_labels=aux.to(torch.int32))
-    return fsa.to(device) if device is not None else fsa
-
-
 class HmmTrainingGraphCompiler:
     """Per-utterance HMM training graphs ``H o transcript`` (batched, no OpenFst call when every
     word has one pronunciation).
@@ -672,3 +617,55 @@ class MmiTrainingGraphCompiler:
         num = self._composer(seqs, [w for w, _ in walks], [f for _, f in walks],
                              device=self.device)
         return num, self.den
+
+
+def _ctc_graph_arrays(labels: np.ndarray, modified: bool) -> np.ndarray:
+    """Arcs ``[A, 4]`` (src, dst, label, aux) of one CTC graph, sorted by src.
+
+    States ``2k`` are blanks, ``2k+1`` the k-th label, ``2U+1`` the final state.
+    """
+    U = labels.size
+    k = np.arange(U)
+    blank = np.arange(U + 1) * 2
+    sym = 2 * k + 1
+    nxt_ok = np.zeros(U, dtype=bool)
+    if U > 1:
+        nxt_ok[:-1] = modified | (labels[1:] != labels[:-1])
+    parts = [
+        np.stack([blank, blank, 0 * blank, 0 * blank], 1),  # blank self-loops
+        np.stack([blank[:-1], sym, labels, labels], 1),  # blank -> next label
+        np.stack([sym, sym, labels, 0 * sym], 1),  # label self-loops
+        np.stack([sym, sym + 1, 0 * sym, 0 * sym], 1),  # label -> blank
+        np.stack([sym[nxt_ok], sym[nxt_ok] + 2, labels[1:][nxt_ok[:-1]] if U > 1 else
+                  labels[:0], labels[1:][nxt_ok[:-1]] if U > 1 else labels[:0]], 1),
+        np.array([[2 * U, 2 * U + 1, -1, -1]] + ([[2 * U - 1, 2 * U + 1, -1, -1]] if U else [])),
+    ]
+    arcs = np.concatenate([p.reshape(-1, 4) for p in parts]).astype(np.int64)
+    return arcs[np.argsort(arcs[:, 0], kind="stable")]
+
+
+def ctc_graph(label_sequences: Sequence[int] | Sequence[Sequence[int]],
+              modified: bool = False, device: str | torch.device | None = None) -> Fsa:
+    """CTC training graphs: an FsaVec with one graph per label sequence (``aux_labels`` = tokens).
+
+    ``modified=True`` allows two identical consecutive labels without a blank between them.
+    A single list of ints gives an FsaVec of one graph too.
+    """
+    seqs = label_sequences
+    if isinstance(seqs, torch.Tensor):
+        seqs = seqs.tolist()
+    if len(seqs) == 0 or not isinstance(seqs[0], (list, tuple)):
+        seqs = [list(seqs)]
+    arrays = []
+    for i, sq in enumerate(seqs):
+        lab = np.asarray(sq, dtype=np.int64).reshape(-1)
+        if lab.size and lab.min() <= 0:
+            raise ValueError(f"label sequence {i}: CTC labels must be >= 1 (0 is blank): {sq}")
+        arrays.append(_ctc_graph_arrays(lab, modified))
+    arcs = torch.from_numpy(np.concatenate(arrays))
+    counts = torch.tensor([a.shape[0] for a in arrays])
+    splits = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
+    num_states = torch.tensor([2 * len(sq) + 2 for sq in seqs])
+    vec = Fsa(arcs[:, :3], num_states=num_states, arc_splits=splits, validate=False,
+              aux_labels=arcs[:, 3].to(torch.int32))
+    return vec.to(device) if device is not None else vec

@@ -22,7 +22,9 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from wfst_asr.fsa import DenseFsaVec, ctc_graph, get_tot_scores, intersect_dense
+from wfst_asr.fsa import DenseFsaVec, get_tot_scores, intersect_dense
+from wfst_asr.graphs.training import CtcTrainingGraphCompiler, ctc_graph
+from wfst_asr.losses.common import _as_token_lists, feasible, select_fsas
 
 __all__ = ["CtcLoss", "ctc_min_frames", "nan_guard"]
 
@@ -38,26 +40,24 @@ def ctc_min_frames(tokens: Sequence[int], modified: bool = False) -> int:
     return len(tokens) + sum(1 for a, b in pairwise(tokens) if a == b)
 
 
-def _as_token_lists(token_seqs) -> list[list[int]]:
-    if isinstance(token_seqs, torch.Tensor):
-        token_seqs = token_seqs.tolist()
-    return [[int(t) for t in (s.tolist() if isinstance(s, torch.Tensor) else s)]
-            for s in token_seqs]
-
-
 class CtcLoss(nn.Module):
     """CTC loss (token 0 = blank) computed with the FSA engine.
 
     Args:
       modified: use the modified CTC topology (identical adjacent tokens need no blank between
-        them), as :func:`wfst_asr.fsa.ctc_graph`.
+        them), as :func:`wfst_asr.graphs.training.ctc_graph`.
       reduction: ``"sum"`` over the kept utterances; ``"mean"``: that sum divided by the number
         of output frames of the kept utterances (``info["frames"]``; not torch's per-target-
         length mean); ``"none"``: a ``[B]`` tensor, 0 for excluded utterances.
       use_double_scores: run the forward-backward in float64 (the loss is then float64).
+      compiler: a :class:`~wfst_asr.graphs.training.CtcTrainingGraphCompiler` with a lexicon:
+        the transcripts are then word ids, and each utterance's graph allows every
+        pronunciation of its words (several per word are fine); feasibility is read from the
+        graphs (:func:`~wfst_asr.losses.common.feasible`). None: token transcripts.
 
     ``forward(log_probs [B, T, V], out_lens [B], token_seqs)`` returns ``(loss, info)`` where
-    ``token_seqs`` holds one list of token ids (1..V-1) per sequence and ``info`` is a dict:
+    ``token_seqs`` holds one list of token ids (1..V-1) per sequence (word ids with a
+    ``compiler``) and ``info`` is a dict:
 
     * ``num_utts``: B;
     * ``num_excluded``, ``excluded``: how many and which sequence indices were left out
@@ -70,10 +70,14 @@ class CtcLoss(nn.Module):
     """
 
     def __init__(self, modified: bool = False, reduction: str = "sum",
-                 use_double_scores: bool = False) -> None:
+                 use_double_scores: bool = False,
+                 compiler: CtcTrainingGraphCompiler | None = None) -> None:
         super().__init__()
         if reduction not in ("sum", "mean", "none"):
             raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got {reduction!r}")
+        if compiler is not None and compiler.modified != bool(modified):
+            raise ValueError("CtcLoss: modified must match the compiler's")
+        self.compiler = compiler
         self.modified = bool(modified)
         self.reduction = reduction
         self.use_double_scores = bool(use_double_scores)
@@ -101,20 +105,27 @@ class CtcLoss(nn.Module):
                              f"{len(seqs)} transcripts")
         if bool((lens < 0).any()) or bool((lens > T).any()):
             raise ValueError(f"out_lens must lie in [0, T={T}], got {lens.tolist()}")
-        for i, s in enumerate(seqs):
-            if s and (min(s) < 1 or max(s) >= V):
-                raise ValueError(f"transcript {i}: token ids must be in [1, {V}) (0 is blank, "
-                                 f"V={V} outputs), got {s}")
-
-        ok = self.feasible(lens, seqs)
+        all_graphs = None
+        if self.compiler is not None:
+            all_graphs = self._word_graphs(seqs, V)
+            ok, _ = feasible(all_graphs, lens)
+        else:
+            for i, s in enumerate(seqs):
+                if s and (min(s) < 1 or max(s) >= V):
+                    raise ValueError(f"transcript {i}: token ids must be in [1, {V}) (0 is "
+                                     f"blank, V={V} outputs), got {s}")
+            ok = self.feasible(lens, seqs)
         keep = ok.nonzero().squeeze(1)
         dtype = torch.float64 if self.use_double_scores else log_probs.dtype
         per_utt = log_probs.new_zeros(B, dtype=dtype)
         num_nonfinite = 0
         if keep.numel():
             segs = torch.stack([keep, torch.zeros_like(keep), lens[keep]], 1).to(torch.int32)
-            graphs = ctc_graph([seqs[i] for i in keep.tolist()], modified=self.modified,
-                               device=log_probs.device)
+            if all_graphs is not None:
+                graphs = select_fsas(all_graphs, keep).to(log_probs.device)
+            else:
+                graphs = ctc_graph([seqs[i] for i in keep.tolist()], modified=self.modified,
+                                   device=log_probs.device)
             tot = get_tot_scores(intersect_dense(graphs, DenseFsaVec(log_probs, segs)),
                                  log_semiring=True, use_double_scores=self.use_double_scores)
             fin = torch.isfinite(tot).detach()
@@ -142,6 +153,19 @@ class CtcLoss(nn.Module):
         if self.reduction == "mean":
             loss = loss / max(frames, 1)
         return loss, info
+
+
+    def _word_graphs(self, seqs: list[list[int]], V: int):
+        """The compiler's graphs of word transcripts (ValueError naming the utterance for a
+        word not in the lexicon or a token outside the ``V`` outputs)."""
+        try:
+            graphs = self.compiler.compile(seqs, unit="words").as_vec().to("cpu")
+        except KeyError as e:
+            raise ValueError(f"CtcLoss: {e.args[0]}") from None
+        if graphs.num_arcs and int(graphs.labels.max()) >= V:
+            raise ValueError(f"CtcLoss: the lexicon has token id {int(graphs.labels.max())}, "
+                             f"but the network has {V} outputs")
+        return graphs
 
 
 def nan_guard(loss: torch.Tensor, params: Iterable[torch.nn.Parameter],

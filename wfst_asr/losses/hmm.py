@@ -12,13 +12,13 @@ per frame, with H's transition log-probabilities as arc scores (self-loops inclu
   training; its gradient is the indicator of one best path;
 * ``HmmLoss(mode="ce")`` / :func:`frame_ce_loss`: frame-level cross-entropy against per-frame
   pdf targets: given alignments (e.g. from a GMM system, see
-  :func:`alignments_from_transition_ids`) or forced alignments of the current model made by
-  :func:`viterbi_align` (the engine's best path).
+  :func:`wfst_asr.losses.align.alignments_from_transition_ids`) or forced alignments of the
+  current model made by :func:`wfst_asr.losses.align.viterbi_align` (the engine's best path).
 
-Topologies: :func:`wfst_asr.graphs.training.hmm_topo` (1 or ``n`` states per token, output id
-:func:`~wfst_asr.graphs.training.hmm_output_id`), or a Kaldi topology from
+Topologies (all in :mod:`wfst_asr.graphs.topo`): :func:`~wfst_asr.graphs.topo.hmm_topo` (1 or
+``n`` states per token, output id :func:`~wfst_asr.graphs.topo.hmm_output_id`), or a Kaldi topology from
 :func:`wfst_asr.graphs.topo.make_topology` (``hmm-1state``, ``hmm-3state``, ``chain``) turned
-into a frame-synchronous H over pdfs by :func:`pdf_topo` (output id = pdf id + 1).
+into a frame-synchronous H over pdfs by :func:`~wfst_asr.graphs.topo.pdf_topo` (output id = pdf id + 1).
 
 Prior correction (``HmmLoss(prior_scale=alpha)``): with a softmax network the full-sum
 criterion trained from scratch tends to a degenerate optimum where the most frequent states
@@ -33,18 +33,16 @@ uniform at the start). Decode with the same correction
 (:meth:`HmmLoss.estimate_prior`).
 
 Infeasible utterances (a transcript that needs more frames than the utterance has after
-subsampling, :func:`feasible`) are found before the loss, left out, and counted
+subsampling, :func:`wfst_asr.losses.common.feasible`) are found before the loss, left out, and counted
 (``info["excluded"]``); a total that still comes out non-finite is dropped the same way, so the
 loss and its gradient are never inf/NaN for finite inputs.
 
 Alignments from a GMM system: :mod:`wfst_asr.gmm` trains a monophone GMM-HMM with
-kaldi-hmm-gmm (aligned with :func:`viterbi_align` on the :func:`pdf_topo` training graphs);
-:class:`AlignmentCeLoss` trains a hybrid with frame cross-entropy on such alignments, given per
-input frame and brought to the network's output rate by :func:`subsample_alignments` (the
-middle input frame of each output frame, pdfs mapped to the network's topology by
-:func:`pdf_map`); :func:`alignment_prior` gives the state prior of their counts for decoding.
-Kaldi alignments made elsewhere (transition-ids per frame, same topology) become targets with
-:func:`alignments_from_transition_ids`.
+kaldi-hmm-gmm; :class:`AlignmentCeLoss` trains a hybrid with frame cross-entropy on such
+alignments, given per input frame and brought to the network's output rate (the middle input
+frame of each output frame, pdfs mapped to the network's topology by
+:func:`~wfst_asr.graphs.topo.pdf_map`). Alignment itself (Viterbi forced alignment, equal
+alignment, subsampling, the prior of the counts) lives in :mod:`wfst_asr.losses.align`.
 """
 
 from __future__ import annotations
@@ -58,246 +56,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from wfst_asr.fsa import DenseFsaVec, Fsa, get_tot_scores, intersect_dense
-from wfst_asr.graphs.topo import Topology
+from wfst_asr.graphs.topo import Topology, pdf_topo
 from wfst_asr.graphs.training import HmmTrainingGraphCompiler
+from wfst_asr.losses.align import _best_path_labels, subsample_alignments
+from wfst_asr.losses.common import (
+    _as_token_lists,
+    check_batch,
+    check_outputs,
+    feasible,
+    num_outputs,
+    segments,
+    select_fsas,
+)
 
-__all__ = ["AlignmentCeLoss", "HmmLoss", "alignment_prior", "alignments_from_transition_ids",
-           "feasible", "frame_ce_loss", "min_frames", "pdf_map", "pdf_topo",
-           "subsample_alignments", "viterbi_align"]
+__all__ = ["AlignmentCeLoss", "HmmLoss", "frame_ce_loss"]
 
 log = logging.getLogger(__name__)
 
 _MODES = ("forward", "viterbi", "ce")
 _REDUCTIONS = ("sum", "mean", "none")
-
-
-# ---------------------------------------------------------------------------- topologies
-def pdf_topo(topology: Topology) -> Fsa:
-    """A Kaldi HMM topology's ``H`` as a frame-synchronous transducer over pdfs.
-
-    :func:`~wfst_asr.graphs.topo.make_topology` gives ``H`` with transition-id labels and
-    epsilon arcs (``0:0``, back to the central state 0 after each phone); the engine needs
-    every arc to consume a frame. Here each epsilon arc ``q -> r`` (score ``w``) is replaced by
-    copies of the arcs leaving ``r`` (``q -> x``, score ``w +`` theirs; repeated while epsilon
-    arcs remain), which keeps every path and its score, and each transition-id label ``t``
-    becomes ``tid2pdf[t] + 1``: the network then has ``num_pdfs + 1`` outputs, column 0 unused
-    (the convention of :func:`~wfst_asr.graphs.training.hmm_output_id`). ``aux_labels`` stay
-    the phones, so the result works with :class:`~wfst_asr.graphs.training.
-    HmmTrainingGraphCompiler` and :class:`~wfst_asr.graphs.training.MmiTrainingGraphCompiler`.
-    """
-    if topology.is_ctc or topology.tid2pdf is None:
-        raise ValueError(f"pdf_topo needs an HMM topology, got {topology.name!r} (a CTC "
-                         "topology is frame-synchronous already: use topology.H)")
-    H = topology.H.to("cpu").detach()
-    a = H.arcs.long()
-    src, dst, lab = a[:, 0].tolist(), a[:, 1].tolist(), a[:, 2].tolist()
-    aux, sc = H.aux_labels.tolist(), H.scores.tolist()
-    arcs = list(zip(src, dst, lab, aux, sc))
-    for _ in range(H.num_states + 1):
-        eps = [x for x in arcs if x[2] == 0]
-        if not eps:
-            break
-        leaving: dict[int, list[tuple]] = {}
-        for x in arcs:
-            leaving.setdefault(x[0], []).append(x)
-        new = [x for x in arcs if x[2] != 0]
-        for q, r, _lab, eaux, w in eps:
-            if eaux != 0:
-                raise ValueError("pdf_topo: an epsilon arc with an output token")
-            new += [(q, d, lb, ax, w + s) for _, d, lb, ax, s in leaving.get(r, [])]
-        arcs = new
-    else:
-        raise ValueError("pdf_topo: H has an epsilon cycle")
-    t = torch.tensor([x[:4] for x in arcs], dtype=torch.int64)
-    pdf = topology.tid2pdf.to(torch.int64)
-    labels = torch.where(t[:, 2] > 0, pdf[t[:, 2].clamp(min=0)] + 1, t[:, 2])
-    out = torch.stack([t[:, 0], t[:, 1], labels], 1).to(torch.int32)
-    return Fsa(out, torch.tensor([x[4] for x in arcs], dtype=torch.float32),
-               num_states=H.num_states, aux_labels=t[:, 3].to(torch.int32))
-
-
-def alignments_from_transition_ids(tids: torch.Tensor | Sequence[Sequence[int]],
-                                   topology: Topology, subsampling: int = 1) -> torch.Tensor:
-    """Kaldi alignments (transition-ids per frame, one list per utterance) -> CE targets
-    ``[B, T]`` int64: output id ``pdf + 1`` (as :func:`pdf_topo`), -1 as padding.
-
-    ``subsampling``: keep every ``subsampling``-th frame (frame ``k * subsampling``), for a
-    network whose output rate is lower than the alignment's.
-    """
-    if topology.tid2pdf is None:
-        raise ValueError(f"{topology.name!r} has no transition-ids (not an HMM topology)")
-    rows = [torch.as_tensor(list(r) if not isinstance(r, torch.Tensor) else r,
-                            dtype=torch.int64)[::subsampling] for r in tids]
-    T = max((r.numel() for r in rows), default=0)
-    out = torch.full((len(rows), T), -1, dtype=torch.int64)
-    pdf = topology.tid2pdf.to(torch.int64)
-    for i, r in enumerate(rows):
-        if r.numel() and (int(r.min()) < 1 or int(r.max()) >= pdf.numel()):
-            raise ValueError(f"utterance {i}: transition-ids must be in [1, {pdf.numel() - 1}]")
-        out[i, :r.numel()] = pdf[r] + 1
-    return out
-
-
-# ---------------------------------------------------------------------------- graph helpers
-_BIG = 1 << 40
-
-
-def _frame_distances(g: Fsa, reverse: bool) -> torch.Tensor:
-    """Fewest frames ``[S]`` from the start state to each state (``reverse``: from each state
-    to the final state) of an FsaVec (CPU); ``_BIG`` where unreachable.
-
-    Unweighted shortest distances (an arc with a label >= 0 costs one frame, the final -1 arc
-    none) by relaxation rounds over all arcs of all graphs at once, as many rounds as the
-    longest of the shortest paths."""
-    S = g.num_states
-    dist = torch.full((S,), _BIG, dtype=torch.int64)
-    ends = g.final_states if reverse else g.start_states
-    dist[ends[ends >= 0]] = 0
-    cost = (g.labels >= 0).to(torch.int64)
-    frm, to = (g.dst_global, g.src_global) if reverse else (g.src_global, g.dst_global)
-    for _ in range(S + 1):
-        new = dist.scatter_reduce(0, to, dist[frm] + cost, "amin", include_self=True)
-        if torch.equal(new, dist):
-            break
-        dist = new
-    return dist
-
-
-def min_frames(graphs: Fsa) -> torch.Tensor:
-    """int64 ``[N]`` (CPU): the fewest frames a complete path of each graph consumes (every
-    arc with a label >= 0 consumes one frame, the final -1 arc none); -1 for a graph with no
-    complete path."""
-    g = graphs.as_vec().to("cpu")
-    dist = _frame_distances(g, reverse=False)
-    fin = g.final_states
-    out = torch.full((g.num_fsas,), -1, dtype=torch.int64)
-    has = fin >= 0
-    d = dist[fin[has]]
-    out[has] = torch.where(d >= _BIG, torch.full_like(d, -1), d)
-    return out
-
-
-def feasible(graphs: Fsa, lens: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ok [N] bool, need [N] int64)`` (CPU): can graph ``i`` consume exactly ``lens[i]``
-    frames? ``need`` = :func:`min_frames`.
-
-    ``ok`` is ``lens == need``, or ``lens >= `` the fewest frames of a complete path through a
-    state with a frame self-loop (which can then absorb any number of extra frames). Exact
-    for graphs whose only cycles are self-loops, such as the training graphs of HMM and CTC
-    topologies (an empty transcript with an HMM topology fits 0 frames only; with CTC, any
-    number through blank). For other graphs a length the test accepts may still have no path:
-    the losses drop such a non-finite total afterwards.
-    """
-    g = graphs.as_vec().to("cpu")
-    lens = torch.as_tensor(lens, dtype=torch.int64).reshape(-1)
-    need = min_frames(g)
-    d0 = _frame_distances(g, reverse=False)
-    d1 = _frame_distances(g, reverse=True)
-    a = g.arcs.long()
-    loop = ((a[:, 0] == a[:, 1]) & (a[:, 2] >= 0)).nonzero().squeeze(1)
-    q = g.src_global[loop]
-    through = (d0[q] + d1[q]).clamp(max=_BIG)
-    loop_need = torch.full((g.num_fsas,), _BIG, dtype=torch.int64)
-    loop_need = loop_need.scatter_reduce(0, g.arc_fsa[loop], through, "amin", include_self=True)
-    ok = (need >= 0) & (lens >= need) & ((lens == need) | (lens >= loop_need))
-    return ok, need
-
-
-def select_fsas(graphs: Fsa, idx: torch.Tensor) -> Fsa:
-    """The FsaVec of ``graphs[idx]`` (in that order), attributes kept, in one gather."""
-    g = graphs.as_vec()
-    idx = torch.as_tensor(idx, dtype=torch.int64, device=g.device).reshape(-1)
-    counts = (g.arc_splits[1:] - g.arc_splits[:-1])[idx]
-    splits = torch.zeros(idx.numel() + 1, dtype=torch.int64, device=g.device)
-    splits[1:] = counts.cumsum(0)
-    total = int(splits[-1])
-    run = torch.repeat_interleave(torch.arange(idx.numel(), device=g.device), counts,
-                                  output_size=total)
-    arc_map = g.arc_splits[idx][run] + torch.arange(total, device=g.device) - splits[run]
-    return g.index_arcs(arc_map, g.arcs[arc_map], splits, g.num_states_per_fsa[idx])
-
-
-def check_batch(log_probs: torch.Tensor, out_lens, num_texts: int | None) -> torch.Tensor:
-    """Validate ``log_probs [B, T, V]`` and ``out_lens [B]``; return the lengths (CPU int64)."""
-    if log_probs.dim() != 3:
-        raise ValueError(f"log_probs must be [B, T, V], got {tuple(log_probs.shape)}")
-    B, T, _ = log_probs.shape
-    lens = torch.as_tensor(out_lens).detach().to("cpu", torch.int64).reshape(-1)
-    if lens.numel() != B or (num_texts is not None and num_texts != B):
-        raise ValueError(f"got {B} sequences of log-probs, {lens.numel()} lengths and "
-                         f"{num_texts} transcripts")
-    if bool((lens < 0).any()) or bool((lens > T).any()):
-        raise ValueError(f"out_lens must lie in [0, T={T}], got {lens.tolist()}")
-    return lens
-
-
-def num_outputs(topo: Fsa) -> int:
-    """The network output dimension a topology expects: its largest label + 1."""
-    return int(topo.labels.max()) + 1 if topo.num_arcs else 0
-
-
-def check_outputs(V: int, expected: int, what: str) -> None:
-    if V != expected:
-        raise ValueError(f"the network has {V} outputs per frame but {what} has labels "
-                         f"0..{expected - 1} (expects {expected} outputs): the output layer "
-                         f"and the topology do not match")
-
-
-def segments(keep: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-    """int32 ``[K, 3]`` supervision segments ``(b, 0, lens[b])`` of the utterances ``keep``."""
-    return torch.stack([keep, torch.zeros_like(keep), lens[keep]], 1).to(torch.int32)
-
-
-def _as_token_lists(token_seqs) -> list[list[int]]:
-    if isinstance(token_seqs, torch.Tensor):
-        token_seqs = token_seqs.tolist()
-    return [[int(t) for t in (s.tolist() if isinstance(s, torch.Tensor) else s)]
-            for s in token_seqs]
-
-
-# ---------------------------------------------------------------------------- alignments
-def _best_path_labels(graphs: Fsa, log_probs: torch.Tensor, segs: torch.Tensor
-                      ) -> torch.Tensor:
-    """Per-frame labels ``[B, T]`` of the engine's best path of every segment (-1 elsewhere).
-
-    The gradient of a tropical total w.r.t. the log-probs is the indicator of one best path
-    (``get_tot_scores``): one 1 per frame of the segment, at the label of the path's arc, and
-    0 for a segment without a path. So the alignment is streamed like the totals, without
-    building the lattice.
-    """
-    x = log_probs.detach().requires_grad_(True)
-    with torch.enable_grad():
-        tot = get_tot_scores(intersect_dense(graphs, DenseFsaVec(x, segs)), log_semiring=False)
-        fin = torch.isfinite(tot)
-        if not bool(fin.any()):
-            return torch.full(x.shape[:2], -1, dtype=torch.int64, device=x.device)
-        (grad,) = torch.autograd.grad(tot[fin].sum(), x)
-    ali = grad.argmax(-1)
-    return torch.where(grad.sum(-1) > 0.5, ali, torch.full_like(ali, -1))
-
-
-def viterbi_align(graphs: Fsa, log_probs: torch.Tensor,
-                  lens: torch.Tensor | Sequence[int]) -> torch.Tensor:
-    """Forced alignments: the output id (pdf + 1 for :func:`pdf_topo`) of every frame on the
-    best path of each utterance's graph (tropical semiring, the engine's Viterbi).
-
-    Args:
-      graphs: FsaVec with one graph per utterance (e.g. from
-        :class:`~wfst_asr.graphs.training.HmmTrainingGraphCompiler`), or one shared graph.
-      log_probs: ``[B, T, V]`` scores (no gradient is taken).
-      lens: ``[B]`` frames of each utterance.
-
-    Returns:
-      int64 ``[B, T]`` on ``log_probs``'s device: output ids on frames ``0 .. lens[b]-1``, -1
-      after them and on every frame of an utterance whose graph has no path of that length.
-      Ties between equally good paths are broken by the engine (one path is chosen).
-    """
-    lens = check_batch(log_probs, lens, None)
-    B = log_probs.shape[0]
-    g = graphs.as_vec().to(log_probs.device)
-    if g.num_fsas not in (1, B):
-        raise ValueError(f"got {g.num_fsas} graphs for {B} utterances")
-    return _best_path_labels(g, log_probs, segments(torch.arange(B), lens))
 
 
 def frame_ce_loss(log_probs: torch.Tensor, alignments: torch.Tensor,
@@ -342,7 +119,7 @@ class HmmLoss(nn.Module):
 
     Args:
       topo: an :class:`~wfst_asr.graphs.training.HmmTrainingGraphCompiler`, or its topology:
-        an epsilon-free ``H`` Fsa (e.g. :func:`~wfst_asr.graphs.training.hmm_topo`) or a Kaldi
+        an epsilon-free ``H`` Fsa (e.g. :func:`~wfst_asr.graphs.topo.hmm_topo`) or a Kaldi
         :class:`~wfst_asr.graphs.topo.Topology` (converted with :func:`pdf_topo`).
       mode: ``"forward"`` (log semiring: ``-log`` of the sum over all state sequences),
         ``"viterbi"`` (tropical: minus the best state sequence's score) or ``"ce"``
@@ -518,64 +295,6 @@ class HmmLoss(nn.Module):
 
 
 # ---------------------------------------------------------------------------- given alignments
-def pdf_map(src: Topology, dst: Topology) -> torch.Tensor:
-    """int64 ``[src.num_pdfs]``: the ``dst`` output id (``pdf + 1``, as :func:`pdf_topo`) of
-    each ``src`` pdf: the same phone, HMM state ``min(k, n_dst - 1)`` for ``src``'s state ``k``
-    (``hmm-3state`` -> ``hmm-1state``: every state of a phone -> the phone's pdf; the same
-    topology: the identity plus one). Monophone topologies with one pdf per HMM state."""
-    from wfst_asr.gmm.mono import phone_pdfs
-
-    s, d = phone_pdfs(src), phone_pdfs(dst)
-    out = torch.full((src.num_pdfs,), -1, dtype=torch.int64)
-    for phone, pdfs in s.items():
-        if phone not in d:
-            raise ValueError(f"phone {phone} of {src.name!r} is not in {dst.name!r}")
-        for k, p in enumerate(pdfs):
-            out[p] = d[phone][min(k, len(d[phone]) - 1)] + 1
-    return out
-
-
-def subsample_alignments(alis: Sequence[Sequence[int]] | Sequence[torch.Tensor],
-                         subsampling: int, mapping: torch.Tensor | None = None
-                         ) -> torch.Tensor:
-    """Per-input-frame alignments (one sequence per utterance) -> targets ``[B, T_out]`` int64
-    at the network's output rate, -1 as padding.
-
-    Output frame ``k`` of a network that stacks ``subsampling`` input frames (floor mode)
-    covers input frames ``k s .. k s + s - 1``; it gets the label of the middle one,
-    ``k s + s // 2``, mapped through ``mapping`` (e.g. :func:`pdf_map`) when given. Raises
-    ValueError naming the utterance for a label outside ``mapping``.
-    """
-    if subsampling < 1:
-        raise ValueError(f"subsampling must be >= 1, got {subsampling}")
-    rows = [torch.as_tensor(r if isinstance(r, torch.Tensor) else list(r), dtype=torch.int64)
-            for r in alis]
-    rows = [r[subsampling // 2::subsampling][:r.numel() // subsampling] for r in rows]
-    T = max((r.numel() for r in rows), default=0)
-    out = torch.full((len(rows), T), -1, dtype=torch.int64)
-    for i, r in enumerate(rows):
-        if mapping is not None and r.numel():
-            if int(r.min()) < 0 or int(r.max()) >= mapping.numel():
-                raise ValueError(f"utterance {i} of the batch: alignment labels must lie in "
-                                 f"[0, {mapping.numel() - 1}], got {int(r.min())}.."
-                                 f"{int(r.max())}")
-            r = mapping[r]
-        out[i, :r.numel()] = r
-    return out
-
-
-def alignment_prior(targets: torch.Tensor, num_outputs: int, floor: float = 1.0
-                    ) -> torch.Tensor:
-    """float64 ``[num_outputs]``: relative frequencies of the targets ``>= 0`` (counts plus
-    ``floor`` for every column but 0, which stays 0): the state prior ``p(s)`` of hybrid
-    decoding, ``log p(s|x) - alpha log p(s)``."""
-    t = targets[targets >= 0].reshape(-1)
-    counts = torch.bincount(t, minlength=num_outputs).to(torch.float64)[:num_outputs]
-    counts[1:] += floor
-    counts[0] = 0.0
-    return counts / counts.sum().clamp(min=1e-20)
-
-
 class AlignmentCeLoss(nn.Module):
     """Frame cross-entropy of a hybrid model against given alignments (e.g. a GMM system's).
 

@@ -50,8 +50,7 @@ from torch import nn
 
 from wfst_asr.fsa import DenseFsaVec, Fsa, get_tot_scores, intersect_dense
 from wfst_asr.graphs.training import MmiTrainingGraphCompiler
-from wfst_asr.losses.ctc import CtcLoss
-from wfst_asr.losses.hmm import (
+from wfst_asr.losses.common import (
     _as_token_lists,
     check_batch,
     check_outputs,
@@ -60,6 +59,7 @@ from wfst_asr.losses.hmm import (
     segments,
     select_fsas,
 )
+from wfst_asr.losses.ctc import CtcLoss
 
 __all__ = ["MmiLoss", "add_leaky_arcs"]
 
@@ -104,8 +104,8 @@ class MmiLoss(nn.Module):
 
     Args:
       compiler: a :class:`~wfst_asr.graphs.training.MmiTrainingGraphCompiler` (phone LM ``P``
-        and topology ``H``: ``"ctc"``, :func:`~wfst_asr.graphs.training.hmm_topo` or
-        :func:`wfst_asr.losses.hmm.pdf_topo` of a Kaldi topology such as ``chain``).
+        and topology ``H``: ``"ctc"``, :func:`~wfst_asr.graphs.topo.hmm_topo` or
+        :func:`wfst_asr.graphs.topo.pdf_topo` of a Kaldi topology such as ``chain``).
       leaky_hmm_coefficient: leaky-HMM probability (module docstring); 0 disables it. Kaldi's
         default is 1e-5 (its recipes use 0.1).
       l2_regularize: weight of the sum of squared outputs (frames of kept utterances).

@@ -1,7 +1,7 @@
 """Neural network models: acoustic encoders (:mod:`wfst_asr.models.encoders`), transducer
-decoder/joiner/head and the BLSTM transducer (:mod:`wfst_asr.models.transducer`; its search,
-:mod:`wfst_asr.decode.transducer`, is re-exported there), and the LSTM language model of n-best
-rescoring (:mod:`wfst_asr.models.lm`)."""
+decoder/joiner/head and the BLSTM transducer (:mod:`wfst_asr.models.transducer`), and the LSTM language model of n-best
+rescoring (:mod:`wfst_asr.models.lm`). Models are plain ``nn.Module`` s that import only torch:
+their training is in :mod:`wfst_asr.train`, their searches in :mod:`wfst_asr.decode`."""
 
 from wfst_asr.models.encoders import (
     MODELS,
@@ -12,15 +12,13 @@ from wfst_asr.models.encoders import (
     check_output_dim,
     register_model,
 )
-from wfst_asr.models.lm import LmLoss, LstmLm, load_lm, train_lm
+from wfst_asr.models.lm import LstmLm
 from wfst_asr.models.transducer import (
     BlstmTransducer,
     Joiner,
     StatelessDecoder,
     Transducer,
     add_sos,
-    beam_search,
-    greedy_search,
 )
 
 __all__ = [
@@ -32,6 +30,5 @@ __all__ = [
     "check_output_dim",
     "register_model",
 ]
-__all__ += ["BlstmTransducer", "Joiner", "StatelessDecoder", "Transducer", "add_sos", "beam_search",
-            "greedy_search"]
-__all__ += ["LmLoss", "LstmLm", "load_lm", "train_lm"]
+__all__ += ["BlstmTransducer", "Joiner", "StatelessDecoder", "Transducer", "add_sos"]
+__all__ += ["LstmLm"]

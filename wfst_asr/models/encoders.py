@@ -5,9 +5,9 @@ Every encoder here has the same interface:
 * ``forward(x [B, T, F], lens [B]) -> (log_probs [B, T', V], out_lens [B])``; ``log_probs``
   are ``log_softmax`` outputs (token 0 = blank), frames at and past ``out_lens[b]`` are padding;
 * ``subsampling_factor`` and ``subsampling_mode``: the frame-rate rule in the terms of
-  :func:`wfst_asr.data.subsampled_lengths`, so that
-  ``supervision_segments(batch, model.subsampling_factor, model.subsampling_mode)`` matches the
-  model's output, and ``out_lens == model.output_lengths(lens)`` always;
+  :func:`wfst_asr.models.subsampling.subsampled_lengths`, so that
+  ``supervision_segments(batch, model)`` matches the model's output, and
+  ``out_lens == model.output_lengths(lens)`` always;
 * ``num_features``, ``num_classes`` (the output dimension V, blank included).
 
 Padding never leaks into the valid frames: LSTMs run on packed sequences and convolution
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from wfst_asr.data.dataset import subsampled_lengths
+from wfst_asr.models.subsampling import subsampled_lengths
 
 
 def _mask(x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:

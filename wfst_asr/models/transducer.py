@@ -10,14 +10,15 @@ The pieces, as in icefall's stateless transducers:
   (the pruned loss projects first, then gathers, see
   :func:`wfst_asr.losses.do_rnnt_pruning`).
 * :class:`Transducer`: decoder + joiner + the simple joiner's projections to the vocabulary,
-  on top of any encoder output ``[B, T, C]``; ``forward(..., loss=TransducerLoss(...))``.
+  on top of any encoder output ``[B, T, C]``; ``forward`` gives the decoder output and the
+  simple projections of a batch; the criterion (:mod:`wfst_asr.train.criteria`) hands them
+  and the joiner to :class:`wfst_asr.losses.TransducerLoss` (a model never calls a loss).
 * :class:`BlstmTransducer` (registered model ``blstm_transducer``): a :class:`Blstm` encoder and
   a :class:`Transducer` head as submodules; ``forward(feats, lens) -> (encoder_out, out_lens)``
-  (what the trainer calls), ``head(...)`` for the loss (the ``transducer`` loss of
-  :mod:`wfst_asr.train.build` does it).
-* :func:`greedy_search` and :func:`beam_search` live in :mod:`wfst_asr.decode.transducer`
-  (with the graph-constrained :func:`~wfst_asr.decode.transducer.fast_beam_search`) and are
-  re-exported here.
+  (what the trainer calls), ``head(...)`` for the loss's inputs.
+* the searches take the model (as icefall's ``beam_search.py`` does) and live in
+  :mod:`wfst_asr.decode.transducer`: greedy, modified beam and graph-constrained fast beam
+  search; a model never imports its decoder.
 
 Token ``blank`` (default 0) is both the blank output and the start-of-sequence context.
 """
@@ -28,11 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wfst_asr.decode.transducer import beam_search, greedy_search
 from wfst_asr.models.encoders import Blstm, Encoder, register_model
 
-__all__ = ["BlstmTransducer", "Joiner", "StatelessDecoder", "Transducer", "add_sos",
-           "beam_search", "greedy_search"]
+__all__ = ["BlstmTransducer", "Joiner", "StatelessDecoder", "Transducer", "add_sos"]
 
 
 class StatelessDecoder(nn.Module):
@@ -122,11 +121,12 @@ class Transducer(nn.Module):
       vocab_size: V (blank included); decoder_dim, joiner_dim, context_size, blank: as
         :class:`StatelessDecoder` / :class:`Joiner`.
 
-    ``forward(encoder_out, encoder_lens, targets, loss, target_lens=None) -> (loss, info)``
-    runs ``loss`` (a :class:`wfst_asr.losses.TransducerLoss`) with the decoder output on
-    ``add_sos(targets)`` and, for the pruned loss, ``simple_am = simple_am_proj(encoder_out)``,
-    ``simple_lm = simple_lm_proj(decoder_out)``. With padded ``targets [B, U]`` give
-    ``target_lens``.
+    ``forward(encoder_out [B, T, C], targets, simple=True) -> (decoder_out [B, U+1, D],
+    simple_am [B, T, V], simple_lm [B, U+1, V])``: the decoder output on ``add_sos(targets)``
+    (one token list per utterance) and the simple joiner's projections
+    ``simple_am_proj(encoder_out)``, ``simple_lm_proj(decoder_out)`` (None, None with
+    ``simple=False``): the inputs of :class:`wfst_asr.losses.TransducerLoss` besides the
+    joiner.
     """
 
     def __init__(self, encoder_dim: int, vocab_size: int, decoder_dim: int = 512,
@@ -138,20 +138,12 @@ class Transducer(nn.Module):
         self.simple_am_proj = nn.Linear(encoder_dim, vocab_size)
         self.simple_lm_proj = nn.Linear(decoder_dim, vocab_size)
 
-    def forward(self, encoder_out: torch.Tensor, encoder_lens, targets, loss: nn.Module,
-                target_lens=None) -> tuple[torch.Tensor, dict]:
-        if isinstance(targets, torch.Tensor) and targets.dim() == 2:
-            if target_lens is None:
-                raise ValueError("padded targets [B, U] need target_lens")
-            lens = torch.as_tensor(target_lens).tolist()
-            seqs = [row[:n].tolist() for row, n in zip(targets, lens)]
-        else:
-            seqs = [list(s.tolist() if isinstance(s, torch.Tensor) else s) for s in targets]
-        dec = self.decoder(add_sos(seqs, self.blank, encoder_out.device))
-        simple_am = simple_lm = None
-        if getattr(loss, "pruned", False):
-            simple_am, simple_lm = self.simple_am_proj(encoder_out), self.simple_lm_proj(dec)
-        return loss(encoder_out, encoder_lens, dec, seqs, self.joiner, simple_am, simple_lm)
+    def forward(self, encoder_out: torch.Tensor, targets, simple: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        dec = self.decoder(add_sos(targets, self.blank, encoder_out.device))
+        if not simple:
+            return dec, None, None
+        return dec, self.simple_am_proj(encoder_out), self.simple_lm_proj(dec)
 
 
 class BlstmTransducer(Encoder):

@@ -1,4 +1,6 @@
-"""Training: experiment configs and registry, checkpoints and averaging, the Trainer (DDP)."""
+"""Training: experiment configs and registry (:mod:`.config`), the loss registry
+(:mod:`.criteria`), building a run (:mod:`.build`), checkpoints and averaging, the Trainer (DDP),
+the LSTM LM's training (:mod:`.lm`) and loading a trained model (:mod:`.inference`)."""
 
 from wfst_asr.train.build import (
     build_model_and_loss,
@@ -15,13 +17,17 @@ from wfst_asr.train.checkpoint import (
     save_checkpoint,
 )
 from wfst_asr.train.config import (
+    BASES,
     CONFIGS,
+    ConfigError,
     ExperimentConfig,
     apply_overrides,
     get_config,
     list_configs,
+    load_config,
     register,
 )
+from wfst_asr.train.criteria import LOSSES, register_loss
 from wfst_asr.train.trainer import (
     Trainer,
     batch_targets,
@@ -32,8 +38,11 @@ from wfst_asr.train.trainer import (
 )
 
 __all__ = [
+    "BASES",
     "CONFIGS",
+    "LOSSES",
     "CheckpointError",
+    "ConfigError",
     "ExperimentConfig",
     "Trainer",
     "apply_overrides",
@@ -49,8 +58,10 @@ __all__ = [
     "latest_checkpoint",
     "list_configs",
     "load_checkpoint",
+    "load_config",
     "make_loader",
     "register",
+    "register_loss",
     "save_checkpoint",
     "seed_everything",
     "token_table",

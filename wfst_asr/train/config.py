@@ -1,18 +1,30 @@
 """Experiment configurations: typed, named, inheritable dataclasses in a registry.
 
 In the spirit of Lingvo's ``Params`` + model registry: an experiment is a subclass of
-:class:`ExperimentConfig` that overrides field defaults, registered under a dotted name::
+:class:`ExperimentConfig` that overrides field defaults, registered under a name::
 
-    @register("timit.ctc_blstm")
-    class TimitCtcBlstm(ExperimentConfig):
+    @register("ctc_blstm")
+    class CtcBlstm(ExperimentConfig):
         model: str = "blstm"
         model_kwargs: dict = field(default_factory=lambda: {"hidden": 256})
 
-    @register("timit.ctc_tdnn_lstm")
-    class TimitCtcTdnnLstm(TimitCtcBlstm):      # inherits everything else
+    @register("tdnn_lstm")
+    class TdnnLstm(CtcBlstm):                   # inherits everything else
         model: str = "tdnn_lstm"
 
-    cfg = get_config("timit.ctc_blstm")
+The library registers only corpus-free bases (:data:`BASES`: ``ctc_blstm``, ``tdnn_lstm``,
+``hmm_blstm``, ``mmi_blstm``, ``transducer_blstm``); their data paths and token field are
+required keys (:meth:`ExperimentConfig.check_required`). Recipes own their settings as config
+files (``egs/<corpus>/conf/*.yaml``) that name a base and override it::
+
+    # egs/timit/conf/ctc_blstm.yaml
+    base: ctc_blstm                 # a registered name, or another file (relative path)
+    name: timit.ctc_blstm
+    train_cuts: data/fbank/timit_cuts_train.jsonl.gz
+    token_field: phones_48
+    model_kwargs: {dropout: 0.3}    # dict fields are merged into the base's, key by key
+
+    cfg = load_config("egs/timit/conf/ctc_blstm.yaml")     # or load_config("ctc_blstm")
     apply_overrides(cfg, ["lr=1e-3", "model.hidden=128", "spec_augment=false"])
     cfg.save(exp_dir / "config.json"); cfg.log()
 
@@ -26,6 +38,7 @@ valid keys.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import json
 import logging
@@ -33,16 +46,25 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from wfst_asr.atomic import atomic_write_text
+from wfst_asr.data.dataset import SpecAugment, TimeFreqMask
+from wfst_asr.models import MODELS
+from wfst_asr.train.criteria import LOSSES
 
 __all__ = [
+    "BASES",
     "CONFIGS",
+    "ConfigError",
     "ExperimentConfig",
     "apply_overrides",
     "get_config",
     "list_configs",
+    "load_config",
     "register",
 ]
 
@@ -64,8 +86,8 @@ class ExperimentConfig:
     lang_dir: str = ""           # lang dir with the graphs a loss needs (P, topology, lexicon)
     token_field: str = "tokens"  # supervision.custom key: list of ids, or symbols (str/list)
     cmvn: str = ""               # .pt from wfst_asr.data.save_cmvn, or "" for none
-    num_features: int = 80
-    num_classes: int = 0         # 0: max token id + 1 from `tokens`
+    num_features: int = 0        # 0: from the training cuts' features (else checked against them)
+    num_classes: int = 0         # 0: from the loss topology, else max token id + 1 of `tokens`
     max_duration: float = 200.0
     max_cuts: int | None = None
     bucketing: bool = True
@@ -97,9 +119,19 @@ class ExperimentConfig:
     tensorboard: bool = True
     log_every: int = 50          # batches between TensorBoard points
 
+    #: keys that must be set (non-empty) before training: the data the config cannot know.
+    REQUIRED: typing.ClassVar[tuple[str, ...]] = ()
+
     def __post_init__(self) -> None:
         if self.name == "base":
             self.name = getattr(type(self), "_registered_name", "base")
+
+    def check_required(self) -> None:
+        """:class:`ConfigError` naming the first required key left empty."""
+        for key in self.REQUIRED:
+            if getattr(self, key) in ("", None):
+                raise ConfigError(f"config {self.name!r}: required key {key!r} is not set (set "
+                                  f"it in the config file or with --set {key}=...)")
 
     # ------------------------------------------------------------------ dict / json / log
 
@@ -148,11 +180,116 @@ def register(name: str):
     return add
 
 
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message is one line naming the key or file."""
+
+
+def _unknown(name: str) -> ConfigError:
+    close = difflib.get_close_matches(name, list_configs(), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config {name!r}{hint} (registered: {', '.join(list_configs())}; "
+                       "or give a .yaml/.json config file)")
+
+
 def get_config(name: str) -> ExperimentConfig:
-    """A fresh instance of the configuration registered as ``name``."""
+    """A fresh instance of the configuration registered as ``name`` (:class:`ConfigError` with
+    a close-match suggestion for an unknown name)."""
     if name not in CONFIGS:
-        raise ValueError(f"unknown config {name!r}; registered: {list_configs()}")
+        raise _unknown(name)
     return CONFIGS[name]()
+
+
+_CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def load_config(name_or_file: str | os.PathLike) -> ExperimentConfig:
+    """A registered configuration (by name) or a config file (``.yaml``/``.yml``/``.json``).
+
+    A file holds a mapping: ``base`` (a registered name, or another config file relative to
+    this one; default: the plain :class:`ExperimentConfig`), ``include`` (files of plain keys,
+    relative to this one, applied in order after the base: settings several configs of a
+    recipe share) and any fields, which override the base's; the ``*_kwargs`` dict fields are
+    merged into the base's key by key. Values are checked against the fields' types. Errors
+    are :class:`ConfigError` naming the file."""
+    text = os.fspath(name_or_file)
+    if text in CONFIGS:
+        return get_config(text)
+    path = Path(text)
+    if path.suffix not in _CONFIG_SUFFIXES:
+        raise _unknown(text)
+    return _load_file(path, set())
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a valid config file: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of keys to values")
+    return data
+
+
+def _load_file(path: Path, seen: set[Path]) -> ExperimentConfig:
+    real = path.resolve()
+    if real in seen:
+        raise ConfigError(f"{path}: config files inherit from each other in a circle")
+    data = _read_mapping(path)
+    base = data.pop("base", None)
+    includes = data.pop("include", [])
+    if base is None:
+        cfg = ExperimentConfig()
+    elif not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a config name or file, got {base!r}")
+    elif base in CONFIGS:
+        cfg = get_config(base)
+    elif Path(base).suffix in _CONFIG_SUFFIXES:
+        cfg = _load_file(path.parent / base, seen | {real})
+    else:
+        raise ConfigError(f"{path}: base: {_unknown(base)}") from None
+    for inc in [includes] if isinstance(includes, str) else includes:
+        inc_path = path.parent / str(inc)
+        inc_data = _read_mapping(inc_path)
+        if {"base", "include"} & set(inc_data):
+            raise ConfigError(f"{inc_path}: an included file holds plain keys (no base/include)")
+        _apply(cfg, inc_data, inc_path)
+    _apply(cfg, data, path)
+    return cfg
+
+
+def _apply(cfg: ExperimentConfig, data: dict[str, Any], path: Path) -> None:
+    """Set the keys of a config file on ``cfg`` (the ``*_kwargs`` dicts are merged)."""
+    known = _field_types(type(cfg))
+    for key, value in data.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{path}: unknown key {key!r}{hint}")
+        try:
+            if key in KWARG_GROUPS.values():
+                if not isinstance(value, dict):
+                    raise ValueError(f"expected a mapping, got {value!r}")
+                getattr(cfg, key).update(value)
+            else:
+                setattr(cfg, key, _typed(value, known[key]))
+        except ValueError as e:
+            raise ConfigError(f"{path}: {key}: {e}") from None
+
+
+def _typed(value: Any, typ: Any) -> Any:
+    """``value`` from a config file as type ``typ`` (YAML reads ``2e-3`` as a string)."""
+    if value is None:
+        return parse_value("none", typ)
+    if isinstance(value, (list, tuple)):
+        return parse_value(",".join(str(v) for v in value), typ)
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if typ in (int, bool, str) and isinstance(value, typ) and not (
+            typ is int and isinstance(value, bool)):
+        return value
+    return parse_value(str(value), typ)
 
 
 def list_configs() -> list[str]:
@@ -247,17 +384,13 @@ def _kwarg_type(cfg: ExperimentConfig, group: str, key: str) -> Any:
 
 
 def _constructor_params(cfg: ExperimentConfig, group: str) -> dict | None:
+    if group == "loss":
+        return dict(LOSSES[cfg.loss].options) if cfg.loss in LOSSES else None
     if group == "model":
-        from wfst_asr.models import MODELS
         factory = MODELS.get(cfg.model)
         skip = {"self", "num_features", "num_classes"}
-    elif group == "specaug":
-        from wfst_asr.data.dataset import SpecAugment, TimeFreqMask
-        factory = SpecAugment if SpecAugment is not None else TimeFreqMask
-        skip = {"self"}
     else:
-        from wfst_asr.train.build import LOSSES
-        factory = LOSSES[cfg.loss][1]() if cfg.loss in LOSSES else None
+        factory = SpecAugment if SpecAugment is not None else TimeFreqMask
         skip = {"self"}
     if factory is None:
         return None
@@ -295,50 +428,35 @@ def apply_overrides(cfg: ExperimentConfig, overrides: list[str] | tuple[str, ...
     return cfg
 
 
-# --------------------------------------------------------------------------- recipes
+# --------------------------------------------------------------------------- corpus-free bases
+# A recipe names one of these as ``base`` in its config file and sets the data keys. The
+# architecture defaults are those tuned on TIMIT (docs/results.md), a reasonable start for
+# another corpus; the recipe's file overrides whatever its data needs.
+
+_DATA_KEYS = ("train_cuts", "token_field")
 
 
-@register("timit.ctc_blstm")
-class TimitCtcBlstm(ExperimentConfig):
-    """TIMIT phone recognition: CTC over 48 phones (+ blank), 80-dim fbank, 3x256 BLSTM.
+@register("ctc_blstm")
+class CtcBlstm(ExperimentConfig):
+    """CTC over the tokens of ``tokens`` (+ blank): a 3x256 BLSTM on input frames stacked by 3,
+    dropout 0.3, Adam with the dev-loss plateau schedule. Required: ``train_cuts``,
+    ``token_field``, ``tokens``."""
 
-    Tang et al. (2016)'s 3-layer, 256-cell bidirectional LSTM, with the input frames stacked
-    by 3 (30 ms output frames: TIMIT's phones last 80 ms on average), dropout 0.3 and a mild
-    SpecAugment (no time warping; 2 frequency bands of <= 15 bins, 2 time masks of <= 20 frames).
-    Tuned on the NLTK TIMIT sample (120 training utterances, about 6 minutes of speech), where
-    small batches (30 s, 16 steps per epoch) and 30 epochs fit the 20-minute budget of the
-    recipe on 2 CPU cores; with the full corpus, raise ``max_duration`` (e.g. 200).
-    """
-
-    train_cuts: str = "data/fbank/timit_cuts_train.jsonl.gz"
-    dev_cuts: str = "data/fbank/timit_cuts_dev.jsonl.gz"
-    tokens: str = "data/lang_phone/tokens.txt"
-    token_field: str = "phones_48"
-    cmvn: str = "data/fbank/cmvn.pt"
+    REQUIRED = (*_DATA_KEYS, "tokens")
+    token_field: str = ""
     model: str = "blstm"
     model_kwargs: dict[str, Any] = field(
         default_factory=lambda: {"hidden": 256, "num_layers": 3, "dropout": 0.3,
                                  "subsample_after": 0})
     subsampling: int = 3
-    spec_augment: bool = True
-    spec_augment_kwargs: dict[str, Any] = field(
-        default_factory=lambda: {"time_warp_factor": 0, "num_feature_masks": 2,
-                                 "features_mask_size": 15, "num_frame_masks": 2,
-                                 "frames_mask_size": 20})
-    lr: float = 2e-3
     schedule: str = "plateau"
-    num_epochs: int = 30
-    max_duration: float = 30.0
-    num_buckets: int = 4
-    average_last: int = 5
     exp_dir: str = "exp/ctc_blstm"
 
 
-@register("timit.ctc_tdnn_lstm")
-class TimitCtcTdnnLstm(TimitCtcBlstm):
-    """As :class:`TimitCtcBlstm` with a TDNN-LSTM encoder (4 TDNN layers, the last one strided
-    by 3, then a 2-layer BLSTM) and the Noam schedule (warm-up over the first 10 epochs of the
-    sample's 16 steps each)."""
+@register("tdnn_lstm")
+class TdnnLstmCtc(CtcBlstm):
+    """As :class:`CtcBlstm` with a TDNN-LSTM encoder (4 TDNN layers, the last one strided by
+    3, then a 2-layer BLSTM) and the Noam schedule."""
 
     model: str = "tdnn_lstm"
     model_kwargs: dict[str, Any] = field(
@@ -346,85 +464,31 @@ class TimitCtcTdnnLstm(TimitCtcBlstm):
                                  "lstm_hidden": 256, "lstm_layers": 2, "bidirectional": True,
                                  "dropout": 0.3})
     schedule: str = "noam"
-    lr: float = 2e-3
-    warmup_steps: int = 160
-    exp_dir: str = "exp/ctc_tdnn_lstm"
+    exp_dir: str = "exp/tdnn_lstm"
 
 
-# --------------------------------------------------------------------------- timit: hmm / mmi
+@register("hmm_blstm")
+class HmmBlstm(CtcBlstm):
+    """A hybrid: the :class:`CtcBlstm` encoder over the pdfs of a Kaldi HMM topology (1-state
+    by default; ``num_pdfs + 1`` outputs, column 0 unused), full-sum (``loss.mode=forward``),
+    Viterbi or frame-CE training (``loss.mode=ce``; with ``loss.ali_topology`` on given
+    alignments, e.g. a monophone GMM's from ``wfst-asr train-mono``). Decoded with the HCLG.
+    Required: ``train_cuts``, ``token_field``, ``lang_dir``."""
 
-
-@register("timit.hmm_blstm")
-class TimitHmmBlstm(TimitCtcBlstm):
-    """The classic hybrid: as :class:`TimitCtcBlstm` (same encoder, input stacking, SpecAugment,
-    schedule), with 49 outputs over the pdfs of Kaldi's 1-state phone topology (48 pdfs, column 0
-    unused, :func:`wfst_asr.losses.hmm.pdf_topo`), trained with frame cross-entropy against the
-    alignments of a monophone GMM-HMM (``egs/timit/local/train_mono.py``, Kaldi's
-    ``train_mono.sh`` on MFCC + deltas, 3-state topology, 10 ms frames; stage 3 of
-    ``egs/timit/run.sh --loss hmm``): the cuts ``<gmm dir>/cuts_{train,dev}.jsonl.gz`` carry them
-    in the supervision field ``gmm_ali``; each 30 ms output frame takes the label of its middle
-    10 ms frame, its 3-state pdf folded to the phone's 1-state pdf (``loss.ali_topology``,
-    :class:`wfst_asr.losses.hmm.AlignmentCeLoss`). Decoded with the 1-state HCLG on the scaled
-    likelihoods ``log p(s|x) - prior_scale * log p(s)``, ``p(s)`` from the alignment counts
-    (``egs/timit/local/decode_hmm.py``). Tuned on dev (docs/results.md): dropout 0.4 (HCLG dev
-    PER 39.1-39.7% against 40.0-41.8% with 0.3: within noise on 20 utterances) and
-    ``prior_scale`` 0.3 (of 0, 0.3, 0.5, 0.8, 1)."""
-
-    lang_dir: str = "data/lang_phone"
-    train_cuts: str = "exp/mono/cuts_train.jsonl.gz"
-    dev_cuts: str = "exp/mono/cuts_dev.jsonl.gz"
-    token_field: str = "gmm_ali"
-    model_kwargs: dict[str, Any] = field(
-        default_factory=lambda: {"hidden": 256, "num_layers": 3, "dropout": 0.4,
-                                 "subsample_after": 0})
-    num_classes: int = 0         # from the topology: num_pdfs + 1
+    REQUIRED = (*_DATA_KEYS, "lang_dir")
     loss: str = "hmm"
     loss_kwargs: dict[str, Any] = field(
-        default_factory=lambda: {"topology": "hmm-1state", "mode": "ce",
-                                 "ali_topology": "hmm-3state", "prior_scale": 0.3})
+        default_factory=lambda: {"topology": "hmm-1state", "mode": "forward"})
     exp_dir: str = "exp/hmm_blstm"
 
 
-@register("timit.hmm_fullsum_blstm")
-class TimitHmmFullsumBlstm(TimitCtcBlstm):
-    """As :class:`TimitHmmBlstm`, but trained from scratch with the HMM full-sum (forward)
-    criterion on the transcripts (no alignments; ``token_field`` ``phones_48``), one 30 ms
-    output frame at least per phone; ``hmm-3state`` needs ``subsampling=1`` (3 frames per phone
-    do not fit 30 ms frames).
+@register("mmi_blstm")
+class MmiBlstm(CtcBlstm):
+    """LF-MMI on the CTC topology (blank + tokens; decoded with the CTC HLG): the denominator
+    is ``ctc_topo o P``, P the lang dir's phone LM (``<lang_dir>/lm.arpa``), leaky HMM 1e-5.
+    Required: ``train_cuts``, ``token_field``, ``lang_dir``."""
 
-    Tuned on dev (the sample's 120 training utterances): from scratch, the posterior HMM
-    collapses onto its most frequent states (Viterbi alignments of training utterances give
-    every phone 1 frame and one silence or closure 30+ frames; dev PER 74.6% with the CTC
-    settings), hence the prior correction (``prior_scale`` 0.3, :mod:`wfst_asr.losses.hmm`)
-    and an epoch-wise exponential learning-rate decay instead of the dev-loss plateau (the
-    corrected loss moves with the prior, and the plateau rule halved the rate from epoch 5):
-    dev PER 71.2%. Far from CTC and LF-MMI (about 41-43%) and from the GMM-aligned hybrid
-    (:class:`TimitHmmBlstm`): the BLSTM fits whatever segmentation the full sum settles on, and
-    nothing pulls it back to the acoustic one."""
-
-    lang_dir: str = "data/lang_phone"
-    num_classes: int = 0
-    loss: str = "hmm"
-    loss_kwargs: dict[str, Any] = field(
-        default_factory=lambda: {"topology": "hmm-1state", "mode": "forward",
-                                 "prior_scale": 0.3})
-    schedule: str = "exponential"
-    decay: float = 0.9
-    exp_dir: str = "exp/hmm_fullsum_blstm"
-
-
-@register("timit.mmi_blstm")
-class TimitMmiBlstm(TimitCtcBlstm):
-    """As :class:`TimitCtcBlstm`, trained with LF-MMI on the CTC topology (blank + 48 phones,
-    49 outputs; decoded with the CTC HLG): the denominator is ``ctc_topo o P`` with P the lang
-    dir's train-only phone bigram (``lm.arpa``), leaky HMM 1e-5, no output L2 (the outputs
-    are log-softmax, see :func:`wfst_asr.train.build._mmi_options`), no CTC term. On the
-    sample's dev set: 40.7% PER with the HLG (CTC: 42.0%), and the same with
-    ``loss.topology=hmm-1state`` and its HCLG. Greedy CTC decoding of these outputs means little
-    (over 90% PER, mostly insertions): LF-MMI does not make blank the dominant output."""
-
-    lang_dir: str = "data/lang_phone"
-    num_classes: int = 0         # from the topology: blank + tokens
+    REQUIRED = (*_DATA_KEYS, "lang_dir")
     loss: str = "mmi"
     loss_kwargs: dict[str, Any] = field(
         default_factory=lambda: {"topology": "ctc", "leaky_hmm_coefficient": 1e-5,
@@ -432,23 +496,12 @@ class TimitMmiBlstm(TimitCtcBlstm):
     exp_dir: str = "exp/mmi_blstm"
 
 
-# --------------------------------------------------------------------------- timit: transducer
-
-
-@register("timit.transducer_blstm")
-class TimitTransducerBlstm(TimitCtcBlstm):
-    """As :class:`TimitCtcBlstm` (same 3x256 BLSTM encoder on frames stacked by 3, dropout 0.3,
-    SpecAugment, batches, plateau schedule), as a transducer (``blstm_transducer``): the
-    encoder projects to 256, a stateless prediction network (bigram context, 256) and a
-    256-unit joiner over blank + 48 phones, trained with the pruned RNN-T loss (``s_range`` 5,
-    ``simple_loss_scale`` 0.5, the simple loss smoothed with ``lm_only_scale`` 0.25, as
-    icefall's stateless transducers) plus 0.3 x an auxiliary CTC loss on the encoder output
-    (``model.aux_ctc``, ``loss.ctc_scale``; icefall's ``--use-ctc``), with Adam at 4e-3.
-    Tuned on the dev set of the NLTK sample (docs/results.md): the CTC recipe's 2e-3 left the
-    transducer underfitted after 30 epochs (greedy dev PER 68%: mostly deletions); 4e-3 and the
-    CTC loss each helped (57%, 60%), together 50%; 6e-3, a CTC weight of 0.6 and dropout 0.2
-    did not. Decoded greedily, with modified beam search and with fast beam search in the
-    trivial graph and in the phone LG (``egs/timit/local/decode_transducer.py``)."""
+@register("transducer_blstm")
+class TransducerBlstm(CtcBlstm):
+    """A transducer (``blstm_transducer``): the :class:`CtcBlstm` encoder projected to 256, a
+    stateless prediction network (bigram context) and a 256-unit joiner, trained with the
+    pruned RNN-T loss (``s_range`` 5, icefall's simple-loss scales) plus 0.3 x an auxiliary CTC
+    loss on the encoder. Required: ``train_cuts``, ``token_field``, ``tokens``."""
 
     model: str = "blstm_transducer"
     model_kwargs: dict[str, Any] = field(
@@ -460,5 +513,8 @@ class TimitTransducerBlstm(TimitCtcBlstm):
         default_factory=lambda: {"pruned": True, "s_range": 5, "simple_loss_scale": 0.5,
                                  "lm_only_scale": 0.25, "am_only_scale": 0.0,
                                  "ctc_scale": 0.3})
-    lr: float = 4e-3
     exp_dir: str = "exp/transducer_blstm"
+
+
+#: The corpus-free bases the library registers.
+BASES = ("ctc_blstm", "tdnn_lstm", "hmm_blstm", "mmi_blstm", "transducer_blstm")

@@ -42,9 +42,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from wfst_asr.losses import nan_guard
+from wfst_asr.progress import progress
 from wfst_asr.train.checkpoint import (
     average_checkpoints,
     find_checkpoints,
@@ -241,8 +241,8 @@ class Trainer:
         self.model.train()
         _set_epoch(self.train_dl, epoch)
         tot_loss = tot_frames = 0.0
-        bar = tqdm(self.train_dl, desc=f"epoch {epoch}", unit="batch", disable=not self.is_main,
-                   leave=False)
+        bar = progress(self.train_dl, desc=f"epoch {epoch}", unit="batch",
+                       disable=not self.is_main, leave=False)
         self.step_in_epoch = 0
         for batch in bar:
             self.step_in_epoch += 1

@@ -3,7 +3,8 @@
 decode dev and test with the graph of the training topology and score PER.
 
 The topology is the one the model was trained with (``loss_kwargs.topology`` of its
-``config.json``, :func:`wfst_asr.train.build.loss_topology`), over the lang dir's phone bigram G:
+``config.json``, :func:`wfst_asr.train.criteria.loss_topology`), over the lang dir's phone
+bigram G:
 
 * an HMM topology (``hmm-1state``, ``hmm-3state``, ``chain``; the ``hmm`` loss, or ``mmi`` with
   such a topology): the HCLG (:func:`wfst_asr.graphs.compile.compile_graph`, cached in
@@ -18,7 +19,7 @@ An HMM model with ``loss.prior_scale`` alpha > 0 is decoded, greedy included, wi
 likelihoods ``log p(s|x) - alpha * log p(s)`` (``--prior-scale`` overrides alpha). The prior:
 for a hybrid trained on given alignments (``loss.ali_topology``, e.g. the GMM-aligned
 ``timit.hmm_blstm``), the relative frequencies of its training targets (the alignments of the
-training cuts at the output rate, :func:`wfst_asr.losses.hmm.alignment_prior`), as classic
+training cuts at the output rate, :func:`wfst_asr.losses.align.alignment_prior`), as classic
 hybrids do; otherwise the mean softmax output of the model over the TRAINING cuts. Such a
 hybrid's ``token_field`` holds alignments, so the references come from ``--ref-field``
 (default ``phones_48``).
@@ -47,9 +48,8 @@ from decode_timit import (
     Evaluation,
     decode_all,
     decode_graph,
-    load_model,
+    load_exp_model,
     parse_args,
-    run_model,
     write_results,
 )
 
@@ -58,9 +58,9 @@ from wfst_asr.fsa import SymbolTable
 from wfst_asr.graphs.compile import compile_graph
 from wfst_asr.graphs.lang import read_token_list
 from wfst_asr.graphs.topo import Topology, pdf_output_graph
-from wfst_asr.losses import HmmLoss
-from wfst_asr.losses.hmm import alignment_prior
-from wfst_asr.train.build import alignment_criterion, loss_options, loss_topology
+from wfst_asr.losses import HmmLoss, alignment_prior
+from wfst_asr.train.criteria import alignment_criterion, loss_options, loss_topology
+from wfst_asr.train.inference import run_model
 
 
 def pdf_to_phone(topo: Topology) -> torch.Tensor:
@@ -139,7 +139,7 @@ def _extra_args(parser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv, __doc__, losses=("hmm", "mmi"), extra=_extra_args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg, ckpt = load_model(args.exp_dir, device)
+    model, cfg, ckpt = load_exp_model(args.exp_dir, device)
     if cfg.get("loss") != args.loss:
         raise SystemExit(f"error: {args.exp_dir} holds a {cfg.get('loss')!r} model, not "
                          f"{args.loss!r}")

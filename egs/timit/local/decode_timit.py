@@ -11,8 +11,11 @@
 * scores PER on the 39-phone set (48 -> 39 folding) with a per-speaker breakdown, writing
   ``<exp_dir>/per_{greedy,hlg,kaldi}_{dev,test}.txt`` (atomically) and printing a summary.
 
-The pieces (:func:`parse_args`, :class:`Evaluation`, :func:`decode_graph`,
-:func:`write_results`) are shared with ``decode_hmm.py`` (HMM / LF-MMI models).
+The pieces (:func:`parse_args`, :func:`load_exp_model`, :class:`Evaluation`,
+:func:`tune_on_dev`, :func:`decode_graph`, :func:`write_results`) are shared with
+``decode_hmm.py`` (HMM / LF-MMI models), ``decode_transducer.py`` and ``decode_mono.py``; the
+model is loaded and run by :mod:`wfst_asr.train.inference`, the dev sweep is
+:func:`wfst_asr.decode.grid.grid_search`.
 
     python egs/timit/local/decode_timit.py --exp-dir exp/ctc_blstm --lang-dir data/lang_phone
 """
@@ -20,7 +23,6 @@ The pieces (:func:`parse_args`, :class:`Evaluation`, :func:`decode_graph`,
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -28,62 +30,27 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from lhotse import CutSet
 
 from wfst_asr.atomic import atomic_write_text
-from wfst_asr.data import AsrDataset, make_dataloader, make_sampler
 from wfst_asr.decode import greedy_ctc, kaldi_ctc_graph, kaldi_one_best, one_best
+from wfst_asr.decode.grid import GridResult, grid_search, parse_grid
 from wfst_asr.fsa import SymbolTable
 from wfst_asr.graphs.compile import compile_graph
 from wfst_asr.graphs.lang import read_token_list
 from wfst_asr.scoring import PhoneMap, score
-from wfst_asr.train import build_model_from_config, load_checkpoint
+from wfst_asr.train.checkpoint import CheckpointError
+from wfst_asr.train.inference import load_model, run_model
 
 MAP_FILE = Path(__file__).resolve().parent / "phones.60-48-39.map"
 
 
-def load_model(exp_dir: Path, device: torch.device) -> tuple[torch.nn.Module, dict, Path]:
-    ckpt = next((exp_dir / n for n in ("averaged.pt", "best.pt") if (exp_dir / n).is_file()),
-                None)
-    if ckpt is None:
-        raise SystemExit(f"error: no averaged.pt or best.pt in {exp_dir} (run stage 3)")
-    state = load_checkpoint(ckpt)
-    cfg_path = exp_dir / "config.json"
-    cfg = (json.loads(cfg_path.read_text()) if cfg_path.is_file() else state.get("config"))
-    if not cfg:
-        raise SystemExit(f"error: no config.json in {exp_dir} and none in {ckpt}")
-    model = build_model_from_config(cfg)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), cfg, ckpt
-
-
-@torch.no_grad()
-def run_model(model, cuts_path: str, cfg: dict, device: torch.device, max_duration: float):
-    """[(utt ids, speakers, refs(48), log_probs cpu [B,T,V], lens [B])] per batch, where row b of
-    log_probs belongs to ids[b]."""
-    cuts = CutSet.from_file(cuts_path)
-    sampler = make_sampler(cuts, max_duration, shuffle=False, bucketing=False)
-    dataset = AsrDataset(cmvn=cfg.get("cmvn") or None, spec_augment=False)
-    out = []
-    field = cfg.get("token_field", "phones_48")
-    for batch in make_dataloader(dataset, sampler):
-        if batch["features"].shape[0] == 0:
-            continue
-        lp, lens = model(batch["features"].to(device), batch["feature_lens"].to(device))
-        sup = batch["supervisions"]
-        B = lp.shape[0]
-        ids, spk, refs = [None] * B, [None] * B, [None] * B
-        for i, seq in enumerate(sup["sequence_idx"].tolist()):
-            ids[seq] = sup["id"][i]
-            spk[seq] = sup["speaker"][i]
-            ref = sup[field][i]
-            refs[seq] = ref.split() if isinstance(ref, str) else list(ref)
-        out.append((ids, spk, refs, lp.float().cpu(), lens.cpu()))
-    return out
-
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
+def load_exp_model(exp_dir: Path, device: torch.device
+                   ) -> tuple[torch.nn.Module, dict, Path]:
+    """:func:`wfst_asr.train.inference.load_model`, its error as the script's exit message."""
+    try:
+        return load_model(exp_dir, device)
+    except (OSError, ValueError, CheckpointError) as e:
+        raise SystemExit(f"error: {e} (run stage 3)") from e
 
 
 def decode_all(batches, fn) -> dict[str, list[int]]:
@@ -149,30 +116,48 @@ class Evaluation:
                      self.speaker_of, metric="PER")
 
 
+def tune_on_dev(ev: Evaluation, args: argparse.Namespace,
+                dev_hyps: Callable[[float, float], dict[str, list[str]]], name: str
+                ) -> tuple[GridResult, object, str]:
+    """:func:`~wfst_asr.decode.grid.grid_search` of ``--lm-scales`` x ``--word-penalties`` on
+    the DEV PER of ``dev_hyps(lm_scale, word_penalty) -> {utt: 48-phone hypothesis}`` (each
+    setting and the choice printed).
+
+    Returns ``(grid result, the chosen setting's dev report, a header line)``."""
+    reports = {}
+
+    def dev_per(lm_scale: float, word_penalty: float) -> float:
+        rep = ev.per("dev", dev_hyps(lm_scale, word_penalty))
+        reports[lm_scale, word_penalty] = rep
+        print(f"  {name} dev lm_scale={lm_scale:<4g} word_penalty={word_penalty:<5g} PER "
+              f"{rep.rate:.2f}%  ({rep.summary()})")
+        return rep.rate
+
+    scales, penalties = parse_grid(args.lm_scales), parse_grid(args.word_penalties)
+    res = grid_search(dev_per, scales, penalties, metric="PER")
+    print(f"chosen {res.describe()} (dev PER {res.error:.2f}%)")
+    header = (f"{name} tuned on dev: lm_scale {res.lm_scale:g} (of {scales}), word_penalty "
+              f"{res.word_penalty:g} (of {penalties})")
+    return res, reports[res.lm_scale, res.word_penalty], header
+
+
 def decode_graph(ev: Evaluation, graph, args: argparse.Namespace, label_str,
                  name: str = "HLG") -> tuple[dict[str, dict[str, object]], list[str], str]:
     """Decode with ``graph`` (labels = the network's output columns): ``one_best`` over
-    ``--lm-scales`` x ``--word-penalties`` on DEV, the best setting on test, then
-    ``kaldi_one_best`` on both at that setting. ``label_str(ids) -> phones`` turns the
-    graph's output labels into 48-phone strings.
+    ``--lm-scales`` x ``--word-penalties`` on DEV (:func:`tune_on_dev`), the best setting on
+    test, then ``kaldi_one_best`` on both at that setting. ``label_str(ids) -> phones`` turns
+    the graph's output labels into 48-phone strings.
 
     Returns ``(results, header lines, agreement line)``: results ``{name.lower(): {split:
     report}, "kaldi": {split: report}}``.
     """
-    scales = _floats(args.lm_scales)
-    penalties = _floats(args.word_penalties)
-    tuning = []
-    for s in scales:
-        for wp in penalties:
-            hyps = decode_all(ev.data["dev"], lambda lp, n, s=s, wp=wp: one_best(
-                graph, lp, n, search_beam=args.search_beam, lm_scale=s, word_penalty=wp))
-            rep = ev.per("dev", {u: label_str(h) for u, h in hyps.items()})
-            tuning.append((s, wp, rep))
-            print(f"  {name} dev lm_scale={s:<4g} word_penalty={wp:<5g} PER {rep.rate:.2f}%  "
-                  f"({rep.summary()})")
-    best_scale, best_wp, best_dev = min(tuning, key=lambda t: (t[2].rate, t[0], abs(t[1])))
-    print(f"chosen lm_scale {best_scale:g}, word_penalty {best_wp:g} "
-          f"(dev PER {best_dev.rate:.2f}%)")
+    def dev_hyps(s: float, wp: float) -> dict[str, list[str]]:
+        hyps = decode_all(ev.data["dev"], lambda lp, n: one_best(
+            graph, lp, n, search_beam=args.search_beam, lm_scale=s, word_penalty=wp))
+        return {u: label_str(h) for u, h in hyps.items()}
+
+    res, best_dev, tuned = tune_on_dev(ev, args, dev_hyps, name)
+    best_scale, best_wp = res.lm_scale, res.word_penalty
     key = name.lower()
     results: dict[str, dict[str, object]] = {key: {"dev": best_dev}}
     graph_test = decode_all(ev.data["test"], lambda lp, n: one_best(
@@ -188,8 +173,7 @@ def decode_graph(ev: Evaluation, graph, args: argparse.Namespace, label_str,
             split, {u: label_str(h) for u, h in kaldi_hyps[split].items()})
     same = sum(graph_test[u] == kaldi_hyps["test"][u] for u in graph_test)
     agree = 100.0 * same / max(len(graph_test), 1)
-    header = [(f"{name} tuned on dev: lm_scale {best_scale:g} (of {scales}), word_penalty "
-               f"{best_wp:g} (of {penalties})")]
+    header = [tuned]
     footer = (f"test utterances where {name} one_best and kaldi_one_best agree: "
               f"{same}/{len(graph_test)} ({agree:.1f}%)")
     return results, header, footer
@@ -216,7 +200,7 @@ def write_results(exp_dir: Path, ckpt: Path, results: dict[str, dict[str, object
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg, ckpt = load_model(args.exp_dir, device)
+    model, cfg, ckpt = load_exp_model(args.exp_dir, device)
     print(f"model {cfg['model']} from {ckpt} on {device}")
     tokens = read_token_list(cfg["tokens"])            # id k (>= 1) = tokens[k - 1]
     words = SymbolTable.from_file(args.lang_dir / "words.txt")

@@ -34,16 +34,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from decode_timit import Evaluation, _floats, decode_all, load_model, parse_args, write_results
+from decode_timit import (
+    Evaluation,
+    decode_all,
+    load_exp_model,
+    parse_args,
+    tune_on_dev,
+    write_results,
+)
 
 from wfst_asr.decode import greedy_ctc, scale_graph
-from wfst_asr.decode.transducer import (
-    beam_search,
-    fast_beam_search_one_best,
-    greedy_search,
-    trivial_graph,
-)
+from wfst_asr.decode.transducer import beam_search, fast_beam_search_one_best, greedy_search
 from wfst_asr.fsa import Fsa, SymbolTable
+from wfst_asr.graphs import trivial_graph
 from wfst_asr.graphs.compile import compile_graph, remove_input_epsilons
 from wfst_asr.graphs.lang import read_token_list
 
@@ -70,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra, rest = _extra_args(sys.argv[1:] if argv is None else list(argv))
     args = parse_args(rest, __doc__, losses=("transducer",))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg, ckpt = load_model(args.exp_dir, device)
+    model, cfg, ckpt = load_exp_model(args.exp_dir, device)
     if not hasattr(model, "head"):
         raise SystemExit(f"error: {cfg['model']} is no transducer model (no .head)")
     print(f"model {cfg['model']} from {ckpt} on {device}")
@@ -109,32 +112,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.setdefault(name, {})[split], s = run(split, fn, to_str)
             seconds[name] = seconds.get(name, 0.0) + s
     # LG: tune (lm_scale, phone insertion penalty) on dev only, then apply to test
-    scales, penalties = _floats(args.lm_scales), _floats(args.word_penalties)
-
     def lg_fn(s: float, wp: float):
         graph = scale_graph(lg, s, wp)
         return lambda e, n: fast_beam_search_one_best(dec, joiner, e, n, graph,
                                                       output="aux_labels", **fast)
 
-    tuning = []
-    for s in scales:
-        for wp in penalties:
-            rep, _ = run("dev", lg_fn(s, wp), word_str)
-            tuning.append((s, wp, rep))
-            print(f"  LG dev lm_scale={s:<4g} word_penalty={wp:<5g} PER {rep.rate:.2f}%  "
-                  f"({rep.summary()})")
-    best_scale, best_wp, best_dev = min(tuning, key=lambda t: (t[2].rate, t[0], abs(t[1])))
-    print(f"chosen lm_scale {best_scale:g}, word_penalty {best_wp:g} "
-          f"(dev PER {best_dev.rate:.2f}%)")
+    def dev_hyps(s: float, wp: float) -> dict[str, list[str]]:
+        return {u: word_str(h) for u, h in decode_all(ev.data["dev"], lg_fn(s, wp)).items()}
+
+    best, best_dev, tuned = tune_on_dev(ev, args, dev_hyps, "LG")
     results["lg"] = {"dev": best_dev}
-    results["lg"]["test"], seconds["lg"] = run("test", lg_fn(best_scale, best_wp), word_str)
+    results["lg"]["test"], seconds["lg"] = run("test", lg_fn(best.lm_scale, best.word_penalty),
+                                               word_str)
     header = [(f"transducer search: greedy (1 label per frame), beam = modified beam search "
                f"(beam {extra.beam_size}), fast = fast beam search in the trivial graph, lg = "
                f"fast beam search in the phone LG (beam {args.search_beam:g}, max_states "
                f"{extra.max_states}, max_contexts {extra.max_contexts})"
                + ("; ctc = greedy CTC on the auxiliary CTC output" if "ctc" in results else "")),
-              (f"LG tuned on dev: lm_scale {best_scale:g} (of {scales}), word_penalty "
-               f"{best_wp:g} (of {penalties})")]
+              tuned]
     footer = ["decoding time, dev + test (lg: test only): " + ", ".join(
         f"{k} {v:.1f} s" for k, v in seconds.items())]
     print(write_results(args.exp_dir, ckpt, results, header, footer), end="")

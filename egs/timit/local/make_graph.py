@@ -25,19 +25,21 @@ from timit_lexicon import phone_lexicon, phone_set
 from wfst_asr.graphs.compile import compile_graph
 from wfst_asr.graphs.lang import prepare_lang, write_lexicon
 
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
 
 def hmm_mmi_graphs(loss: str) -> Callable[[Path], None]:
-    """The graphs of ``--loss hmm`` / ``mmi`` for the topology of ``timit.<loss>_blstm``: an
+    """The graphs of ``--loss hmm`` / ``mmi`` for the topology of ``conf/<loss>_blstm.yaml``: an
     HMM topology's HCLG (over the same L and bigram G, cached in ``<lang_dir>/<topology>/``:
     decode_hmm.py loads it, or compiles the one of another topology the model was trained
     with); a CTC topology decodes with the HLG above. For mmi, also the phone LM P of the
     denominator (built from ``lm.arpa`` when the loss is built; here only its size is shown)."""
     def build(lang_dir: Path) -> None:
         from wfst_asr.graphs.lm import ngram_acceptor
-        from wfst_asr.train import get_config
-        from wfst_asr.train.build import loss_options, loss_topology
+        from wfst_asr.train import load_config
+        from wfst_asr.train.criteria import loss_options, loss_topology
 
-        cfg = get_config(f"timit.{loss}_blstm").to_dict()
+        cfg = load_config(CONF_DIR / f"{loss}_blstm.yaml").to_dict()
         cfg.update(tokens=str(lang_dir / "tokens.txt"), lang_dir=str(lang_dir))
         opts = loss_options(cfg)
         if loss == "mmi":

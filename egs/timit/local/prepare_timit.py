@@ -88,13 +88,13 @@ from lhotse import (
     validate_recordings_and_supervisions,
 )
 from lhotse.supervision import AlignmentItem
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from timit_lexicon import MAP_61_TO_39, MAP_61_TO_48
 
 from wfst_asr.atomic import atomic_output
+from wfst_asr.progress import progress as progress_bar
 
 __all__ = [
     "DEV_SPK_FILE", "NLTK_SPLIT", "SKIP_REASONS", "SPLITS", "TEST_SPK_FILE", "PrepResult",
@@ -540,7 +540,8 @@ def prepare_timit(timit_dir: str | os.PathLike, out_dir: str | os.PathLike | Non
     seen: set[str] = set()
     for split in SPLITS:
         recs, sups = [], []
-        for u in tqdm(splits[split], desc=f"TIMIT {split}", disable=not progress, leave=False):
+        for u in progress_bar(splits[split], desc=f"TIMIT {split}", disable=not progress,
+                              leave=False):
             try:
                 if u.utt_id in seen:
                     raise SkipUtterance("duplicate", "utterance id seen before")

@@ -30,7 +30,6 @@ oracle, PER on 39 phones. Thin: the work is in :mod:`wfst_asr.decode.pipeline`,
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -41,10 +40,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from decode_timit import MAP_FILE, load_model, run_model
-from lhotse import CutSet
+from decode_timit import MAP_FILE, load_exp_model
 
 from wfst_asr.atomic import atomic_write_text
+from wfst_asr.decode.grid import parse_grid
 from wfst_asr.decode.nnlm import add_nnlm_scores, rescore, sweep
 from wfst_asr.decode.pipeline import (
     best_word_seqs,
@@ -58,32 +57,21 @@ from wfst_asr.decode.pipeline import (
 from wfst_asr.decode.rescore import load_g
 from wfst_asr.fsa import SymbolTable
 from wfst_asr.graphs.compile import compile_graph
-from wfst_asr.models.lm import load_lm
 from wfst_asr.scoring import PhoneMap, score
 from wfst_asr.scoring.edit_distance import align_and_count
+from wfst_asr.train.inference import read_references, run_model
+from wfst_asr.train.lm import load_lm
 
 SPLITS = ("dev", "test")
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
-def read_refs(cuts_path: str | Path, field: str = "phones_48"
-              ) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """``({utt: 48-phone reference}, {utt: speaker})`` of a cut manifest."""
-    refs, spk = {}, {}
-    for cut in CutSet.from_file(cuts_path):
-        for sup in cut.supervisions:
-            refs[sup.id] = str(sup.custom[field]).split()
-            spk[sup.id] = sup.speaker
-    return refs, spk
+REF_FIELD = "phones_48"  # the supervision field of the 48-phone references
 
 
 # ---------------------------------------------------------------------- stage 6
 def cmd_lattices(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg, ckpt = load_model(args.exp_dir, device)
+    model, cfg, ckpt = load_exp_model(args.exp_dir, device)
     words = SymbolTable.from_file(args.lang_dir / "words.txt")
     tokens = SymbolTable.from_file(args.lang_dir / "tokens.txt")
     hlg, _ = compile_graph(args.lang_dir, kind="HLG", topo="ctc")
@@ -116,7 +104,7 @@ def cmd_lms(args: argparse.Namespace) -> int:
     of the training transcripts)."""
     from wfst_asr.bin.cli import main as cli
 
-    refs, _ = read_refs(args.train_cuts)
+    refs, _ = read_references(args.train_cuts, REF_FIELD)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     text = args.out_dir / "text_train"
     atomic_write_text(text, "".join(f"{u} {' '.join(p)}\n" for u, p in refs.items()))
@@ -145,7 +133,7 @@ class Scorer:
         self.ref_ids: dict[str, dict[str, list[int]]] = {}
         self.speaker_of: dict[str, str] = {}
         for split, cuts in zip(SPLITS, (args.dev_cuts, args.test_cuts)):
-            refs, spk = read_refs(cuts)
+            refs, spk = read_references(cuts, REF_FIELD)
             self.refs39[split] = {u: self.pmap.fold(r, "39", "48") for u, r in refs.items()}
             self.ref_ids[split] = {u: [int(words[p]) for p in r]
                                    for u, r in self.refs39[split].items()}
@@ -179,24 +167,24 @@ def cmd_rescore(args: argparse.Namespace) -> int:
         words = words or SymbolTable.from_file(args.exp_dir / "lats" / split / "words.txt")
     assert words is not None
     sc = Scorer(words, args)
-    scales, penalties = _floats(args.lm_scales), _floats(args.word_penalties)
+    scales, penalties = parse_grid(args.lm_scales), parse_grid(args.word_penalties)
     results: dict[str, dict[str, object]] = {}
     settings: dict[str, dict[str, float]] = {}
     times: dict[str, float] = {}
 
     def tune(name: str, lat_sets: dict[str, dict], what: str) -> None:
         t0 = time.perf_counter()
-        buf = io.StringIO()
         best = sweep_lattices(lat_sets["dev"], sc.refs39["dev"], scales, penalties,
-                              error_fn=sc.error, file=buf, metric="PER")
-        atomic_write_text(out_dir / f"sweep_{name}_dev.txt", f"# {what}, dev\n" + buf.getvalue())
+                              error_fn=sc.error, metric="PER")
+        atomic_write_text(out_dir / f"sweep_{name}_dev.txt",
+                          f"# {what}, dev\n" + best.format_table())
         settings[name] = {"lm_scale": best.lm_scale, "word_penalty": best.word_penalty,
                           "dev_per": best.error}
         results[name] = {s: sc.report(s, best_word_seqs(lat_sets[s], best.lm_scale,
                                                         best.word_penalty)) for s in SPLITS}
         times[name] = time.perf_counter() - t0
-        print(f"{name}: chosen lm_scale {best.lm_scale:g}, word_penalty {best.word_penalty:g} "
-              f"(dev PER {best.error:.2f}%); test PER {results[name]['test'].rate:.2f}%")
+        print(f"{name}: chosen {best.describe()} (dev PER {best.error:.2f}%); test PER "
+              f"{results[name]['test'].rate:.2f}%")
 
     # (0) 1-best of the bigram HLG lattices
     tune("lat1best", lats, "best path of the bigram HLG lattices")
@@ -222,28 +210,27 @@ def cmd_rescore(args: argparse.Namespace) -> int:
                                        beam=args.nbest_beam, max_states=args.max_states)
         bad.update({f"{split} nbest {k}": v for k, v in b.items()})
         add_nnlm_scores(list(nbests[split].values()), lm)
-    buf = io.StringIO()
-    best = sweep(nbests["dev"], sc.refs39["dev"], _floats(args.nnlm_lm_scales or args.lm_scales),
-                 _floats(args.nnlm_scales),
-                 _floats(args.nnlm_word_penalties or args.word_penalties),
-                 error_fn=sc.error, file=buf, metric="PER")
+    best = sweep(nbests["dev"], sc.refs39["dev"],
+                 parse_grid(args.nnlm_lm_scales or args.lm_scales),
+                 parse_grid(args.nnlm_scales),
+                 parse_grid(args.nnlm_word_penalties or args.word_penalties),
+                 error_fn=sc.error, metric="PER")
     atomic_write_text(out_dir / "sweep_nnlm_dev.txt",
                       f"# {args.nbest}-best lists (at lm_scale {s1:g}, word_penalty {wp1:g}) "
                       "reranked with am + lm_scale * bigram - word_penalty * phones + "
-                      "nnlm_scale * LSTM LM, dev\n" + buf.getvalue())
+                      "nnlm_scale * LSTM LM, dev\n" + best.format_table())
     settings["nnlm"] = {**best.as_dict(), "dev_per": best.error, "nbest": args.nbest}
     del settings["nnlm"]["error"]
     results["nnlm"] = {}
     for split in SPLITS:
         keys = list(nbests[split])
-        hyps = rescore([nbests[split][k] for k in keys], best.lm_scale, best.nnlm_scale,
-                       best.word_penalty)
+        hyps = rescore([nbests[split][k] for k in keys], best.lm_scale,
+                       best.best["nnlm_scale"], best.word_penalty)
         results["nnlm"][split] = sc.report(split, dict(zip(keys, hyps)))
     times["nnlm"] = time.perf_counter() - t0
     sizes = {s: sum(len(nb) for nb in nbests[s].values()) / max(len(nbests[s]), 1)
              for s in SPLITS}
-    print(f"nnlm: chosen lm_scale {best.lm_scale:g}, nnlm_scale {best.nnlm_scale:g}, "
-          f"word_penalty {best.word_penalty:g} (dev PER {best.error:.2f}%); test PER "
+    print(f"nnlm: chosen {best.describe()} (dev PER {best.error:.2f}%); test PER "
           f"{results['nnlm']['test'].rate:.2f}%")
 
     # lattice oracle (48 -> 39 folded word ids)

@@ -5,9 +5,9 @@
   61), each its own word and token, no optional silence; G = an n-gram (Kneser-Ney, default a
   bigram) over the mapped ``.phn`` transcripts, every phone in the vocabulary.
 * :func:`prepare_cmudict_lang` -- word level: the words of the ``.wrd`` transcripts with their
-  CMUdict pronunciations (ARPAbet, stress removed, :func:`timit_text.cmudict_lexicon`), tokens =
-  the ARPAbet phones plus ``SIL`` (optional silence, probability 0.5); G = an n-gram over the
-  ``.wrd`` word sequences.
+  CMUdict pronunciations (ARPAbet, stress removed,
+  :func:`wfst_asr.graphs.lexicon.cmudict_lexicon`), tokens = the ARPAbet phones plus ``SIL``
+  (optional silence, probability 0.5); G = an n-gram over the ``.wrd`` word sequences.
 
 Both write ``<out_dir>/{lexicon.txt, lm.arpa}`` and the lang dir files of
 :func:`wfst_asr.graphs.prepare_lang` plus ``G.fst`` / ``G.pt`` into ``out_dir``, ready for
@@ -28,9 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from timit_lexicon import map_phones, phone_lexicon, phone_set
-from timit_text import cmudict_lexicon, read_phn, read_wrd, utterances
+from timit_text import read_phn, read_wrd, utterances
 
 from wfst_asr.graphs.lang import Lang, prepare_lang, write_lexicon
+from wfst_asr.graphs.lexicon import cmudict_lexicon
 from wfst_asr.graphs.lm import arpa_to_fst
 from wfst_asr.graphs.ngram import estimate_ngram
 

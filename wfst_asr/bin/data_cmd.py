@@ -1,0 +1,225 @@
+"""``wfst-asr compute-features`` and ``wfst-asr lexicon``: data preparation for any corpus."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+FEATURES_DESCRIPTION = """\
+Compute features of lhotse cut manifests (kaldi-native-fbank log-mel fbank or MFCC) into
+OUT_DIR: the archives, OUT_DIR/<file name of each --cuts> (the cuts with features attached,
+written atomically) and OUT_DIR/cmvn.pt, the global mean and standard deviation of the cuts of
+--cmvn-from. Cuts whose audio cannot be read or featurised are skipped and counted. Warns when
+--num-mel-bins is too large for a sampling rate of the cuts (and stops when kaldi-native-fbank
+would refuse it).
+
+  wfst-asr compute-features --cuts data/manifests/cuts_train.jsonl.gz \\
+      --cuts data/manifests/cuts_test.jsonl.gz --out-dir data/fbank --num-jobs 4"""
+
+LEXICON_DESCRIPTION = """\
+Write a Kaldi lexicon.txt ("WORD PH1 PH2 ...", one line per pronunciation) for the words of
+word lists, text files or lhotse supervision/cut manifests, from CMUdict (ARPAbet, stress
+digits removed). Words are looked up case-insensitively and written as they appear in the
+input. Words CMUdict lacks go to the OOV file (most frequent first), and their count to stderr.
+
+  wfst-asr lexicon --supervisions data/manifests/supervisions_train.jsonl.gz \\
+      --strip-punctuation --out data/local/lexicon.txt"""
+
+_MANIFEST_SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json")
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in _MANIFEST_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _pick_cmvn_source(inputs: list[Path], choice: str) -> Path | None:
+    """The ``--cuts`` path named by ``--cmvn-from`` (a path, a file name, "first", "none")."""
+    if choice == "none":
+        return None
+    if choice == "first":
+        return inputs[0]
+    for p in inputs:
+        if p == Path(choice) or p.resolve() == Path(choice).resolve() or p.name == choice:
+            return p
+    raise ValueError(f"--cmvn-from {choice}: not one of the --cuts")
+
+
+def _extractor(args: argparse.Namespace):
+    from wfst_asr.data import make_extractor
+
+    options = {}
+    if args.num_mel_bins is not None:
+        options["num_mel_bins"] = args.num_mel_bins
+    if args.num_ceps is not None:
+        if args.kind != "mfcc":
+            raise ValueError("--num-ceps is for --kind mfcc")
+        options["num_ceps"] = args.num_ceps
+    return make_extractor(args.kind, **options)
+
+
+def cmd_compute_features(args: argparse.Namespace) -> int:
+    """Features + CMVN of every ``--cuts`` manifest; 1 on bad arguments or no CMVN frames."""
+    from lhotse import CutSet
+    from lhotse.features.io import LilcomChunkyWriter, NumpyFilesWriter
+
+    from wfst_asr.data import check_mel_bins, compute_features, compute_global_cmvn
+
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
+    inputs = [Path(p) for p in args.cuts]
+    out_dir = Path(args.out_dir)
+    try:
+        missing = [str(p) for p in inputs if not p.is_file()]
+        if missing:
+            raise ValueError(f"no such cuts manifest: {', '.join(missing)}")
+        names = [p.name for p in inputs]
+        if len(set(names)) != len(names):
+            raise ValueError("two --cuts have the same file name (their outputs would collide)")
+        if any((out_dir / p.name).resolve() == p.resolve() for p in inputs):
+            raise ValueError("--out-dir holds the input manifests; choose another folder")
+        cmvn_src = _pick_cmvn_source(inputs, args.cmvn_from)
+        extractor = _extractor(args)
+    except ValueError as e:
+        print(f"compute-features: error: {e}", file=sys.stderr)
+        return 1
+    storage_type = {"auto": None, "lilcom": LilcomChunkyWriter,
+                    "numpy": NumpyFilesWriter}[args.storage]
+    cut_sets = [CutSet.from_file(src) for src in inputs]
+    rates = sorted({c.sampling_rate for cuts in cut_sets for c in cuts})
+    for check in (check_mel_bins(extractor.config, rate) for rate in rates):
+        if check.rejected:
+            print(f"compute-features: error: {check.message()}", file=sys.stderr)
+            return 1
+        if not check.ok:
+            print(f"compute-features: warning: {check.message()}", file=sys.stderr)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    all_skipped: list[tuple[str, str, str]] = []
+    cmvn_cuts = None
+    for src, cuts in zip(inputs, cut_sets):
+        dst = out_dir / src.name
+        t0 = time.perf_counter()
+        print(f"[{src.name}] {len(cuts)} cuts -> {dst}", flush=True)
+        res = compute_features(cuts, out_dir, extractor, num_jobs=args.num_jobs,
+                               storage_type=storage_type, manifest_path=dst,
+                               storage_name=f"feats_{_stem(src)}")
+        print(f"[{src.name}] {len(res.cuts)} cuts with features, {len(res.skipped)} skipped "
+              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+        all_skipped += [(src.name, cid, why) for cid, why in res.skipped]
+        if src == cmvn_src:
+            cmvn_cuts = res.cuts
+    if all_skipped:
+        print(f"skipped cuts ({len(all_skipped)}):")
+        for name, cid, why in all_skipped[:20]:
+            print(f"  {name} {cid}: {why}")
+        if len(all_skipped) > 20:
+            print(f"  ... and {len(all_skipped) - 20} more")
+    if cmvn_src is None:
+        return 0
+    if cmvn_cuts is None or len(cmvn_cuts) == 0:
+        print(f"compute-features: error: no cuts of {cmvn_src} have features; no CMVN",
+              file=sys.stderr)
+        return 1
+    cmvn_path = out_dir / "cmvn.pt"
+    mean, _ = compute_global_cmvn(cmvn_cuts, cmvn_path)
+    print(f"global CMVN over the {len(cmvn_cuts)} cuts of {cmvn_src.name} ({mean.numel()} dims)"
+          f" -> {cmvn_path}")
+    return 0
+
+
+def cmd_lexicon(args: argparse.Namespace) -> int:
+    """CMUdict lexicon of the words of the inputs; OOVs to a file; 1 when no word is found."""
+    from collections import Counter
+
+    from wfst_asr.atomic import atomic_write_text
+    from wfst_asr.graphs.lang import write_lexicon
+    from wfst_asr.graphs.lexicon import (
+        lookup_cmudict,
+        read_word_list,
+        words_from_supervisions,
+        words_from_text,
+    )
+
+    if not (args.words or args.text or args.supervisions):
+        print("lexicon: error: give --words, --text or --supervisions", file=sys.stderr)
+        return 1
+    counts: Counter[str] = Counter()
+    try:
+        for path in args.words:
+            counts.update(read_word_list(path))
+        for path in args.text:
+            counts.update(words_from_text(path, skip_first=args.utt_ids,
+                                          strip_punctuation=args.strip_punctuation))
+        for path in args.supervisions:
+            counts.update(words_from_supervisions(path, args.strip_punctuation))
+        entries, oovs = lookup_cmudict(counts, args.max_prons)
+    except (OSError, ValueError, TypeError) as e:
+        print(f"lexicon: error: {e}", file=sys.stderr)
+        return 1
+    if not counts:
+        print("lexicon: error: no words in the input", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    oov_file = Path(args.oov_file) if args.oov_file else out.with_name(f"{_stem(out)}_oovs.txt")
+    oovs.sort(key=lambda w: (-counts[w], w))
+    write_lexicon(out, entries)
+    atomic_write_text(oov_file, "".join(f"{w}\n" for w in oovs))
+    n_words = len(counts) - len(oovs)
+    oov_tokens = sum(counts[w] for w in oovs)
+    print(f"lexicon: {n_words} words, {len(entries)} pronunciations -> {out}", file=sys.stderr)
+    print(f"lexicon: {len(oovs)} of {len(counts)} words are OOVs ({oov_tokens} of "
+          f"{sum(counts.values())} tokens) -> {oov_file}", file=sys.stderr)
+    if not entries:
+        print("lexicon: error: no word of the input is in CMUdict", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``compute-features`` and ``lexicon`` to the ``wfst-asr`` sub-commands."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("compute-features", help="fbank/MFCC features + global CMVN of cuts",
+                       description=FEATURES_DESCRIPTION, formatter_class=fmt)
+    p.add_argument("--cuts", action="append", required=True,
+                   help="a lhotse cut manifest with recordings (repeatable)")
+    p.add_argument("--out-dir", required=True,
+                   help="output folder: archives, the manifests, cmvn.pt")
+    p.add_argument("--kind", choices=("fbank", "mfcc"), default="fbank")
+    p.add_argument("--num-mel-bins", type=int, default=None,
+                   help="mel bins (default 80 for fbank, 23 for mfcc)")
+    p.add_argument("--num-ceps", type=int, default=None, help="cepstra of mfcc (default 13)")
+    p.add_argument("--cmvn-from", default="first",
+                   help="the --cuts (path or file name) whose features give cmvn.pt; 'first' "
+                        "(default): the first --cuts; 'none': no CMVN")
+    p.add_argument("--storage", choices=("auto", "lilcom", "numpy"), default="auto",
+                   help="archive format: lilcom (lossy, compact), numpy (lossless .npy files); "
+                        "auto (default): lilcom when installed")
+    p.add_argument("--num-jobs", type=int, default=1, help="worker processes (default 1)")
+    p.set_defaults(func=cmd_compute_features)
+
+    p = sub.add_parser("lexicon", help="a Kaldi lexicon.txt of words from CMUdict",
+                       description=LEXICON_DESCRIPTION, formatter_class=fmt)
+    p.add_argument("--words", action="append", default=[],
+                   help="a word list: the first field of each line (repeatable)")
+    p.add_argument("--text", action="append", default=[],
+                   help="a text file: every token is a word (repeatable)")
+    p.add_argument("--utt-ids", action="store_true",
+                   help="--text lines start with an utterance id (Kaldi text): skip it")
+    p.add_argument("--supervisions", action="append", default=[],
+                   help="a lhotse supervision or cut manifest: the words of the texts "
+                        "(repeatable)")
+    p.add_argument("--strip-punctuation", action="store_true",
+                   help="drop leading/trailing punctuation (not apostrophes) of text words")
+    p.add_argument("--out", "-o", required=True, help="the lexicon.txt to write")
+    p.add_argument("--oov-file", default=None,
+                   help="where to list the words CMUdict lacks (default: <out stem>_oovs.txt "
+                        "next to --out)")
+    p.add_argument("--max-prons", type=int, default=None,
+                   help="at most N pronunciations per word (CMUdict's first; default: all)")
+    p.set_defaults(func=cmd_lexicon)

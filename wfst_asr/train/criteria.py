@@ -1,0 +1,377 @@
+"""The loss registry: ``cfg.loss`` name -> the criterion the trainer calls.
+
+Each entry is a :class:`LossSpec` built once, at registration, from the loss class's
+constructor signature: its parameters (less the ones the builder supplies, such as a topology
+or a graph compiler) plus a few declared extras are the valid ``loss.KEY`` overrides
+(``cfg.loss_kwargs``), with their defaults and types. Nothing repeats a constructor's argument
+list by hand.
+
+The criterion is called by :class:`~wfst_asr.train.Trainer` as
+``loss_fn(model_output [B, T, V], out_lens [B], targets) -> (loss, info)``.
+
+=============  =======================================  ==================================
+name           class (``loss.KEY`` = its arguments)     extras
+=============  =======================================  ==================================
+``ctc``        :class:`~wfst_asr.losses.CtcLoss`        lexicon
+``hmm``        :class:`~wfst_asr.losses.HmmLoss`        topology, transition_scale,
+                                                        self_loop_scale, ali_topology
+``mmi``        :class:`~wfst_asr.losses.MmiLoss`        topology, den_lm_scale, phone_lm,
+                                                        transition_scale, self_loop_scale
+``transducer`` :class:`~wfst_asr.losses.TransducerLoss` ctc_scale
+=============  =======================================  ==================================
+
+``reduction`` defaults to ``"sum"`` for every loss (the trainer divides by frames).
+
+``loss.lexicon`` (ctc): a Kaldi ``lexicon.txt`` (relative to ``lang_dir``, or a path): the
+transcripts (``cfg.token_field``) are then words, mapped through ``<lang_dir>/words.txt``, and
+each utterance's CTC graph allows every pronunciation of its words (:func:`target_table` gives
+the trainer the word table).
+
+hmm / mmi read their tokens from ``cfg.tokens`` (else ``<lang_dir>/tokens.txt``: transcripts are
+token ids, no lexicon needed) and LF-MMI its phone LM P from ``<lang_dir>/<phone_lm>`` (ARPA).
+The network must have the outputs the topology labels: ``num_pdfs + 1`` for a Kaldi HMM
+topology (column 0 unused, :func:`wfst_asr.graphs.topo.pdf_topo`), blank + tokens for a CTC
+one; ``num_classes = 0`` takes that number (:func:`num_outputs`), another value is checked at
+build time (one line saying what to set).
+
+Every function here takes the configuration as an :class:`~wfst_asr.train.ExperimentConfig`
+or as the ``dict`` saved in ``config.json`` (decoding rebuilds the matching graphs from it).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wfst_asr.fsa import SymbolTable
+from wfst_asr.graphs.lang import read_lexicon, read_token_list
+from wfst_asr.graphs.lm import ngram_acceptor
+from wfst_asr.graphs.topo import TOPOLOGIES, Topology, make_topology, pdf_map, pdf_topo
+from wfst_asr.graphs.training import CtcTrainingGraphCompiler, MmiTrainingGraphCompiler
+from wfst_asr.losses import CtcLoss, HmmLoss, MmiLoss, TransducerLoss
+from wfst_asr.losses.hmm import AlignmentCeLoss
+from wfst_asr.models import check_output_dim
+
+__all__ = ["LOSSES", "LossSpec", "TransducerCriterion", "alignment_criterion", "build_loss",
+           "get_loss", "loss_options", "loss_topology", "num_outputs", "register_loss",
+           "target_table"]
+
+Builder = Callable[[dict[str, Any], nn.Module, dict[str, Any]], nn.Module]
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered loss.
+
+    Attributes:
+      name: the ``cfg.loss`` value.
+      cls: the loss class whose constructor gives the options.
+      options: ``{key: inspect.Parameter}``, the valid ``loss.KEY`` with their defaults.
+      build: ``build(cfg_dict, model, options) -> criterion``.
+      topologies: the ``loss.topology`` values allowed (empty: the loss has none).
+    """
+
+    name: str
+    cls: type
+    options: dict[str, inspect.Parameter]
+    build: Builder
+    topologies: tuple[str, ...] = field(default=())
+
+
+#: ``cfg.loss`` -> :class:`LossSpec`.
+LOSSES: dict[str, LossSpec] = {}
+
+
+def register_loss(name: str, cls: type, *, supplied: tuple[str, ...] = (),
+                  extra: dict[str, Any] | None = None, topologies: tuple[str, ...] = ()
+                  ) -> Callable[[Builder], Builder]:
+    """Decorator: register ``build(cfg_dict, model, options)`` as loss ``name``.
+
+    The options are ``cls``'s constructor parameters except ``supplied`` (those the builder
+    passes itself), plus ``extra`` (``{key: default}``); ``reduction`` defaults to ``"sum"``.
+    """
+    def add(build: Builder) -> Builder:
+        opts: dict[str, inspect.Parameter] = {}
+        for key, p in inspect.signature(cls).parameters.items():
+            if key in supplied or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                continue
+            default = "sum" if key == "reduction" else p.default
+            opts[key] = p.replace(kind=p.KEYWORD_ONLY, default=default)
+        for key, default in (extra or {}).items():
+            opts[key] = inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default)
+        LOSSES[name] = LossSpec(name, cls, opts, build, tuple(topologies))
+        return build
+    return add
+
+
+def _cfg_dict(cfg: Any) -> dict[str, Any]:
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+
+
+def get_loss(name: str) -> LossSpec:
+    """The :class:`LossSpec` of ``name``; ValueError listing the registered ones."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; registered: {', '.join(sorted(LOSSES))}")
+    return LOSSES[name]
+
+
+def loss_options(cfg: Any) -> dict[str, Any]:
+    """The options of ``cfg``'s loss: the defaults updated with ``loss_kwargs`` (ValueError
+    naming the valid keys for an unknown one, or the valid topologies for a bad one)."""
+    c = _cfg_dict(cfg)
+    spec = get_loss(c["loss"])
+    kwargs = dict(c.get("loss_kwargs") or {})
+    bad = sorted(set(kwargs) - set(spec.options))
+    if bad:
+        raise ValueError(f"unknown option(s) {bad} of loss {spec.name!r}; valid: "
+                         f"{[f'loss.{k}' for k in spec.options]}")
+    missing = [k for k, p in spec.options.items() if p.default is p.empty and k not in kwargs]
+    if missing:
+        raise ValueError(f"loss {spec.name!r} needs {[f'loss.{k}' for k in missing]}")
+    opts = {k: kwargs.get(k, p.default) for k, p in spec.options.items()}
+    if spec.topologies and opts["topology"] not in spec.topologies:
+        raise ValueError(f"loss {spec.name!r}: topology must be one of {list(spec.topologies)}, "
+                         f"got {opts['topology']!r}")
+    return opts
+
+
+def _tokens_file(c: dict[str, Any]) -> Path:
+    if c.get("tokens"):
+        return Path(c["tokens"])
+    if c.get("lang_dir"):
+        return Path(c["lang_dir"]) / "tokens.txt"
+    raise ValueError(f"loss {c['loss']!r} needs the tokens: set tokens or lang_dir")
+
+
+def loss_topology(cfg: Any) -> Topology:
+    """The :class:`~wfst_asr.graphs.topo.Topology` of ``cfg``'s hmm / mmi loss over its
+    tokens (decoding builds the matching graph from it)."""
+    c = _cfg_dict(cfg)
+    opts = loss_options(c)
+    if "topology" not in opts:
+        raise ValueError(f"loss {c['loss']!r} has no topology option")
+    num_tokens = len(read_token_list(_tokens_file(c)))
+    return make_topology(opts["topology"], num_tokens, transition_scale=opts["transition_scale"],
+                         self_loop_scale=opts["self_loop_scale"])
+
+
+def num_outputs(cfg: Any) -> int | None:
+    """The network outputs that ``cfg``'s loss topology fixes (hmm, mmi: ``num_pdfs + 1`` or
+    blank + tokens), None for a loss without a topology (ctc, transducer: blank + tokens of
+    the token table)."""
+    c = _cfg_dict(cfg)
+    if not get_loss(c["loss"]).topologies:
+        return None
+    topo = loss_topology(c)
+    return topo.num_tokens + 1 if topo.is_ctc else topo.num_pdfs + 1
+
+
+def check_num_classes(c: dict[str, Any], model: nn.Module, expected: int, what: str) -> None:
+    """ValueError in one line when the model's output size is not ``expected``."""
+    try:
+        if int(c["num_classes"]) != expected:
+            raise ValueError(f"num_classes is {c['num_classes']}")
+        check_output_dim(model, expected)
+    except ValueError as e:
+        raise ValueError(f"loss {c['loss']!r}: {what} needs {expected} network outputs, but "
+                         f"the model has another number ({e}): set num_classes={expected} "
+                         f"(--set num_classes={expected})") from None
+
+
+def build_loss(cfg: Any, model: nn.Module) -> nn.Module:
+    """The criterion of ``cfg`` for ``model`` (``cfg.num_classes`` must be set)."""
+    c = _cfg_dict(cfg)
+    return get_loss(c["loss"]).build(c, model, loss_options(c))
+
+
+def _topology_what(topo: Topology) -> str:
+    if topo.is_ctc:
+        return f"topology {topo.name} over {topo.num_tokens} tokens (blank + tokens)"
+    return (f"topology {topo.name} over {topo.num_tokens} tokens ({topo.num_pdfs} pdfs + the "
+            "unused column 0)")
+
+
+def _in_lang_dir(c: dict[str, Any], name: str) -> Path:
+    p = Path(name)
+    return p if p.is_absolute() or not c.get("lang_dir") else Path(c["lang_dir"]) / p
+
+
+def _word_table(c: dict[str, Any]) -> dict[str, int]:
+    if not c.get("lang_dir"):
+        raise ValueError("loss.lexicon needs lang_dir (its words.txt maps the word transcripts)")
+    words = SymbolTable.from_file(Path(c["lang_dir"]) / "words.txt")
+    return {str(s): int(i) for s, i in words.items()}
+
+
+def target_table(cfg: Any) -> dict[str, int] | None:
+    """``{symbol: id}`` that maps the transcripts (``cfg.token_field``) to the ids the loss
+    takes: the word table of the lang dir for CTC on words (``loss.lexicon``), else the token
+    table (``cfg.tokens``, ids from 1), or None."""
+    c = _cfg_dict(cfg)
+    if c["loss"] == "ctc" and loss_options(c)["lexicon"]:
+        return _word_table(c)
+    if c.get("tokens"):
+        return {t: i for i, t in enumerate(read_token_list(c["tokens"]), start=1)}
+    return None
+
+
+# --------------------------------------------------------------------------- ctc
+@register_loss("ctc", CtcLoss, supplied=("compiler",), extra={"lexicon": ""})
+def _build_ctc(c: dict[str, Any], model: nn.Module, opts: dict[str, Any]) -> nn.Module:
+    opts = dict(opts)
+    lexicon = opts.pop("lexicon")
+    if not lexicon:
+        return CtcLoss(**opts)
+    path = _in_lang_dir(c, lexicon)
+    tokens = {t: i for i, t in enumerate(read_token_list(_tokens_file(c)), start=1)}
+    words = _word_table(c)
+    prons: dict[int, list[list[int]]] = {}
+    for word, _prob, toks in read_lexicon(path):
+        if word not in words:
+            raise ValueError(f"{path}: word {word!r} is not in {c['lang_dir']}/words.txt")
+        missing = [t for t in toks if t not in tokens]
+        if missing:
+            raise ValueError(f"{path}: word {word!r}: tokens {missing} are not in the token "
+                             "table")
+        prons.setdefault(words[word], []).append([tokens[t] for t in toks])
+    compiler = CtcTrainingGraphCompiler(prons, modified=opts["modified"])
+    return CtcLoss(**opts, compiler=compiler)
+
+
+# --------------------------------------------------------------------------- hmm
+@register_loss("hmm", HmmLoss, supplied=("topo", "lexicon"),
+               extra={"topology": "hmm-1state", "transition_scale": 1.0,
+                      "self_loop_scale": 1.0, "ali_topology": ""},
+               topologies=tuple(t for t in TOPOLOGIES if not t.startswith("ctc")))
+def _build_hmm(c: dict[str, Any], model: nn.Module, opts: dict[str, Any]) -> nn.Module:
+    """``loss.mode``: ``forward`` (full sum), ``viterbi`` or ``ce`` (frame cross-entropy on
+    the current model's forced alignments). ``loss.ali_topology`` non-empty (mode ``ce``
+    only): the targets (``cfg.token_field``) are given alignments, one pdf of that Kaldi
+    topology per input frame (e.g. a monophone GMM's), trained with :class:`AlignmentCeLoss`
+    at the model's output rate; ``prior_scale`` is then only the decoding prior's scale."""
+    topo = loss_topology(c)
+    loss = HmmLoss(topo, mode=opts["mode"], reduction=opts["reduction"],
+                   use_double_scores=opts["use_double_scores"],
+                   prior_scale=opts["prior_scale"], prior_momentum=opts["prior_momentum"])
+    check_num_classes(c, model, loss.num_outputs, _topology_what(topo))
+    if opts["ali_topology"]:
+        return alignment_criterion(c, loss, topo, model)
+    return loss
+
+
+def alignment_criterion(cfg: Any, loss: nn.Module, topo: Topology,
+                        model: nn.Module | None = None) -> nn.Module:
+    """The :class:`~wfst_asr.losses.hmm.AlignmentCeLoss` of ``cfg`` (``loss.ali_topology``
+    set, ``loss.mode=ce``) around ``loss``; the subsampling is the model's (else ``cfg``'s)."""
+    c = _cfg_dict(cfg)
+    opts = loss_options(c)
+    if opts["mode"] != "ce":
+        raise ValueError(f"loss.ali_topology={opts['ali_topology']!r} needs loss.mode=ce, got "
+                         f"{opts['mode']!r}")
+    src = make_topology(opts["ali_topology"], topo.num_tokens)
+    sub = getattr(model, "subsampling_factor", None) or int(c.get("subsampling", 1))
+    return AlignmentCeLoss(loss, pdf_map(src, topo), subsampling=int(sub))
+
+
+# --------------------------------------------------------------------------- mmi
+@register_loss("mmi", MmiLoss, supplied=("compiler",),
+               extra={"topology": "ctc", "den_lm_scale": 1.0, "phone_lm": "lm.arpa",
+                      "transition_scale": 1.0, "self_loop_scale": 1.0},
+               topologies=TOPOLOGIES)
+def _build_mmi(c: dict[str, Any], model: nn.Module, opts: dict[str, Any]) -> nn.Module:
+    """LF-MMI. ``loss.topology``: ``ctc`` (blank + tokens: decoded with the CTC HLG),
+    ``ctc-modified`` or a Kaldi HMM topology (``num_pdfs + 1`` outputs, decoded with the
+    HCLG). ``den_lm_scale``: P's scores are multiplied by it (numerators and denominator).
+    ``phone_lm``: the ARPA file of P, relative to ``lang_dir`` (made deterministic and
+    epsilon-free by :func:`~wfst_asr.graphs.lm.ngram_acceptor`).
+
+    The encoders output ``log_softmax`` where Kaldi's chain models feed raw outputs; LF-MMI
+    does not see the difference (a per-frame constant cancels between numerator and
+    denominator, and the gradient ``den - num`` sums to 0 per frame), except for
+    ``l2_regularize``, which on log-probs penalises small probabilities: hence 0 by default."""
+    if not c.get("lang_dir"):
+        raise ValueError(f"loss 'mmi' needs lang_dir (the phone LM P is <lang_dir>/"
+                         f"{opts['phone_lm']})")
+    arpa = Path(c["lang_dir"]) / opts["phone_lm"]
+    if not arpa.is_file():
+        raise FileNotFoundError(f"loss 'mmi': the phone LM {arpa} is not there (an ARPA file, "
+                                "e.g. `wfst-asr estimate-lm` on the training transcripts)")
+    topo = loss_topology(c)
+    P = ngram_acceptor(arpa, _tokens_file(c))
+    H = topo.H if topo.is_ctc else pdf_topo(topo)
+    compiler = MmiTrainingGraphCompiler(P, topo=H, lm_scale=opts["den_lm_scale"])
+    loss = MmiLoss(compiler, **{k: opts[k] for k in LOSSES["mmi"].options
+                                if k in inspect.signature(MmiLoss).parameters})
+    check_num_classes(c, model, loss.num_outputs, _topology_what(topo))
+    return loss
+
+
+# --------------------------------------------------------------------------- transducer
+class TransducerCriterion(nn.Module):
+    """``loss_fn(encoder_out, out_lens, token_seqs) -> (loss, info)`` of the trainer for a
+    transducer model: the head's decoder output and simple projections
+    (``model.head(encoder_out, token_seqs)``) and its joiner go to a
+    :class:`~wfst_asr.losses.TransducerLoss` (pruned: ``simple_loss_scale * simple + pruned``,
+    as icefall trains), plus ``ctc_scale`` times the CTC loss of ``model.ctc_log_probs`` (an
+    auxiliary CTC output on the encoder, icefall's ``--use-ctc``) when ``ctc_scale > 0``
+    (``info["ctc_loss"]``).
+
+    The model is referenced, not registered (``parameters()`` is empty, as for CTC). Parameters
+    the configured loss does not use (the simple projections of the full loss, a CTC output
+    with ``ctc_scale`` 0) are added with weight 0, so that every parameter gets a gradient
+    (DDP needs one for each)."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module, ctc_scale: float = 0.0) -> None:
+        super().__init__()
+        head = getattr(model, "head", None)
+        if head is None:
+            raise ValueError(f"loss 'transducer' needs a transducer model (with a .head, e.g. "
+                             f"blstm_transducer), got {type(model).__name__}")
+        ctc_out = getattr(model, "ctc_output", None)
+        if ctc_scale < 0 or (ctc_scale > 0 and ctc_out is None):
+            raise ValueError(f"loss.ctc_scale={ctc_scale} needs ctc_scale >= 0 and, when > 0, a "
+                             f"model with a CTC output (model.aux_ctc=true)")
+        self.loss = loss
+        self.ctc_scale = float(ctc_scale)
+        self.ctc = None
+        if self.ctc_scale > 0:
+            self.ctc = CtcLoss(reduction=loss.reduction,
+                               use_double_scores=getattr(loss, "use_double_scores", False))
+        unused = [] if loss.pruned else [head.simple_am_proj, head.simple_lm_proj]
+        if ctc_out is not None and self.ctc is None:
+            unused.append(ctc_out)
+        self.__dict__["_model"] = model  # not a submodule
+        self.__dict__["_unused"] = [p for m in unused for p in m.parameters()]
+
+    @property
+    def reduction(self) -> str:
+        return self.loss.reduction
+
+    def forward(self, encoder_out, out_lens, token_seqs):
+        model = self.__dict__["_model"]
+        seqs = [list(s.tolist() if isinstance(s, torch.Tensor) else s) for s in token_seqs]
+        dec, simple_am, simple_lm = model.head(encoder_out, seqs, simple=self.loss.pruned)
+        loss, info = self.loss(encoder_out, out_lens, dec, seqs, model.joiner, simple_am,
+                               simple_lm)
+        if self.ctc is not None:
+            ctc, ctc_info = self.ctc(model.ctc_log_probs(encoder_out), out_lens, token_seqs)
+            loss = loss + self.ctc_scale * ctc.to(loss.dtype)
+            info["ctc_loss"] = float(ctc.detach().sum())
+            info["ctc_excluded"] = ctc_info["num_excluded"]
+        unused = self.__dict__["_unused"]
+        if unused:
+            loss = loss + 0.0 * sum(p.sum() for p in unused).to(loss.dtype)
+        return loss, info
+
+
+@register_loss("transducer", TransducerLoss, extra={"ctc_scale": 0.0})
+def _build_transducer(c: dict[str, Any], model: nn.Module, opts: dict[str, Any]) -> nn.Module:
+    kwargs = dict(opts)
+    ctc_scale = kwargs.pop("ctc_scale")
+    return TransducerCriterion(model, TransducerLoss(**kwargs), ctc_scale=ctc_scale)
