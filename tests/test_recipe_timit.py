@@ -1,10 +1,10 @@
 """The TIMIT recipe, every stage, on the NLTK sample with a tiny model and 1 epoch.
 
-Checks that egs/timit/run.sh runs stages 0-5 end to end (the figures are meaningless at this
-size), and for CTC the rescoring stages 6-8 (lattices, 3-gram / LSTM LM on the training
+Checks that egs/timit/run.sh runs stages 0-6 end to end (the figures are meaningless at this
+size), and for CTC the rescoring stages 7-9 (lattices, 3-gram / LSTM LM on the training
 transcripts, 1-best / 3-gram / LSTM-LM / oracle PER: the oracle never above the others), that
 every stage leaves its marker and outputs, that the PER reports are written, and
-that a second run skips every stage; for CTC and, with ``--loss hmm`` / ``--loss mmi``, for
+that a second run skips every stage while an explicit ``--stage N`` reruns N; for CTC and, with ``--loss hmm`` / ``--loss mmi``, for
 the HMM (a quick monophone GMM, frame CE on its alignments, HCLG decoding) and LF-MMI (CTC
 topology, HLG decoding) criteria. Skipped with a
 printed reason without ../shared/data.
@@ -44,9 +44,10 @@ def test_timit_recipe_all_stages(tmp_path):
             "--nnlm-epochs", "2", "--lattice-args", "--output-beam 3 --max-active-states 500",
             "--rescore-args", "--nbest 10"]
     out = _run(args)
-    for n in (0, 1, 2, 3, 4, 6, 7, 8):
+    for n in range(10):
         assert f"stage {n}:" in out
-    for m in (".timit_stage0.done", ".timit_stage1.done", ".timit_stage2.ctc.done"):
+    assert "stage 3: the monophone GMM is for --loss hmm only: skipped" in out
+    for m in (".stage0.done", ".stage1.done", ".stage2.ctc.done"):
         assert (tmp_path / "data" / m).is_file()
     assert (tmp_path / "data" / "lang_phone" / "HLG.fst").is_file()
     exp = tmp_path / "exp"
@@ -60,11 +61,14 @@ def test_timit_recipe_all_stages(tmp_path):
     _check_rescoring_stages(exp)
     # every stage timed, with its peak memory and exit status
     rows = [ln.split("\t") for ln in (exp / "stage_times.tsv").read_text().splitlines()]
-    assert [r[0] for r in rows] == [f"stage {n}" for n in (0, 1, 2, 3, 4, 6, 7, 8)]
+    assert [r[0] for r in rows] == [f"stage {n}" for n in (0, 1, 2, 4, 5, 7, 8, 9)]
     assert all(float(r[1]) > 0 and float(r[2]) > 50 and r[3] == "0" for r in rows)
-    # a second run finds every stage done
+    # a second run finds every stage done; an explicit --stage reruns it
     again = _run(args)
-    assert again.count("already done") == 8
+    assert again.count("already done") == 9
+    again = _run(args + ["--stage", "6", "--stop-stage", "6"])
+    assert "already done" not in again and "stage 6: score" in again
+    assert "%PER" in again or "PER" in again
 
 
 def _per(path: Path) -> tuple[float, int]:
@@ -121,10 +125,10 @@ def test_timit_recipe_hmm_mmi(tmp_path, loss, graph):
         args += ["--gmm-args", ("--num-iters 3 --max-iter-inc 2 --tot-gauss 200 "
                  "--realign-iters 1 --lm-scales 1 --word-penalties 0")]
     out = _run(args)
-    for n in range(5):
+    for n in range(7):
         assert f"stage {n}:" in out
-    assert f"loss {loss} (egs/timit/conf/{loss}_blstm.yaml)" in out
-    for m in (".timit_stage0.done", ".timit_stage1.done", f".timit_stage2.{loss}.done"):
+    assert f"loss {loss} (conf/{loss}_blstm.yaml)" in out
+    for m in (".stage0.done", ".stage1.done", f".stage2.{loss}.done"):
         assert (tmp_path / "data" / m).is_file()
     lang = tmp_path / "data" / "lang_phone"
     assert (lang / "HLG.fst").is_file()
@@ -132,7 +136,7 @@ def test_timit_recipe_hmm_mmi(tmp_path, loss, graph):
         assert (lang / "hmm-1state" / "HCLG.fst").is_file()
     cfg = json.loads((exp / "config.json").read_text())
     assert cfg["loss"] == loss and cfg["num_classes"] == 49
-    assert (exp / "epoch-1.pt").is_file() and (exp / ".stage45.done").is_file()
+    assert (exp / "epoch-1.pt").is_file() and (exp / ".stage5.done").is_file()
     for dec in ("greedy", graph, "kaldi"):
         for split in ("dev", "test"):
             report = (exp / f"per_{dec}_{split}.txt").read_text()
@@ -142,18 +146,18 @@ def test_timit_recipe_hmm_mmi(tmp_path, loss, graph):
     assert f"loss {loss}, topology" in results and "word_penalty" in results
     assert re.search(rf"{graph.upper()} one_best and kaldi_one_best agree: \d+/20", results)
     rows = [ln.split("\t") for ln in (exp / "stage_times.tsv").read_text().splitlines()]
-    stages = [f"stage {n}" for n in range(5)]
+    stages = [f"stage {n}" for n in (0, 1, 2, 4, 5)]
     if loss == "hmm":  # the GMM: its alignments in the cuts the hybrid trained on, its PER
         gmm = tmp_path / "mono"
-        assert (gmm / ".done").is_file() and (gmm / "ali_train.pt").is_file()
+        assert (gmm / ".stage3.done").is_file() and (gmm / "ali_train.pt").is_file()
         assert cfg["train_cuts"] == str(gmm / "cuts_train.jsonl.gz")
         assert cfg["token_field"] == "gmm_ali"
         assert re.search(r"hclg +test PER", (gmm / "results.txt").read_text())
-        stages.insert(3, "stage 3 gmm")
+        stages.insert(3, "stage 3")
     assert [r[0] for r in rows] == stages
     assert all(r[3] == "0" for r in rows)
     again = _run(args)
-    assert again.count("already done") == 5
+    assert again.count("already done") == (7 if loss == "hmm" else 6)
 
 
 def test_timit_recipe_transducer(tmp_path):
@@ -167,16 +171,16 @@ def test_timit_recipe_transducer(tmp_path):
             "--set", "model.num_layers=1", "--set", "model.encoder_dim=16", "--set",
             "model.decoder_dim=16", "--set", "model.joiner_dim=16"]
     out = _run(args)
-    for n in range(5):
+    for n in range(7):
         assert f"stage {n}:" in out
-    assert "loss transducer (egs/timit/conf/transducer_blstm.yaml)" in out
-    for m in (".timit_stage0.done", ".timit_stage1.done", ".timit_stage2.transducer.done"):
+    assert "loss transducer (conf/transducer_blstm.yaml)" in out
+    for m in (".stage0.done", ".stage1.done", ".stage2.transducer.done"):
         assert (tmp_path / "data" / m).is_file()
     assert (tmp_path / "data" / "lang_phone" / "LG.fst").is_file()
     cfg = json.loads((exp / "config.json").read_text())
     assert cfg["loss"] == "transducer" and cfg["model"] == "blstm_transducer"
     assert cfg["num_classes"] == 49
-    assert (exp / "epoch-1.pt").is_file() and (exp / ".stage45.done").is_file()
+    assert (exp / "epoch-1.pt").is_file() and (exp / ".stage5.done").is_file()
     for dec in ("greedy", "beam", "fast", "lg", "ctc"):
         for split in ("dev", "test"):
             report = (exp / f"per_{dec}_{split}.txt").read_text()
@@ -186,7 +190,7 @@ def test_timit_recipe_transducer(tmp_path):
     assert "LG tuned on dev: lm_scale 0.3" in results and "word_penalty" in results
     assert re.search(r"^lg +test PER", results, re.MULTILINE)
     rows = [ln.split("\t") for ln in (exp / "stage_times.tsv").read_text().splitlines()]
-    assert [r[0] for r in rows] == [f"stage {n}" for n in range(5)]
+    assert [r[0] for r in rows] == [f"stage {n}" for n in (0, 1, 2, 4, 5)]
     assert all(float(r[1]) > 0 and float(r[2]) > 50 and r[3] == "0" for r in rows)
     again = _run(args)
-    assert again.count("already done") == 5
+    assert again.count("already done") == 6

@@ -3,7 +3,7 @@
 
 Each registered config (default: ``timit.{ctc,hmm,mmi,transducer}_blstm``, the configs of
 ``egs/timit/run.sh --loss ...``, and ``timit.hmm_fullsum_blstm``) is trained for ``--epochs``
-epochs by ``wfst-asr train``, in its own process started through ``egs/utils/timed.py`` (so
+epochs by ``wfst-asr train``, in its own process started through ``local/timed.py`` (so
 the peak resident memory is that process's alone), on the recipe's data (stages 0-2 must have
 run: ``data/fbank``, ``data/lang_phone``; ``timit.hmm_blstm`` reads the GMM-aligned cuts of
 ``--gmm-dir``, from stage 3 of ``--loss hmm``). The seconds of every epoch (training + dev
@@ -86,7 +86,7 @@ def run_config(name: str, epochs: int, sets: list[str], work: Path) -> dict:
     """Train ``name`` for ``epochs`` epochs in a fresh process; its epoch times and peak MB."""
     stem = Path(name).stem
     exp, log = work / stem, work / f"{stem}.tsv"
-    cmd = [sys.executable, str(ROOT / "egs/utils/timed.py"), "--label", name, "--log", str(log),
+    cmd = [sys.executable, str(ROOT / "local/timed.py"), "--label", name, "--log", str(log),
            "--", sys.executable, "-m", "wfst_asr.bin.cli", "train", "--config", name,
            "--exp-dir", str(exp), "--set", f"num_epochs={epochs}"]
     for s in sets:

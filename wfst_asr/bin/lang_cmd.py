@@ -13,7 +13,7 @@ L_disambig.fst (OpenFst binary, tokens -> words), L.pt and L_disambig.pt (wfst_a
 
 
 def add_lang_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options shared by ``compile-lang`` and ``local/prepare_lang.py``."""
+    """Add the options of ``compile-lang``."""
     parser.add_argument("--lang-dir", required=True, help="output directory (created)")
     parser.add_argument("--lexicon", required=True,
                         help="lexicon.txt or lexiconp.txt (probability column detected)")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run a command and report its wall time and peak resident memory (recipes' stage timing).
 
-    python egs/utils/timed.py --label "stage 3" --log exp/x/stage_times.tsv -- CMD [ARGS...]
+    python local/timed.py --label "stage 3" --log exp/x/stage_times.tsv -- CMD [ARGS...]
 
 Prints ``<label>: <seconds> s wall, peak memory <MB> MB`` to stderr and, with ``--log``,
 appends ``label<TAB>seconds<TAB>peak MB<TAB>exit status`` to that file. The peak is the largest
