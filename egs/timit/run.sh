@@ -5,7 +5,8 @@
 #   egs/timit/run.sh [--stage N] [--stop-stage M] [--timit-dir DIR] [--data-dir DIR]
 #                    [--exp-dir DIR] [--loss ctc|hmm|mmi|transducer] [--config FILE|NAME]
 #                    [--lm-scales 0.1,0.3,...] [--word-penalties -1,0,1] [--set k=v ...]
-#                    [--gmm-dir DIR] [--gmm-args "ARGS"] [--nnlm-epochs N]
+#                    [--gmm-dir DIR] [--gmm-args "ARGS"] [--gmm-lm-scales 0.2,...]
+#                    [--gmm-word-penalties -1,0,...] [--nnlm-epochs N]
 #                    [--lattice-args "ARGS"] [--rescore-args "ARGS"]
 #
 # --loss picks the criterion and, unless --config names another config file (e.g.
@@ -18,12 +19,13 @@
 #   1  80-dim fbank + global CMVN (wfst-asr compute-features)  -> DATA_DIR/fbank
 #   2  48-phone lang dir, train-only phone bigram G, CTC HLG (+ the graphs of --loss)
 #                                                               -> DATA_DIR/lang_phone
-#   3  (--loss hmm) monophone GMM-HMM, its alignments of train and dev (--gmm-args "ARGS")
-#                                                               -> GMM_DIR (exp/mono)
+#   3  (--loss hmm) monophone GMM-HMM (wfst-asr train-mono, --gmm-args "ARGS"), its alignments
+#      of train and dev, its PER with its HCLG (wfst-asr decode / score) -> GMM_DIR (exp/mono)
 #   4  train (wfst-asr train ... --resume: a rerun continues)   -> EXP_DIR (exp/ctc_blstm)
-#   5  decode dev and test: greedy, HLG / HCLG / LG (lm_scale x phone insertion penalty tuned
-#      on dev), Kaldi's decoder at that setting                 -> EXP_DIR
-#   6  score: PER on 39 phones, per-speaker reports             -> EXP_DIR/results.txt
+#   5  decode dev and test (wfst-asr decode): greedy, HLG / HCLG / LG (lm_scale x phone
+#      insertion penalty tuned on dev), Kaldi's decoder at that setting -> EXP_DIR/decode
+#   6  score (wfst-asr score): PER on 39 phones (48 -> 39 folding), per-speaker reports
+#                                                               -> EXP_DIR/decode/results.txt
 #   7-9 (--loss ctc only; local/rescore_timit.py): 7 dev/test lattices with the HLG
 #      -> EXP_DIR/lats/{dev,test}; 8 phone 3-gram (wfst-asr estimate-lm) and LSTM LM
 #      (wfst-asr train-nnlm, --nnlm-epochs N) on the training transcripts -> EXP_DIR/lm;
@@ -52,6 +54,8 @@ lattice_args=
 rescore_args=
 gmm_dir=
 gmm_args=
+gmm_lm_scales=0.2,0.3,0.5,0.7,1.0
+gmm_word_penalties=-1,0,1,2
 . "$root/local/parse_options.sh"
 if (( $# )); then
     echo "$0: error: unexpected argument $1 (see $0 --help)" >&2
@@ -115,9 +119,20 @@ stage2() {  # the lang dir and HLG; the graphs of the other criteria next to the
 stage3() {  # --loss hmm: the monophone GMM whose alignments the hybrid trains on
     local -a extra
     read -r -a extra <<< "$gmm_args"
-    timed "$python" local/train_mono.py --manifest-dir "$manifest_dir" --fbank-dir "$fbank_dir" \
-        --lang-dir "$lang_dir" --out-dir "$gmm_dir" ${extra[@]+"${extra[@]}"} \
+    timed "${wfst_asr[@]}" train-mono --train-cuts "$fbank_dir/timit_cuts_train.jsonl.gz" \
+        --align-cuts "$fbank_dir/timit_cuts_dev.jsonl.gz" --lang-dir "$lang_dir" \
+        --token-field phones_48 --out-dir "$gmm_dir" ${extra[@]+"${extra[@]}"} \
         2> >(quiet_kaldi)
+    # TIMIT only: how often the aligned phone is the hand-labelled one (-> summary.json)
+    "$python" local/gmm_agreement.py --lang-dir "$lang_dir" --gmm-dir "$gmm_dir"
+    # the GMM's own PER, with its HCLG
+    "${wfst_asr[@]}" decode --exp-dir "$gmm_dir" --lang-dir "$lang_dir" \
+        --dev-cuts "$fbank_dir/timit_cuts_dev.jsonl.gz" \
+        --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz" --lm-scales="$gmm_lm_scales" \
+        --word-penalties="$gmm_word_penalties" --metric PER \
+        --map local/phones.60-48-39.map --map-from 48 --map-to 39 --out-dir "$gmm_dir/decode" \
+        > "$gmm_dir/decode.log" 2> >(quiet_kaldi)
+    "${wfst_asr[@]}" score --decode-dir "$gmm_dir/decode"
 }
 stage4() {
     local -a args=(--set "train_cuts=$fbank_dir/timit_cuts_train.jsonl.gz"
@@ -132,16 +147,17 @@ stage4() {
         --set "tokens=$lang_dir/tokens.txt" --set "lang_dir=$lang_dir" "${args[@]}" \
         --exp-dir "$exp_dir" --resume
 }
-stage5() {  # decode_timit.py (ctc), decode_hmm.py (hmm, mmi), decode_transducer.py (transducer)
-    local script=decode_timit.py
-    case "$loss" in hmm|mmi) script=decode_hmm.py ;; transducer) script=decode_transducer.py ;; esac
-    timed "$python" "local/$script" --loss "$loss" --exp-dir "$exp_dir" --lang-dir "$lang_dir" \
+stage5() {  # the methods of the model's loss, lm_scale x penalty tuned on dev
+    local -a ref=()
+    [[ "$loss" == hmm ]] && ref=(--ref-field phones_48)  # the hybrid trained on alignments
+    timed "${wfst_asr[@]}" decode --exp-dir "$exp_dir" --lang-dir "$lang_dir" \
         --dev-cuts "$fbank_dir/timit_cuts_dev.jsonl.gz" \
         --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz" --lm-scales="$lm_scales" \
-        --word-penalties="$word_penalties" > "$exp_dir/decode.log"
+        --word-penalties="$word_penalties" ${ref[@]+"${ref[@]}"} --metric PER \
+        --map local/phones.60-48-39.map --map-from 48 --map-to 39 --out-dir "$exp_dir/decode"
 }
 stage6() {
-    cat "$exp_dir/results.txt"
+    "${wfst_asr[@]}" score --decode-dir "$exp_dir/decode"
 }
 # stages 7-9: lattices and rescoring on top of the CTC model's bigram HLG
 stage7() {

@@ -88,7 +88,6 @@ stage4() {
 }
 stage5() {
     "${wfst_asr[@]}" score --decode-dir "$exp_dir/decode" --metric WER
-    cat "$exp_dir/decode/results.txt"
 }
 
 run_stage 0 "$data_dir/.stage0.done" "manifests of $corpus_dir -> $manifests" stage0

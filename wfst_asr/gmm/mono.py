@@ -233,9 +233,17 @@ class MonoGmm:
         return self._compiler
 
     def align(self, feats: Sequence[torch.Tensor], texts: Sequence[Sequence[int]],
-              acoustic_scale: float = 0.1, batch: int = 16) -> list[torch.Tensor | None]:
+              acoustic_scale: float = 0.1, batch: int = 16, compiler=None
+              ) -> list[torch.Tensor | None]:
         """Viterbi forced alignments (pdf ids ``[T_i]``, int64) of each utterance, None where
-        the transcript has no path of that length (the caller counts them)."""
+        the transcript has no path of that length (the caller counts them).
+
+        ``compiler`` (default :meth:`compiler`: token transcripts) is anything with
+        ``compile(texts) -> FsaVec`` of graphs over the outputs of ``pdf_topo(topology)``
+        (pdf + 1), e.g. a :class:`~wfst_asr.graphs.training.HmmTrainingGraphCompiler` on
+        ``pdf_topo`` with a lexicon or an ``L`` with optional silence; ``texts`` are what it
+        compiles."""
+        compiler = compiler if compiler is not None else self.compiler()
         out: list[torch.Tensor | None] = []
         for s in range(0, len(feats), batch):
             fs, ts = feats[s:s + batch], texts[s:s + batch]
@@ -243,7 +251,7 @@ class MonoGmm:
             lp = torch.zeros(len(fs), int(lens.max()), self.am.num_pdfs + 1)
             for i, f in enumerate(fs):
                 lp[i, :f.shape[0], 1:] = (acoustic_scale * self.log_likelihoods(f)).float()
-            graphs = self.compiler().compile([list(t) for t in ts])
+            graphs = compiler.compile([list(t) for t in ts])
             ali = viterbi_align(graphs, lp, lens)
             for i, n in enumerate(lens.tolist()):
                 row = ali[i, :n]
@@ -254,11 +262,16 @@ class MonoGmm:
 def train_mono(topology: Topology, feats: Sequence[torch.Tensor],
                texts: Sequence[Sequence[int]], opts: MonoOptions | None = None,
                names: Sequence[str] | None = None,
-               report: Callable[[dict], None] | None = None
+               report: Callable[[dict], None] | None = None, compiler=None,
+               init_texts: Sequence[Sequence[int]] | None = None
                ) -> tuple[MonoGmm, list[torch.Tensor | None]]:
     """Train a monophone GMM (module docstring) on ``feats`` (``[T_i, D]``) with transcripts
     ``texts`` (phone ids); return the model and the final alignments (pdf ids per frame; None
     for an utterance that could not be aligned, logged by ``names[i]``).
+
+    With a ``compiler`` (see :meth:`MonoGmm.align`), ``texts`` are what it compiles (e.g. word
+    ids, graphs with optional silence) and ``init_texts`` the phone ids of one path of each
+    graph, spread equally over the frames for the first iteration (default ``texts``).
 
     ``report(record)`` (optional) gets one dict per iteration: ``iter``, ``realigned``,
     ``loglike_per_frame`` (of the aligned pdfs, before the update), ``frames``, ``num_gauss``
@@ -266,7 +279,9 @@ def train_mono(topology: Topology, feats: Sequence[torch.Tensor],
     opts = opts or MonoOptions()
     names = list(names) if names is not None else [str(i) for i in range(len(feats))]
     model = MonoGmm.flat_start(topology, feats)
-    alis = [equal_alignment(model.pdf_sequence(t), f.shape[0]) for f, t in zip(feats, texts)]
+    init_texts = texts if init_texts is None else init_texts
+    alis = [equal_alignment(model.pdf_sequence(t), f.shape[0])
+            for f, t in zip(feats, init_texts)]
     _report_unaligned(alis, names, "equal alignment")
     num_gauss = model.num_gauss
     inc = max((opts.tot_gauss - num_gauss) // max(opts.max_iter_inc, 1), 0)
@@ -274,7 +289,7 @@ def train_mono(topology: Topology, feats: Sequence[torch.Tensor],
         t0 = time.perf_counter()
         realigned = it in opts.realign_iters
         if realigned:
-            new = model.align(feats, texts, opts.acoustic_scale, opts.align_batch)
+            new = model.align(feats, texts, opts.acoustic_scale, opts.align_batch, compiler)
             _report_unaligned(new, names, f"iteration {it}")
             alis = new
         acc, tot, frames = model.accumulate(feats, alis)
@@ -290,7 +305,7 @@ def train_mono(topology: Topology, feats: Sequence[torch.Tensor],
                  "frames, %(num_gauss)d Gaussians%(r)s", {**rec, "r": ", realigned" * realigned})
         if report is not None:
             report(rec)
-    final = model.align(feats, texts, opts.acoustic_scale, opts.align_batch)
+    final = model.align(feats, texts, opts.acoustic_scale, opts.align_batch, compiler)
     _report_unaligned(final, names, "final alignment")
     return model, final
 

@@ -491,42 +491,65 @@ class HmmTrainingGraphCompiler:
       topo: the topology transducer ``H`` (labels = output ids, aux_labels = tokens, see
         :class:`LinearComposer`), e.g. :func:`hmm_topo` or an H built from a Kaldi topology.
       lexicon: optional ``{word id: pronunciation}`` or ``{word id: [pron, ...]}`` (token ids
-        >= 1) for word transcripts.
+        >= 1) for word transcripts, or a lexicon transducer ``L`` (labels = tokens, aux_labels =
+        words, no disambiguation symbols), e.g. :func:`wfst_asr.graphs.lang.lexicon_to_fst`
+        with ``sil_token`` / ``sil_prob``: word transcripts then go through ``L o W`` (OpenFst,
+        one utterance at a time), so the graphs have L's optional silence (at the start and
+        after every word, with L's ``log sil_prob`` / ``log(1 - sil_prob)`` scores) and its
+        pronunciation probabilities, as Kaldi's ``compile-train-graphs``. An L whose words are
+        the tokens themselves (``word = [word]``) gives token transcripts optional silence.
       device: where the graphs go.
     """
 
-    def __init__(self, topo: Fsa, lexicon: Mapping[int, Sequence] | None = None,
+    def __init__(self, topo: Fsa, lexicon: Mapping[int, Sequence] | Fsa | None = None,
                  device: Device = None) -> None:
         self.topo = topo
         self.device = device
         self._composer = LinearComposer(topo)
-        self.lexicon = _normalize_lexicon(lexicon) if lexicon is not None else None
+        self.L: Fsa | None = None
+        self.lexicon: dict[int, list[tuple[int, ...]]] | None = None
+        if isinstance(lexicon, Fsa):
+            if not lexicon.has_attr("aux_labels"):
+                raise ValueError("L must be a transducer (labels tokens, aux_labels words)")
+            self.L = lexicon.to("cpu").detach()
+            self._L_words = set(self.L.aux_labels.tolist()) - {0, -1}
+            self._L_acceptors = CtcTrainingGraphCompiler(self.L, determinize=False)
+        elif lexicon is not None:
+            self.lexicon = _normalize_lexicon(lexicon)
 
     def compile(self, texts: Texts, unit: str | None = None) -> Fsa:
-        """FsaVec of ``H o transcript_i``; scores = H's transition scores.
+        """FsaVec of ``H o transcript_i``; scores = H's transition scores (plus L's, with an
+        ``L``).
 
         Args:
           texts: token-id sequences (``unit="tokens"``) or word-id sequences (``"words"``,
             through the lexicon; default when a lexicon was given).
         """
         seqs = _as_lists(texts)
-        unit = unit or ("words" if self.lexicon is not None else "tokens")
+        has_lex = self.lexicon is not None or self.L is not None
+        unit = unit or ("words" if has_lex else "tokens")
         if unit == "tokens":
             return self._composer(seqs, device=self.device)
-        if unit != "words" or self.lexicon is None:
+        if unit != "words" or not has_lex:
             raise ValueError("word transcripts need a lexicon; unit must be 'tokens' or 'words'")
+        known = self._L_words if self.L is not None else self.lexicon
         for i, s in enumerate(seqs):
-            missing = [w for w in s if w not in self.lexicon]
+            missing = [w for w in s if w not in known]
             if missing:
                 raise KeyError(f"utterance {i}: words {missing} are not in the lexicon")
+        if self.L is not None:  # H o (L o W), the latter projected on tokens, epsilon-free
+            return self._compose_h([self._L_acceptors._acceptor_from_L(s) for s in seqs])
         if all(len(self.lexicon[w]) == 1 for s in seqs for w in s):
             tokens = [[t for w in s for t in self.lexicon[w][0]] for s in seqs]
             return self._composer(tokens, device=self.device)
         # several pronunciations: H o (union of pronunciation chains), through OpenFst
         words_ctc = CtcTrainingGraphCompiler(self.lexicon, determinize=True)
+        return self._compose_h([words_ctc._acceptor_from_lexicon(s) for s in seqs])
+
+    def _compose_h(self, acceptors: list[Fsa]) -> Fsa:
+        """FsaVec of ``H o acceptor`` (OpenFst) for token acceptors without epsilons."""
         graphs = []
-        for s in seqs:
-            acc = words_ctc._acceptor_from_lexicon(s)
+        for acc in acceptors:
             g = ops.compose(self.topo, acc)  # arc-sorts both, trims dead states
             if bool((g.labels == 0).any()):
                 raise ValueError("H has arcs without an output id (input epsilon): it cannot "

@@ -31,7 +31,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 def hmm_mmi_graphs(loss: str) -> Callable[[Path], None]:
     """The graphs of ``--loss hmm`` / ``mmi`` for the topology of ``conf/<loss>_blstm.yaml``: an
     HMM topology's HCLG (over the same L and bigram G, cached in ``<lang_dir>/<topology>/``:
-    decode_hmm.py loads it, or compiles the one of another topology the model was trained
+    ``wfst-asr decode`` loads it, or compiles the one of another topology the model was trained
     with); a CTC topology decodes with the HLG above. For mmi, also the phone LM P of the
     denominator (built from ``lm.arpa`` when the loss is built; here only its size is shown)."""
     def build(lang_dir: Path) -> None:
@@ -61,11 +61,9 @@ def hmm_mmi_graphs(loss: str) -> Callable[[Path], None]:
 
 
 def transducer_graphs(lang_dir: Path) -> None:
-    """``--loss transducer``: the LG of fast beam search (tokens in, the phones as words out, no
-    input epsilons), compiled and cached as ``<lang_dir>/LG.fst`` (decode_transducer.py)."""
-    from decode_transducer import transducer_lg
-
-    lg = transducer_lg(lang_dir)
+    """``--loss transducer``: the LG of fast beam search (tokens in, the phones as words out),
+    compiled and cached as ``<lang_dir>/LG.fst`` (``wfst-asr decode`` loads it)."""
+    lg, _ = compile_graph(lang_dir, kind="LG")
     print(f"LG (transducer fast beam search): {lg.num_states} states, {lg.num_arcs} arcs -> "
           f"{lang_dir / 'LG.fst'}")
 

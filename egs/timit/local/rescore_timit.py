@@ -40,7 +40,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from decode_timit import MAP_FILE, load_exp_model
 
 from wfst_asr.atomic import atomic_write_text
 from wfst_asr.decode.grid import parse_grid
@@ -59,7 +58,8 @@ from wfst_asr.fsa import SymbolTable
 from wfst_asr.graphs.compile import compile_graph
 from wfst_asr.scoring import PhoneMap, score
 from wfst_asr.scoring.edit_distance import align_and_count
-from wfst_asr.train.inference import read_references, run_model
+from wfst_asr.train.checkpoint import CheckpointError
+from wfst_asr.train.inference import load_model, read_references, run_model
 from wfst_asr.train.lm import load_lm
 
 SPLITS = ("dev", "test")
@@ -71,7 +71,10 @@ REF_FIELD = "phones_48"  # the supervision field of the 48-phone references
 # ---------------------------------------------------------------------- stage 6
 def cmd_lattices(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg, ckpt = load_exp_model(args.exp_dir, device)
+    try:
+        model, cfg, ckpt = load_model(args.exp_dir, device)
+    except (OSError, ValueError, CheckpointError) as e:
+        raise SystemExit(f"error: {e} (run the training stage)") from e
     words = SymbolTable.from_file(args.lang_dir / "words.txt")
     tokens = SymbolTable.from_file(args.lang_dir / "tokens.txt")
     hlg, _ = compile_graph(args.lang_dir, kind="HLG", topo="ctc")
@@ -155,6 +158,9 @@ class Scorer:
         return score(self.refs39[split], {u: self.strs(h) for u, h in hyps.items()},
                      self.speaker_of, metric="PER")
 
+
+#: TIMIT's 60/48/39 phone folding table (scoring is on 39 phones).
+MAP_FILE = Path(__file__).resolve().parent / "phones.60-48-39.map"
 
 def cmd_rescore(args: argparse.Namespace) -> int:
     out_dir = args.exp_dir / "rescore"
