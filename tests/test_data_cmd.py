@@ -120,7 +120,7 @@ def test_mel_bins_warning_at_8khz(yesno_wavs, lj_flacs, tmp_path, capsys):
     np.testing.assert_allclose(mean.numpy(), ref.mean(axis=0), rtol=1e-4, atol=1e-3)
     # more bins than kaldi-native-fbank accepts: an error before any work
     assert cli.main(["compute-features", "--cuts", str(yesno), "--out-dir",
-                     str(tmp_path / "c"), "--num-mel-bins", "128"]) == 1
+                     str(tmp_path / "c"), "--num-mel-bins", "128"]) == 2
     assert "kaldi-native-fbank rejects" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
 
@@ -143,7 +143,7 @@ def test_check_mel_bins_agrees_with_knf():
 def test_compute_features_bad_arguments(tmp_path, capsys):
     missing = tmp_path / "nope.jsonl.gz"
     assert cli.main(["compute-features", "--cuts", str(missing), "--out-dir",
-                     str(tmp_path / "o")]) == 1
+                     str(tmp_path / "o")]) == 2
     assert "no such cuts manifest" in capsys.readouterr().err
 
 
@@ -206,7 +206,7 @@ def test_lexicon_from_text_and_supervisions(tmp_path, capsys):
     assert cli.main(["lexicon", "--supervisions", str(sups), "--out", str(out)]) == 0
     assert _read_lexicon(out) == {"NO": _cmu_prons("no"), "YES": _cmu_prons("yes")}
     assert "1 of 3 words are OOVs (1 of 5 tokens)" in capsys.readouterr().err
-    assert cli.main(["lexicon", "--out", str(out)]) == 1  # no input
+    assert cli.main(["lexicon", "--out", str(out)]) == 2  # no input
 
 
 class _Tty(io.StringIO):

@@ -297,7 +297,7 @@ def test_fst_draw(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     text = dot.read_text()
     assert text.startswith("digraph") and text.count("->") == 4 and '"y/' in text
     assert cli_main(["fst-draw", str(tmp_path / "t.fst"), str(tmp_path / "u.dot"),
-                     "--max-states", "3"]) == 1
+                     "--max-states", "3"]) == 2
     assert "more than --max-states 3" in capsys.readouterr().err
     assert not (tmp_path / "u.dot").exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
@@ -312,7 +312,7 @@ def test_compile_lang_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert (tmp_path / "lang" / "oov.txt").read_text() == "!SIL\n"
     rc = cli_main(["compile-lang", "--lang-dir", str(tmp_path / "lang2"), "--lexicon",
                    str(tmp_path / "lexicon.txt"), "--tokens", str(tmp_path / "lexicon.txt")])
-    assert rc == 1
+    assert rc == 2
     assert "is not a non-negative integer" in capsys.readouterr().err
 
 

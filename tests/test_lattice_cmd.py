@@ -144,10 +144,11 @@ def test_lattice_prune(data, capsys, tmp_path):
     for u, one in r:
         want = prune(data["want"][u], 1.5)
         assert torch.equal(one.arcs, want[0].arcs)
-    # the output directory exists now: refused unless --overwrite
+    # the output directory exists now: refused unless --overwrite (a bad input: exit 2)
     assert main(["lattice-prune", str(data["dir"]), "--beam", "1", "--out-dir", str(out),
-                 "--no-progress"]) == 1
-    assert "already holds lattices" in capsys.readouterr().err
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds lattices" in err and "--overwrite" in err and "overwrite=" not in err
 
 
 def test_lattice_rescore(data, capsys, tmp_path):
@@ -164,7 +165,7 @@ def test_lattice_rescore(data, capsys, tmp_path):
     # a G over another word table: a clear error, and no output written
     best2 = tmp_path / "never.txt"
     assert main(["lattice-rescore", str(data["dir"]), "--lm", str(data["tmp"] / "G_other.pt"),
-                 "--best-path", str(best2), "--no-progress"]) == 1
+                 "--best-path", str(best2), "--no-progress"]) == 2
     assert "word table differs" in capsys.readouterr().err
     assert not best2.exists()
     # n-best rescoring with a neural LM needs --lm-model (tested in test_nnlm.py)

@@ -270,7 +270,7 @@ def test_lattice_rescore_nbest_nnlm(data, capsys, tmp_path):  # noqa: F811
     _save_lm(tmp_path / "lm_other.pt", "0" * 64)
     never = tmp_path / "never.txt"
     assert main(args[:5] + [str(tmp_path / "lm_other.pt"), "--best-path", str(never),
-                            "--no-progress"]) == 1
+                            "--no-progress"]) == 2
     assert "another word table" in capsys.readouterr().err
     assert not never.exists()
     # no --lm-model / a broken one
@@ -278,7 +278,7 @@ def test_lattice_rescore_nbest_nnlm(data, capsys, tmp_path):  # noqa: F811
                  str(never)]) == 2
     assert "needs --lm-model" in capsys.readouterr().err
     (tmp_path / "broken.pt").write_bytes(b"xx")
-    assert main(args[:5] + [str(tmp_path / "broken.pt"), "--best-path", str(never)]) == 1
+    assert main(args[:5] + [str(tmp_path / "broken.pt"), "--best-path", str(never)]) == 2
     assert "broken.pt" in capsys.readouterr().err
     assert not never.exists()
 
@@ -297,7 +297,7 @@ def test_train_nnlm_and_sweep_tools(data, capsys, tmp_path):  # noqa: F811
     lm = load_lm(exp / "lm.pt")
     assert lm.vocab_size == 4 and lm.words_checksum == symbol_table_checksum(WORDS)
     assert main(["train-nnlm", str(text), str(words_txt), str(tmp_path / "x"), "--oov",
-                 "error", "--epochs", "1"]) == 1
+                 "error", "--epochs", "1"]) == 2
     assert "text:13: word 'z'" in capsys.readouterr().err
     # the sweep on the lattice directory, against the library on the same lists
     refs = {"ok1": ["a", "b"], "ok2": ["c"], "ok3": ["a", "c", "b"], "empty": ["a"]}

@@ -174,6 +174,14 @@ stage8() {
 }
 stage9() {
     local -a extra
+    local f
+    for f in "$exp_dir/lats/dev/index.tsv" "$exp_dir/lats/test/index.tsv" \
+             "$exp_dir/lm/3gram.arpa" "$exp_dir/lm/nnlm/lm.pt"; do
+        if [[ ! -f "$f" ]]; then  # one line, not rescore_timit.py's traceback
+            echo "stage 9: error: $f not found (run stages 7 and 8 first)" >&2
+            return 2
+        fi
+    done
     read -r -a extra <<< "$rescore_args"
     timed "$python" local/rescore_timit.py rescore --exp-dir "$exp_dir" \
         ${extra[@]+"${extra[@]}"} --lang-dir "$lang_dir" \

@@ -1,8 +1,14 @@
-"""The ``wfst-asr`` command line (also ``python -m wfst_asr.bin.cli``)."""
+"""The ``wfst-asr`` command line (also ``python -m wfst_asr.bin.cli``).
+
+Every sub-command answers a bad input (a missing, unreadable or malformed file, a bad value, a
+full disk, ...) with one line ``wfst-asr CMD: error: FILE[:LINE]: what`` on stderr and exit code
+2; ``wfst-asr --debug CMD ...`` shows the traceback instead. Ctrl-C exits with 130.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import platform
 import sys
 from collections.abc import Sequence
@@ -44,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress bars (they are drawn only on a terminal anyway); "
                              "also WFST_ASR_QUIET=1")
+    parser.add_argument("--debug", action="store_true", dest="global_debug",
+                        help="on an error, show the traceback instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print versions and available devices")
     info.set_defaults(func=cmd_info)
@@ -54,14 +62,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: errno values of an OSError that come from the input or the place of the output, not from
+#: a bug: reported in one line like a ValueError.
+BAD_INPUT_ERRNOS = frozenset({
+    errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EEXIST,
+    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP, errno.EFBIG,
+    errno.ENOTEMPTY, errno.EXDEV, errno.EIO})
+
+
+def is_bad_input(e: BaseException) -> bool:
+    """True for the errors a bad input raises: ValueError (UnicodeDecodeError included), the
+    OSErrors of :data:`BAD_INPUT_ERRNOS` and the project's own error classes (any ``...Error``
+    defined in ``wfst_asr``, such as CheckpointError, LatticeError, ConfigError, DecodeError)."""
+    if isinstance(e, (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                      PermissionError, FileExistsError)):
+        return True
+    if isinstance(e, OSError):
+        return e.errno in BAD_INPUT_ERRNOS
+    return any(c.__module__.startswith("wfst_asr.") and c.__name__.endswith("Error")
+               for c in type(e).__mro__)
+
+
+def error_message(e: BaseException) -> str:
+    """``e`` as one line: ``FILE: what`` for an OSError with a file name (the strerror in lower
+    case), else ``str(e)`` with its lines joined by ``; ``."""
+    if isinstance(e, UnicodeDecodeError):
+        msg = f"not valid UTF-8 text ({e.reason} at byte {e.start})"
+    elif isinstance(e, OSError) and e.strerror:
+        what = e.strerror[:1].lower() + e.strerror[1:]
+        names = [str(n) for n in (e.filename, e.filename2) if n is not None]
+        msg = what if not names or names[0] in what else f"{' -> '.join(names)}: {what}"
+    else:
+        msg = str(e) or type(e).__name__
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    return "; ".join(lines) or type(e).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` (default: ``sys.argv[1:]``) and run the chosen command."""
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and run the chosen command.
+
+    A bad input (:func:`is_bad_input`) is one line ``wfst-asr CMD: error: ...`` on stderr and
+    exit code 2 (``--debug``, global or the command's own: the traceback); Ctrl-C is 130.
+    """
     args = build_parser().parse_args(argv)
+    debug = bool(args.global_debug or getattr(args, "debug", False))
+    args.debug = debug
     if args.quiet:
         from wfst_asr.progress import set_quiet
 
         set_quiet()
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        return 130
+    except Exception as e:
+        if debug or not is_bad_input(e):
+            raise
+        print(f"wfst-asr {args.command}: error: {error_message(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -31,6 +31,47 @@ input. Words CMUdict lacks go to the OOV file (most frequent first), and their c
 _MANIFEST_SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json")
 
 
+def _bad_manifest_line(path: Path) -> str:
+    """``PATH:LINE: what`` of the first line of a JSON-lines manifest that is not a JSON
+    object, or ``PATH`` when every line is (or the file is not JSON lines)."""
+    import gzip
+    import json
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for no, line in enumerate(f, start=1):
+                if line.strip() and not isinstance(json.loads(line), dict):
+                    return f"{path}:{no}: not a JSON object"
+    except json.JSONDecodeError as e:
+        return f"{path}:{no}: bad JSON ({e.msg.removesuffix(' at')} at column {e.colno})"
+    except (OSError, EOFError, UnicodeDecodeError, ValueError) as e:
+        return f"{path}: {e}"
+    return str(path)
+
+
+def load_cuts(path: Path):
+    """``CutSet.from_file(path)``; a manifest that cannot be read (not gzip, bad JSON, not cuts)
+    is a ValueError naming the file (and the line)."""
+    from lhotse import CutSet
+
+    try:
+        cuts = CutSet.from_file(path).to_eager()
+        for cut in cuts:
+            cut.sampling_rate  # noqa: B018 -- a cut without a recording fails here
+        return cuts
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, EOFError) as e:
+        raise _manifest_error(path, e) from None
+
+
+def _manifest_error(path: Path, e: BaseException) -> ValueError:
+    where = _bad_manifest_line(path)
+    what = "" if ":" in where[len(str(path)):] else f": {type(e).__name__}: {e}"
+    return ValueError(f"{where}{what} (not a readable lhotse manifest)")
+
+
 def _stem(path: Path) -> str:
     name = path.name
     for suffix in _MANIFEST_SUFFIXES:
@@ -65,8 +106,8 @@ def _extractor(args: argparse.Namespace):
 
 
 def cmd_compute_features(args: argparse.Namespace) -> int:
-    """Features + CMVN of every ``--cuts`` manifest; 1 on bad arguments or no CMVN frames."""
-    from lhotse import CutSet
+    """Features + CMVN of every ``--cuts`` manifest. Bad arguments, an unreadable manifest or
+    no CMVN frames raise (one line, exit code 2, through :func:`wfst_asr.bin.cli.main`)."""
     from lhotse.features.io import LilcomChunkyWriter, NumpyFilesWriter
 
     from wfst_asr.data import check_mel_bins, compute_features, compute_global_cmvn
@@ -74,28 +115,23 @@ def cmd_compute_features(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
     inputs = [Path(p) for p in args.cuts]
     out_dir = Path(args.out_dir)
-    try:
-        missing = [str(p) for p in inputs if not p.is_file()]
-        if missing:
-            raise ValueError(f"no such cuts manifest: {', '.join(missing)}")
-        names = [p.name for p in inputs]
-        if len(set(names)) != len(names):
-            raise ValueError("two --cuts have the same file name (their outputs would collide)")
-        if any((out_dir / p.name).resolve() == p.resolve() for p in inputs):
-            raise ValueError("--out-dir holds the input manifests; choose another folder")
-        cmvn_src = _pick_cmvn_source(inputs, args.cmvn_from)
-        extractor = _extractor(args)
-    except ValueError as e:
-        print(f"compute-features: error: {e}", file=sys.stderr)
-        return 1
+    missing = [str(p) for p in inputs if not p.is_file()]
+    if missing:
+        raise ValueError(f"no such cuts manifest: {', '.join(missing)}")
+    names = [p.name for p in inputs]
+    if len(set(names)) != len(names):
+        raise ValueError("two --cuts have the same file name (their outputs would collide)")
+    if any((out_dir / p.name).resolve() == p.resolve() for p in inputs):
+        raise ValueError("--out-dir holds the input manifests; choose another folder")
+    cmvn_src = _pick_cmvn_source(inputs, args.cmvn_from)
+    extractor = _extractor(args)
     storage_type = {"auto": None, "lilcom": LilcomChunkyWriter,
                     "numpy": NumpyFilesWriter}[args.storage]
-    cut_sets = [CutSet.from_file(src) for src in inputs]
+    cut_sets = [load_cuts(src) for src in inputs]
     rates = sorted({c.sampling_rate for cuts in cut_sets for c in cuts})
     for check in (check_mel_bins(extractor.config, rate) for rate in rates):
         if check.rejected:
-            print(f"compute-features: error: {check.message()}", file=sys.stderr)
-            return 1
+            raise ValueError(check.message())
         if not check.ok:
             print(f"compute-features: warning: {check.message()}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -122,9 +158,7 @@ def cmd_compute_features(args: argparse.Namespace) -> int:
     if cmvn_src is None:
         return 0
     if cmvn_cuts is None or len(cmvn_cuts) == 0:
-        print(f"compute-features: error: no cuts of {cmvn_src} have features; no CMVN",
-              file=sys.stderr)
-        return 1
+        raise ValueError(f"{cmvn_src}: no cut has features; no CMVN")
     cmvn_path = out_dir / "cmvn.pt"
     mean, _ = compute_global_cmvn(cmvn_cuts, cmvn_path)
     print(f"global CMVN over the {len(cmvn_cuts)} cuts of {cmvn_src.name} ({mean.numel()} dims)"
@@ -133,10 +167,13 @@ def cmd_compute_features(args: argparse.Namespace) -> int:
 
 
 def cmd_lexicon(args: argparse.Namespace) -> int:
-    """CMUdict lexicon of the words of the inputs; OOVs to a file; 1 when no word is found."""
+    """CMUdict lexicon of the words of the inputs; OOVs to a file. No input, no word, no word
+    in CMUdict or an unreadable input raise (one line, exit code 2, through
+    :func:`wfst_asr.bin.cli.main`)."""
+    import json
     from collections import Counter
 
-    from wfst_asr.atomic import atomic_write_text
+    from wfst_asr.atomic import atomic_write_text, check_utf8
     from wfst_asr.graphs.lang import write_lexicon
     from wfst_asr.graphs.lexicon import (
         lookup_cmudict,
@@ -146,9 +183,9 @@ def cmd_lexicon(args: argparse.Namespace) -> int:
     )
 
     if not (args.words or args.text or args.supervisions):
-        print("lexicon: error: give --words, --text or --supervisions", file=sys.stderr)
-        return 1
+        raise ValueError("give --words, --text or --supervisions")
     counts: Counter[str] = Counter()
+    path = ""
     try:
         for path in args.words:
             counts.update(read_word_list(path))
@@ -157,13 +194,23 @@ def cmd_lexicon(args: argparse.Namespace) -> int:
                                           strip_punctuation=args.strip_punctuation))
         for path in args.supervisions:
             counts.update(words_from_supervisions(path, args.strip_punctuation))
-        entries, oovs = lookup_cmudict(counts, args.max_prons)
-    except (OSError, ValueError, TypeError) as e:
-        print(f"lexicon: error: {e}", file=sys.stderr)
-        return 1
+    except UnicodeDecodeError:
+        check_utf8(path)  # raises, naming the file and line
+        raise
+    except json.JSONDecodeError as e:
+        raise _manifest_error(Path(path), e) from None
+    except (TypeError, KeyError, EOFError) as e:
+        raise ValueError(f"{path}: {type(e).__name__}: {e}") from None
+    except OSError as e:
+        if e.filename is None:  # e.g. gzip's "not a gzipped file"
+            raise ValueError(f"{path}: {e}") from None
+        raise
+    except ValueError as e:
+        raise ValueError(e if path in str(e) else f"{path}: {e}") from None
     if not counts:
-        print("lexicon: error: no words in the input", file=sys.stderr)
-        return 1
+        inputs = args.words + args.text + args.supervisions
+        raise ValueError(f"no words in the input ({', '.join(inputs)})")
+    entries, oovs = lookup_cmudict(counts, args.max_prons)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     oov_file = Path(args.oov_file) if args.oov_file else out.with_name(f"{_stem(out)}_oovs.txt")
@@ -176,8 +223,7 @@ def cmd_lexicon(args: argparse.Namespace) -> int:
     print(f"lexicon: {len(oovs)} of {len(counts)} words are OOVs ({oov_tokens} of "
           f"{sum(counts.values())} tokens) -> {oov_file}", file=sys.stderr)
     if not entries:
-        print("lexicon: error: no word of the input is in CMUdict", file=sys.stderr)
-        return 1
+        raise ValueError("no word of the input is in CMUdict")
     return 0
 
 

@@ -25,9 +25,11 @@ from pathlib import Path
 
 
 def _fail(cmd: str, args: argparse.Namespace, e: Exception) -> int:
+    from wfst_asr.bin.cli import error_message
+
     if getattr(args, "debug", False):
         raise e
-    print(f"wfst-asr {cmd}: error: {e}", file=sys.stderr)
+    print(f"wfst-asr {cmd}: error: {error_message(e)}", file=sys.stderr)
     return 2
 
 

@@ -4,13 +4,17 @@ Files: OpenFst binary (``vector`` or ``const``, tropical), OpenFst text (``fstpr
 ``src dst ilabel [olabel] [weight]`` and ``state [weight]`` lines), k2 text, or a ``.pt`` file
 written by :func:`wfst_asr.fsa.save`. ``--format auto`` picks ``pt`` for a ``.pt`` suffix,
 ``binary`` when the file starts with OpenFst's magic number, else ``openfst-text``.
+
+A file that cannot be read (missing, not an FST, corrupt, with a state id far beyond its size)
+is one line ``wfst-asr fst-info: error: FILE[:LINE]: what`` and exit code 2 (see
+:func:`wfst_asr.bin.cli.main`); ``fst-draw --max-states`` is checked before the states are
+allocated.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import torch
 
@@ -33,20 +37,29 @@ def detect_format(path: str) -> str:
     return "binary" if head == FST_MAGIC_BYTES else "openfst-text"
 
 
-def read_any(path: str, fmt: str = "auto") -> Fsa:
-    """Read ``path`` in format ``fmt`` (one of :data:`FORMATS`)."""
+def read_any(path: str, fmt: str = "auto", max_states: int | None = None) -> Fsa:
+    """Read ``path`` in format ``fmt`` (one of :data:`FORMATS`); more states than
+    ``max_states`` (k2 numbering): :class:`wfst_asr.fsa.io.TooManyStatesError`, raised before
+    the states are allocated (for ``.pt`` files: after loading)."""
+    import errno
+
     from wfst_asr.fsa import io
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file")
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, "is a directory (expected an FST file)", path)
+        raise FileNotFoundError(errno.ENOENT, "no such file", path)
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt == "pt":
-        return io.load(path)
+        fsa = io.load(path)
+        if max_states is not None and fsa.num_states > max_states:
+            raise io.TooManyStatesError(path, fsa.num_states, max_states)
+        return fsa
     if fmt == "binary":
-        return io.read_fst(path)
+        return io.read_fst(path, max_states=max_states)
     if fmt == "k2-text":
-        return io.from_file(path)
-    return io.from_openfst_file(path)
+        return io.from_file(path, max_states=max_states)
+    return io.from_openfst_file(path, max_states=max_states)
 
 
 def _regular(fsa: Fsa) -> torch.Tensor:
@@ -129,25 +142,18 @@ def fsa_info_lines(fsa: Fsa, isymbols: SymbolTable | None = None,
     return lines
 
 
-def _load(args: argparse.Namespace, cmd: str
-          ) -> tuple[Fsa, SymbolTable | None, SymbolTable | None] | None:
-    """The FST of ``args.file`` and the optional symbol tables; None (error printed) on failure."""
-    try:
-        fsa = read_any(args.file, args.format)
-        isym = SymbolTable.from_file(args.isymbols) if args.isymbols else None
-        osym = SymbolTable.from_file(args.osymbols) if args.osymbols else None
-    except (ValueError, OSError) as e:
-        print(f"{cmd}: error: {e}", file=sys.stderr)
-        return None
+def _load(args: argparse.Namespace, max_states: int | None = None
+          ) -> tuple[Fsa, SymbolTable | None, SymbolTable | None]:
+    """The FST of ``args.file`` and the optional symbol tables (errors: to ``cli.main``)."""
+    fsa = read_any(args.file, args.format, max_states)
+    isym = SymbolTable.from_file(args.isymbols) if args.isymbols else None
+    osym = SymbolTable.from_file(args.osymbols) if args.osymbols else None
     return fsa, isym, osym
 
 
 def cmd_fst_info(args: argparse.Namespace) -> int:
     """Print :func:`fsa_info_lines` of ``args.file``."""
-    loaded = _load(args, "fst-info")
-    if loaded is None:
-        return 1
-    fsa, isym, osym = loaded
+    fsa, isym, osym = _load(args)
     print(f"file: {args.file}")
     print("\n".join(fsa_info_lines(fsa, isym, osym)))
     return 0
@@ -156,21 +162,18 @@ def cmd_fst_info(args: argparse.Namespace) -> int:
 def cmd_fst_draw(args: argparse.Namespace) -> int:
     """Draw ``args.file`` to ``args.out`` (refusing graphs over ``--max-states``)."""
     from wfst_asr.fsa import draw
+    from wfst_asr.fsa.io import TooManyStatesError
 
-    loaded = _load(args, "fst-draw")
-    if loaded is None:
-        return 1
-    fsa, isym, osym = loaded
-    if fsa.num_states > args.max_states:
-        print(f"fst-draw: error: {args.file} has {fsa.num_states} states, more than "
-              f"--max-states {args.max_states}; a picture would be unreadable (raise "
-              "--max-states to draw it anyway)", file=sys.stderr)
-        return 1
+    try:
+        fsa, isym, osym = _load(args, args.max_states)
+    except TooManyStatesError as e:
+        raise ValueError(f"{args.file} has {e.num_states} states, more than --max-states "
+                         f"{args.max_states}; a picture would be unreadable (raise --max-states "
+                         "to draw it anyway)") from e
     try:
         draw(fsa, args.out, title=args.title, labels_sym=isym, aux_labels_sym=osym)
-    except (ValueError, RuntimeError, OSError) as e:
-        print(f"fst-draw: error: {e}", file=sys.stderr)
-        return 1
+    except RuntimeError as e:  # Graphviz's dot missing or failing
+        raise ValueError(f"{args.out}: {e}") from e
     print(f"wrote {args.out} ({fsa.num_states} states, {fsa.num_arcs} arcs)")
     return 0
 

@@ -111,8 +111,8 @@ def cmd_train_mono(args: argparse.Namespace) -> int:
     except (InputError, OSError) as e:
         if args.debug:
             raise
-        msg = (f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename
-               else str(e))
-        print(f"wfst-asr train-mono: error: {msg}", file=sys.stderr)
+        from wfst_asr.bin.cli import error_message
+
+        print(f"wfst-asr train-mono: error: {error_message(e)}", file=sys.stderr)
         return 2
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 DESCRIPTION = """\
 Build an icefall-style lang directory from a Kaldi lexicon (lexicon.txt: "word tok1 tok2 ...",
@@ -30,16 +29,13 @@ def add_lang_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_prepare_lang(args: argparse.Namespace) -> int:
-    """Call :func:`wfst_asr.graphs.lang.prepare_lang`; print a summary; 1 on bad input."""
+    """Call :func:`wfst_asr.graphs.lang.prepare_lang`; print a summary. A bad input raises (one
+    line and exit code 2 through :func:`wfst_asr.bin.cli.main`)."""
     from wfst_asr.graphs.lang import prepare_lang
 
-    try:
-        lang = prepare_lang(args.lang_dir, args.lexicon, tokens=args.tokens,
-                            sil_token=args.sil_token, sil_prob=args.sil_prob,
-                            oov_word=args.oov_word)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"compile-lang: error: {e}", file=sys.stderr)
-        return 1
+    lang = prepare_lang(args.lang_dir, args.lexicon, tokens=args.tokens,
+                        sil_token=args.sil_token, sil_prob=args.sil_prob,
+                        oov_word=args.oov_word)
     n_tok = len(lang.token_table) - 1 - (lang.max_disambig + 1)
     n_words = len(lang.word_table) - 4
     print(f"{lang.lang_dir}: {n_tok} tokens (+ <blk>, #0..#{lang.max_disambig}), {n_words} words, "

@@ -5,8 +5,12 @@ A lattice directory is what :class:`wfst_asr.decode.lattice_io.LatticeWriter` wr
 utterance with a progress bar; a lattice that cannot be used (truncated or corrupt file, a word
 table other than the expected one, an empty lattice) is reported with its utterance id, skipped
 and counted. Outputs are written atomically: text files appear complete or not at all, and an
-output lattice directory gets its ``index.tsv`` only when the tool finishes. Exit status 0
-when at least one lattice was processed (or there were none), 1 otherwise or on a fatal error.
+output lattice directory gets its ``index.tsv`` only when the tool finishes (its files are
+staged and swapped in then, so the output may be the input directory itself, with
+``--overwrite``). Exit status 0 when at least one lattice was processed (or there were none),
+1 when every lattice was skipped; a bad input (a missing or corrupt directory, an existing
+output without ``--overwrite``, a G over another word table) is raised, and ``wfst-asr``
+reports it in one line with exit status 2.
 
 * ``lattice-info``: sizes (frames, states, arcs, arcs per frame) and the bad lattices.
 * ``lattice-prune``: keep arcs within a beam of the best path (new lattice directory).
@@ -33,6 +37,9 @@ _COMMON_HELP = ("Reads a lattice directory written by wfst_asr (meta.json, index
                 "lat.*.pt). Bad lattices (truncated or corrupt file, another word table, empty "
                 "lattice) are reported with their utterance id, skipped and counted; outputs are "
                 "written atomically.")
+
+
+_DIR_FILES = ("index.tsv", "meta.json", "words.txt", "tokens.txt")
 
 
 class _Run:
@@ -88,12 +95,21 @@ class _Run:
 
 
 @contextmanager
-def _text_output(path: str) -> Iterator[TextIO]:
+def _text_output(path: str, r: _Run) -> Iterator[TextIO]:
+    """``path`` written atomically ('-': stdout); refused when it is a file of the input
+    lattice directory (``index.tsv``, ``lat.N.pt``, ...), which it would destroy."""
+    from pathlib import Path
+
     from wfst_asr.atomic import atomic_output
 
     if path == "-":
         yield sys.stdout
         return
+    out = Path(path).resolve()
+    if out.parent == r.reader.dir.resolve() and (out.name in _DIR_FILES or (
+            out.name.startswith("lat.") and out.suffix == ".pt")):
+        raise ValueError(f"{path}: a file of the input lattice directory {r.reader.dir}; write "
+                         "the output elsewhere")
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         yield f
 
@@ -114,16 +130,13 @@ def _scaled(args: argparse.Namespace, lat):
                    wp if args.word_penalty is None else args.word_penalty)
 
 
-def _fatal(cmd: str, e: BaseException) -> int:
-    print(f"{cmd}: error: {e}", file=sys.stderr)
-    return 1
-
-
 def _guard(cmd: str, fn: Callable[[], int]) -> int:
+    """Run ``fn``; a KeyError (a field missing from an input) becomes a ValueError. Errors are
+    raised: :func:`wfst_asr.bin.cli.main` reports a bad input in one line (exit 2)."""
     try:
         return fn()
-    except (OSError, ValueError, KeyError) as e:
-        return _fatal(cmd, e)
+    except KeyError as e:
+        raise ValueError(f"{cmd}: missing entry {e}") from e
 
 
 # ---------------------------------------------------------------------- commands
@@ -137,7 +150,7 @@ def cmd_lattice_info(args: argparse.Namespace) -> int:
         tot = Counter()
         words_in_best = 0
         densities = []
-        with _text_output(args.per_utt) if args.per_utt else _nullctx() as out:
+        with _text_output(args.per_utt, r) if args.per_utt else _nullctx() as out:
             if out is not None:
                 print("utt\tframes\tstates\tarcs\tarcs_per_frame\tbest_path_words", file=out)
             for utt, lat in r.lattices():
@@ -176,9 +189,17 @@ def _nullctx():
 def _write_lattice_dir(r: _Run, out_dir: str, overwrite: bool, batch_size: int,
                        fn: Callable[[str, Any], Any]) -> None:
     """Apply ``fn(utt, lattice) -> new lattice or None (skipped, message already given)`` to
-    every lattice and write the results as a new lattice directory."""
+    every lattice and write the results as a new lattice directory. The output may be the
+    input directory itself (with ``--overwrite``): :class:`LatticeWriter` stages the new files
+    and swaps them in only when every lattice has been read and written."""
+    from pathlib import Path
+
     from wfst_asr.decode.lattice_io import LatticeWriter
     from wfst_asr.fsa import create_fsa_vec
+
+    if (Path(out_dir) / "index.tsv").exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds lattices (index.tsv); choose another "
+                              "--out-dir or pass --overwrite to replace them")
 
     meta = {k: v for k, v in r.reader.meta.items()
             if k not in ("format", "version", "num_utterances", "num_files", "words_checksum",
@@ -230,7 +251,7 @@ def cmd_lattice_best_path(args: argparse.Namespace) -> int:
         from wfst_asr.decode.lattice_io import LatticeError
 
         r = _Run("lattice-best-path", args)
-        with _text_output(args.out) as out:
+        with _text_output(args.out, r) as out:
             for utt, lat in r.lattices():
                 path = best_paths(_scaled(args, lat))
                 if path.num_arcs == 0:
@@ -254,7 +275,7 @@ def cmd_lattice_nbest(args: argparse.Namespace) -> int:
 
         r = _Run("lattice-nbest", args)
         inexact = 0
-        with _text_output(args.out) as out:
+        with _text_output(args.out, r) as out:
             print("utt\trank\ttotal\tam\tlm\tnum_words\twords", file=out)
             for utt, lat in r.lattices():
                 try:
@@ -287,7 +308,7 @@ def cmd_lattice_to_ctm(args: argparse.Namespace) -> int:
             meta.get("frame_shift", 0.01))
         sub = args.subsampling if args.subsampling is not None else int(
             meta.get("subsampling", 1))
-        with _text_output(args.out) as out:
+        with _text_output(args.out, r) as out:
             for utt, lat in r.lattices():
                 lines = lattice_to_ctm(_scaled(args, lat), utt, frame_shift=shift,
                                        subsampling=sub,
@@ -305,12 +326,9 @@ def cmd_lattice_rescore(args: argparse.Namespace) -> int:
     if args.mode == "nbest-nnlm":
         return _rescore_nnlm(args)
     if not args.lm:
-        print("lattice-rescore: error: --mode whole-lattice needs --lm (ARPA, G.pt or G.fst)",
-              file=sys.stderr)
-        return 2
+        raise ValueError("--mode whole-lattice needs --lm (ARPA, G.pt or G.fst)")
     if not args.out_dir and not args.best_path:
-        print("lattice-rescore: error: give --out-dir and/or --best-path", file=sys.stderr)
-        return 2
+        raise ValueError("give --out-dir and/or --best-path")
 
     def run() -> int:
         from wfst_asr.decode.lattice import best_paths
@@ -341,7 +359,7 @@ def cmd_lattice_rescore(args: argparse.Namespace) -> int:
                 if fn(utt, lat) is not None:
                     r.done += 1
         if args.best_path:
-            with _text_output(args.best_path) as out:
+            with _text_output(args.best_path, r) as out:
                 for utt, ws in results:
                     print(f"{utt} {_word_str(r.reader.words, ws, args.ids)}".rstrip(), file=out)
         dest = " -> " + ", ".join(x for x in (args.out_dir, args.best_path) if x)
@@ -354,13 +372,11 @@ def _rescore_nnlm(args: argparse.Namespace) -> int:
     neural LM in batches of ``--utt-batch`` utterances, reranked; best paths (and the scored
     lists) written atomically."""
     if not args.lm_model:
-        print("lattice-rescore: error: --mode nbest-nnlm needs --lm-model (lm.pt from "
-              "wfst_asr.models.lm.train_lm)", file=sys.stderr)
-        return 2
+        raise ValueError("--mode nbest-nnlm needs --lm-model (lm.pt from "
+                         "wfst_asr.models.lm.train_lm)")
     if not args.best_path and not args.nbest_out:
-        print("lattice-rescore: error: --mode nbest-nnlm writes --best-path and/or --nbest-out "
-              "(no lattices)", file=sys.stderr)
-        return 2
+        raise ValueError("--mode nbest-nnlm writes --best-path and/or --nbest-out (no "
+                         "lattices)")
 
     def run() -> int:
         from wfst_asr.decode.lattice_io import LatticeError, symbol_table_checksum
@@ -402,8 +418,8 @@ def _rescore_nnlm(args: argparse.Namespace) -> int:
                 r.done += 1
             pending.clear()
 
-        with _text_output(args.best_path) if args.best_path else _nullctx() as best_out, \
-                _text_output(args.nbest_out) if args.nbest_out else _nullctx() as nbest_out:
+        with _text_output(args.best_path, r) if args.best_path else _nullctx() as best_out, \
+                _text_output(args.nbest_out, r) if args.nbest_out else _nullctx() as nbest_out:
             if nbest_out is not None:
                 print("utt\trank\ttotal\tam\tlm\tnnlm\tnum_words\twords", file=nbest_out)
             for utt, lat in r.lattices():

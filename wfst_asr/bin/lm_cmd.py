@@ -1,4 +1,10 @@
-"""``wfst-asr estimate-lm`` and ``wfst-asr compile-lm``: n-gram LMs (ARPA) and the grammar G."""
+"""``wfst-asr estimate-lm`` and ``wfst-asr compile-lm``: n-gram LMs (ARPA) and the grammar G.
+
+A bad input (a text or ARPA file that is missing, not UTF-8 or malformed, an empty text, an
+order above the longest n-gram of the text, a missing output folder) is one line ``wfst-asr
+CMD: error: FILE[:LINE]: what`` and exit code 2 (:func:`wfst_asr.bin.cli.main`); nothing is
+written.
+"""
 
 from __future__ import annotations
 
@@ -6,43 +12,76 @@ import argparse
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 _SKIP_VOCAB = re.compile(r"^(<eps>|<s>|</s>|#\d+)$")
+_SENTENCE_NO = re.compile(r"^sentence \d+: ")
 
 
-def _words(lines: Iterable[str], skip_first_field: bool) -> Iterator[list[str]]:
-    for line in lines:
-        words = line.split()[1:] if skip_first_field else line.split()
-        if words:
-            yield words
+class _Text:
+    """The sentences of a text file (``-``: standard input), with the line being read, the
+    number of sentences and the longest one, for error messages and checks."""
 
+    def __init__(self, path: str, skip_first_field: bool) -> None:
+        self.path, self.skip = path, skip_first_field
+        self.name = "<stdin>" if path == "-" else path
+        self.lineno = self.sentences = self.longest = 0
 
-def _sentences(path: str, skip_first_field: bool) -> Iterator[list[str]]:
-    """Yield the words of each non-blank line of ``path`` (``-``: standard input)."""
-    if path == "-":
-        yield from _words(sys.stdin, skip_first_field)
-        return
-    with open(path, encoding="utf-8") as f:
-        yield from _words(f, skip_first_field)
+    def _lines(self) -> Iterator[str]:
+        from wfst_asr.atomic import iter_text_lines, utf8_error
+
+        if self.path != "-":
+            yield from iter_text_lines(self.path)
+            return
+        for no, raw in enumerate(sys.stdin.buffer, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise utf8_error(self.name, raw, e, no) from None
+
+    def __iter__(self) -> Iterator[list[str]]:
+        """The words of each non-blank line."""
+        for no, line in enumerate(self._lines(), start=1):
+            self.lineno = no
+            words = line.split()[1:] if self.skip else line.split()
+            if words:
+                self.sentences += 1
+                self.longest = max(self.longest, len(words))
+                yield words
 
 
 def read_vocab(path: str) -> list[str]:
     """Words of a vocabulary file: the first field of each line (``words.txt`` or a word list),
     without ``<eps>``, ``<s>``, ``</s>`` and ``#N`` disambiguation symbols."""
-    with open(path, encoding="utf-8") as f:
-        first = (line.split()[0] for line in f if line.strip())
-        return [w for w in first if not _SKIP_VOCAB.match(w)]
+    from wfst_asr.atomic import iter_text_lines
+
+    first = (line.split()[0] for line in iter_text_lines(path) if line.strip())
+    return [w for w in first if not _SKIP_VOCAB.match(w)]
 
 
 def cmd_estimate_lm(args: argparse.Namespace) -> int:
-    """Estimate an n-gram LM from a text file and write it as ARPA."""
+    """Estimate an n-gram LM from a text file and write it as ARPA; refuse an empty text and an
+    order above the longest n-gram of the text (<s>, the longest sentence, </s>)."""
     from wfst_asr.graphs.ngram import estimate_ngram
 
     start = time.perf_counter()
+    if args.order < 1:
+        raise ValueError(f"--order must be >= 1, got {args.order}")
     vocab = read_vocab(args.vocab) if args.vocab else None
-    model = estimate_ngram(_sentences(args.text, args.skip_first_field), args.order,
-                           method=args.method, vocab=vocab, unk=args.unk)
+    text = _Text(args.text, args.skip_first_field)
+    try:
+        model = estimate_ngram(text, args.order, method=args.method, vocab=vocab, unk=args.unk)
+    except ValueError as e:  # a word of the sentence being read: name the line
+        if not _SENTENCE_NO.match(str(e)):
+            raise
+        raise ValueError(f"{text.name}:{text.lineno}: {_SENTENCE_NO.sub('', str(e))}") from None
+    if text.sentences == 0:
+        raise ValueError(f"{text.name}: no sentences (the text is empty or blank); an LM of "
+                         "<s> </s> alone would be useless")
+    if args.order > text.longest + 2:
+        raise ValueError(f"{text.name}: --order {args.order} is above {text.longest + 2}, the "
+                         f"longest n-gram of the text (<s>, its longest sentence of "
+                         f"{text.longest} words, </s>): the higher orders would be empty")
     model.write_arpa(args.out)
     counts = ", ".join(f"{n}-grams: {m}" for n, m in enumerate(model.counts, start=1))
     print(f"wrote {args.out} ({model.method}, {counts}) in {time.perf_counter() - start:.1f} s",

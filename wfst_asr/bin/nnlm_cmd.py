@@ -23,20 +23,21 @@ def read_text_ids(path: str, words, utt_ids: bool = True, oov: str = "skip"
     """``(sequences, skipped)``: the word ids of each line of a text file (first field an
     utterance id when ``utt_ids``); ``oov``: ``skip`` lines with a word not in ``words``, or
     ``error`` (ValueError naming the line)."""
+    from wfst_asr.atomic import iter_text_lines
+
     seqs: list[list[int]] = []
     skipped = 0
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            toks = line.split()
-            if utt_ids:
-                toks = toks[1:]
-            bad = [t for t in toks if t not in words]
-            if bad:
-                if oov == "error":
-                    raise ValueError(f"{path}:{n}: word {bad[0]!r} is not in the word table")
-                skipped += 1
-                continue
-            seqs.append([words[t] for t in toks])
+    for n, line in enumerate(iter_text_lines(path), start=1):
+        toks = line.split()
+        if utt_ids:
+            toks = toks[1:]
+        bad = [t for t in toks if t not in words]
+        if bad:
+            if oov == "error":
+                raise ValueError(f"{path}:{n}: word {bad[0]!r} is not in the word table")
+            skipped += 1
+            continue
+        seqs.append([words[t] for t in toks])
     return seqs, skipped
 
 
@@ -62,9 +63,10 @@ def cmd_train_nnlm(args: argparse.Namespace) -> int:
                            dev_fraction=args.dev_fraction, seed=args.seed,
                            device=args.device, resume=args.resume,
                            words_checksum=symbol_table_checksum(words))
-    except (OSError, ValueError, RuntimeError) as e:
-        print(f"train-nnlm: error: {e}", file=sys.stderr)
-        return 1
+    except RuntimeError as e:  # a checkpoint that cannot be resumed, a device, ...: one line
+        if getattr(args, "debug", False):
+            raise
+        raise ValueError(str(e)) from e
     for r in hist:
         dev_ppl = "n/a" if r["dev_ppl"] is None else f"{r['dev_ppl']:.3f}"
         print(f"epoch {r['epoch']}: train ppl {r['train_ppl']:.3f}, dev ppl {dev_ppl}")

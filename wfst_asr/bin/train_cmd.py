@@ -36,20 +36,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from wfst_asr.train import Trainer, apply_overrides, init_distributed, load_config
     from wfst_asr.train.trainer import seed_everything
 
-    try:
-        cfg = apply_overrides(load_config(args.config), args.set or [])
-        if args.exp_dir:
-            cfg.exp_dir = args.exp_dir
-        cfg.check_required()
-        rank, world = init_distributed()
-        _setup_logging(cfg.exp_dir, rank)
-        seed_everything(cfg.seed)
-        model, loss, train_dl, dev_dl, table = build(cfg, rank, world)
-    except (ValueError, FileNotFoundError) as e:
-        if getattr(args, "debug", False):
-            raise
-        print(f"wfst-asr train: error: {e}", file=sys.stderr)
-        return 2
+    # a bad configuration or input raises: wfst_asr.bin.cli.main reports it in one line (exit 2)
+    cfg = apply_overrides(load_config(args.config), args.set or [])
+    if args.exp_dir:
+        cfg.exp_dir = args.exp_dir
+    cfg.check_required()
+    rank, world = init_distributed()
+    _setup_logging(cfg.exp_dir, rank)
+    seed_everything(cfg.seed)
+    model, loss, train_dl, dev_dl, table = build(cfg, rank, world)
     device = (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
               else torch.device("cpu"))
     Trainer(cfg, model, loss, train_dl, dev_dl, device, token_table=table).fit(args.resume)

@@ -18,7 +18,11 @@ Conventions:
 :func:`compute_features` writes the archives with a lhotse ``FeaturesWriter``
 (``LilcomChunkyWriter`` when ``lilcom`` is installed, else ``NumpyFilesWriter``) and returns
 the cuts with features attached; a cut whose audio cannot be read or featurised is skipped and
-reported (never a crash). Archives are referenced only by the manifest, which
+reported (never a crash), the reason first (:meth:`FeatureResult.reasons` counts them). Audio
+shorter than it should be (a WAV file whose data chunk is shorter than its header declares, or
+a file with fewer samples than the recording's manifest) is skipped as truncated audio
+(:class:`TruncatedAudioError`, :func:`check_audio_length`): lhotse would pad or cut it
+silently. Archives are referenced only by the manifest, which
 :func:`compute_features` writes atomically at the end when ``manifest_path`` is given, so a
 crash leaves no manifest pointing at half-written data.
 
@@ -32,6 +36,10 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
+import struct
+import tempfile
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +63,9 @@ __all__ = [
     "KnfMfcc",
     "KnfMfccConfig",
     "MelBinsCheck",
+    "TruncatedAudioError",
     "apply_cmvn",
+    "check_audio_length",
     "check_mel_bins",
     "compute_features",
     "compute_global_cmvn",
@@ -63,6 +73,7 @@ __all__ = [
     "load_cmvn",
     "make_extractor",
     "save_cmvn",
+    "wav_truncation",
 ]
 
 log = logging.getLogger(__name__)
@@ -336,7 +347,80 @@ class FeatureResult(NamedTuple):
     cuts: CutSet
     """The cuts whose features were computed, in input order, with ``Features`` attached."""
     skipped: list[tuple[str, str]]
-    """``(cut id, error message)`` of each cut whose audio could not be read or featurised."""
+    """``(cut id, "Reason: message")`` of each cut whose audio could not be read or featurised
+    (the reason: ``TruncatedAudioError`` for truncated audio, else the error's class)."""
+
+    def reasons(self) -> Counter[str]:
+        """Skipped cuts counted by reason (the part of their message before the first ':')."""
+        return Counter(why.split(":", 1)[0] for _, why in self.skipped)
+
+
+class TruncatedAudioError(ValueError):
+    """An audio file shorter than its header or its manifest says (copied or written only in
+    part, a full disk, ...)."""
+
+
+def wav_truncation(path: str | os.PathLike) -> str | None:
+    """For a RIFF/RIFX WAVE file whose data chunk is shorter than its header declares, a
+    message naming the file and both lengths; None for a complete file, a file that is not
+    WAVE, or a header that gives no length (streamed WAV: size 0 or 0xFFFFFFFF)."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return None
+        end = "<" if head[:4] == b"RIFF" else ">"
+        size = os.fstat(f.fileno()).st_size
+        pos, block_align = 12, 0
+        while pos + 8 <= size:
+            f.seek(pos)
+            cid, n = struct.unpack(end + "4sI", f.read(8))
+            if cid == b"fmt ":
+                fmt = f.read(min(n, 16))
+                if len(fmt) >= 14:
+                    block_align = struct.unpack(end + "H", fmt[12:14])[0]
+            elif cid == b"data":
+                if n in (0, 0xFFFFFFFF):
+                    return None
+                have = size - (pos + 8)
+                if have >= n:
+                    return None
+                if block_align:
+                    return (f"{path}: truncated audio: the WAV header declares "
+                            f"{n // block_align} samples ({n} bytes), the file holds "
+                            f"{have // block_align} ({have} bytes)")
+                return (f"{path}: truncated audio: the WAV header declares {n} data bytes, "
+                        f"the file holds {have}")
+            pos += 8 + n + (n & 1)
+    return None
+
+
+def check_audio_length(cut) -> None:
+    """:class:`TruncatedAudioError` when an audio file of ``cut``'s recording is truncated:
+    a WAV file shorter than its header (:func:`wav_truncation`), or a one-file recording
+    whose file holds fewer samples than its manifest says (soundfile's count)."""
+    rec = getattr(cut, "recording", None)
+    if rec is None:
+        return
+    files = [src.source for src in rec.sources if src.type == "file"]
+    for path in files:
+        if not os.path.isfile(path):
+            continue  # lhotse's own error names a missing file
+        msg = wav_truncation(path)
+        if msg is not None:
+            raise TruncatedAudioError(msg)
+    if len(files) == 1 and len(rec.sources) == 1 and os.path.isfile(files[0]):
+        import soundfile as sf
+
+        try:
+            frames = sf.info(files[0]).frames
+        except Exception:  # noqa: BLE001 -- not a format soundfile reads: lhotse decides
+            return
+        tolerance = int(0.025 * rec.sampling_rate)  # lhotse's duration mismatch tolerance
+        if 0 < frames < rec.num_samples - tolerance:
+            raise TruncatedAudioError(f"{files[0]}: truncated audio: the manifest of recording "
+                                      f"{rec.id} says {rec.num_samples} samples, the file "
+                                      f"holds {frames}")
 
 
 def _first_line(e: BaseException) -> str:
@@ -344,16 +428,44 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else ""
 
 
+_STAGE = ".tmp-feats-"
+
+
+def _remove_dead_stages(folder: Path) -> None:
+    """Remove the staging folders left by killed extractions (their process is gone)."""
+    for p in folder.glob(f"{_STAGE}*-*"):
+        pid = p.name[len(_STAGE):].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def _compute_chunk(cuts: list, extractor: FeatureExtractor, storage_path: str,
                    writer_type: type[FeaturesWriter], progress: bool = False
                    ) -> tuple[list, list[tuple[str, str]]]:
+    """Features of ``cuts`` into the archive ``storage_path``: written in a staging folder
+    next to it and renamed over it when complete (a killed run leaves no truncated archive
+    under the final name); the cuts returned point at the final name."""
     done, skipped = [], []
-    with writer_type(storage_path) as storage:
-        for cut in progress_bar(cuts, desc="features", unit="cut", disable=not progress):
-            try:
-                done.append(cut.compute_and_store_features(extractor=extractor, storage=storage))
-            except Exception as e:  # noqa: BLE001 -- bad audio of any kind: report, never crash
-                skipped.append((cut.id, f"{type(e).__name__}: {_first_line(e)}"))
+    folder, name = os.path.split(storage_path)
+    stage = tempfile.mkdtemp(dir=folder or ".", prefix=f"{_STAGE}{os.getpid()}-")
+    try:
+        with writer_type(os.path.join(stage, name)) as storage:
+            for cut in progress_bar(cuts, desc="features", unit="cut", disable=not progress):
+                try:
+                    check_audio_length(cut)
+                    done.append(cut.compute_and_store_features(extractor=extractor,
+                                                               storage=storage))
+                except Exception as e:  # noqa: BLE001 -- bad audio of any kind: report
+                    skipped.append((cut.id, f"{type(e).__name__}: {_first_line(e)}"))
+            written = Path(storage.storage_path)
+        final = Path(folder) / written.name
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)
+        os.replace(written, final)
+        for cut in done:
+            cut.features.storage_path = str(final)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return done, skipped
 
 
@@ -374,13 +486,21 @@ def compute_features(cuts: CutSet, storage_dir: str | os.PathLike,
       manifest_path: if given, the resulting cuts are also written there (atomically), e.g.
         ``data/fbank/cuts_train.jsonl.gz``.
 
-    A cut that fails (unreadable or corrupt audio, too short for one frame, ...) is skipped: its
-    id is logged as a warning and listed in ``result.skipped``.
+    A cut that fails (unreadable, corrupt or truncated audio, too short for one frame, ...) is
+    skipped: its id is logged as a warning and listed in ``result.skipped``.
+
+    Crash safety: ``manifest_path`` is removed first (it may point into the archives about to
+    be rewritten) and written atomically last; each archive is written under a staging folder
+    and renamed into place when complete. A run killed at any point leaves no manifest, or a
+    complete one whose archives are complete; rerun it.
     """
     extractor = extractor if extractor is not None else KnfFbank()
     writer_type = storage_type if storage_type is not None else default_writer()
     storage_dir = Path(storage_dir)
     storage_dir.mkdir(parents=True, exist_ok=True)
+    _remove_dead_stages(storage_dir)
+    if manifest_path is not None:
+        Path(manifest_path).unlink(missing_ok=True)
     cut_list = list(cuts)
     log.info("computing %s features of %d cuts into %s (%s, %d jobs)", extractor.name,
              len(cut_list), storage_dir, writer_type.__name__, num_jobs)
@@ -406,13 +526,15 @@ def compute_features(cuts: CutSet, storage_dir: str | os.PathLike,
                 bar.update(len(chunk))
     for cut_id, why in skipped:
         log.warning("skipped cut %s: %s", cut_id, why)
-    if skipped:
-        log.warning("skipped %d of %d cuts (bad audio)", len(skipped), len(cut_list))
     out = CutSet.from_cuts(done)
+    result = FeatureResult(out, skipped)
+    if skipped:
+        log.warning("skipped %d of %d cuts (bad audio: %s)", len(skipped), len(cut_list),
+                    ", ".join(f"{n} {k}" for k, n in sorted(result.reasons().items())))
     if manifest_path is not None:
         with atomic_output(manifest_path) as tmp:
             out.to_file(tmp)
-    return FeatureResult(out, skipped)
+    return result
 
 
 # --------------------------------------------------------------------------- CMVN

@@ -32,8 +32,11 @@ Lattice directories
     words.txt        the word table, when the writer was given one (tokens.txt likewise)
     lat.00000.pt     lattice files (above), one per write() call
 
-Every file is written atomically, and ``index.tsv`` / ``meta.json`` only by ``close()``: a
-directory without them is incomplete and :class:`LatticeReader` refuses it. The reader yields
+Every file is written atomically into a staging folder inside the directory and moved in by
+``close()``, ``index.tsv`` last (the old index is removed first): a directory without it is
+incomplete and :class:`LatticeReader` refuses it, and a writer may replace the directory it
+reads (an in-place ``lattice-prune``). A corrupt ``meta.json`` or ``index.tsv`` is a
+ValueError naming the file and line. The reader yields
 one lattice per utterance, or a :class:`LatticeError` naming the utterance for a lattice that
 cannot be used: a missing, truncated or corrupt file (``kind`` "corrupt"), a file written with
 another word table than the one expected ("symbol-table"), an empty lattice ("empty").
@@ -44,10 +47,14 @@ cost)) are :mod:`.kaldi_lattice`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pickle
+import re
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -76,6 +83,7 @@ DIR_FORMAT = "wfst_asr.lattice_dir"
 VERSION = 1
 _INDEX = "index.tsv"
 _META = "meta.json"
+_STAGE = ".tmp-lattices-"
 
 
 class LatticeError(ValueError):
@@ -187,12 +195,19 @@ class LatticeWriter:
 
     Args:
       out_dir: created if needed; refused if it already holds an index (unless
-        ``overwrite``: then its old lattice files are replaced as new ones are written).
+        ``overwrite``: then its lattices are replaced when the writer closes).
       words, tokens: the symbol tables (copied into the directory; their checksums go into
         every file); default: the first batch's ``aux_labels_sym`` / ``labels_sym``.
       meta: extra JSON values for ``meta.json`` (e.g. ``frame_shift``, ``subsampling``).
 
-    Use as a context manager, or call :meth:`close`; the directory is complete only then.
+    Everything is written into a staging folder ``out_dir/.tmp-lattices-<pid>-*`` and moved
+    into ``out_dir`` by :meth:`close`: first the old ``index.tsv`` is removed (the directory
+    is incomplete from then on), then the old lattice files, then the new files are renamed in,
+    ``meta.json`` and ``index.tsv`` last. So ``out_dir`` may also be the directory being read
+    (an in-place ``lattice-prune``): its lattices stay untouched until every new one is written,
+    and an interrupted writer never leaves a directory that looks complete and is not.
+    Use as a context manager, or call :meth:`close`; the directory is complete only then (an
+    exception in the ``with`` block removes the staging folder and leaves ``out_dir`` as it was).
     """
 
     def __init__(self, out_dir: PathLike, words: SymbolTable | None = None,
@@ -202,7 +217,12 @@ class LatticeWriter:
         if (self.dir / _INDEX).exists() and not overwrite:
             raise FileExistsError(f"{self.dir} already holds lattices ({_INDEX}); choose another "
                                   "directory or pass overwrite=True")
+        if self.dir.exists() and not self.dir.is_dir():
+            raise NotADirectoryError(f"{self.dir}: exists and is not a directory")
+        self._created = not self.dir.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
+        _remove_dead_staging(self.dir)
+        self.stage = Path(tempfile.mkdtemp(dir=self.dir, prefix=f"{_STAGE}{os.getpid()}-"))
         self.words, self.tokens = words, tokens
         self.meta = dict(meta or {})
         self.index: list[tuple[str, str, int]] = []
@@ -231,7 +251,7 @@ class LatticeWriter:
         if self.tokens is None and isinstance(lat._other_attrs.get("labels_sym"), SymbolTable):
             self.tokens = lat.labels_sym
         name = f"lat.{self._files:05d}.pt"
-        save_lattices(self.dir / name, utt_ids, lat, symbol_table_checksum(self.words),
+        save_lattices(self.stage / name, utt_ids, lat, symbol_table_checksum(self.words),
                       symbol_table_checksum(self.tokens))
         self._files += 1
         for i, u in enumerate(utt_ids):
@@ -241,13 +261,15 @@ class LatticeWriter:
             self._scales = _scales(lat)
 
     def close(self) -> None:
-        """Write the symbol tables, ``meta.json`` and ``index.tsv`` (atomically)."""
+        """Write the symbol tables, ``meta.json`` and ``index.tsv``, and move everything from
+        the staging folder into the directory (the class docstring: in which order)."""
         if self.closed:
             return
+        st = self.stage
         if self.words is not None:
-            self.words.to_file(self.dir / "words.txt")
+            self.words.to_file(st / "words.txt")
         if self.tokens is not None:
-            self.tokens.to_file(self.dir / "tokens.txt")
+            self.tokens.to_file(st / "tokens.txt")
         lm_scale, wp = self._scales or (1.0, 0.0)
         meta = {"format": DIR_FORMAT, "version": VERSION,
                 "num_utterances": len(self.index), "num_files": self._files,
@@ -255,9 +277,32 @@ class LatticeWriter:
                 "tokens_checksum": symbol_table_checksum(self.tokens),
                 "lm_scale": lm_scale, "word_penalty": wp}
         meta.update(self.meta)
-        atomic_write_text(self.dir / _META, json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        atomic_write_text(self.dir / _INDEX,
-                          "".join(f"{u}\t{f}\t{i}\n" for u, f, i in self.index))
+        atomic_write_text(st / _META, json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(st / _INDEX, "".join(f"{u}\t{f}\t{i}\n" for u, f, i in self.index))
+        # from here on the old directory is incomplete until the new index is in place
+        try:
+            for name in (_INDEX, _META, "words.txt", "tokens.txt"):
+                (self.dir / name).unlink(missing_ok=True)
+            for old in self.dir.glob("lat.*.pt"):
+                old.unlink()
+            for new in sorted(st.iterdir(), key=lambda p: (p.name == _META, p.name == _INDEX)):
+                os.replace(new, self.dir / new.name)
+            st.rmdir()
+        except BaseException:
+            shutil.rmtree(st, ignore_errors=True)  # the directory stays incomplete (no index)
+            raise
+        finally:
+            self.closed = True
+
+    def abort(self) -> None:
+        """Drop what was written (the staging folder); ``out_dir`` stays as it was (removed
+        when this writer created it and it is empty)."""
+        if self.closed:
+            return
+        shutil.rmtree(self.stage, ignore_errors=True)
+        if self._created:
+            with contextlib.suppress(OSError):
+                self.dir.rmdir()
         self.closed = True
 
     def __enter__(self) -> Self:
@@ -266,6 +311,25 @@ class LatticeWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
+        else:
+            self.abort()
+
+
+def _remove_dead_staging(folder: Path) -> None:
+    """Remove the staging folders of writers (of this host) whose process is gone."""
+    for p in folder.glob(f"{_STAGE}*"):
+        m = re.match(rf"{re.escape(_STAGE)}(\d+)-", p.name)
+        if m is None or not p.is_dir():
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:
+            pass
 
 
 def read_meta(lat_dir: PathLike) -> dict:
@@ -277,9 +341,18 @@ def read_meta(lat_dir: PathLike) -> dict:
         if not (d / name).is_file():
             raise ValueError(f"{d}: no {name}: not a lattice directory, or its writer did not "
                              "finish")
-    meta = json.loads((d / _META).read_text(encoding="utf-8"))
-    if meta.get("format") != DIR_FORMAT:
-        raise ValueError(f"{d}/{_META}: not a wfst_asr lattice directory")
+    path = d / _META
+    data = path.read_bytes()
+    try:
+        meta = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        line = 1 + data.count(b"\n", 0, e.start)
+        raise ValueError(f"{path}:{line}: not valid UTF-8 ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno}); "
+                         "a corrupt lattice directory: write it again") from None
+    if not isinstance(meta, dict) or meta.get("format") != DIR_FORMAT:
+        raise ValueError(f"{path}: not the meta.json of a wfst_asr lattice directory")
     return meta
 
 
@@ -315,11 +388,17 @@ class LatticeReader:
                                   else self.meta.get("words_checksum"))
         self.empty_ok = empty_ok
         self.index: list[tuple[str, str, int]] = []
-        text = (self.dir / _INDEX).read_text(encoding="utf-8")
+        index = self.dir / _INDEX
+        data = index.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = 1 + data.count(b"\n", 0, e.start)
+            raise ValueError(f"{index}:{line}: not valid UTF-8 ({e.reason})") from None
         for n, line in enumerate(text.splitlines(), start=1):
             f = line.split("\t")
-            if len(f) != 3:
-                raise ValueError(f"{self.dir / _INDEX}:{n}: expected 'utt<TAB>file<TAB>pos'")
+            if len(f) != 3 or not f[2].isdigit() or "/" in f[1] or f[1].startswith("."):
+                raise ValueError(f"{index}:{n}: expected 'utt<TAB>lat.N.pt<TAB>position'")
             self.index.append((f[0], f[1], int(f[2])))
         self._cache: tuple[str, Any] | None = None
 

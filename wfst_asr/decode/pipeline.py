@@ -69,8 +69,9 @@ def write_lattice_dir(graph: Fsa, batches: Iterable[Batch], out_dir: str | Path,
                       meta: Mapping[str, object] | None = None,
                       overwrite: bool = False) -> dict[str, float]:
     """Lattices of a data set (:func:`~.lattice.get_lattice`) written as a lattice directory
-    (:class:`~.lattice_io.LatticeWriter`: one file per batch, the index only at the end, so an
-    interrupted run leaves no readable partial directory).
+    (:class:`~.lattice_io.LatticeWriter`: one file per batch, staged and moved in at the end,
+    the index last, so an interrupted run leaves no readable partial directory, and with
+    ``overwrite`` the old lattices stay whole until the new ones are all written).
 
     Args:
       graph: the decoding graph (HLG, ...), one FSA with ``aux_labels``.

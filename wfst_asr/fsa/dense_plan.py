@@ -157,7 +157,8 @@ class DensePlan:
     # then frame posteriors per state give the log-prob gradient with [T, S] work, not [T, A].
     state_label_ok: bool
     b2f: torch.Tensor | None  # [S] fwd position of the state at each bwd position (None: same)
-    s_base: torch.Tensor  # [S] (bwd order) flat log-prob index of (seq, start, label), 0 if none
+    s_base: torch.Tensor  # [S] (bwd order) flat log-prob index of (seq, start, label); label
+    # 0 for a state without entering frame arcs
     s_len: torch.Tensor  # [S] (bwd order) frames of the state's segment; 0 if no entering arc
     state_seg_bwd: torch.Tensor  # [S] (bwd order) segment of each state
     cache: dict = field(default_factory=dict)  # derived index tensors, built on first use
@@ -221,35 +222,40 @@ def build_plan(graphs: Fsa, dense: DenseFsaVec, seg_ids: torch.Tensor | None = N
     f_seg = arc_seg[fi]
     seq, start, lens = seg[:, 0], seg[:, 1], seg[:, 2]
     f_src, f_dst, f_lab = src[fi], dst[fi], lab[fi]
-    f_base = (seq[f_seg] * T + start[f_seg]) * V + f_lab
-    fwd = _sweep(build_layout(f_dst, S), f_src, f_base)
+    seg_base = (seq * T + start) * V  # flat index of (seq, start, label 0) of each segment
+    f_base = seg_base[f_seg] + f_lab
+    state_seg = torch.repeat_interleave(torch.arange(N, device=device), ns, output_size=S)
+    # Every log-prob a sweep reads belongs to the segment of the state it is read for: the
+    # padding of a state's arcs and a state without entering arcs read (at -inf) label 0 of
+    # their own segment's frames, never another sequence's (a NaN there would reach them all).
+    state_base = seg_base[state_seg]
+    fwd = _sweep(build_layout(f_dst, S), f_base, state_base)
     fwd_l = fwd.layout
-    bwd = _sweep(build_layout(f_src, S), f_dst, f_base)
+    bwd = _sweep(build_layout(f_src, S), f_base, state_base)
     _fix_other(fwd, f_src, fwd_l.pos)
     _fix_other(bwd, f_dst, bwd.layout.pos)
-    state_seg = torch.repeat_interleave(torch.arange(N, device=device), ns, output_size=S)
     lens_list = lens.tolist()
     T_max = max(lens_list) if lens_list else 0
     end_groups = []
     for t in sorted(set(lens_list)):
         mask = (lens == t)[state_seg]
         end_groups.append((t, bwd.layout.pos[mask.nonzero().squeeze(1)]))
-    top = int(f_base.max()) + (T_max - 1) * V + 1 if fi.numel() and T_max else 0
+    top = (max(int(f_base.max()) if fi.numel() else 0, int(seg_base.max()) if N else 0)
+           + (T_max - 1) * V + 1 if T_max else 0)
     # state-level labels
     s_lab = torch.full((S,), -1, dtype=torch.int64, device=device)
     s_lab[f_dst] = f_lab
     ok = bool((s_lab[f_dst] == f_lab).all())
     s_seg = state_seg
     has_in = s_lab >= 0
-    s_base = torch.where(has_in, (seq[s_seg] * T + start[s_seg]) * V + s_lab.clamp(min=0),
-                         torch.zeros_like(s_lab))
+    s_base = state_base + s_lab.clamp(min=0)
     s_len = torch.where(has_in, lens[s_seg], torch.zeros_like(s_lab))
     bwd_order = torch.empty_like(bwd.layout.pos)
     bwd_order[bwd.layout.pos] = torch.arange(S, device=device)
     fwd_order = torch.empty_like(fwd_l.pos)
     fwd_order[fwd_l.pos] = torch.arange(S, device=device)
     zero = torch.zeros(1, dtype=torch.int64, device=device)  # the sink column
-    fwd.s_base = torch.cat([s_base[fwd_order], zero])
+    fwd.s_base = torch.cat([s_base[fwd_order], zero])  # the sink's entry is zeroed per chunk
     bwd.s_base = torch.cat([s_base[bwd_order], zero])
     plan = DensePlan(
         num_segments=N, num_states=S, T_max=T_max, T=T, V=V, lens=lens,
@@ -263,12 +269,17 @@ def build_plan(graphs: Fsa, dense: DenseFsaVec, seg_ids: torch.Tensor | None = N
     return plan, graphs
 
 
-def _sweep(layout: Layout, other_end: torch.Tensor, f_base: torch.Tensor) -> Sweep:
-    """Per-bucket index tensors of a layout (``other`` is filled by :func:`_fix_other`)."""
-    zero = torch.zeros(1, dtype=torch.int64, device=f_base.device)
-    base_ext = torch.cat([f_base, zero])
+def _sweep(layout: Layout, f_base: torch.Tensor, state_base: torch.Tensor) -> Sweep:
+    """Per-bucket index tensors of a layout (``other`` is filled by :func:`_fix_other`).
+
+    A padding slot reads label 0 of its state's own segment (``state_base``, per state)."""
+    A = f_base.numel()
+    base_ext = torch.cat([f_base, f_base.new_zeros(1)])
+    by_pos = torch.empty_like(state_base)
+    by_pos[layout.pos] = state_base
     garc = [pad for (_, _, _, pad) in layout.buckets]
-    lp_base = [base_ext[pad] for pad in garc]
+    lp_base = [torch.where(pad == A, by_pos[off:off + n].repeat(K), base_ext[pad])
+               for (off, n, K, pad) in layout.buckets]
     return Sweep(layout, [], lp_base, garc)
 
 

@@ -95,6 +95,7 @@ class _Frames:
         if self.state_mode:
             base = _state_index(self.plan, self.sw.s_base, t1 - t0)
             self.lp_states = torch.take(self.lp_flat[t0 * self.plan.V:], base)
+            self.lp_states[:, -1] = 0.0  # the sink reads no log-prob: it stays -inf
         else:
             self.terms = _blocks(self.sw, self.lp_flat, self.gf_ext, self.plan.V, t0, t1)
 
@@ -204,6 +205,7 @@ def _log_grads(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge: tor
     # posterior times |go|; the sign of go is applied by index_add_ when it is the same for all
     # segments. Beta is -inf after a segment's end, so frames past it get zero posteriors
     # without masks; segments without paths or with go = 0 get an offset of +inf (all zero).
+    # Both need log-probs without NaN / +inf, which DenseFsaVec.finite guarantees.
     ok = torch.isfinite(tot) & (go != 0)
     offset = torch.where(ok, tot - torch.log(go.abs()), torch.full_like(tot, float("inf")))
     sign = 1.0 if bool((go >= 0).all()) else -1.0 if bool((go <= 0).all()) else 0.0
@@ -415,15 +417,23 @@ def dense_tot_scores(graphs: Fsa, dense: DenseFsaVec, log_semiring: bool = True,
 
     Equal to ``get_tot_scores(intersect_dense(graphs, dense, inf))`` without building the lattice.
     Differentiable w.r.t. ``dense.log_probs`` and ``graphs.scores``; -inf (with zero gradient)
-    for a segment that has no path, e.g. when it is too short for its labels.
+    for a segment that has no path, e.g. when it is too short for its labels; NaN (with zero
+    gradient) for a segment with a NaN or +inf log-prob in its frames
+    (:meth:`DenseFsaVec.finite`). Every other segment's total and gradient are computed
+    exactly as if its frames were clean (so, up to rounding where the batch's arc layout
+    differs, as without it in the batch).
     """
     graphs = graphs.as_vec()
+    dense, bad = dense.finite()
     parts = []
     for ids in _split_segments(graphs, dense):
         plan, _ = build_plan(graphs, dense, ids)
         parts.append((ids, plan))
     dt = torch.float64 if use_double_scores else torch.float32
-    return _DenseTotScores.apply(dense.log_probs.to(dt), graphs.scores.to(dt), parts, log_semiring)
+    tot = _DenseTotScores.apply(dense.log_probs.to(dt), graphs.scores.to(dt), parts, log_semiring)
+    if bad is not None and bool(bad.any()):
+        tot = torch.where(bad.to(tot.device), tot.new_full((), float("nan")), tot)
+    return tot
 
 
 def _viterbi_alpha_beta(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor,
@@ -444,13 +454,17 @@ def build_lattice(graphs: Fsa, dense: DenseFsaVec, output_beam: float) -> Fsa:
     ``graph score + log_probs[seq, start + t, label]`` gathered with autograd, so gradients of
     anything computed on the lattice reach both inputs. Attributes: the graph's per-arc
     attributes, ``graph_arc_idx`` (int64, arc in ``graphs``) and ``frame_idx`` (int32, frame
-    within the segment; the -1 arc has the segment length).
+    within the segment; the -1 arc has the segment length). A segment with a NaN or +inf
+    log-prob in its frames gets an empty lattice (:meth:`DenseFsaVec.finite`).
     """
+    dense, bad = dense.finite()
     plan, graphs = build_plan(graphs, dense)
     with torch.no_grad():
         lp_d = dense.log_probs.detach().to(torch.float32)
         lp_flat, gf, ge = _prep(plan, lp_d, graphs.scores.detach().to(torch.float32))
         alpha, beta, best = _viterbi_alpha_beta(plan, lp_flat, gf, ge)
+        if bad is not None:  # a segment with NaN/+inf log-probs keeps no arc (NaN threshold)
+            best = torch.where(bad.to(best.device), best.new_full((), float("nan")), best)
         # a small tolerance keeps best-path arcs whose through-score rounds below the best
         thr = best - output_beam - 1e-5 * (1.0 + best.abs())
         a_src, b_dst = plan.fwd.layout.pos[plan.f_src], plan.bwd.layout.pos[plan.f_dst]
@@ -600,6 +614,12 @@ def intersect_dense(graphs: Fsa, dense: DenseFsaVec, output_beam: float = float(
       A :class:`DenseLattice`: an FsaVec with one lattice per segment, with the graphs'
       per-arc attributes plus ``graph_arc_idx`` and ``frame_idx``. Use
       ``get_tot_scores(lattice, log_semiring=True)`` for training losses.
+
+    Non-finite log-probs: a segment with a NaN or +inf log-prob in its frames is excluded
+    (total NaN with zero gradient; empty lattice with a finite beam); the other segments'
+    totals, gradients and lattices are those of the batch without it (up to rounding where the
+    batch's arc layout differs), and NaN/+inf outside every segment's frames changes nothing
+    (:meth:`DenseFsaVec.finite`).
 
     Raises:
       ValueError: a graph label >= V or < -1, or a number of graphs that is neither 1 nor the

@@ -21,9 +21,15 @@ lines ``state [weight]``, tropical semiring, weights are *costs*: ``score = -wei
 state is the first field of the first line.
 
 **kaldifst** (:func:`to_kaldifst`, :func:`from_kaldifst`): ``kaldifst.StdVectorFst`` (tropical
-arcs, float32 costs), and OpenFst binary files through it (:func:`read_fst`, :func:`write_fst`).
-The arcs travel as numpy arrays through an OpenFst ``const`` FST file (see :mod:`._fstbin`), not
-one Python call per arc, so graphs with millions of arcs convert in about a second.
+arcs, float32 costs), and OpenFst binary files (:func:`write_fst` through it; :func:`read_fst`
+parses and checks ``vector`` and ``const`` files itself, so that no corrupt file reaches OpenFst,
+whose readers trust their input). The arcs travel as numpy arrays through an OpenFst ``const``
+FST file (see :mod:`._fstbin`), not one Python call per arc, so graphs with millions of arcs
+convert in about a second.
+
+Text files may not name states far beyond their size (:data:`MAX_STATE_GAP`), and every reader
+takes ``max_states``, checked before the states are allocated: the memory a file costs is
+bounded by its size.
 
 **torch** (:func:`save`, :func:`load`): a ``torch.save``'d dict of tensors and plain values,
 read back with ``weights_only=True``.
@@ -48,6 +54,7 @@ cannot be expressed: they are lost, and so is a start state without arcs that is
 
 from __future__ import annotations
 
+import errno
 import functools
 import gc
 import math
@@ -55,18 +62,20 @@ import os
 import re
 import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_output, atomic_write_text
+from ..atomic import atomic_output, atomic_write_text, read_text
 from . import _fstbin
 from .fsa import TEXT_FORMAT, Fsa
 from .symbol_table import SymbolTable
 
 __all__ = [
+    "TooManyStatesError",
     "from_file",
     "from_kaldifst",
     "from_openfst",
@@ -85,6 +94,29 @@ __all__ = [
 PathLike = str | os.PathLike
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")
 _INT32_MAX = 2 ** 31 - 1
+#: A text FST names at most two states a line. Its state ids may go beyond that count by at most
+#: this much (the unused states in between cost memory, not text): so the memory a text FST
+#: takes is bounded by its size (a 2-line file with state 2e9 is refused, not allocated).
+MAX_STATE_GAP = 1 << 20
+
+
+class TooManyStatesError(ValueError):
+    """An FST file with more states than the reader's ``max_states`` (checked before the states
+    are allocated)."""
+
+    def __init__(self, source: str, num_states: int, max_states: int) -> None:
+        super().__init__(f"{source}: {num_states} states, more than the limit {max_states}")
+        self.source, self.num_states, self.max_states = source, num_states, max_states
+
+
+def _state_limit(num_lines: int) -> int:
+    """The largest number of states (k2 numbering) a text of ``num_lines`` lines may have."""
+    return 2 * num_lines + 1 + MAX_STATE_GAP
+
+
+def _check_states(num_states: int, max_states: int | None, source: str) -> None:
+    if max_states is not None and num_states > max_states:
+        raise TooManyStatesError(source, num_states, max_states)
 
 
 def _gc_paused(fn):
@@ -209,7 +241,8 @@ def _make_fsa(arcs: list[list[int]], score_toks: list[str], num_states: int,
 
 # ---------------------------------------------------------------------- k2 text format
 @_gc_paused
-def from_str(s: str, acceptor: bool | None = None, source: str = "<string>") -> Fsa:
+def from_str(s: str, acceptor: bool | None = None, source: str = "<string>",
+             max_states: int | None = None) -> Fsa:
     """Parse one FSA in k2 text format (see the module docstring).
 
     Args:
@@ -218,11 +251,14 @@ def from_str(s: str, acceptor: bool | None = None, source: str = "<string>") -> 
         [score]``; None: decided by the first arc line: 3 or 4 fields is an acceptor, 5 a
         transducer. Every arc line must have the same number of fields (a missing score is 0).
       source: the name used in error messages (a file name).
+      max_states: refuse (:class:`TooManyStatesError`) an FSA with more states, before
+        allocating them.
 
     Raises:
       ValueError: naming ``source`` and the line, for empty input, a wrong number of fields, a
         non-numeric field, a state out of range, a -1 label not entering the final state (or a
-        non -1 label entering it), an arc leaving the final state, or a label below -1.
+        non -1 label entering it), an arc leaving the final state, a label below -1, or a final
+        state far beyond the number of lines (:data:`MAX_STATE_GAP`).
     """
     lines = _lines(s)
     if not lines:
@@ -234,6 +270,11 @@ def from_str(s: str, acceptor: bool | None = None, source: str = "<string>") -> 
     final = _int(last[0], f"{source}:{last_no}", "final state")
     if final < 0:
         raise ValueError(f"{source}:{last_no}: negative final state {final}")
+    if final + 1 > _state_limit(len(lines)):
+        raise ValueError(f"{source}:{last_no}: final state {final} is far beyond the states a "
+                         f"text of {len(lines)} lines can name (at most "
+                         f"{_state_limit(len(lines)) - 1}); number the states densely")
+    _check_states(final + 1, max_states, source)
     arc_lines = lines[:-1]
     nf = _arc_field_count(arc_lines, acceptor, source)
     transducer = nf == 5 or (nf == 4 and acceptor is False)
@@ -329,10 +370,11 @@ def _check_arc(where: str, src: int, dst: int, lab: int, final: int) -> None:
                          f"state {final}, got {src} -> {dst} with label {lab}")
 
 
-def from_file(path: PathLike, acceptor: bool | None = None) -> Fsa:
+def from_file(path: PathLike, acceptor: bool | None = None,
+              max_states: int | None = None) -> Fsa:
     """Read an FSA in k2 text format from a file (errors name the file and line)."""
-    with open(path, encoding="utf-8") as f:
-        return from_str(f.read(), acceptor=acceptor, source=os.fspath(path))
+    return from_str(read_text(path), acceptor=acceptor, source=os.fspath(path),
+                    max_states=max_states)
 
 
 def to_file(fsa: Fsa, path: PathLike, openfst: bool = False) -> None:
@@ -378,7 +420,8 @@ def _aux_list(fsa: Fsa) -> list[int] | None:
 
 # ---------------------------------------------------------------------- OpenFst text format
 @_gc_paused
-def from_openfst(s: str, acceptor: bool | None = None, source: str = "<string>") -> Fsa:
+def from_openfst(s: str, acceptor: bool | None = None, source: str = "<string>",
+                 max_states: int | None = None) -> Fsa:
     """Parse the OpenFst text format (tropical weights are costs; ``score = -weight``).
 
     Args:
@@ -389,6 +432,8 @@ def from_openfst(s: str, acceptor: bool | None = None, source: str = "<string>")
         weight): pass ``acceptor=False`` for weightless transducer text such as ``fstprint``
         output with unit weights.
       source: the name used in error messages.
+      max_states: refuse (:class:`TooManyStatesError`) an FSA with more states (k2
+        numbering: one more than OpenFst's), before allocating them.
 
     Returns:
       An Fsa whose state 0 is the start state (swapped with the old state 0), other states keep
@@ -397,21 +442,24 @@ def from_openfst(s: str, acceptor: bool | None = None, source: str = "<string>")
 
     Raises:
       ValueError: naming ``source`` and the line, for empty input, a wrong number of fields,
-        non-numeric fields, negative states or labels, or a state listed as final twice.
+        non-numeric fields, negative states or labels, a state listed as final twice, or a
+        state far beyond the number of lines (:data:`MAX_STATE_GAP`).
     """
     lines = _lines(s)
     if not lines:
         raise ValueError(f"{source}: empty input (an OpenFst FST needs a start state)")
     if acceptor is None:
         acceptor = not any(len(f) == 5 for _, f in lines)
+    limit = _state_limit(len(lines)) - 1  # OpenFst states: the k2 final state is added
     try:
-        parsed = _openfst_fast([f for _, f in lines], acceptor)
+        parsed = _openfst_fast([f for _, f in lines], acceptor, limit)
     except _Slow:
-        parsed = _openfst_slow(lines, acceptor, source)
+        parsed = _openfst_slow(lines, acceptor, source, limit)
+    _check_states(parsed[-1] + 1, max_states, source)
     return _assemble_arrays(*parsed, acceptor=acceptor)
 
 
-def _openfst_fast(rows: list[list[str]], acceptor: bool) -> tuple:
+def _openfst_fast(rows: list[list[str]], acceptor: bool, limit: int) -> tuple:
     """Vectorized parse of well-formed OpenFst text; _Slow when anything looks wrong."""
     arc_nf = (3, 4) if acceptor else (4, 5)
     arc_rows = [r for r in rows if len(r) > 2]
@@ -430,14 +478,17 @@ def _openfst_fast(rows: list[list[str]], acceptor: bool) -> tuple:
     olab = ilab if acceptor else torch.from_numpy(cols[3])
     keep = fw != np.inf
     ns = int(max(start[0], cols[:2].max(initial=0), fq.max(initial=0))) + 1
+    if ns > limit:
+        raise _Slow()
     return (src, dst, ilab, olab, torch.from_numpy(w), torch.from_numpy(fq[keep]),
             torch.from_numpy(fw[keep]), int(start[0]), ns)
 
 
-def _openfst_slow(lines: list[tuple[int, list[str]]], acceptor: bool, source: str) -> tuple:
+def _openfst_slow(lines: list[tuple[int, list[str]]], acceptor: bool, source: str,
+                  limit: int) -> tuple:
     """Line-by-line parse of OpenFst text with precise errors; same result as the fast one."""
     arc_nf = (3, 4) if acceptor else (4, 5)
-    start = _state(lines[0][1][0], f"{source}:{lines[0][0]}")
+    start = _state(lines[0][1][0], f"{source}:{lines[0][0]}", limit)
     arcs: list[tuple[int, int, int, int]] = []  # src, dst, ilabel, olabel
     weights: list[str] = []
     finals: dict[int, str] = {}
@@ -445,7 +496,7 @@ def _openfst_slow(lines: list[tuple[int, list[str]]], acceptor: bool, source: st
     for no, fields in lines:
         where = f"{source}:{no}"
         if len(fields) <= 2:
-            q = _state(fields[0], where)
+            q = _state(fields[0], where, limit)
             if q in finals:
                 raise ValueError(f"{where}: state {q} is listed as final twice")
             finals[q] = _float(fields[1], where, "final weight") if len(fields) == 2 else "0"
@@ -455,7 +506,7 @@ def _openfst_slow(lines: list[tuple[int, list[str]]], acceptor: bool, source: st
             kind = "an acceptor" if acceptor else "a transducer"
             raise ValueError(f"{where}: {kind} arc line has {arc_nf[0]} or {arc_nf[1]} fields "
                              f"(final lines 1 or 2), got {len(fields)}")
-        src, dst = _state(fields[0], where), _state(fields[1], where)
+        src, dst = _state(fields[0], where, limit), _state(fields[1], where, limit)
         ilab = _label(fields[2], where, "ilabel")
         olab = ilab if acceptor else _label(fields[3], where, "olabel")
         weights.append(_float(fields[-1], where, "weight") if len(fields) == arc_nf[1] else "0")
@@ -470,10 +521,13 @@ def _openfst_slow(lines: list[tuple[int, list[str]]], acceptor: bool, source: st
             max_state + 1)
 
 
-def _state(tok: str, where: str) -> int:
+def _state(tok: str, where: str, limit: int) -> int:
     q = _int(tok, where, "state")
     if q < 0:
         raise ValueError(f"{where}: negative state {q}")
+    if q >= limit:
+        raise ValueError(f"{where}: state {q} is far beyond the states a text of its length "
+                         f"can name (at most {limit - 1}); number the states densely")
     return q
 
 
@@ -484,10 +538,11 @@ def _label(tok: str, where: str, what: str) -> int:
     return v
 
 
-def from_openfst_file(path: PathLike, acceptor: bool | None = None) -> Fsa:
+def from_openfst_file(path: PathLike, acceptor: bool | None = None,
+                      max_states: int | None = None) -> Fsa:
     """Read OpenFst text format from a file (errors name the file and line)."""
-    with open(path, encoding="utf-8") as f:
-        return from_openfst(f.read(), acceptor=acceptor, source=os.fspath(path))
+    return from_openfst(read_text(path), acceptor=acceptor, source=os.fspath(path),
+                        max_states=max_states)
 
 
 def _final_weights(fsa: Fsa, final_semiring: str | None) -> tuple[list[int], torch.Tensor]:
@@ -660,15 +715,17 @@ def _fst_columns(kfst, fst) -> tuple[torch.Tensor, ...]:
         return (*(torch.tensor(c, dtype=torch.int64) for c in cols[:4]),
                 torch.tensor(cols[4], dtype=torch.float32),
                 torch.tensor(fin_q, dtype=torch.int64), torch.tensor(fin_w, dtype=torch.float32))
-    _, states, arcs = res
-    src = np.repeat(np.arange(len(states), dtype=np.int64), states["narcs"].astype(np.int64))
-    fin = np.nonzero(states["final"] != np.inf)[0]
+    return _std_columns(res)
 
-    def t(a: np.ndarray, dtype: type) -> torch.Tensor:  # copies out of the read-only buffer
+
+def _std_columns(f: _fstbin.StdFst) -> tuple[torch.Tensor, ...]:
+    """(src, dst, ilabel, olabel, cost) of all arcs, final states and final costs."""
+    fin = np.nonzero(f.final != np.inf)[0]
+
+    def t(a: np.ndarray, dtype: type) -> torch.Tensor:  # copies out of any read-only buffer
         return torch.from_numpy(np.array(a, dtype=dtype))
-    return (t(src, np.int64), t(arcs["nextstate"], np.int64), t(arcs["ilabel"], np.int64),
-            t(arcs["olabel"], np.int64), t(arcs["weight"], np.float32), t(fin, np.int64),
-            t(states["final"][fin], np.float32))
+    return (t(f.src, np.int64), t(f.dst, np.int64), t(f.ilabel, np.int64), t(f.olabel, np.int64),
+            t(f.cost, np.float32), t(fin, np.int64), t(f.final[fin], np.float32))
 
 
 def _read_fst(kfst, fst) -> tuple[list, list[int], list[float]]:
@@ -721,24 +778,100 @@ def write_fst(fsa: Fsa, path: PathLike, final_semiring: str | None = None) -> No
     """Write an OpenFst binary ``vector`` FST (tropical) through kaldifst, atomically."""
     path = os.fspath(path)
     fst = to_kaldifst(fsa, final_semiring=final_semiring)
-    with atomic_output(path) as tmp:
+    with atomic_output(path) as tmp, _openfst_messages() as said:
         if not fst.write(tmp):
-            raise OSError(f"kaldifst failed to write {path}")
+            raise OSError(errno.EIO, f"OpenFst could not write it{said.text()}", path)
 
 
-def read_fst(path: PathLike, acceptor: bool | None = None) -> Fsa:
-    """Read an OpenFst binary FST (``vector`` or ``const``, tropical arcs) through kaldifst."""
+class _Said:
+    """What OpenFst printed on stderr inside :func:`_openfst_messages` (after the block)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def text(self) -> str:
+        """``" (OpenFst: first line)"`` or ""."""
+        return f" (OpenFst: {self.lines[0]})" if self.lines else ""
+
+
+@contextmanager
+def _openfst_messages():
+    """Catch what C++ code (OpenFst's ``ERROR: ...`` lines) writes to file descriptor 2 in the
+    block, so that a failed read is one Python error, not stray lines on the terminal."""
+    import sys
+    import tempfile
+
+    said = _Said()
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield said
+        return
+    with tempfile.TemporaryFile() as cap:
+        os.dup2(cap.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            cap.seek(0)
+            text = cap.read(4096).decode(errors="replace")
+            said.lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def read_fst(path: PathLike, acceptor: bool | None = None, max_states: int | None = None
+             ) -> Fsa:
+    """Read an OpenFst binary FST (``vector`` or ``const``, tropical arcs), as
+    :func:`from_kaldifst` would convert it (symbol tables included).
+
+    The file is parsed and checked here (:func:`._fstbin.read_std_fst`), not by OpenFst: a
+    file that is not such an FST, or is corrupt or cut short, is a ValueError naming it.
+    ``max_states`` (k2 numbering, one more than OpenFst's) refuses a larger FST
+    (:class:`TooManyStatesError`) before its states are allocated.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(path)
-    kfst = _kaldifst()
-    fst = kfst.StdVectorFst.read(path)
-    if fst is None:
-        fst = kfst.StdConstFst.read(path)
-    if fst is None:
-        raise ValueError(f"{path}: not an OpenFst binary FST with standard (tropical) arcs "
-                         "of type vector or const")
-    return from_kaldifst(fst, acceptor=acceptor)
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        raise FileNotFoundError(errno.ENOENT, "no such file", path)
+    if max_states is not None:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        try:
+            h = _fstbin.Reader(head, name=path).header()
+        except ValueError:
+            h = None  # read_std_fst names the problem
+        if h is not None and h.num_states >= 0:
+            _check_states(h.num_states + 1, max_states, path)
+    f = _fstbin.read_std_fst_file(path)
+    if max_states is not None:
+        _check_states(f.num_states + 1, max_states, path)
+    if f.num_states == 0 or f.start < 0:
+        attrs = {"aux_labels": torch.zeros(0, dtype=torch.int32)} if acceptor is False else {}
+        return Fsa(torch.zeros(0, 3, dtype=torch.int32), num_states=0, **attrs)
+    is_acc = bool((f.ilabel == f.olabel).all())
+    if acceptor and not is_acc:
+        raise ValueError(f"{path}: the FST is not an acceptor (some arc has ilabel != "
+                         "olabel); pass acceptor=False or None")
+    acceptor = is_acc if acceptor is None else acceptor
+    out = _assemble_arrays(*_std_columns(f), f.start, f.num_states, acceptor=acceptor)
+    try:
+        if f.isymbols is not None:
+            out.labels_sym = _symbol_table(f.isymbols)
+        if f.osymbols is not None and not acceptor:
+            out.aux_labels_sym = _symbol_table(f.osymbols)
+    except ValueError as e:
+        raise ValueError(f"{path}: a symbol table of the FST: {e}") from None
+    return out
+
+
+def _symbol_table(pairs: list[tuple[str, int]]) -> SymbolTable:
+    """A SymbolTable of ``(symbol, key)`` pairs; ValueError for a conflict or a bad symbol."""
+    table = SymbolTable()
+    for sym, key in pairs:
+        table.add(sym, key)
+    return table
 
 
 _SAVE_FORMAT = "wfst_asr.Fsa"
@@ -770,16 +903,40 @@ def save(fsa: Fsa, path: PathLike) -> None:
         torch.save(obj, tmp)
 
 
+def _torch_load_error(path: str, e: Exception) -> ValueError:
+    """A ValueError naming ``path`` for what ``torch.load`` raised on a file that is not a torch
+    file (without torch's advice to retry with ``weights_only=False``: never for untrusted
+    files)."""
+    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+    first = first.split(". ")[0].rstrip(".")
+    if "weights_only" in str(e) or "Weights only load failed" in first:
+        first = "unreadable or disallowed pickle data"
+    return ValueError(f"{path}: not a torch file written by wfst_asr ({first[:200]})")
+
+
 def load(path: PathLike, map_location: str | torch.device = "cpu") -> Fsa:
-    """Load what :func:`save` wrote (``torch.load(weights_only=True)``)."""
-    obj = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+    """Load what :func:`save` wrote (``torch.load(weights_only=True)``); anything else (not a
+    torch file, truncated, another object) is a ValueError naming the file."""
+    path = os.fspath(path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- torch raises RuntimeError, UnpicklingError, ...
+        raise _torch_load_error(path, e) from None
     if not isinstance(obj, dict) or obj.get("format") != _SAVE_FORMAT:
         raise ValueError(f"{path}: not an Fsa saved by wfst_asr.fsa.save")
-    attrs: dict[str, Any] = dict(obj["tensor_attrs"])
-    attrs.update({k: SymbolTable.from_str(v) for k, v in obj["symbol_tables"].items()})
-    attrs.update(obj["plain_attrs"])
-    if obj["is_vec"]:
-        return Fsa(obj["arcs"], obj["scores"], num_states=obj["num_states"],
-                   arc_splits=obj["arc_splits"], validate=False, **attrs)
-    return Fsa(obj["arcs"], obj["scores"], num_states=int(obj["num_states"][0]),
-               validate=False, **attrs)
+    try:
+        attrs: dict[str, Any] = dict(obj["tensor_attrs"])
+        attrs.update({k: SymbolTable.from_str(v, source=f"{path}: symbol table {k}")
+                      for k, v in obj["symbol_tables"].items()})
+        attrs.update(obj["plain_attrs"])
+        if obj["is_vec"]:
+            return Fsa(obj["arcs"], obj["scores"], num_states=obj["num_states"],
+                       arc_splits=obj["arc_splits"], validate=False, **attrs)
+        return Fsa(obj["arcs"], obj["scores"], num_states=int(obj["num_states"][0]),
+                   validate=False, **attrs)
+    except ValueError as e:
+        raise ValueError(e if str(e).startswith(path) else f"{path}: {e}") from None
+    except (KeyError, TypeError, IndexError, RuntimeError, AttributeError) as e:
+        raise ValueError(f"{path}: a corrupt Fsa file ({type(e).__name__}: {e})") from None

@@ -81,9 +81,13 @@ def intersect_dense_pruned(graph: Fsa, dense: DenseFsaVec, search_beam: float,
 
     Returns:
       An FsaVec like :func:`intersect_dense`'s (attributes ``graph_arc_idx``, ``frame_idx`` and
-      the graph's own). Segments whose search found no complete path get an empty FSA.
+      the graph's own). Segments whose search found no complete path get an empty FSA, and
+      so do segments with a NaN or +inf log-prob in their frames
+      (:meth:`DenseFsaVec.finite`); the beams are per segment, so the other segments'
+      lattices are those of the batch without them.
     """
     graphs = _check_graphs(graph, dense)
+    dense, bad = dense.finite()
     device = dense.device
     N = dense.num_segments
     seg_tab = dense.segments.to(device)
@@ -98,6 +102,8 @@ def intersect_dense_pruned(graph: Fsa, dense: DenseFsaVec, search_beam: float,
     first, count = _out_arcs(graphs)
     start = graphs.start_states[gi]
     ok = start >= 0
+    if bad is not None:
+        ok &= ~bad.to(device)
     tok_seg = torch.arange(N, device=device)[ok]
     tok_state = start[ok]
     tok_score = torch.zeros(tok_seg.numel(), dtype=torch.float32, device=device)

@@ -1,7 +1,7 @@
 """Symbol tables in the Kaldi/OpenFst text format (``words.txt``, ``tokens.txt``, ``phones.txt``).
 
 Format: one ``symbol id`` pair per line, separated by whitespace (spaces or a tab); ``id`` is a
-non-negative integer. Blank lines are ignored. Symbols and ids must both be unique. By the usual
+non-negative integer (ASCII digits) below 2**31 (labels are int32). Blank lines are ignored. Symbols and ids must both be unique. By the usual
 convention id 0 is epsilon (``<eps>``) or blank (``<blk>``); :attr:`SymbolTable.eps` is whatever
 symbol has id 0.
 """
@@ -9,11 +9,17 @@ symbol has id 0.
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 from collections.abc import Iterator
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, read_text
 
 __all__ = ["SymbolTable", "atomic_write_text"]
+
+_ID_RE = re.compile(r"[0-9]+\Z")
+_INT_RE = re.compile(r"[+-]?[0-9]+\Z")
+_MAX_ID = 2 ** 31 - 1
 
 
 class SymbolTable:
@@ -47,10 +53,11 @@ class SymbolTable:
                 raise ValueError(f"{where}: expected 'symbol id' (2 fields), got "
                                  f"{len(fields)}: {line!r}")
             sym, id_str = fields
-            try:
-                i = int(id_str)
-            except ValueError:
-                raise ValueError(f"{where}: id {id_str!r} is not an integer") from None
+            if not _INT_RE.match(id_str):
+                raise ValueError(f"{where}: id {id_str!r} is not an integer")
+            i = int(id_str)
+            if i > _MAX_ID:
+                raise ValueError(f"{where}: id {i} does not fit in int32 (labels are int32)")
             try:
                 table._add_new(sym, i)
             except ValueError as e:
@@ -59,9 +66,8 @@ class SymbolTable:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> SymbolTable:
-        """Read a ``words.txt``-style file (UTF-8)."""
-        with open(path, encoding="utf-8") as f:
-            return cls.from_str(f.read(), source=os.fspath(path))
+        """Read a ``words.txt``-style file (UTF-8; errors name the file and line)."""
+        return cls.from_str(read_text(path), source=os.fspath(path))
 
     def to_str(self) -> str:
         """``symbol id`` lines sorted by id, each ending with a newline."""
@@ -173,10 +179,28 @@ class SymbolTable:
 
     @classmethod
     def from_kaldifst(cls, kst) -> SymbolTable:
-        """Convert a ``kaldifst.SymbolTable`` (keys ``0 .. available_key()-1`` are scanned)."""
+        """Convert a ``kaldifst.SymbolTable``: keys ``0 .. available_key()-1`` are scanned when
+        they are dense, else (a table read from a file may have any keys) its text dump is
+        read. ValueError for a symbol or key this class does not allow."""
         table = cls()
-        for i in range(kst.available_key()):
-            sym = kst.find(i)
-            if sym:
-                table.add(sym, i)
+        if kst.available_key() <= 2 * kst.num_symbols() + 1024:
+            for i in range(kst.available_key()):
+                sym = kst.find(i)
+                if sym:
+                    table.add(sym, i)
+            return table
+        fd, path = tempfile.mkstemp(prefix="wfst_asr-", suffix=".syms")
+        os.close(fd)
+        try:
+            if not kst.write_text(path):
+                raise ValueError("could not dump the OpenFst symbol table")
+            text = read_text(path)
+        finally:
+            os.unlink(path)
+        for no, line in enumerate(text.splitlines(), start=1):
+            sym, _, key = line.rpartition("\t")
+            if not _ID_RE.match(key) or int(key) > _MAX_ID:
+                raise ValueError(f"OpenFst symbol table, entry {no}: key {key!r} is not an "
+                                 "int32 label")
+            table.add(sym, int(key))
         return table

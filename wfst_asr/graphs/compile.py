@@ -43,6 +43,7 @@ operations: compose, determinize_star, rmepsilon, minimize_encoded, connect, arc
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -61,14 +62,28 @@ from wfst_asr.fsa.symbol_table import atomic_write_text
 
 from .topo import TOPOLOGIES, Topology, make_topology
 
-__all__ = ["GRAPH_KINDS", "CompileStats", "compile_graph", "compile_hclg", "compile_hlg",
-           "compile_lg", "remove_input_epsilons"]
+__all__ = ["GRAPH_KINDS", "CompileStats", "EmptyGraphError", "compile_graph", "compile_hclg",
+           "compile_hlg", "compile_lg", "remove_input_epsilons"]
 
 log = logging.getLogger(__name__)
 
 #: Graph kinds of :func:`compile_graph`. TLG is HLG under EESEN's name (T = CTC token topology).
 GRAPH_KINDS = ("LG", "HLG", "TLG", "HCLG")
 _STAMP_VERSION = 1
+
+
+class EmptyGraphError(ValueError):
+    """A step of the compilation left no path (``step`` names it: ``"L o G"``, ...)."""
+
+    def __init__(self, step: str, message: str) -> None:
+        self.step = step
+        super().__init__(message)
+
+
+def _nonempty(fst, step: str, hint: str) -> None:
+    """EmptyGraphError when the kaldifst FST ``fst`` (the result of ``step``) has no state."""
+    if fst.num_states == 0:
+        raise EmptyGraphError(step, f"{step} is empty (no complete path left): {hint}")
 
 
 # ---------------------------------------------------------------------- timing
@@ -168,20 +183,25 @@ def compile_lg(L_disambig: Fsa, G: Fsa, first_token_disambig: int, first_word_di
         kf.arcsort(fl, sort_type="olabel")
         kf.arcsort(fg, sort_type="ilabel")
         fst = kf.compose(fl, fg, connect=True)
+    _nonempty(fst, "L o G", "no word sequence of G can be spelt with L's words (do L and G "
+              "use the same words.txt? is G's start state final or connected?)")
     with stats.kaldifst("determinize_star"):
         if kf.determinize_star(fst, use_log=use_log):
             raise RuntimeError("determinize_star stopped early")
+    _nonempty(fst, "det(L o G)", "determinization lost every path")
     if not keep_disambig:
         fsa = _remove_disambig(_from_k(fst, stats), first_token_disambig, first_word_disambig)
         fst = _to_k(fsa, stats)
         with stats.kaldifst("rmepsilon"):
             kf.rmepsilon(fst)
+        _nonempty(fst, "rmepsilon(LG)", "epsilon removal lost every path")
     with stats.kaldifst("minimize"):
         if minimize:
             kf.minimize_encoded(fst, delta=delta)
     with stats.kaldifst("connect"):
         kf.connect(fst)
         kf.arcsort(fst, sort_type="ilabel")
+    _nonempty(fst, "min(LG)", "minimization and connection left no path")
     LG = _from_k(fst, stats)
     _copy_syms(LG, L_disambig, G)
     stats["LG_states"], stats["LG_arcs"] = _size(LG)
@@ -325,6 +345,8 @@ def _epsilon_free_lg(LG: Fsa, stats: CompileStats) -> Fsa:
     with stats.kaldifst("connect"):
         kf.connect(fst)
         kf.arcsort(fst, sort_type="ilabel")
+    _nonempty(fst, "remove_input_epsilons(LG)", "moving the words of LG's epsilon arcs left no "
+              "path")
     out = _from_k(fst, stats)
     for k, v in LG._other_attrs.items():
         setattr(out, k, v)
@@ -332,20 +354,25 @@ def _epsilon_free_lg(LG: Fsa, stats: CompileStats) -> Fsa:
 
 
 # ---------------------------------------------------------------------- H o LG
-def _compose_h(H: Fsa, LG: Fsa, stats: CompileStats, rmeps: bool) -> Fsa:
+def _compose_h(H: Fsa, LG: Fsa, stats: CompileStats, rmeps: bool, name: str = "H") -> Fsa:
     """``H o LG`` (Connect, optional RmEpsilon, ArcSort) through kaldifst."""
     kf = _kfst()
+    if LG.num_states == 0:
+        raise EmptyGraphError("LG", "LG is empty (no path): nothing to compose H with")
     fh, flg = _to_k(H, stats), _to_k(LG, stats)
     with stats.kaldifst("compose"):
         kf.arcsort(fh, sort_type="olabel")
         kf.arcsort(flg, sort_type="ilabel")
         fst = kf.compose(fh, flg, connect=True)
+    _nonempty(fst, f"{name} o LG", f"no token sequence of LG is an output of {name} (does the "
+              "topology cover every token of L?)")
     if rmeps:
         with stats.kaldifst("rmepsilon"):
             kf.rmepsilon(fst)
     with stats.kaldifst("connect"):
         kf.connect(fst)
         kf.arcsort(fst, sort_type="ilabel")
+    _nonempty(fst, f"connect({name} o LG)", "epsilon removal / connection left no path")
     out = _from_k(fst, stats)
     if LG.has_attr("aux_labels_sym"):
         out.aux_labels_sym = LG.aux_labels_sym
@@ -383,7 +410,7 @@ def compile_hclg(topo: Topology, LG: Fsa, *, stats: CompileStats | None = None) 
     stats = CompileStats() if own else stats
     if topo.is_ctc:
         raise ValueError(f"compile_hclg needs an HMM topology, got {topo.name!r}")
-    HCLG = _compose_h(topo.H, _epsilon_free_lg(LG, stats), stats, rmeps=True)
+    HCLG = _compose_h(topo.H, _epsilon_free_lg(LG, stats), stats, rmeps=True, name="HC")
     if bool((HCLG.labels == 0).any()):
         raise RuntimeError("HCLG still has epsilon input arcs after RmEpsilon")
     stats["HCLG_states"], stats["HCLG_arcs"] = _size(HCLG)
@@ -420,14 +447,84 @@ def _check_ids(labels: torch.Tensor, table: SymbolTable, fst_path: Path, table_p
                          f"all) are not in {table_path}: the graph was built with other symbols")
 
 
+def _checksum(table: SymbolTable) -> str:
+    return hashlib.sha256(table.to_str().encode("utf-8")).hexdigest()[:12]
+
+
 def _check_table(fsa: Fsa, attr: str, table: SymbolTable, fst_path: Path, table_path: Path
-                 ) -> None:
-    """A symbol table stored in the FST file must equal the lang dir's table."""
+                 ) -> bool:
+    """A symbol table stored in the FST file must equal the lang dir's table (ValueError naming
+    both files); False when the file stores none."""
     own = getattr(fsa, attr, None) if fsa.has_attr(attr) else None
-    if isinstance(own, SymbolTable) and own != table:
-        diff = next((sym for sym, i in own.items() if sym not in table or table[sym] != i), None)
-        raise ValueError(f"{fst_path}: its symbol table differs from {table_path} (first "
-                         f"difference: {diff!r}); rebuild it with {table_path}")
+    if not isinstance(own, SymbolTable):
+        return False
+    if own != table:
+        diff = next((sym for sym, i in own.items() if sym not in table or table[sym] != i),
+                    None)
+        if diff is None:
+            diff = next(sym for sym, _ in table.items() if sym not in own)
+        raise ValueError(f"{fst_path}: its symbol table (checksum {_checksum(own)}) differs "
+                         f"from {table_path} (checksum {_checksum(table)}; first difference: "
+                         f"{diff!r}): it was built with another symbol table; rebuild it with "
+                         f"{table_path}")
+    return True
+
+
+def _check_g_tables(G: Fsa, g_path: Path, words: SymbolTable, words_path: Path) -> None:
+    """G's word tables against words.txt: those of G.fst, else those of the G.pt next to it
+    (``wfst-asr compile-lm`` writes both, G.pt with the table of the words.txt G was compiled
+    over) when it holds the same graph."""
+    if any(_check_table(G, a, words, g_path, words_path)
+           for a in ("labels_sym", "aux_labels_sym")):
+        return
+    pt = g_path.with_suffix(".pt")
+    if g_path.suffix != ".fst" or not pt.is_file():
+        return
+    try:
+        g_pt = load(pt)
+    except Exception as e:  # noqa: BLE001 -- an unreadable G.pt: G.fst is what is compiled
+        log.warning("%s: cannot read it (%s); its symbol tables are not checked", pt, e)
+        return
+    if g_pt.num_states != G.num_states or g_pt.num_arcs != G.num_arcs or \
+            not torch.equal(g_pt.arcs.long(), G.arcs.long()):
+        log.warning("%s does not hold the graph of %s: its symbol tables are not checked", pt,
+                    g_path)
+        return
+    for attr in ("labels_sym", "aux_labels_sym"):
+        _check_table(g_pt, attr, words, pt, words_path)
+
+
+def _disambig_ids(table: SymbolTable) -> torch.Tensor:
+    return torch.tensor([i for sym, i in table.items() if sym.startswith("#")], dtype=torch.long)
+
+
+def _check_g_arcs(G: Fsa, words: SymbolTable, g_path: Path, words_path: Path) -> None:
+    """Label ranges of a G without symbol tables: with ``words_path``'s ids, a G's arcs are
+    ``w:w`` (words) or back-offs ``#n:<eps>``; any other pair means another words.txt."""
+    if not G.has_attr("aux_labels"):
+        return
+    lab, aux = G.labels.long(), G.aux_labels.long()
+    backoff = (aux == 0) & torch.isin(lab, _disambig_ids(words))
+    bad = torch.nonzero((lab != aux) & (lab != -1) & ~backoff).flatten()
+    if len(bad):
+        i, o = int(lab[bad[0]]), int(aux[bad[0]])
+        name = {i: f"{words.get(i)!r}" if i in words else "?" for i in (i, o)}
+        raise ValueError(f"{g_path}: {len(bad)} arc(s) are neither word arcs w:w nor back-off "
+                         f"arcs #0:<eps> with the ids of {words_path} (e.g. {i}:{o}, that is "
+                         f"{name[i]}:{name[o]}): G was built with another words.txt")
+
+
+def _check_h_range(L: Fsa, tokens: SymbolTable, ftd: int, l_path: Path, tokens_path: Path
+                   ) -> None:
+    """H produces the tokens 1 .. #0 - 1 of tokens.txt: every input label of L at or above #0
+    must be a disambiguation symbol (removed before H o LG)."""
+    lab = L.labels.long()
+    hi = lab[lab >= ftd]
+    bad = hi[~torch.isin(hi, _disambig_ids(tokens))]
+    if len(bad):
+        raise ValueError(f"{l_path}: input label(s) {sorted(set(bad.tolist()))[:5]} are at or "
+                         f"above #0 ({ftd}) of {tokens_path} but no disambiguation symbols: the "
+                         f"topology H (tokens 1..{ftd - 1}) cannot produce them")
 
 
 def _stamp(kind: str, topo: str, options: dict[str, Any], inputs: dict[str, Path]) -> dict:
@@ -491,7 +588,8 @@ def compile_graph(lang_dir: str | os.PathLike, kind: str = "HLG", topo: str = "c
     if not force and _up_to_date([fst_path, pt_path], stamp_path, stamp, inputs):
         t = time.perf_counter()
         graph = load(pt_path)
-        return graph, {"cached": True, "total_s": time.perf_counter() - t}
+        if graph.num_states > 0:  # an empty one (older versions wrote them) is rebuilt
+            return graph, {"cached": True, "total_s": time.perf_counter() - t}
     stats = CompileStats()
     graph, t = _compile_from_files(inputs, kind, topo, options, stats, progress)
     with stats._timed("write_s"):
@@ -519,22 +617,36 @@ def _compile_from_files(inputs: dict[str, Path], kind: str, topo: str, options: 
     with stats.convert():
         L = read_fst(inputs["L_disambig"], acceptor=False)
         G = read_fst(inputs["G"])
+    # symbol tables first (checksums: the clearest message), then label ranges
+    _check_table(L, "labels_sym", tokens, inputs["L_disambig"], inputs["tokens"])
+    _check_table(L, "aux_labels_sym", words, inputs["L_disambig"], inputs["words"])
+    _check_g_tables(G, inputs["G"], words, inputs["words"])
     _check_ids(G.labels, words, inputs["G"], inputs["words"], "input")
-    _check_table(G, "labels_sym", words, inputs["G"], inputs["words"])
+    if G.has_attr("aux_labels"):
+        _check_ids(G.aux_labels, words, inputs["G"], inputs["words"], "output")
+    _check_g_arcs(G, words, inputs["G"], inputs["words"])
     _check_ids(L.labels, tokens, inputs["L_disambig"], inputs["tokens"], "input")
     _check_ids(L.aux_labels, words, inputs["L_disambig"], inputs["words"], "output")
+    _check_h_range(L, tokens, ftd, inputs["L_disambig"], inputs["tokens"])
+    for fsa, path in ((L, inputs["L_disambig"]), (G, inputs["G"])):
+        if fsa.num_states == 0:
+            raise EmptyGraphError(path.stem, f"{path}: empty FST (no state)")
     L.labels_sym, L.aux_labels_sym = tokens, words
     say(f"L_disambig: {_size(L)}, G: {_size(G)} (states, arcs)")
-    LG = compile_lg(L, G, ftd, fwd, use_log=options["use_log"], stats=stats)
-    say(f"LG: {_size(LG)}")
-    if kind == "LG":
-        return LG, None
-    t = make_topology(topo, ftd - 1, transition_scale=options.get("transition_scale", 1.0),
-                      self_loop_scale=options.get("self_loop_scale", 1.0))
-    if kind == "HCLG":
-        graph = compile_hclg(t, LG, stats=stats)
-    else:
-        graph = compile_hlg(t, LG, stats=stats)
-        graph.labels_sym = tokens
+    try:
+        LG = compile_lg(L, G, ftd, fwd, use_log=options["use_log"], stats=stats)
+        say(f"LG: {_size(LG)}")
+        if kind == "LG":
+            return LG, None
+        t = make_topology(topo, ftd - 1, transition_scale=options.get("transition_scale", 1.0),
+                          self_loop_scale=options.get("self_loop_scale", 1.0))
+        if kind == "HCLG":
+            graph = compile_hclg(t, LG, stats=stats)
+        else:
+            graph = compile_hlg(t, LG, stats=stats)
+            graph.labels_sym = tokens
+    except EmptyGraphError as e:
+        raise EmptyGraphError(e.step, f"{kind} from {inputs['L_disambig']} and {inputs['G']} "
+                                      f"(topology {topo}): {e}") from None
     say(f"{kind}: {_size(graph)}")
     return graph, t

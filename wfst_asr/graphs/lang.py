@@ -47,6 +47,7 @@ loop state, which lets G's back-off disambiguation symbol through (as Kaldi's
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -58,6 +59,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wfst_asr.atomic import read_text
 from wfst_asr.fsa import Fsa, SymbolTable
 from wfst_asr.fsa.io import save, write_fst
 from wfst_asr.fsa.symbol_table import atomic_write_text
@@ -106,8 +108,7 @@ def _read_lexicon_lines(path: PathLike, has_probs: bool | None = None
     """(line number, word, prob or None, tokens) of each entry; ValueError naming file:line."""
     path = os.fspath(path)
     out: list[tuple[int, str, float | None, list[str]]] = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    lines = read_text(path).splitlines()
     for no, line in enumerate(lines, start=1):
         fields = line.split()
         if not fields:
@@ -171,8 +172,7 @@ def read_token_list(path: PathLike) -> list[str]:
         id, or a duplicate token.
     """
     path = os.fspath(path)
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    lines = read_text(path).splitlines()
     entries: list[tuple[int, str]] = []
     seen: dict[str, int] = {}
     for no, line in enumerate(lines, start=1):
@@ -444,6 +444,9 @@ def prepare_lang(lang_dir: PathLike, lexicon_path: PathLike,
     """
     if not 0.0 <= sil_prob < 1.0:
         raise ValueError(f"sil_prob must be in [0, 1), got {sil_prob}")
+    if os.path.exists(lang_dir) and not os.path.isdir(lang_dir):
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory (the lang dir "
+                                 "must be a folder)", os.fspath(lang_dir))
     lex_path = os.fspath(lexicon_path)
     entries = _read_lexicon_lines(lex_path)
     if not entries:

@@ -47,13 +47,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from wfst_asr.atomic import atomic_output
+from wfst_asr.atomic import atomic_output, iter_text_lines
 
 __all__ = ["BOS", "EOS", "NgramModel", "estimate_ngram", "read_arpa"]
 
@@ -398,15 +399,18 @@ def _ngram_words(tables: list[_Table], n: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- reading
+_COUNT_RE = re.compile(r"[0-9]+\Z")
+
+
 class _Lines:
     """Numbered lines of a file, for error messages ``file:line``."""
 
-    def __init__(self, path: str, f) -> None:
-        self.path, self.f, self.lineno = path, f, 0
+    def __init__(self, path: str, lines: Iterator[str]) -> None:
+        self.path, self.lines, self.lineno = path, lines, 0
 
     def next(self) -> str | None:
-        line = self.f.readline()
-        if not line:
+        line = next(self.lines, None)
+        if line is None:
             return None
         self.lineno += 1
         return line.strip()
@@ -432,12 +436,15 @@ def read_arpa(path: PathLike) -> NgramModel:
     n-gram must have a unigram; no duplicate n-grams); ``\\end\\``; only blank lines after it.
 
     Raises:
-      ValueError: ``"<path>:<line>: <what is wrong>"`` for a malformed or truncated file.
+      ValueError: ``"<path>:<line>: <what is wrong>"`` for a malformed or truncated file (not
+        UTF-8, or declaring more n-grams than the file can hold, included).
     """
     path = os.fspath(path)
-    with open(path, encoding="utf-8") as f:
-        lines = _Lines(path, f)
-        declared = _read_header(lines)
+    size = os.path.getsize(path)
+    it = iter_text_lines(path)
+    try:
+        lines = _Lines(path, it)
+        declared = _read_header(lines, size)
         word_ids: dict[str, int] = {}
         ngrams, probs, bows = [], [], []
         for n, m in enumerate(declared, start=1):
@@ -455,11 +462,15 @@ def read_arpa(path: PathLike) -> NgramModel:
         while (line := lines.next()) is not None:
             if line:
                 raise lines.error(f"unexpected text after \\end\\: {line[:40]!r}")
+    finally:
+        it.close()
     return NgramModel(vocab=list(word_ids), ngrams=ngrams, log10_probs=probs, backoffs=bows)
 
 
-def _read_header(lines: _Lines) -> list[int]:
-    """Skip to ``\\data\\`` and return the declared counts of orders 1..N."""
+def _read_header(lines: _Lines, size: int) -> list[int]:
+    """Skip to ``\\data\\`` and return the declared counts of orders 1..N; a count above
+    ``size`` (the file's bytes; an n-gram line has at least 4) is refused, so that the arrays
+    allocated for the sections stay within a multiple of the file's size."""
     while True:
         line = lines.next()
         if line is None:
@@ -477,14 +488,18 @@ def _read_header(lines: _Lines) -> list[int]:
             continue
         head, _, rest = line.partition("=")
         parts = head.split()
-        if len(parts) != 2 or parts[0] != "ngram" or not parts[1].isdigit() \
-                or not rest.strip().isdigit():
+        if len(parts) != 2 or parts[0] != "ngram" or not _COUNT_RE.match(parts[1]) \
+                or not _COUNT_RE.match(rest.strip()):
             if line.startswith("\\") and declared:
                 raise lines.error(f"expected a blank line after the ngram counts, got {line!r}")
             raise lines.error(f"expected 'ngram N=COUNT', got {line[:40]!r}")
         if int(parts[1]) != len(declared) + 1:
             raise lines.error(f"expected 'ngram {len(declared) + 1}=...', got {line!r}")
-        declared.append(int(rest))
+        n, m = len(declared) + 1, int(rest)
+        if m > size:
+            raise lines.error(f"'ngram {n}={m}' declares more {n}-grams than the file "
+                              f"({size} bytes) can hold (corrupt or truncated file?)")
+        declared.append(m)
 
 
 def _read_section(lines: _Lines, n: int, m: int, order: int, word_ids: dict[str, int]

@@ -1,20 +1,35 @@
 """Checks and helpers every graph loss shares: batch shapes, which utterances fit their
-graphs, supervision segments, graph selection.
+graphs, non-finite network outputs, supervision segments, graph selection, the ``info`` dict.
 
 Graphs are :class:`~wfst_asr.fsa.Fsa` vectors whose arcs with a label >= 0 consume one frame
 (the final ``-1`` arc none); log-probs are ``[B, T, V]``; lengths ``[B]`` int64 on the CPU.
+
+Non-finite network output (:func:`isolate_nonfinite`): every loss passes its network output
+through it before any graph computation. An utterance with a NaN or ``+inf`` (for a
+log-softmax input also a row that is ``-inf`` everywhere; see
+:data:`~wfst_asr.fsa.dense.NONFINITE_KINDS`) in its valid frames is excluded before the graphs
+are built, reported in ``info["nonfinite_input"]`` and counted in ``num_excluded``; the bad
+rows are replaced by zeros through ``torch.where``, so its gradient is exactly 0 and no NaN can
+flow back, and bad rows outside every utterance's frames change nothing. The other
+utterances' losses and gradients are those of the batch without it. The engine applies the
+same isolation to direct users (:meth:`~wfst_asr.fsa.DenseFsaVec.finite`); the trainer's
+``nan_guard`` stays the last line of defence.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 
 from wfst_asr.fsa import Fsa
+from wfst_asr.fsa.dense import nonfinite_rows, zero_rows
 
-__all__ = ["check_batch", "check_outputs", "feasible", "min_frames", "num_outputs", "segments",
-           "select_fsas"]
+__all__ = ["check_batch", "check_outputs", "connected_zero", "exclusion_info", "feasible", "frame_mask",
+           "isolate_nonfinite", "min_frames", "num_outputs", "segments", "select_fsas"]
+
+log = logging.getLogger(__name__)
 
 
 _BIG = 1 << 40
@@ -107,6 +122,66 @@ def check_batch(log_probs: torch.Tensor, out_lens, num_texts: int | None) -> tor
     if bool((lens < 0).any()) or bool((lens > T).any()):
         raise ValueError(f"out_lens must lie in [0, T={T}], got {lens.tolist()}")
     return lens
+
+
+def frame_mask(lens: torch.Tensor, T: int, device=None) -> torch.Tensor:
+    """bool ``[B, T]``: frame ``t`` of utterance ``b`` is valid (``t < lens[b]``)."""
+    lens = torch.as_tensor(lens).to(device)
+    return torch.arange(T, device=device) < lens.reshape(-1, 1)
+
+
+def isolate_nonfinite(x: torch.Tensor, valid: torch.Tensor, kind: str = "log_probs",
+                      name: str = "loss", rows: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Find the utterances whose network output is non-finite, and mask it (module doc).
+
+    Args:
+      x: the network output ``[B, ..., V]`` (a row is a vector over the last dimension).
+      valid: bool ``x.shape[:-1]`` (or broadcastable to it): the rows that belong to an
+        utterance (its frames; for a transducer, its ``(t, u)`` cells).
+      kind: what is non-finite (:data:`~wfst_asr.fsa.dense.NONFINITE_KINDS`): ``"log_probs"``
+        (NaN, +inf; -inf is a zero probability), ``"logits"`` (also a row that is -inf
+        everywhere) or ``"finite"`` (any non-finite value).
+      name: the loss, for the warning.
+      rows: the bad rows (bool ``x.shape[:-1]``) when the caller already knows them (a loss
+        that reduces every row anyway); None: one reduction over ``x`` finds them.
+
+    Returns:
+      ``(x', bad)``: ``x'`` is ``x`` itself when no row is bad (the common case: no copy),
+      else ``x`` with its bad rows set to 0 through ``torch.where`` (gradient exactly 0
+      there); ``bad`` is bool ``[B]`` (CPU): the utterances with a bad valid row, to exclude.
+    """
+    B = x.shape[0]
+    if rows is None:
+        rows = nonfinite_rows(x, kind)
+    if rows is None or not bool(rows.any()):
+        return x, torch.zeros(B, dtype=torch.bool)
+    bad = (rows & valid.to(rows.device)).reshape(B, -1).any(1).cpu()
+    if bool(bad.any()):
+        log.warning("%s: %d utterance(s) have non-finite network output (NaN/inf) in their "
+                    "frames; excluded: %s", name, int(bad.sum()),
+                    bad.nonzero().squeeze(1).tolist())
+    return zero_rows(x, rows, kind), bad
+
+
+def connected_zero(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A 0 that depends on ``x`` (so ``backward()`` works when every utterance is excluded)
+    with a gradient of exactly 0, never NaN, whatever ``x`` holds (``0 * x.sum()`` would be
+    NaN for a NaN in ``x``): the sum of an empty slice of it."""
+    return x.reshape(-1)[:0].sum().to(dtype or x.dtype)
+
+
+def exclusion_info(B: int, ok: torch.Tensor, frames: int, num_nonfinite: int,
+                   nonfinite_input: torch.Tensor) -> dict:
+    """The ``info`` every loss returns: ``num_utts``; ``num_excluded``/``excluded`` (the
+    utterances not ``ok``: infeasible, non-finite input or non-finite total);
+    ``num_nonfinite`` (feasible utterances whose total still came out non-finite);
+    ``nonfinite_input`` (the utterances excluded for non-finite network output,
+    :func:`isolate_nonfinite`); ``frames`` (output frames of the kept utterances)."""
+    excluded = (~ok).nonzero().squeeze(1).tolist()
+    return {"num_utts": B, "num_excluded": len(excluded), "excluded": excluded,
+            "num_nonfinite": num_nonfinite,
+            "nonfinite_input": nonfinite_input.nonzero().squeeze(1).tolist(), "frames": frames}
 
 
 def num_outputs(topo: Fsa) -> int:

@@ -8,9 +8,11 @@ An utterance whose transcript cannot be aligned with its frames (``T < U + numbe
 repeated tokens`` for standard CTC, ``T < U`` for modified CTC) has no CTC path: its loss would
 be ``inf``. Such utterances are found before the loss, left out of the graphs, and reported
 (``info["excluded"]``); any total that still comes out non-finite (e.g. ``-inf`` log-probs on
-every path) is dropped the same way. So neither the loss nor the gradient is ever inf/NaN when
-the log-probs themselves are finite. :func:`nan_guard` is the last line of defence before an
-optimizer step.
+every path) is dropped the same way. An utterance with a NaN or ``+inf`` log-prob in its frames
+is excluded before the graphs are built (``info["nonfinite_input"]``,
+:func:`~wfst_asr.losses.common.isolate_nonfinite`): its gradient is exactly 0 and the other
+utterances are computed as if it were not in the batch. So neither the loss nor the gradient is
+ever inf/NaN. :func:`nan_guard` is the last line of defence before an optimizer step.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ from torch import nn
 
 from wfst_asr.fsa import DenseFsaVec, get_tot_scores, intersect_dense
 from wfst_asr.graphs.training import CtcTrainingGraphCompiler, ctc_graph
-from wfst_asr.losses.common import _as_token_lists, feasible, select_fsas
+from wfst_asr.losses.common import (
+    _as_token_lists,
+    connected_zero,
+    exclusion_info,
+    feasible,
+    frame_mask,
+    isolate_nonfinite,
+    select_fsas,
+)
 
 __all__ = ["CtcLoss", "ctc_min_frames", "nan_guard"]
 
@@ -61,8 +71,11 @@ class CtcLoss(nn.Module):
 
     * ``num_utts``: B;
     * ``num_excluded``, ``excluded``: how many and which sequence indices were left out
-      (infeasible transcripts, plus any non-finite total: see ``num_nonfinite``);
+      (infeasible transcripts, non-finite log-probs, plus any non-finite total: see
+      ``num_nonfinite``);
     * ``num_nonfinite``: how many of those were feasible but still gave a non-finite total;
+    * ``nonfinite_input``: the sequences left out because their log-probs hold a NaN or +inf
+      in their frames (their gradient is exactly 0);
     * ``frames``: output frames of the kept utterances (int; the ``"mean"`` denominator).
 
     If every utterance is excluded the loss is a zero that still depends on ``log_probs`` (so
@@ -105,6 +118,8 @@ class CtcLoss(nn.Module):
                              f"{len(seqs)} transcripts")
         if bool((lens < 0).any()) or bool((lens > T).any()):
             raise ValueError(f"out_lens must lie in [0, T={T}], got {lens.tolist()}")
+        log_probs, bad_input = isolate_nonfinite(log_probs, frame_mask(lens, T), "log_probs",
+                                                 "CtcLoss")
         all_graphs = None
         if self.compiler is not None:
             all_graphs = self._word_graphs(seqs, V)
@@ -115,6 +130,7 @@ class CtcLoss(nn.Module):
                     raise ValueError(f"transcript {i}: token ids must be in [1, {V}) (0 is "
                                      f"blank, V={V} outputs), got {s}")
             ok = self.feasible(lens, seqs)
+        ok &= ~bad_input
         keep = ok.nonzero().squeeze(1)
         dtype = torch.float64 if self.use_double_scores else log_probs.dtype
         per_utt = log_probs.new_zeros(B, dtype=dtype)
@@ -138,15 +154,14 @@ class CtcLoss(nn.Module):
             # where(): the gradient of the dropped (non-finite) entries is exactly 0
             nll = torch.where(fin, -tot, torch.zeros_like(tot))
             per_utt = per_utt.index_put((keep.to(log_probs.device),), nll.to(dtype))
-        excluded = (~ok).nonzero().squeeze(1).tolist()
         frames = int(lens[ok].sum())
-        info = {"num_utts": B, "num_excluded": len(excluded), "excluded": excluded,
-                "num_nonfinite": num_nonfinite, "frames": frames}
-        if excluded:
-            log.debug("CtcLoss: excluded %d/%d utterances: %s", len(excluded), B, excluded)
+        info = exclusion_info(B, ok, frames, num_nonfinite, bad_input)
+        if info["excluded"]:
+            log.debug("CtcLoss: excluded %d/%d utterances: %s", info["num_excluded"], B,
+                      info["excluded"])
         if not keep.numel():
             # nothing to train on: a zero that is still connected to the graph
-            per_utt = per_utt + 0.0 * log_probs.sum().to(dtype)
+            per_utt = per_utt + connected_zero(log_probs, dtype)
         if self.reduction == "none":
             return per_utt, info
         loss = per_utt.sum()

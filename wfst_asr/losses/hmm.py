@@ -34,8 +34,10 @@ uniform at the start). Decode with the same correction
 
 Infeasible utterances (a transcript that needs more frames than the utterance has after
 subsampling, :func:`wfst_asr.losses.common.feasible`) are found before the loss, left out, and counted
-(``info["excluded"]``); a total that still comes out non-finite is dropped the same way, so the
-loss and its gradient are never inf/NaN for finite inputs.
+(``info["excluded"]``); a total that still comes out non-finite is dropped the same way, and an
+utterance with NaN or +inf log-probs in its frames is left out before anything is computed
+(``info["nonfinite_input"]``; it does not reach the prior either), so the loss and its gradient
+are never inf/NaN.
 
 Alignments from a GMM system: :mod:`wfst_asr.gmm` trains a monophone GMM-HMM with
 kaldi-hmm-gmm; :class:`AlignmentCeLoss` trains a hybrid with frame cross-entropy on such
@@ -63,7 +65,11 @@ from wfst_asr.losses.common import (
     _as_token_lists,
     check_batch,
     check_outputs,
+    connected_zero,
+    exclusion_info,
     feasible,
+    frame_mask,
+    isolate_nonfinite,
     num_outputs,
     segments,
     select_fsas,
@@ -140,8 +146,9 @@ class HmmLoss(nn.Module):
     ``(loss, info)``: ``token_seqs`` are token (phone) ids >= 1 (word ids with a lexicon),
     ``alignments`` (mode ``"ce"`` only, optional) int ``[B, T_a]`` output ids with -1 as
     padding; ``V`` must equal the topology's largest output id + 1. ``info`` has
-    ``num_utts``, ``num_excluded``/``excluded`` (transcript longer than the frames allow, or a
-    non-finite total), ``num_nonfinite``, ``frames`` (output frames of the kept utterances)
+    ``num_utts``, ``num_excluded``/``excluded`` (transcript longer than the frames allow,
+    NaN/+inf log-probs, or a non-finite total), ``num_nonfinite``, ``nonfinite_input`` (the
+    utterances with NaN/+inf log-probs), ``frames`` (output frames of the kept utterances)
     and, for ``"ce"``, ``aligned_frames``.
 
     Semirings: ``"forward"`` is the log semiring (gradient w.r.t. the log-probs = minus the
@@ -217,15 +224,19 @@ class HmmLoss(nn.Module):
         check_outputs(log_probs.shape[2], self.num_outputs, "the HMM topology")
         dev = log_probs.device
         dtype = torch.float64 if self.use_double_scores else log_probs.dtype
-        if alignments is not None:
-            if self.mode != "ce":
-                raise ValueError("alignments are only used with mode='ce'")
-            return self._ce_given(log_probs, lens, alignments, dtype)
-        if seqs is None:
+        if alignments is not None and self.mode != "ce":
+            raise ValueError("alignments are only used with mode='ce'")
+        if alignments is None and seqs is None:
             raise ValueError("token_seqs are needed (or alignments with mode='ce')")
+        log_probs, bad_input = isolate_nonfinite(
+            log_probs, frame_mask(lens, log_probs.shape[1]), "log_probs", "HmmLoss")
+        if alignments is not None:
+            return self._ce_given(log_probs, lens, alignments, dtype, bad_input)
         graphs = self.graphs(seqs)
-        scores = self._corrected(log_probs, lens)
+        # the prior's moving average sees the frames of the clean utterances only
+        scores = self._corrected(log_probs, lens.masked_fill(bad_input, 0))
         ok, _ = feasible(graphs, lens)
+        ok &= ~bad_input
         keep = ok.nonzero().squeeze(1)
         per_utt = log_probs.new_zeros(B, dtype=dtype)
         num_nonfinite, aligned = 0, 0
@@ -255,37 +266,40 @@ class HmmLoss(nn.Module):
                 ok[bad] = False
                 log.warning("HmmLoss: %d feasible utterance(s) have no path (non-finite "
                             "total); excluded: %s", num_nonfinite, bad.tolist())
-        info = self._info(B, ok, lens, num_nonfinite)
+        info = self._info(B, ok, lens, num_nonfinite, bad_input)
         if self.mode == "ce":
             info["aligned_frames"] = aligned
         return self._reduce(per_utt, info, log_probs, keep.numel() > 0), info
 
-    def _ce_given(self, log_probs, lens, alignments, dtype) -> tuple[torch.Tensor, dict]:
+    def _ce_given(self, log_probs, lens, alignments, dtype, bad_input
+                  ) -> tuple[torch.Tensor, dict]:
         B = log_probs.shape[0]
         ali = torch.as_tensor(alignments).to(log_probs.device, torch.int64)
-        per_utt = frame_ce_loss(log_probs.to(dtype), ali, lens, reduction="none")
+        ce_lens = lens.masked_fill(bad_input, 0)  # no frame of an excluded utterance counts
+        per_utt = frame_ce_loss(log_probs.to(dtype), ali, ce_lens, reduction="none")
         T = log_probs.shape[1]
         if ali.shape[1] < T:
             ali = F.pad(ali, (0, T - ali.shape[1]), value=-1)
         t = torch.arange(T, device=ali.device)
-        valid = (ali >= 0) & (t < lens.to(ali.device).unsqueeze(1))
-        ok = valid.any(1).cpu() | (lens == 0)
-        info = self._info(B, ok, lens, 0)
+        valid = (ali >= 0) & (t < ce_lens.to(ali.device).unsqueeze(1))
+        ok = (valid.any(1).cpu() | (lens == 0)) & ~bad_input
+        info = self._info(B, ok, lens, 0, bad_input)
         info["aligned_frames"] = int(valid.sum())
         return self._reduce(per_utt, info, log_probs, bool(ok.any())), info
 
     @staticmethod
-    def _info(B: int, ok: torch.Tensor, lens: torch.Tensor, num_nonfinite: int) -> dict:
-        excluded = (~ok).nonzero().squeeze(1).tolist()
-        if excluded:
-            log.debug("HmmLoss: excluded %d/%d utterances: %s", len(excluded), B, excluded)
-        return {"num_utts": B, "num_excluded": len(excluded), "excluded": excluded,
-                "num_nonfinite": num_nonfinite, "frames": int(lens[ok].sum())}
+    def _info(B: int, ok: torch.Tensor, lens: torch.Tensor, num_nonfinite: int,
+              bad_input: torch.Tensor) -> dict:
+        info = exclusion_info(B, ok, int(lens[ok].sum()), num_nonfinite, bad_input)
+        if info["excluded"]:
+            log.debug("HmmLoss: excluded %d/%d utterances: %s", info["num_excluded"], B,
+                      info["excluded"])
+        return info
 
     def _reduce(self, per_utt: torch.Tensor, info: dict, log_probs: torch.Tensor,
                 any_kept: bool) -> torch.Tensor:
         if not any_kept:  # nothing to train on: a zero still connected to the input
-            per_utt = per_utt + 0.0 * log_probs.sum().to(per_utt.dtype)
+            per_utt = per_utt + connected_zero(log_probs, per_utt.dtype)
         if self.reduction == "none":
             return per_utt
         loss = per_utt.sum()

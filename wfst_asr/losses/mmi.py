@@ -36,7 +36,11 @@ Extras, as in Kaldi's chain training:
 
 Infeasible utterances (numerator needs more frames than the utterance has, or a transcript the
 phone LM ``P`` rejects) are excluded before the loss and counted; a non-finite total is dropped
-the same way.
+the same way. An utterance with non-finite outputs in its frames (NaN or +inf; -inf too when
+the L2 term or the auxiliary term reads the outputs) is excluded before the numerator and the
+shared denominator are computed (``info["nonfinite_input"]``,
+:func:`~wfst_asr.losses.common.isolate_nonfinite`): the other utterances' terms and gradients
+are those of the batch without it, and its gradient is exactly 0.
 """
 
 from __future__ import annotations
@@ -54,7 +58,11 @@ from wfst_asr.losses.common import (
     _as_token_lists,
     check_batch,
     check_outputs,
+    connected_zero,
+    exclusion_info,
     feasible,
+    frame_mask,
+    isolate_nonfinite,
     num_outputs,
     segments,
     select_fsas,
@@ -120,7 +128,8 @@ class MmiLoss(nn.Module):
     the topology's largest output id + 1 (ValueError otherwise). ``num_graphs`` (an FsaVec of B
     graphs) replaces the compiled numerators (e.g. numerator lattices). ``info``: ``num_utts``,
     ``num_excluded``/``excluded``, ``num_rejected`` (transcripts P does not accept),
-    ``num_nonfinite``, ``frames``, and the detached sums over the kept utterances ``num``,
+    ``num_nonfinite``, ``nonfinite_input`` (utterances with non-finite outputs, see the module
+    doc), ``frames``, and the detached sums over the kept utterances ``num``,
     ``den``, ``mmi`` (= den - num), ``l2``, ``aux``.
     """
 
@@ -181,6 +190,9 @@ class MmiLoss(nn.Module):
         lens = check_batch(x, out_lens, len(seqs) if seqs is not None else None)
         B, T, V = x.shape
         check_outputs(V, self.num_outputs, "the LF-MMI topology")
+        # -inf is a zero probability for the graphs, but not for x^2 or the auxiliary term
+        kind = "finite" if self.l2 > 0 or self.ctc_weight > 0 else "log_probs"
+        x, bad_input = isolate_nonfinite(x, frame_mask(lens, T), kind, "MmiLoss")
         dev = x.device
         dtype = torch.float64 if self.use_double_scores else x.dtype
         if num_graphs is not None:
@@ -202,6 +214,7 @@ class MmiLoss(nn.Module):
         ok = accepted.clone()
         if nums is not None:
             ok[accepted] = feasible(nums, lens[accepted])[0]
+        ok &= ~bad_input
         keep = ok.nonzero().squeeze(1)
         # numerator graph of each kept utterance: its rank among the accepted ones
         rank = torch.cumsum(accepted.to(torch.int64), 0) - 1
@@ -239,15 +252,14 @@ class MmiLoss(nn.Module):
                 parts["aux"] = self._aux(x, lens, seqs, num_g, segs, fin, ok, dtype)
         per_utt = ((1.0 - self.ctc_weight) * parts["mmi"] + self.ctc_weight * parts["aux"]
                    + parts["l2"])
-        excluded = (~ok).nonzero().squeeze(1).tolist()
-        info = {"num_utts": B, "num_excluded": len(excluded), "excluded": excluded,
-                "num_rejected": num_rejected, "num_nonfinite": num_nonfinite,
-                "frames": int(lens[ok].sum())}
+        info = exclusion_info(B, ok, int(lens[ok].sum()), num_nonfinite, bad_input)
+        info["num_rejected"] = num_rejected
         info.update({k: float(v.detach().sum()) for k, v in parts.items()})
-        if excluded:
-            log.debug("MmiLoss: excluded %d/%d utterances: %s", len(excluded), B, excluded)
+        if info["excluded"]:
+            log.debug("MmiLoss: excluded %d/%d utterances: %s", info["num_excluded"], B,
+                      info["excluded"])
         if not bool(ok.any()):  # nothing to train on: a zero still connected to the input
-            per_utt = per_utt + 0.0 * x.sum().to(dtype)
+            per_utt = per_utt + connected_zero(x, dtype)
         if self.reduction == "none":
             return per_utt, info
         loss = per_utt.sum()

@@ -38,8 +38,14 @@ Semiring: log (sums over alignments); scores are natural-log probabilities. Toke
 Utterances without any path (no frames; for the pruned loss also ``U > T * (s_range - 1)``,
 since a window lets a frame emit at most ``s_range - 1`` labels) are left out before the loss
 and reported; a total that still comes out non-finite is dropped the same way (see
-:class:`~wfst_asr.losses.CtcLoss`). Every function returns ``(loss, info)`` with ``info`` as in
-CtcLoss: ``num_utts``, ``num_excluded``, ``excluded``, ``num_nonfinite``, ``frames``.
+:class:`~wfst_asr.losses.CtcLoss`). So is an utterance whose logits (or ``am``/``lm``) hold a
+NaN, a +inf or a row that is -inf everywhere in its cells ``t < T_b``, ``u <= U_b``
+(:func:`~wfst_asr.losses.common.isolate_nonfinite`): its gradient is exactly 0, the others'
+are those of the batch without it, and such values outside every utterance's cells change
+nothing. For the joiner's logits this costs no extra pass: a bad row is one whose gathered
+log-softmax entries are all NaN or -inf, and only such rows are read again. Every function
+returns ``(loss, info)`` with ``info`` as in CtcLoss: ``num_utts``, ``num_excluded``,
+``excluded``, ``num_nonfinite``, ``nonfinite_input``, ``frames``.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ import torch
 from torch import nn
 
 from wfst_asr.fsa import Fsa, get_tot_scores
+from wfst_asr.fsa.dense import nonfinite_rows
+from wfst_asr.losses.common import connected_zero, exclusion_info, frame_mask, isolate_nonfinite
 
 __all__ = [
     "TransducerLoss",
@@ -275,6 +283,49 @@ def _joiner_log_probs(logits: torch.Tensor, y_idx: torch.Tensor, blank: int
     return _JoinerLogProbs.apply(logits, y, blank)
 
 
+def _joiner_bad_rows(logits: torch.Tensor, blank_lp: torch.Tensor, label_lp: torch.Tensor
+                     ) -> torch.Tensor:
+    """bool ``[B, T, W]``: the cells whose logits row is bad ("logits" kind: NaN, +inf, or -inf
+    throughout), from the two log-softmax entries :func:`_joiner_log_probs` gathered.
+
+    A bad row's log-softmax is NaN or -inf everywhere (its normaliser is NaN or +-inf), so
+    both gathered entries are; only the rows where that holds (none, normally) are read
+    again to tell them from clean rows that merely put -inf on both symbols."""
+    neg = float("-inf")
+    cand = ~(blank_lp.detach() > neg) & ~(label_lp.detach() > neg)
+    if not bool(cand.any()):
+        return cand
+    idx = cand.reshape(-1).nonzero().squeeze(1)
+    rows = nonfinite_rows(logits.detach().reshape(-1, logits.shape[-1]).index_select(0, idx),
+                          "logits")
+    out = torch.zeros_like(cand).reshape(-1)
+    if rows is not None:
+        out[idx] = rows
+    return out.view_as(cand)
+
+
+def _isolated_joiner(name: str, logits: torch.Tensor, y_idx: torch.Tensor, blank: int,
+                     valid: torch.Tensor):
+    """``(logits', blank_lp, label_lp, bad [B])``: :func:`_joiner_log_probs` of the logits
+    with their bad rows masked (:func:`~wfst_asr.losses.common.isolate_nonfinite`); computed
+    again on the masked logits only when some row is bad."""
+    blank_lp, label_lp = _joiner_log_probs(logits, y_idx, blank)
+    rows = _joiner_bad_rows(logits, blank_lp, label_lp)
+    clean, bad = isolate_nonfinite(logits, valid, "logits", name, rows=rows)
+    if clean is not logits:
+        blank_lp, label_lp = _joiner_log_probs(clean, y_idx, blank)
+    return clean, blank_lp, label_lp, bad
+
+
+def _cells(flens: torch.Tensor, ulens: torch.Tensor, T: int, pos: torch.Tensor
+           ) -> torch.Tensor:
+    """bool ``[B, T, W]``: cell ``(t, w)`` of utterance ``b`` is in its lattice's range
+    (``t < flens[b]`` and label position ``pos[b, t, w] <= ulens[b]``; ``pos`` broadcastable)."""
+    dev = pos.device
+    t = torch.arange(T, device=dev).view(1, T, 1) < flens.to(dev).view(-1, 1, 1)
+    return t & (pos <= ulens.to(dev).view(-1, 1, 1))
+
+
 def _simple_log_probs(am: torch.Tensor, lm: torch.Tensor, y_idx: torch.Tensor, blank: int,
                       lm_only_scale: float, am_only_scale: float
                       ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,11 +391,12 @@ def _totals(lattice: Fsa, scores: torch.Tensor, use_double_scores: bool,
 
 def _finish(name: str, tot: torch.Tensor | None, keep: torch.Tensor, ok: torch.Tensor,
             flens: torch.Tensor, B: int, dtype: torch.dtype, reduction: str,
-            *inputs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+            bad_input: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """Per-utterance losses from the totals of the kept utterances, exclusion, reduction.
 
-    ``inputs``: the differentiable inputs, to which the loss stays connected (a zero) when
-    every utterance is excluded."""
+    ``bad_input``: bool ``[B]``, the utterances excluded for non-finite inputs (already not
+    ``ok``). ``inputs``: the differentiable (masked) inputs, to which the loss stays connected
+    (a zero) when every utterance is excluded."""
     anchor = inputs[0]
     per_utt = anchor.new_zeros(B, dtype=dtype)
     num_nonfinite = 0
@@ -358,15 +410,14 @@ def _finish(name: str, tot: torch.Tensor | None, keep: torch.Tensor, ok: torch.T
                         num_nonfinite, keep[bad].tolist())
         nll = torch.where(fin, -tot, torch.zeros_like(tot))
         per_utt = per_utt.index_put((keep.to(anchor.device),), nll.to(dtype))
-    excluded = (~ok).nonzero().squeeze(1).tolist()
     frames = int(flens[ok].sum())
-    info = {"num_utts": B, "num_excluded": len(excluded), "excluded": excluded,
-            "num_nonfinite": num_nonfinite, "frames": frames}
-    if excluded:
-        log.debug("%s: excluded %d/%d utterances: %s", name, len(excluded), B, excluded)
+    info = exclusion_info(B, ok, frames, num_nonfinite, bad_input)
+    if info["excluded"]:
+        log.debug("%s: excluded %d/%d utterances: %s", name, info["num_excluded"], B,
+                  info["excluded"])
     if not bool(ok.any()):
         for x in inputs:  # still connected to the graph: backward() gives zero gradients
-            per_utt = per_utt + 0.0 * x.sum().to(dtype)
+            per_utt = per_utt + connected_zero(x, dtype)
     if reduction == "none":
         return per_utt, info
     loss = per_utt.sum()
@@ -494,14 +545,21 @@ def transducer_loss(logits: torch.Tensor, targets, frame_lens, target_lens=None,
     double = use_double_scores or logits.dtype == torch.float64
     dtype = torch.float64 if double else _compute_dtype(logits.dtype)
     tot = None
+    bad_input = torch.zeros(B, dtype=torch.bool)
     if keep.numel():
-        blank_lp, label_lp = _joiner_log_probs(logits, nxt.unsqueeze(1), blank)
+        logits, blank_lp, label_lp, bad_input = _isolated_joiner(
+            "transducer_loss", logits, nxt.unsqueeze(1), blank,
+            _cells(flens, ulens, T, torch.arange(U1, device=dev).view(1, 1, U1)))
+        ok &= ~bad_input
+        keep = ok.nonzero().squeeze(1)
+    if keep.numel():
         kd = keep.to(dev)
         lattice, sidx = _grid_lattice(kd, flens[keep].to(dev), ulens[keep].to(dev) + 1,
                                       ulens[keep].to(dev), None, nxt, B, T, U1, blank)
         scores = torch.stack([blank_lp, label_lp]).reshape(-1).index_select(0, sidx)
         tot, _ = _totals(lattice, scores, double, False, 0, sidx, B * T * U1)
-    return _finish("transducer_loss", tot, keep, ok, flens, B, dtype, reduction, logits)
+    return _finish("transducer_loss", tot, keep, ok, flens, B, dtype, reduction, bad_input,
+                   logits)
 
 
 def simple_transducer_loss(am: torch.Tensor, lm: torch.Tensor, targets, frame_lens,
@@ -534,7 +592,11 @@ def simple_transducer_loss(am: torch.Tensor, lm: torch.Tensor, targets, frame_le
     U1 = lm.shape[1]
     dev = am.device
     flens, ulens, nxt = _prepare(B, T, U1, V, targets, target_lens, frame_lens, blank, dev)
-    ok = flens >= 1
+    name = "simple_transducer_loss"
+    am, bad_am = isolate_nonfinite(am, frame_mask(flens, T, dev), "logits", name)
+    lm, bad_lm = isolate_nonfinite(lm, frame_mask(ulens + 1, U1, dev), "logits", name)
+    bad_input = bad_am | bad_lm
+    ok = (flens >= 1) & ~bad_input
     keep = ok.nonzero().squeeze(1)
     double = use_double_scores or am.dtype == torch.float64
     dtype = torch.float64 if double else _compute_dtype(am.dtype)
@@ -547,8 +609,7 @@ def simple_transducer_loss(am: torch.Tensor, lm: torch.Tensor, targets, frame_le
         scores = torch.stack([blank_lp, label_lp]).reshape(-1).index_select(0, sidx)
         tot, occ = _totals(lattice, scores, double, return_occupation, B * T * U1, sidx,
                            B * T * U1)
-    loss, info = _finish("simple_transducer_loss", tot, keep, ok, flens, B, dtype, reduction,
-                         am, lm)
+    loss, info = _finish(name, tot, keep, ok, flens, B, dtype, reduction, bad_input, am, lm)
     if return_occupation:
         if occ is None:
             occ = torch.zeros(B * T * U1, dtype=dtype, device=dev)
@@ -588,18 +649,24 @@ def pruned_transducer_loss(logits: torch.Tensor, targets, ranges: torch.Tensor, 
     double = use_double_scores or logits.dtype == torch.float64
     dtype = torch.float64 if double else _compute_dtype(logits.dtype)
     tot = None
+    bad_input = torch.zeros(B, dtype=torch.bool)
     if keep.numel():
         # the label scored in slot j of frame t: y_{u+1}, u = ranges[b, t, j]
-        y = nxt.gather(1, ranges.to(dev, torch.int64).reshape(B, -1).clamp(
-            max=nxt.shape[1] - 1)).view(B, T, S)
-        blank_lp, label_lp = _joiner_log_probs(logits, y, blank)
+        pos = ranges.to(dev, torch.int64)
+        y = nxt.gather(1, pos.reshape(B, -1).clamp(max=nxt.shape[1] - 1)).view(B, T, S)
+        logits, blank_lp, label_lp, bad_input = _isolated_joiner(
+            "pruned_transducer_loss", logits, y, blank, _cells(flens, ulens, T, pos))
+        ok &= ~bad_input
+        keep = ok.nonzero().squeeze(1)
+    if keep.numel():
         kd = keep.to(dev)
         W_b = torch.clamp(ulens[keep] + 1, max=S).to(dev)
         lattice, sidx = _grid_lattice(kd, flens[keep].to(dev), W_b, ulens[keep].to(dev),
                                       starts, nxt, B, T, S, blank)
         scores = torch.stack([blank_lp, label_lp]).reshape(-1).index_select(0, sidx)
         tot, _ = _totals(lattice, scores, double, False, 0, sidx, B * T * S)
-    return _finish("pruned_transducer_loss", tot, keep, ok, flens, B, dtype, reduction, logits)
+    return _finish("pruned_transducer_loss", tot, keep, ok, flens, B, dtype, reduction,
+                   bad_input, logits)
 
 
 # ----------------------------------------------------------------------------- pruning
@@ -747,7 +814,9 @@ class TransducerLoss(nn.Module):
         logits = joiner(am_p, lm_p, project_input=False)
         pruned, info = pruned_transducer_loss(logits, targets, ranges, encoder_lens, **common)
         excluded = sorted(set(info["excluded"]) | set(sinfo["excluded"]))
-        info.update(excluded=excluded, num_excluded=len(excluded), simple_info=sinfo,
+        bad = sorted(set(info["nonfinite_input"]) | set(sinfo["nonfinite_input"]))
+        info.update(excluded=excluded, num_excluded=len(excluded), nonfinite_input=bad,
+                    simple_info=sinfo,
                     simple_loss=float(simple.detach().sum()),
                     transducer_loss=float(pruned.detach().sum()))
         return self.simple_loss_scale * simple.to(pruned.dtype) + pruned, info

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
+from ..atomic import read_text as read_utf8
 from .edit_distance import ScoreReport
 from .text import Fold, read_text, read_utt2spk, score_texts
 
@@ -65,9 +66,15 @@ def read_settings(out_dir: PathLike) -> dict[str, Any]:
     path = out / SETTINGS
     if path.is_file():
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise ValueError(f"cannot read {path}: {e}") from e
+            settings = json.loads(read_utf8(path))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column "
+                             f"{e.colno})") from None
+        if not isinstance(settings, dict) or not isinstance(settings.get("sets"), list) \
+                or not isinstance(settings.get("methods", {}), dict):
+            raise ValueError(f"{path}: not the settings of a decode directory (a JSON object "
+                             "with a list 'sets' and an object 'methods')")
+        return settings
     sets = sorted(p.stem for p in (out / "ref").glob("*.ref"))
     if not sets:
         raise ValueError(f"{out}: no {SETTINGS} and no ref/*.ref (not a decode directory)")

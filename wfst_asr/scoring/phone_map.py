@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, iter_text_lines
 
 __all__ = ["NOTHING", "PhoneMap", "read_phone_map", "write_phone_map"]
 
@@ -60,29 +60,28 @@ class PhoneMap:
     @classmethod
     def from_file(cls, path: str | os.PathLike, sets: Sequence[str] = DEFAULT_SETS) -> PhoneMap:
         """Read a table file (see the module doc); ValueError naming file and line for a
-        malformed or repeated line."""
+        malformed or repeated line (or bytes that are not UTF-8)."""
         n = len(sets)
         rows: dict[str, tuple[str | None, ...]] = {}
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                fields = line.split()
-                if not fields or fields[0].startswith("#"):
-                    continue
-                where = f"{os.fspath(path)}:{lineno}"
-                if len(fields) not in (1, n):
-                    raise ValueError(
-                        f"{where}: expected 1 or {n} columns ({' '.join(sets)}), got "
-                        f"{len(fields)}: {line.strip()!r}"
-                    )
-                phone = fields[0]
-                if phone == NOTHING:
-                    raise ValueError(f"{where}: the first column cannot be {NOTHING!r}")
-                if phone in rows:
-                    raise ValueError(f"{where}: phone {phone!r} appears twice")
-                if len(fields) == 1:
-                    rows[phone] = (None,) * (n - 1)
-                else:
-                    rows[phone] = tuple(None if x == NOTHING else x for x in fields[1:])
+        for lineno, line in enumerate(iter_text_lines(path), 1):
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            where = f"{os.fspath(path)}:{lineno}"
+            if len(fields) not in (1, n):
+                raise ValueError(
+                    f"{where}: expected 1 or {n} columns ({' '.join(sets)}), got "
+                    f"{len(fields)}: {line.strip()!r}"
+                )
+            phone = fields[0]
+            if phone == NOTHING:
+                raise ValueError(f"{where}: the first column cannot be {NOTHING!r}")
+            if phone in rows:
+                raise ValueError(f"{where}: phone {phone!r} appears twice")
+            if len(fields) == 1:
+                rows[phone] = (None,) * (n - 1)
+            else:
+                rows[phone] = tuple(None if x == NOTHING else x for x in fields[1:])
         if not rows:
             raise ValueError(f"{os.fspath(path)}: no phones in the table")
         return cls(rows, sets)

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, iter_text_lines
 from .edit_distance import ScoreReport, score
 from .phone_map import DEFAULT_SETS, PhoneMap
 
@@ -33,16 +33,15 @@ PathLike = str | os.PathLike
 
 def read_text(path: PathLike) -> dict[str, list[str]]:
     """``{utt: words}`` of a Kaldi ``text`` file (blank lines skipped); ValueError naming the
-    file and line for an utterance id given twice."""
+    file and line for an utterance id given twice or bytes that are not UTF-8."""
     out: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for no, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if fields[0] in out:
-                raise ValueError(f"{os.fspath(path)}:{no}: utterance {fields[0]!r} appears twice")
-            out[fields[0]] = fields[1:]
+    for no, line in enumerate(iter_text_lines(path), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if fields[0] in out:
+            raise ValueError(f"{os.fspath(path)}:{no}: utterance {fields[0]!r} appears twice")
+        out[fields[0]] = fields[1:]
     return out
 
 
@@ -75,16 +74,15 @@ def load_phone_map(path: PathLike) -> PhoneMap:
     writes), else ``61 48 39`` for a three-column table (TIMIT's), else ``1 2 ... n``."""
     header: list[str] | None = None
     width = 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            fields = line.split()
-            if not fields:
-                continue
-            if fields[0].startswith("#"):
-                if header is None and width == 0 and fields[0] == "#":
-                    header = fields[1:]
-                continue
-            width = max(width, len(fields))
+    for line in iter_text_lines(path):
+        fields = line.split()
+        if not fields:
+            continue
+        if fields[0].startswith("#"):
+            if header is None and width == 0 and fields[0] == "#":
+                header = fields[1:]
+            continue
+        width = max(width, len(fields))
     if header is not None and len(header) == width and len(set(header)) == width >= 2:
         sets: Sequence[str] = header
     elif width == len(DEFAULT_SETS):

@@ -27,6 +27,7 @@ from wfst_asr.atomic import atomic_output
 __all__ = [
     "CheckpointError",
     "average_checkpoints",
+    "average_readable_checkpoints",
     "find_checkpoints",
     "get_rng_state",
     "latest_checkpoint",
@@ -85,7 +86,8 @@ def _plain(x: Any) -> Any:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """``torch.save(state, path)`` atomically (temporary file + rename)."""
+    """``torch.save(state, path)`` atomically (:func:`~wfst_asr.atomic.atomic_output`: a
+    temporary file, fsync'd, renamed over ``path``)."""
     with atomic_output(path) as tmp:
         torch.save(state, tmp)
 
@@ -133,18 +135,50 @@ def latest_checkpoint(exp_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]
 def average_checkpoints(paths: Sequence[str | os.PathLike]) -> dict[str, torch.Tensor]:
     """Model ``state_dict`` averaged over the checkpoints ``paths``: the mean of every
     floating-point entry (accumulated in float64, cast back); integer buffers (e.g. BatchNorm's
-    ``num_batches_tracked``) are taken from the last checkpoint."""
+    ``num_batches_tracked``) are taken from the last checkpoint. An unreadable checkpoint is a
+    :class:`CheckpointError` (:func:`average_readable_checkpoints` skips it instead)."""
     if not paths:
         raise ValueError("average_checkpoints: no checkpoints given")
+    avg, _ = _average(paths, skip_unreadable=False)
+    assert avg is not None
+    return avg
+
+
+def average_readable_checkpoints(paths: Sequence[str | os.PathLike]
+                                 ) -> tuple[dict[str, torch.Tensor] | None,
+                                            list[tuple[Path, int | None]]]:
+    """:func:`average_checkpoints` over the readable ones of ``paths``: each unreadable one is
+    skipped with a warning (as :func:`latest_checkpoint` does). Returns ``(averaged state_dict
+    or None when none is readable, [(path, its "epoch" or None)] of those averaged)``."""
+    return _average(paths, skip_unreadable=True)
+
+
+def _average(paths: Sequence[str | os.PathLike], skip_unreadable: bool
+             ) -> tuple[dict[str, torch.Tensor] | None, list[tuple[Path, int | None]]]:
     sums: dict[str, torch.Tensor] = {}
     last: dict[str, torch.Tensor] = {}
+    used: list[tuple[Path, int | None]] = []
     for path in paths:
-        last = load_checkpoint(path)["model"]
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as e:
+            if not skip_unreadable:
+                raise
+            log.warning("averaging: skipping unreadable checkpoint: %s", e)
+            continue
+        model = state["model"]
+        if used and set(model) != set(last):
+            raise CheckpointError(f"{path}: its model entries differ from those of "
+                                  f"{used[0][0]}: cannot average them")
+        last = model
+        used.append((Path(path), int(state["epoch"]) if "epoch" in state else None))
         for k, v in last.items():
             if v.is_floating_point():
                 sums[k] = sums[k] + v.double() if k in sums else v.double().clone()
-    n = len(paths)
-    return {k: (sums[k] / n).to(v.dtype) if k in sums else v for k, v in last.items()}
+    if not used:
+        return None, used
+    n = len(used)
+    return {k: (sums[k] / n).to(v.dtype) if k in sums else v for k, v in last.items()}, used
 
 
 def sampler_state(sampler: Any) -> dict[str, Any] | None:

@@ -8,11 +8,19 @@
     history = trainer.fit(resume=True)     # [{"epoch", "train_loss", "dev_loss", ...}, ...]
 
 Per epoch: a tqdm bar, TensorBoard scalars (``exp_dir/tensorboard``), the dev loss,
-``exp_dir/epoch-N.pt`` (atomic), ``best.pt`` when the dev loss improves; at the end the last
-``cfg.average_last`` checkpoints are averaged into ``averaged.pt``. ``fit(resume=True)``
-continues after the newest readable ``epoch-N.pt`` with the model, optimizer, scheduler and
-RNG states restored, so the result equals an uninterrupted run (same seed, deterministic
-kernels); a run killed mid-epoch loses that epoch only.
+``exp_dir/epoch-N.pt`` (atomic), ``best.pt`` when the dev loss improves; at the end the
+readable checkpoints among the last ``cfg.average_last`` epochs are averaged into
+``averaged.pt`` (an unreadable one is skipped with a warning; ``averaged_from`` lists the files
+and epochs used). ``fit(resume=True)`` continues after the newest readable ``epoch-N.pt`` with
+the model, optimizer, scheduler and RNG states restored, so the result equals an uninterrupted
+run (same seed, deterministic kernels); a run killed mid-epoch loses that epoch only.
+
+``fit`` holds an exclusive lock on the experiment directory (:class:`~.lock.ExpDirLock`,
+``exp_dir/.lock``) from start to end: a second run into the same directory fails at once with
+:class:`~.lock.ExpDirLockedError` naming the holder (pid, host, since). Outputs of an earlier
+run never look like this run's: ``averaged.pt`` is removed when a run starts (it is rewritten
+at the end), and so is ``best.pt`` on a fresh start (on a resume, when it is unreadable or
+newer than the checkpoint resumed from).
 
 The loss function is called ``loss_fn(log_probs, out_lens, token_seqs) -> (loss, info)`` with
 ``info["num_utts"]``, ``info["num_excluded"]`` and ``info["frames"]`` (as
@@ -33,6 +41,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,15 +55,18 @@ from torch import nn
 from wfst_asr.losses import nan_guard
 from wfst_asr.progress import progress
 from wfst_asr.train.checkpoint import (
-    average_checkpoints,
+    CheckpointError,
+    average_readable_checkpoints,
     find_checkpoints,
     get_rng_state,
     latest_checkpoint,
+    load_checkpoint,
     sampler_state,
     save_checkpoint,
     set_rng_state,
 )
 from wfst_asr.train.config import ExperimentConfig
+from wfst_asr.train.lock import ExpDirLock, ExpDirLockedError
 
 __all__ = [
     "Trainer",
@@ -211,10 +223,29 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> list[dict[str, Any]]:
         """Train ``cfg.num_epochs`` epochs (after the latest checkpoint with ``resume``);
-        return the per-epoch history."""
+        return the per-epoch history. The experiment directory is locked throughout (rank 0;
+        :class:`~.lock.ExpDirLockedError` at once, on every rank, if another run holds it)."""
+        lock = ExpDirLock(self.exp_dir, what=" ".join(sys.argv)[:300])
+        error: ExpDirLockedError | None = None
+        if self.is_main:
+            try:
+                lock.acquire()
+            except ExpDirLockedError as e:
+                error = e
+        ok = _all_reduce([float(error is None)], dist.ReduceOp.MIN if _distributed() else None)
+        if ok[0] <= 0:
+            raise error or ExpDirLockedError(f"{self.exp_dir}: locked by another run (rank 0 "
+                                             "could not take the lock)")
+        try:
+            return self._fit(resume)
+        finally:
+            lock.release()
+
+    def _fit(self, resume: bool) -> list[dict[str, Any]]:
         start = self.resume() if resume else self._fresh_start()
         if self.is_main:
             self.exp_dir.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_outputs(start - 1)
             self.cfg.log(log)
             self.cfg.save(self.exp_dir / "config.json")
         try:
@@ -233,6 +264,38 @@ class Trainer:
     def _fresh_start(self) -> int:
         seed_everything(self.cfg.seed + self.rank)
         return 1
+
+    def _remove_stale_outputs(self, done: int) -> None:
+        """Before training on after epoch ``done`` (0: a fresh start): remove ``averaged.pt``
+        (this run writes its own at the end), the temporary files of a killed run's atomic
+        writes, and a ``best.pt`` that is not this run's: any on a fresh start; on a resume one
+        that is unreadable or from a later epoch than ``done``."""
+        (self.exp_dir / "averaged.pt").unlink(missing_ok=True)
+        for name in ("epoch-*.pt", "best.pt", "averaged.pt", "config.json"):
+            for tmp in self.exp_dir.glob(f".tmp-*-{name}"):  # a killed run's (we hold the lock)
+                tmp.unlink(missing_ok=True)
+        best = self.exp_dir / "best.pt"
+        if not best.exists():
+            return
+        why = "a fresh start" if done == 0 else ""
+        if not why:
+            try:
+                epoch = int(load_checkpoint(best).get("epoch", 0))
+            except CheckpointError as e:
+                why = f"unreadable: {e}"
+            else:
+                if epoch > done:
+                    why = f"it is from epoch {epoch}, after epoch {done} resumed from"
+        if why:
+            log.warning("removing %s of an earlier run (%s)", best, why)
+            best.unlink(missing_ok=True)
+        if done == 0:
+            old = find_checkpoints(self.exp_dir)
+            if old:
+                log.warning("fresh start in %s, which holds %s of an earlier run: they are "
+                            "overwritten epoch by epoch (pass --resume / resume=True to "
+                            "continue that run instead)", self.exp_dir,
+                            ", ".join(p.name for p in old))
 
     # ------------------------------------------------------------------ one epoch
 
@@ -429,13 +492,32 @@ class Trainer:
             log.warning("resuming with a different configuration (saved, now): %s", diff)
 
     def average(self) -> Path | None:
-        """Average the last ``cfg.average_last`` epoch checkpoints into ``averaged.pt``."""
-        paths = find_checkpoints(self.exp_dir)[-self.cfg.average_last:] \
-            if self.cfg.average_last > 0 else []
-        if not paths:
-            return None
+        """Average the checkpoints of the last ``cfg.average_last`` epochs of this run
+        (``epoch-N.pt``, N up to the last epoch trained) into ``averaged.pt``, atomically.
+        Missing and unreadable ones are skipped with a warning; ``averaged_from`` records the
+        ``{"file", "epoch"}`` of each one averaged (``averaged``: the file names). None (and no
+        ``averaged.pt``) when none is readable or ``average_last`` is 0."""
         out = self.exp_dir / "averaged.pt"
-        save_checkpoint(out, {"model": average_checkpoints(paths),
-                              "averaged": [p.name for p in paths], "config": self.cfg.to_dict()})
-        log.info("averaged %s into %s", ", ".join(p.name for p in paths), out)
+        n = self.cfg.average_last
+        if n <= 0:
+            return None
+        last = int(self.history[-1]["epoch"]) if self.history else self.cfg.num_epochs
+        paths = []
+        for epoch in range(max(1, last - n + 1), last + 1):
+            path = self.exp_dir / f"epoch-{epoch}.pt"
+            if path.is_file():
+                paths.append(path)
+            else:
+                log.warning("averaging: %s not found, skipped", path)
+        avg, used = average_readable_checkpoints(paths)
+        if avg is None:
+            log.warning("averaging: no readable checkpoint among the last %d epochs: no %s",
+                        n, out)
+            out.unlink(missing_ok=True)
+            return None
+        names = [p.name for p, _ in used]
+        save_checkpoint(out, {"model": avg, "averaged": names,
+                              "averaged_from": [{"file": p.name, "epoch": e} for p, e in used],
+                              "config": self.cfg.to_dict()})
+        log.info("averaged %s into %s", ", ".join(names), out)
         return out

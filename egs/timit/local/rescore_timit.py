@@ -162,16 +162,20 @@ class Scorer:
 #: TIMIT's 60/48/39 phone folding table (scoring is on 39 phones).
 MAP_FILE = Path(__file__).resolve().parent / "phones.60-48-39.map"
 
+
 def cmd_rescore(args: argparse.Namespace) -> int:
     out_dir = args.exp_dir / "rescore"
-    out_dir.mkdir(parents=True, exist_ok=True)
     lats, bad = {}, Counter()
     words = None
     for split in SPLITS:
-        lats[split], b = load_lattice_dir(args.exp_dir / "lats" / split)
+        try:
+            lats[split], b = load_lattice_dir(args.exp_dir / "lats" / split)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"error: {e} (run stage 7)") from e
         bad.update({f"{split} {k}": v for k, v in b.items()})
         words = words or SymbolTable.from_file(args.exp_dir / "lats" / split / "words.txt")
     assert words is not None
+    out_dir.mkdir(parents=True, exist_ok=True)
     sc = Scorer(words, args)
     scales, penalties = parse_grid(args.lm_scales), parse_grid(args.word_penalties)
     results: dict[str, dict[str, object]] = {}

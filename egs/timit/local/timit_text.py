@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from wfst_asr.atomic import read_text
 from wfst_asr.graphs.lexicon import cmudict_lexicon
 
 PathLike = str | os.PathLike
@@ -43,7 +44,8 @@ def utterances(timit_dir: PathLike) -> dict[str, Path]:
 
 
 def _labels(path: Path, exts: tuple[str, str]) -> list[str]:
-    """Third column of ``start end label`` lines; ValueError naming file:line otherwise."""
+    """Third column of ``start end label`` lines; ValueError naming file:line otherwise (bytes
+    that are not UTF-8 included)."""
     for ext in exts:
         f = path.with_suffix(ext)
         if f.is_file():
@@ -51,12 +53,14 @@ def _labels(path: Path, exts: tuple[str, str]) -> list[str]:
     else:
         raise FileNotFoundError(f"{path}{exts[0]} not found")
     out = []
-    for no, line in enumerate(f.read_text(encoding="utf-8").splitlines(), start=1):
+    for no, line in enumerate(read_text(f).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
-        if len(fields) != 3:
-            raise ValueError(f"{f}:{no}: expected 'start end label', got {line!r}")
+        if len(fields) != 3 or not (fields[0].isascii() and fields[0].isdigit()
+                                    and fields[1].isascii() and fields[1].isdigit()):
+            raise ValueError(f"{f}:{no}: expected 'start end label' (sample numbers, a label), "
+                             f"got {line!r}")
         out.append(fields[2])
     return out
 
