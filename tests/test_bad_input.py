@@ -31,8 +31,53 @@ import torch
 from wfst_asr.atomic import atomic_output, atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
-BAD = REPO / "tests" / "data" / "bad"
 GB = 1 << 30
+
+#: The binary members of the corpus, written by :func:`_bad_corpus` (no binary files in git):
+#: bytes as hex, or ``None`` for the truncated wav made with soundfile.
+_BINARY = {
+    # OpenFst magic number, then random bytes
+    "fst_garbage.fst": "d6fdb27ef289b349c305bff78ceb74004ae1bc53ad6b1e6626accf2c091f722ed8e339d8"
+                       "45a0531a572acdd6f0f4c40f2a6285b6b9c59e3a8178abbabe5b0ec3",
+    # a vector FST cut short, header intact
+    "fst_truncated.fst": "d6fdb27e06000000766563746f72080000007374616e646172640200000000000000"
+                         "03000000000000000000000000000000030000000000000000000000000000000000"
+                         "807f01000000000000000100000001000000000000bf010000000000000001000000"
+                         "000000000200000002000000",
+    # a zip signature (torch's format), then random bytes
+    "garbage.pt": "504b0304dc100d71da16c66834705b278c12dd8dffb01aebbc6aad90e9f3f67a55edba5d6070"
+                  "0389ae5b7b04147e3bb84f0ca58f3c75f4fab586e353e595178e",
+    "exp_garbage_checkpoint/averaged.pt": "garbage.pt",
+    "wav_truncated.wav": None,
+}
+
+
+def _bad_corpus() -> Path:
+    """tests/data/bad (its text files) plus the binary files of :data:`_BINARY`, in a fresh
+    temporary folder removed at exit."""
+    import atexit
+    import tempfile
+
+    import numpy as np
+    import soundfile as sf
+
+    out = Path(tempfile.mkdtemp(prefix="wfst_asr_bad_"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
+    shutil.copytree(REPO / "tests" / "data" / "bad", out, dirs_exist_ok=True)
+    for name, spec in _BINARY.items():
+        path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if spec is None:  # 1 s of 8 kHz 16-bit audio, cut to half its samples, header intact
+            tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)
+            sf.write(path, tone.astype(np.float32), 8000, subtype="PCM_16")
+            with open(path, "r+b") as f:
+                f.truncate(44 + 8000)
+        else:
+            path.write_bytes(bytes.fromhex(_BINARY.get(spec) or spec))
+    return out
+
+
+BAD = _bad_corpus()
 
 LEXICON = "yes y e s\nno n o\n"
 WORDS_TXT = "<eps> 0\nno 1\nyes 2\n#0 3\n<s> 4\n</s> 5\n"
