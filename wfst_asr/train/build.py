@@ -62,7 +62,9 @@ def data_feature_dim(cuts_path: str) -> int:
     features attached); ValueError naming the file when it is missing or has no features."""
     if not Path(cuts_path).is_file():
         raise ValueError(f"{cuts_path}: no such cuts file (train_cuts)")
-    for cut in CutSet.from_file(cuts_path):
+    name = str(cuts_path)
+    lazy = name.endswith((".jsonl", ".jsonl.gz"))  # only the first cut is read
+    for cut in (CutSet.from_jsonl_lazy(name) if lazy else CutSet.from_file(name)):
         if not cut.has_features:
             raise ValueError(f"{cuts_path}: cut {cut.id} has no features (run "
                              "`wfst-asr compute-features` first)")
