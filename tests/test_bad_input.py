@@ -163,11 +163,12 @@ CASES = [
           "{bad}/exp_garbage_checkpoint/averaged.pt", ("{out}/decode",)),
     _case("train-config_bad.yaml", ["train", "--config", "{bad}/config_bad.yaml", "--exp-dir",
                                     "{out}/exp"], "{bad}/config_bad.yaml", ("{out}/exp",)),
-    # skipped and counted by design (a warning each), then no cut is left for the CMVN
+    # skipped and counted by design (a warning each), then no cut has features: refused,
+    # with no archive, manifest or CMVN left behind
     _case("compute-features-wav_truncated.wav",
           ["compute-features", "--cuts", "{good}/cuts_wav_truncated.jsonl", "--out-dir",
-           "{out}/fbank", "--num-mel-bins", "23"], "{good}/cuts_wav_truncated.jsonl",
-          loose=True),
+           "{out}/fbank", "--num-mel-bins", "23"], "cuts_wav_truncated.jsonl",
+          ("{out}/fbank",), loose=True),
 ]
 
 #: Forks one child per case (after importing everything once): argv in, rc/stderr/rusage out.

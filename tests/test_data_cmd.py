@@ -95,6 +95,31 @@ def test_compute_features_matches_knf_cmvn_and_skips_bad_audio(yesno_wavs, tmp_p
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
 
 
+def test_speed_perturbation(lj_flacs, tmp_path, capsys):
+    """--speed-perturb 0.9,1.1 adds two copies of each cut of --perturb-cuts (only): their
+    features are those of the audio resampled by 1/factor (lengths from the sample counts),
+    and the CMVN covers all three."""
+    train, dev = tmp_path / "lj_cuts_train.jsonl.gz", tmp_path / "lj_cuts_dev.jsonl.gz"
+    _cuts(lj_flacs[:2]).to_file(train)
+    _cuts(lj_flacs[2:3]).to_file(dev)
+    out = tmp_path / "fbank"
+    assert cli.main(["compute-features", "--cuts", str(train), "--cuts", str(dev), "--out-dir",
+                     str(out), "--num-mel-bins", "40", "--speed-perturb", "0.9,1.1"]) == 0
+    assert "speed perturbation x0.9, x1.1: 2 -> 6 cuts" in capsys.readouterr().out
+    cuts = CutSet.from_file(out / train.name)
+    base = {c.id: c for c in CutSet.from_file(train)}
+    assert len(cuts) == 6 and len(CutSet.from_file(out / dev.name)) == 1
+    for cut in cuts:
+        orig, _, factor = cut.id.partition("_sp")
+        n = base[orig].num_samples if not factor else round(base[orig].num_samples
+                                                             / float(factor))
+        assert abs(cut.num_samples - n) <= 1, (cut.id, cut.num_samples, n)
+        assert abs(cut.load_features().shape[0] - (n + 80) // 160) <= 1
+    bad = cli.main(["compute-features", "--cuts", str(train), "--out-dir", str(tmp_path / "x"),
+                    "--speed-perturb", "1.0"])
+    assert bad == 2 and "--speed-perturb 1.0: expected factors" in capsys.readouterr().err
+
+
 def test_mel_bins_warning_at_8khz(yesno_wavs, lj_flacs, tmp_path, capsys):
     yesno, lj = tmp_path / "yesno.jsonl.gz", tmp_path / "lj.jsonl.gz"
     _cuts(yesno_wavs[:1]).to_file(yesno)

@@ -263,13 +263,24 @@ def test_second_train_run_into_one_exp_dir_fails_at_once(data, tmp_path, capsys)
 
 
 def test_lock_in_process(tmp_path):
-    from wfst_asr.train.lock import ExpDirLock, ExpDirLockedError
+    """Re-entrant within a process (the command line holds it around Trainer.fit's), held
+    until the outermost holder lets go; another process is refused meanwhile, by name."""
+    from wfst_asr.train.lock import ExpDirLock
 
-    with ExpDirLock(tmp_path / "e", what="test"), \
-            pytest.raises(ExpDirLockedError, match=rf"pid {os.getpid()} on host .* since"):
-        ExpDirLock(tmp_path / "e").acquire()
-    with ExpDirLock(tmp_path / "e"):  # released
-        pass
+    probe = ("import sys; from wfst_asr.train.lock import ExpDirLock as L\n"
+             "try:\n    L(sys.argv[1]).acquire()\nexcept Exception as e:\n    print(e)\n"
+             "else:\n    print('acquired')")
+
+    def other_process() -> str:
+        return subprocess.run([sys.executable, "-c", probe, str(tmp_path / "e")], env=_env(),
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    with ExpDirLock(tmp_path / "e", what="test"):
+        with ExpDirLock(tmp_path / "e"):  # the same process: shared
+            pass
+        assert f"pid {os.getpid()} on host" in other_process()  # still held by the outer one
+        assert "(test)" in other_process()
+    assert other_process() == "acquired"  # released
 
 
 def test_averaging_skips_a_truncated_older_checkpoint(data, tmp_path, monkeypatch):  # noqa: F811
@@ -310,7 +321,7 @@ def test_averaging_skips_a_truncated_older_checkpoint(data, tmp_path, monkeypatc
             torch.testing.assert_close(avg["model"][k].double(), v)
 
 
-def test_fresh_start_removes_an_earlier_best_and_averaged(data, tmp_path):  # noqa: F811
+def test_fresh_start_sets_aside_an_earlier_run(data, tmp_path):  # noqa: F811
     from wfst_asr.train import load_checkpoint
 
     exp = tmp_path / "exp"
@@ -321,6 +332,17 @@ def test_fresh_start_removes_an_earlier_best_and_averaged(data, tmp_path):  # no
     assert not (exp / "best.pt").exists()
     assert load_checkpoint(exp / "averaged.pt")["averaged_from"] == [
         {"file": "epoch-1.pt", "epoch": 1}]
+    # the earlier run's checkpoints are kept aside, not left to look like this run's: a
+    # --resume now continues this run (from its epoch 1), not the earlier run's epoch 2
+    kept = sorted(exp.glob("earlier-run-*"))
+    assert len(kept) == 1
+    assert sorted(p.name for p in kept[0].iterdir()) == ["best.pt", "epoch-1.pt", "epoch-2.pt"]
+    assert sorted(p.name for p in exp.glob("epoch-*.pt")) == ["epoch-1.pt"]
+    assert main(_train_args(data, exp, "num_epochs=2", "dev_cuts=", "average_last=1")
+                + ["--resume"]) == 0
+    assert f"resumed from {exp / 'epoch-1.pt'} (epoch 1 done" in (exp / "train.log").read_text()
+    assert load_checkpoint(exp / "epoch-2.pt")["epoch"] == 2
+    assert len(list(exp.glob("earlier-run-*"))) == 1
 
 
 # ---------------------------------------------------------------------- 5. fsync

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, Phase, event, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from wfst_asr.decode.kaldi_lattice import (
@@ -50,9 +50,6 @@ LONG = os.environ.get("WFST_ASR_FUZZ") == "long"
 EXAMPLES = int(os.environ.get("WFST_ASR_FUZZ_EXAMPLES", "5000" if LONG else "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=5), derandomize=not LONG,
                 database=None, suppress_health_check=list(HealthCheck))
-#: for the known failures (xfail): no shrinking, one bug reported
-KNOWN = settings(FUZZ, phases=[Phase.explicit, Phase.reuse, Phase.generate],
-                 report_multiple_bugs=False)
 #: seconds one example may take before it counts as a hang (SIGALRM)
 HANG_S = 20
 MEMORY_GROWTH_KB = 1 << 20  # 1 GB
@@ -366,21 +363,44 @@ def lattice_seeds(work) -> Seeds:
                       (work / "seedc.txt.ark").read_bytes()])
 
 
-#: load_lattices (wfst_asr/decode/lattice_io.py) lets torch.load's RuntimeError /
-#: UnpicklingError (with its advice to retry with weights_only=False), KeyError, TypeError and
-#: IndexError through, and its Fsa validation errors do not name the file.
-LOAD_LATTICES_XFAIL = pytest.mark.xfail(
-    reason="load_lattices: raw torch.load / KeyError / TypeError / IndexError, errors without "
-           "the file name (wfst_asr/decode/lattice_io.py, reported to the lead)", strict=False)
+def _check_lattices(utts: list[str], lat: Fsa, header: dict) -> None:
+    """What LatticeReader does with a file that loads: one lattice per id, each indexable."""
+    assert len(utts) == lat.num_fsas
+    for i in range(lat.num_fsas):
+        assert lat[i].num_arcs == int(lat.arc_splits[i + 1] - lat.arc_splits[i])
 
 
-@LOAD_LATTICES_XFAIL
-@KNOWN
+@FUZZ
 @given(data=st.data())
 def test_fuzz_lattice_file_bytes(work, lattice_seeds, data):
     blob = data.draw(st.one_of(mutated_bytes([lattice_seeds["pt"]]), st.binary(max_size=100)))
     path = _write(work / "lat.pt", blob)
-    parse_or_clean_error(load_lattices, path, path=path)
+    got = parse_or_clean_error(load_lattices, path, path=path)
+    if got is not None:
+        _check_lattices(*got)
+
+
+#: Lattice files no mutation above makes: a tensor that is a view of 1e9 rows over a storage of
+#: one (a small file: must not be copied or scanned), a state count of 2^62 (must not be
+#: allocated), a global torch refuses (its error without the weights_only advice).
+@pytest.mark.parametrize("which, want", [
+    ("expanded", "arcs has 3000000000 entries, more than the file holds"),
+    ("num-states", "num_states must be >= 0, and not more than the file's size"),
+    ("global", "not a lattice file (truncated or corrupt: UnpicklingError: Unsupported global"),
+    ("truncated", "not a lattice file (truncated or corrupt: ")])
+def test_lattice_file_crafted(work, lattice_seeds, which, want):
+    path = work / "crafted.pt"
+    obj, pt = lattice_seeds["obj"], lattice_seeds["pt"]
+    if which == "truncated":
+        _write(path, pt[:len(pt) // 2])
+    else:
+        torch.save({"expanded": {**obj, "arcs": torch.zeros(1, 3, dtype=torch.int32).expand(
+                        10 ** 9, 3)},
+                    "num-states": {**obj, "num_states": torch.tensor([2 ** 62, 2 ** 62])},
+                    "global": {**obj, "x": re.compile("x")}}[which], path)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: {want}")) as e:
+        load_lattices(path)
+    assert "\n" not in str(e.value) and "weights_only" not in str(e.value)
 
 
 @st.composite
@@ -409,8 +429,7 @@ def mutated_lattice_obj(draw, obj: dict) -> dict:
     return obj
 
 
-@LOAD_LATTICES_XFAIL
-@KNOWN
+@FUZZ
 @given(data=st.data())
 def test_fuzz_lattice_file_fields(work, lattice_seeds, data):
     obj = data.draw(mutated_lattice_obj(lattice_seeds["obj"]))
@@ -418,14 +437,10 @@ def test_fuzz_lattice_file_fields(work, lattice_seeds, data):
     torch.save(obj, path)
     got = parse_or_clean_error(load_lattices, path, path=path)
     if got is not None:
-        utts, lat, _ = got
-        assert len(utts) == lat.num_fsas
+        _check_lattices(*got)
 
 
-@pytest.mark.xfail(reason="read_kaldi_lattices: the bugs of test_kaldi_archive_found_by_the_"
-                          "long_run, which a run may meet (wfst_asr/decode/kaldi_lattice.py, "
-                          "reported to the lead)", strict=False)
-@KNOWN
+@FUZZ
 @given(data=st.data())
 def test_fuzz_kaldi_archive(work, lattice_seeds, data):
     blob = data.draw(blobs(lattice_seeds["ark"]))
@@ -447,15 +462,27 @@ def _bad_next_state(lattice_seeds) -> bytes:
     return good[:at] + struct.pack("<i", 259) + good[at + 4:]
 
 
-#: Found by the long run (WFST_ASR_FUZZ=long) in wfst_asr/decode/kaldi_lattice.py (not fixed
-#: here: reported to the lead): an arc to a state beyond the lattice's states is an IndexError,
-#: an archive key that is not UTF-8 a UnicodeDecodeError without the file name.
-@pytest.mark.xfail(reason="read_kaldi_lattices: IndexError / unnamed UnicodeDecodeError "
-                          "(wfst_asr/decode/kaldi_lattice.py, reported to the lead)", strict=True)
+#: Found by the long run (WFST_ASR_FUZZ=long) in wfst_asr/decode/kaldi_lattice.py, now fixed:
+#: an arc to a state beyond the lattice's states was an IndexError, an archive key that is not
+#: UTF-8 a UnicodeDecodeError without the file name.
 @pytest.mark.parametrize("which", ["next-state-out-of-range", "key-not-utf8"])
 def test_kaldi_archive_found_by_the_long_run(work, lattice_seeds, which):
     blob = (_bad_next_state(lattice_seeds) if which == "next-state-out-of-range"
             else b"\xf51 \n0\t1\t1\t1\t1,1\n1\t0,0\n\n")
     path = _write(work / "found.ark", blob)
-    with pytest.raises(ValueError, match=re.escape(str(path))):
+    want = "entry u1: an arc of state 0 goes to state 259" if which.startswith("next") \
+        else "the archive key at byte 0 is not UTF-8"
+    with pytest.raises(ValueError, match=re.escape(f"{path}: {want}")):
+        list(read_kaldi_lattices(f"ark:{path}"))
+
+
+#: Kaldi text entries no mutation above makes: a state far beyond the lines (must not be
+#: allocated), a next state < 0 (once wrapped around to the last state), an int32 overflow.
+@pytest.mark.parametrize("body, want", [
+    ("0\t2000000000\t1\t1\t1,1\n2000000000\t0,0", "state 2000000000 is far beyond"),
+    ("0\t1\t1\t1\t1,1\n1\t-1\t1\t1\t1,1\n1\t0,0", "state -1 is out of range"),
+    ("0\t1\t1\t4294967297\t1,1\n1\t0,0", "output label 4294967297 is out of range")])
+def test_kaldi_archive_crafted(work, body, want):
+    path = _write(work / "crafted.ark", f"k1 \n{body}\n\n")
+    with pytest.raises(ValueError, match=re.escape(f"{path}: entry k1: {want}")):
         list(read_kaldi_lattices(f"ark:{path}"))

@@ -175,7 +175,7 @@ EXPECTED_SKIPS = {
     "fcjf0_sx217": "unknown_phone",
     "fcjf0_sx307": "empty_transcript",
     "fcjf0_sx37": "audio",
-    "fcjf0_sx397": "audio",
+    "fcjf0_sx397": "truncated_audio",
     "fcjf0_sx47": "audio",
 }
 
@@ -194,13 +194,29 @@ def test_ldc_layout_and_sphere(ldc) -> None:
         pt.sphere_header(root / "TRAIN" / "DR1" / "FCJF0" / "SX47.WAV")
 
 
+def test_truncated_riff_wav_is_truncated_audio(tmp_path: Path) -> None:
+    """A RIFF wav cut to half with its header intact: skipped as truncated audio (not as
+    label times past the audio, which is what the short audio would otherwise look like)."""
+    import soundfile as sf
+
+    wav = tmp_path / "SA1.WAV"
+    sf.write(wav, np.zeros(3200, dtype=np.int16), 16000, subtype="PCM_16")
+    data = wav.read_bytes()
+    wav.write_bytes(data[: 44 + 3200])  # the header (44 bytes) and half the samples
+    u = pt.Utterance("fxyz0", "sa1", "dr1", "train", {".wav": wav})
+    with pytest.raises(pt.SkipUtterance) as got:
+        pt._recording(u)
+    assert got.value.reason == "truncated_audio", got.value
+    assert "SA1.WAV" in str(got.value) and "3200" in str(got.value) and "1600" in str(got.value)
+
+
 def test_ldc_prepare(ldc, tmp_path: Path, capsys) -> None:
     root, samples = ldc
     out = tmp_path / "manifests"
     assert pt.main(["--timit-dir", str(tmp_path), "--out-dir", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    for line in ("times_past_audio: 1", "unknown_phone: 1", "empty_transcript: 1", "audio: 3",
-                 "SA utterances excluded: 2; utterances in no split: 1"):
+    for line in ("times_past_audio: 1", "unknown_phone: 1", "empty_transcript: 1", "audio: 2",
+                 "truncated_audio: 1", "SA utterances excluded: 2; utterances in no split: 1"):
         assert line in printed, printed
     result = pt.prepare_timit(tmp_path, progress=False)
     assert result.layout == "ldc" and result.root == root

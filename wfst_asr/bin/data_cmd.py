@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ Write a Kaldi lexicon.txt ("WORD PH1 PH2 ...", one line per pronunciation) for t
 word lists, text files or lhotse supervision/cut manifests, from CMUdict (ARPAbet, stress
 digits removed). Words are looked up case-insensitively and written as they appear in the
 input. Words CMUdict lacks go to the OOV file (most frequent first), and their count to stderr.
+With --bpe-model, words are spelled in the pieces of a sentencepiece model instead (a lang dir
+of word pieces, as icefall's lang_bpe_500; no OOVs).
 
   wfst-asr lexicon --supervisions data/manifests/supervisions_train.jsonl.gz \\
       --strip-punctuation --out data/local/lexicon.txt"""
@@ -80,8 +83,8 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _pick_cmvn_source(inputs: list[Path], choice: str) -> Path | None:
-    """The ``--cuts`` path named by ``--cmvn-from`` (a path, a file name, "first", "none")."""
+def _pick_cuts(inputs: list[Path], choice: str, option: str = "--cmvn-from") -> Path | None:
+    """The ``--cuts`` path named by ``option`` (a path, a file name, "first", "none")."""
     if choice == "none":
         return None
     if choice == "first":
@@ -89,7 +92,18 @@ def _pick_cmvn_source(inputs: list[Path], choice: str) -> Path | None:
     for p in inputs:
         if p == Path(choice) or p.resolve() == Path(choice).resolve() or p.name == choice:
             return p
-    raise ValueError(f"--cmvn-from {choice}: not one of the --cuts")
+    raise ValueError(f"{option} {choice}: not one of the --cuts")
+
+
+def _factors(text: str) -> list[float]:
+    try:
+        factors = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        factors = []
+    if not factors or any(not 0.5 <= f <= 2.0 or f == 1.0 for f in factors):
+        raise ValueError(f"--speed-perturb {text}: expected factors in [0.5, 2] other than 1, "
+                         "e.g. 0.9,1.1")
+    return factors
 
 
 def _extractor(args: argparse.Namespace):
@@ -110,7 +124,7 @@ def cmd_compute_features(args: argparse.Namespace) -> int:
     no CMVN frames raise (one line, exit code 2, through :func:`wfst_asr.bin.cli.main`)."""
     from lhotse.features.io import LilcomChunkyWriter, NumpyFilesWriter
 
-    from wfst_asr.data import check_mel_bins, compute_features, compute_global_cmvn
+    from wfst_asr.data import check_mel_bins
 
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
     inputs = [Path(p) for p in args.cuts]
@@ -123,18 +137,40 @@ def cmd_compute_features(args: argparse.Namespace) -> int:
         raise ValueError("two --cuts have the same file name (their outputs would collide)")
     if any((out_dir / p.name).resolve() == p.resolve() for p in inputs):
         raise ValueError("--out-dir holds the input manifests; choose another folder")
-    cmvn_src = _pick_cmvn_source(inputs, args.cmvn_from)
+    cmvn_src = _pick_cuts(inputs, args.cmvn_from)
     extractor = _extractor(args)
     storage_type = {"auto": None, "lilcom": LilcomChunkyWriter,
                     "numpy": NumpyFilesWriter}[args.storage]
     cut_sets = [load_cuts(src) for src in inputs]
+    which = _pick_cuts(inputs, args.perturb_cuts, "--perturb-cuts")
+    if args.speed_perturb and which is not None:
+        factors = _factors(args.speed_perturb)
+        k = inputs.index(which)
+        base = cut_sets[k]
+        cut_sets[k] = base + sum((base.perturb_speed(f) for f in factors[1:]),
+                                 start=base.perturb_speed(factors[0]))
+        print(f"[{which.name}] speed perturbation x{', x'.join(map(str, factors))}: "
+              f"{len(base)} -> {len(cut_sets[k])} cuts", flush=True)
     rates = sorted({c.sampling_rate for cuts in cut_sets for c in cuts})
     for check in (check_mel_bins(extractor.config, rate) for rate in rates):
         if check.rejected:
             raise ValueError(check.message())
         if not check.ok:
             print(f"compute-features: warning: {check.message()}", file=sys.stderr)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _compute_all(args, inputs, cut_sets, out_dir, cmvn_src, extractor, storage_type)
+    except BaseException:
+        if created:  # nothing of a previous run there: leave nothing behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def _compute_all(args: argparse.Namespace, inputs: list[Path], cut_sets: list, out_dir: Path,
+                 cmvn_src: Path | None, extractor, storage_type) -> int:
+    from wfst_asr.data import compute_features, compute_global_cmvn
+
     all_skipped: list[tuple[str, str, str]] = []
     cmvn_cuts = None
     for src, cuts in zip(inputs, cut_sets):
@@ -210,7 +246,12 @@ def cmd_lexicon(args: argparse.Namespace) -> int:
     if not counts:
         inputs = args.words + args.text + args.supervisions
         raise ValueError(f"no words in the input ({', '.join(inputs)})")
-    entries, oovs = lookup_cmudict(counts, args.max_prons)
+    if args.bpe_model:  # word pieces: every word has a spelling, no OOVs
+        from wfst_asr.graphs.bpe import bpe_lexicon
+
+        entries, oovs = bpe_lexicon(sorted(counts), args.bpe_model), []
+    else:
+        entries, oovs = lookup_cmudict(counts, args.max_prons)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     oov_file = Path(args.oov_file) if args.oov_file else out.with_name(f"{_stem(out)}_oovs.txt")
@@ -247,6 +288,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="archive format: lilcom (lossy, compact), numpy (lossless .npy files); "
                         "auto (default): lilcom when installed")
     p.add_argument("--num-jobs", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--speed-perturb", default=None, metavar="F1,F2",
+                   help="add speed-perturbed copies (lhotse, ids suffixed _spF) of the cuts of "
+                        "--perturb-cuts, e.g. 0.9,1.1 (Kaldi's and icefall's 3-way perturbation)")
+    p.add_argument("--perturb-cuts", default="first",
+                   help="the --cuts (path or file name) to perturb (default: the first)")
     p.set_defaults(func=cmd_compute_features)
 
     p = sub.add_parser("lexicon", help="a Kaldi lexicon.txt of words from CMUdict",
@@ -266,6 +312,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--oov-file", default=None,
                    help="where to list the words CMUdict lacks (default: <out stem>_oovs.txt "
                         "next to --out)")
+    p.add_argument("--bpe-model", default=None,
+                   help="spell the words in the pieces of this sentencepiece model "
+                        "(`wfst-asr train-bpe`) instead of CMUdict phones")
     p.add_argument("--max-prons", type=int, default=None,
                    help="at most N pronunciations per word (CMUdict's first; default: all)")
     p.set_defaults(func=cmd_lexicon)

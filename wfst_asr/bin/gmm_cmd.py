@@ -98,16 +98,18 @@ def cmd_train_mono(args: argparse.Namespace) -> int:
     """Run :func:`wfst_asr.gmm.recipe.run_train_mono`; exit 2 with one line on bad input."""
     from wfst_asr.gmm.mono import MonoOptions
     from wfst_asr.gmm.recipe import InputError, parse_set, run_train_mono
+    from wfst_asr.train.lock import ExpDirLock
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(levelname)s: %(message)s")
     opts = MonoOptions(num_iters=args.num_iters, max_iter_inc=args.max_iter_inc,
                        tot_gauss=args.tot_gauss, realign_iters=args.realign_iters,
                        acoustic_scale=args.acoustic_scale)
     try:
-        run_train_mono(parse_set(args.train_cuts), [parse_set(s) for s in args.align_cuts],
-                       args.lang_dir, args.token_field, args.out_dir, args.topology, opts,
-                       args.self_loop_scale, args.optional_silence, args.sil_prob,
-                       args.ali_field, say=lambda line: print(line, flush=True))
+        with ExpDirLock(args.out_dir, what=" ".join(sys.argv)[:300]):  # one run at a time
+            run_train_mono(parse_set(args.train_cuts), [parse_set(s) for s in args.align_cuts],
+                           args.lang_dir, args.token_field, args.out_dir, args.topology, opts,
+                           args.self_loop_scale, args.optional_silence, args.sil_prob,
+                           args.ali_field, say=lambda line: print(line, flush=True))
     except (InputError, OSError) as e:
         if args.debug:
             raise

@@ -1,4 +1,5 @@
-"""``wfst-asr compile-lang``: build a lang directory (tokens.txt, words.txt, L.fst, ...)."""
+"""``wfst-asr compile-lang``: build a lang directory (tokens.txt, words.txt, L.fst, ...);
+``wfst-asr train-bpe``: a sentencepiece model for a word-piece lang directory."""
 
 from __future__ import annotations
 
@@ -44,8 +45,39 @@ def run_prepare_lang(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train_bpe(args: argparse.Namespace) -> int:
+    """Call :func:`wfst_asr.graphs.bpe.train_bpe`; a bad input raises (exit code 2)."""
+    from wfst_asr.graphs.bpe import load_bpe, train_bpe
+
+    model = train_bpe(args.text, args.out_dir, vocab_size=args.vocab_size,
+                      model_type=args.model_type, skip_first_field=args.utt_ids)
+    print(f"{model}: {load_bpe(model).get_piece_size()} pieces ({args.model_type}) from "
+          f"{', '.join(args.text)}")
+    return 0
+
+
+BPE_DESCRIPTION = """Train a sentencepiece model (unigram by default, as icefall's lang_bpe_500) on text files and
+write OUT_DIR/bpe.model and bpe.vocab. Then spell the words in pieces and build the lang dir:
+
+  wfst-asr train-bpe --text data/lm_text --vocab-size 500 --out-dir data/lang_bpe_500
+  wfst-asr lexicon --text data/lm_text --bpe-model data/lang_bpe_500/bpe.model \
+      --out data/lang_bpe_500/lexicon.txt
+  wfst-asr compile-lang --lang-dir data/lang_bpe_500 --lexicon data/lang_bpe_500/lexicon.txt"""
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``compile-lang`` to the ``wfst-asr`` sub-commands."""
+    """Add ``compile-lang`` and ``train-bpe`` to the ``wfst-asr`` sub-commands."""
+    p = sub.add_parser("train-bpe", help="a sentencepiece (BPE/unigram) model on text",
+                       description=BPE_DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--text", action="append", required=True,
+                   help="a text file, a sentence a line (repeatable)")
+    p.add_argument("--utt-ids", action="store_true",
+                   help="--text lines start with an utterance id (Kaldi text): skip it")
+    p.add_argument("--vocab-size", type=int, default=500, help="pieces (default 500)")
+    p.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")
+    p.add_argument("--out-dir", required=True, help="where bpe.model and bpe.vocab go")
+    p.set_defaults(func=run_train_bpe)
     p = sub.add_parser("compile-lang", help="build a lang directory (tokens.txt, words.txt, L)",
                        description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

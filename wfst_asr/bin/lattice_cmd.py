@@ -130,13 +130,14 @@ def _scaled(args: argparse.Namespace, lat):
                    wp if args.word_penalty is None else args.word_penalty)
 
 
-def _guard(cmd: str, fn: Callable[[], int]) -> int:
-    """Run ``fn``; a KeyError (a field missing from an input) becomes a ValueError. Errors are
-    raised: :func:`wfst_asr.bin.cli.main` reports a bad input in one line (exit 2)."""
+def _guard(source: str, fn: Callable[[], int]) -> int:
+    """Run ``fn``; a KeyError (a field missing from the input ``source``) becomes a ValueError
+    naming it. Errors are raised: :func:`wfst_asr.bin.cli.main` reports a bad input in one line
+    ``wfst-asr CMD: error: SOURCE: ...`` (exit 2)."""
     try:
         return fn()
     except KeyError as e:
-        raise ValueError(f"{cmd}: missing entry {e}") from e
+        raise ValueError(f"{source}: missing entry {e}") from e
 
 
 # ---------------------------------------------------------------------- commands
@@ -178,7 +179,7 @@ def cmd_lattice_info(args: argparse.Namespace) -> int:
                   f"{float(d.median()):.2f} / max {float(d.max()):.2f}")
             print(f"words on the best paths: {words_in_best}")
         return r.finish()
-    return _guard("lattice-info", run)
+    return _guard(args.lat_dir, run)
 
 
 @contextmanager
@@ -242,7 +243,7 @@ def cmd_lattice_prune(args: argparse.Namespace) -> int:
         _write_lattice_dir(r, args.out_dir, args.overwrite, args.batch_size, fn)
         kept = 100.0 * after / max(before, 1)
         return r.finish(f"; kept {after} of {before} arcs ({kept:.1f}%) -> {args.out_dir}")
-    return _guard("lattice-prune", run)
+    return _guard(args.lat_dir, run)
 
 
 def cmd_lattice_best_path(args: argparse.Namespace) -> int:
@@ -266,7 +267,7 @@ def cmd_lattice_best_path(args: argparse.Namespace) -> int:
                 print(line, file=out)
                 r.done += 1
         return r.finish(f" -> {args.out}")
-    return _guard("lattice-best-path", run)
+    return _guard(args.lat_dir, run)
 
 
 def cmd_lattice_nbest(args: argparse.Namespace) -> int:
@@ -295,7 +296,7 @@ def cmd_lattice_nbest(args: argparse.Namespace) -> int:
                           f"{_word_str(r.reader.words, ws, args.ids)}", file=out)
                 r.done += 1
         return r.finish(f"; {inexact} lists not proven exact -> {args.out}")
-    return _guard("lattice-nbest", run)
+    return _guard(args.lat_dir, run)
 
 
 def cmd_lattice_to_ctm(args: argparse.Namespace) -> int:
@@ -319,7 +320,7 @@ def cmd_lattice_to_ctm(args: argparse.Namespace) -> int:
                     print(line, file=out)
                 r.done += 1
         return r.finish(f" -> {args.out} (frame shift {shift:g} s x subsampling {sub})")
-    return _guard("lattice-to-ctm", run)
+    return _guard(args.lat_dir, run)
 
 
 def cmd_lattice_rescore(args: argparse.Namespace) -> int:
@@ -364,7 +365,7 @@ def cmd_lattice_rescore(args: argparse.Namespace) -> int:
                     print(f"{utt} {_word_str(r.reader.words, ws, args.ids)}".rstrip(), file=out)
         dest = " -> " + ", ".join(x for x in (args.out_dir, args.best_path) if x)
         return r.finish(dest)
-    return _guard("lattice-rescore", run)
+    return _guard(args.lat_dir, run)
 
 
 def _rescore_nnlm(args: argparse.Namespace) -> int:
@@ -448,7 +449,7 @@ def _rescore_nnlm(args: argparse.Namespace) -> int:
         dest = " -> " + ", ".join(x for x in (args.best_path, args.nbest_out) if x)
         return r.finish(f"; nnlm scale {args.nnlm_scale:g}, {inexact} lists not proven exact"
                         f"{dest}")
-    return _guard("lattice-rescore", run)
+    return _guard(args.lat_dir, run)
 
 
 def cmd_lattice_to_kaldi(args: argparse.Namespace) -> int:
@@ -466,7 +467,7 @@ def cmd_lattice_to_kaldi(args: argparse.Namespace) -> int:
                                  ilabel_offset=args.ilabel_offset)
         kind = "CompactLattice" if args.compact else "Lattice"
         return r.finish(f" -> {args.out} ({n} {kind} entries)")
-    return _guard("lattice-to-kaldi", run)
+    return _guard(args.lat_dir, run)
 
 
 # ---------------------------------------------------------------------- parsers

@@ -14,6 +14,7 @@ feature or output size that does not match the data) is one line on stderr and e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from wfst_asr.train import Trainer, apply_overrides, init_distributed, load_config
+    from wfst_asr.train.lock import ExpDirLock
     from wfst_asr.train.trainer import seed_everything
 
     # a bad configuration or input raises: wfst_asr.bin.cli.main reports it in one line (exit 2)
@@ -42,12 +44,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.exp_dir = args.exp_dir
     cfg.check_required()
     rank, world = init_distributed()
-    _setup_logging(cfg.exp_dir, rank)
-    seed_everything(cfg.seed)
-    model, loss, train_dl, dev_dl, table = build(cfg, rank, world)
-    device = (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
-              else torch.device("cpu"))
-    Trainer(cfg, model, loss, train_dl, dev_dl, device, token_table=table).fit(args.resume)
+    # one process: lock the exp dir before anything is written there (train.log included);
+    # data-parallel: Trainer.fit locks it on rank 0 and tells the other ranks
+    with ExpDirLock(cfg.exp_dir, what=" ".join(sys.argv)[:300]) if world == 1 \
+            else contextlib.nullcontext():
+        _setup_logging(cfg.exp_dir, rank)
+        seed_everything(cfg.seed)
+        model, loss, train_dl, dev_dl, table = build(cfg, rank, world)
+        device = (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
+                  else torch.device("cpu"))
+        Trainer(cfg, model, loss, train_dl, dev_dl, device, token_table=table).fit(args.resume)
     if world > 1:
         torch.distributed.destroy_process_group()
     return 0

@@ -398,7 +398,9 @@ def wav_truncation(path: str | os.PathLike) -> str | None:
 def check_audio_length(cut) -> None:
     """:class:`TruncatedAudioError` when an audio file of ``cut``'s recording is truncated:
     a WAV file shorter than its header (:func:`wav_truncation`), or a one-file recording
-    whose file holds fewer samples than its manifest says (soundfile's count)."""
+    whose file holds fewer samples than its manifest says (soundfile's count; not checked for
+    a recording with transforms such as speed perturbation, whose count is the transformed
+    one)."""
     rec = getattr(cut, "recording", None)
     if rec is None:
         return
@@ -409,7 +411,8 @@ def check_audio_length(cut) -> None:
         msg = wav_truncation(path)
         if msg is not None:
             raise TruncatedAudioError(msg)
-    if len(files) == 1 and len(rec.sources) == 1 and os.path.isfile(files[0]):
+    if len(files) == 1 and len(rec.sources) == 1 and os.path.isfile(files[0]) \
+            and not rec.transforms:
         import soundfile as sf
 
         try:
@@ -458,6 +461,8 @@ def _compute_chunk(cuts: list, extractor: FeatureExtractor, storage_path: str,
                 except Exception as e:  # noqa: BLE001 -- bad audio of any kind: report
                     skipped.append((cut.id, f"{type(e).__name__}: {_first_line(e)}"))
             written = Path(storage.storage_path)
+        if not done:  # nothing to keep: no archive under the final name
+            return done, skipped
         final = Path(folder) / written.name
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
@@ -530,11 +535,19 @@ def compute_features(cuts: CutSet, storage_dir: str | os.PathLike,
     result = FeatureResult(out, skipped)
     if skipped:
         log.warning("skipped %d of %d cuts (bad audio: %s)", len(skipped), len(cut_list),
-                    ", ".join(f"{n} {k}" for k, n in sorted(result.reasons().items())))
+                    _reason_summary(result))
+    if cut_list and not done:
+        raise ValueError(f"{manifest_path or storage_dir}: no cut has features: all "
+                         f"{len(cut_list)} skipped ({_reason_summary(result)}), e.g. "
+                         f"{skipped[0][0]}: {skipped[0][1]}")
     if manifest_path is not None:
         with atomic_output(manifest_path) as tmp:
             out.to_file(tmp)
     return result
+
+
+def _reason_summary(result: FeatureResult) -> str:
+    return ", ".join(f"{n} {k}" for k, n in sorted(result.reasons().items()))
 
 
 # --------------------------------------------------------------------------- CMVN

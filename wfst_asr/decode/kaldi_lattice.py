@@ -57,7 +57,7 @@ from wfst_asr.fsa._fstbin import (
     FstHeader,
     Reader,
 )
-from wfst_asr.fsa.io import format_float32
+from wfst_asr.fsa.io import MAX_STATE_GAP, format_float32
 
 from .lattice import check_lattice, combine_scores
 
@@ -77,6 +77,8 @@ _CL_ARC = np.dtype([("i", "<i4"), ("o", "<i4"), ("w1", "<f4"), ("w2", "<f4"), ("
                     ("s", "<i4"), ("n", "<i4")])
 _CL_HDR = np.dtype([("f1", "<f4"), ("f2", "<f4"), ("slen", "<i4"), ("narcs", "<i8")])
 _I32 = np.dtype("<i4")
+_INT_RE = re.compile(r"[+-]?[0-9]+\Z")
+_INT32_MAX = 2 ** 31 - 1
 LATTICE_ARC_TYPE = "lattice4"
 COMPACT_ARC_TYPE = "compactlattice44"
 
@@ -225,6 +227,9 @@ def _read_fst_binary(r: Reader) -> tuple[str, int, list]:
             arcs = [(int(a["i"]), int(a["o"]), float(a["w1"]), float(a["w2"]), None, int(a["n"]))
                     for a in r.array(_LAT_ARC, narcs)]
         else:
+            # an arc takes at least 24 bytes (an empty string)
+            if narcs < 0 or narcs * (_CL_ARC.itemsize - 4) > len(r.buf) - r.pos:
+                raise r.error(f"{narcs} arcs at byte {r.pos - 8}: more than the data holds")
             arcs = []
             for _ in range(narcs):
                 i, o, w1, w2, slen = r.unpack("iiffi")
@@ -236,12 +241,22 @@ def _read_fst_binary(r: Reader) -> tuple[str, int, list]:
     return h.arc_type, int(h.start), states
 
 
+def _int(tok: str, what: str, low: int = 0) -> int:
+    """An ASCII integer of the text form, ``low`` to int32's largest (ValueError otherwise)."""
+    if not _INT_RE.match(tok):
+        raise ValueError(f"{what} {tok!r} is not an integer")
+    v = int(tok)
+    if not low <= v <= _INT32_MAX:
+        raise ValueError(f"{what} {v} is out of range [{low}, {_INT32_MAX}]")
+    return v
+
+
 def _parse_weight(tok: str, compact: bool) -> tuple[float, float, list[int]]:
     parts = tok.split(",")
     if compact:
         if len(parts) != 3:
             raise ValueError(f"bad CompactLattice weight {tok!r}")
-        s = [int(x) for x in parts[2].split("_") if x] if parts[2] else []
+        s = [_int(x, "input label") for x in parts[2].split("_") if x] if parts[2] else []
     else:
         if len(parts) != 2:
             raise ValueError(f"bad Lattice weight {tok!r}")
@@ -269,26 +284,31 @@ def _read_fst_text(lines: list[str]) -> tuple[str, int, list]:
     arcs_of: dict[int, list] = {}
     finals: dict[int, tuple] = {}
     max_state = -1
-    start = int(rows[0][0]) if rows else -1
+    start = _int(rows[0][0], "state") if rows else -1
     for r in rows:
-        q = int(r[0])
+        q = _int(r[0], "state")
         max_state = max(max_state, q)
         if len(r) >= 3:
             if len(r) > (4 if compact else 5):
                 raise ValueError(f"bad lattice line: {' '.join(r)!r}")
-            d = int(r[1])
+            d = _int(r[1], "state")
             max_state = max(max_state, d)
             if compact:
                 w = _parse_weight(r[3], True) if len(r) == 4 else (0.0, 0.0, [])
-                arcs_of.setdefault(q, []).append((int(r[2]), int(r[2]), w[0], w[1], w[2], d))
+                word = _int(r[2], "word")
+                arcs_of.setdefault(q, []).append((word, word, w[0], w[1], w[2], d))
             else:
                 if len(r) < 4:
                     raise ValueError(f"bad lattice line: {' '.join(r)!r}")
                 w = _parse_weight(r[4], False) if len(r) == 5 else (0.0, 0.0, [])
-                arcs_of.setdefault(q, []).append((int(r[2]), int(r[3]), w[0], w[1], None, d))
+                arcs_of.setdefault(q, []).append((_int(r[2], "input label"),
+                                                  _int(r[3], "output label"), w[0], w[1], None,
+                                                  d))
         else:
             finals[q] = _parse_weight(r[1], compact) if len(r) == 2 else (0.0, 0.0, [])
-    states = [(finals.get(q), arcs_of.get(q, [])) for q in range(max_state + 1)]
+    if max_state >= 2 * len(rows) + MAX_STATE_GAP:  # the states between cost memory, not text
+        raise ValueError(f"state {max_state} is far beyond the {len(rows)} lines of the lattice")
+    states = [(finals.get(q), arcs_of.get(q, ())) for q in range(max_state + 1)]
     return (COMPACT_ARC_TYPE if compact else LATTICE_ARC_TYPE), start, states
 
 
@@ -299,6 +319,8 @@ def _states_to_fsa(arc_type: str, start: int, states: list, ilabel_offset: int) 
     ns = len(states)
     if ns == 0 or start < 0:
         return _empty_lattice()
+    if start >= ns:
+        raise ValueError(f"start state {start} of a lattice of {ns} states")
     ren = list(range(ns))
     ren[0], ren[start] = start, 0
     next_state = ns  # chain states for CompactLattice strings
@@ -321,6 +343,11 @@ def _states_to_fsa(arc_type: str, start: int, states: list, ilabel_offset: int) 
     for q_old, (final, arcs) in enumerate(states):
         q = ren[q_old]
         for i, o, w1, w2, s, d_old in arcs:
+            if not 0 <= d_old < ns:
+                raise ValueError(f"an arc of state {q_old} goes to state {d_old}, of a lattice "
+                                 f"of {ns} states")
+            if o < 0:
+                raise ValueError(f"an arc of state {q_old} has output label {o} (< 0)")
             d = ren[d_old]
             if compact:
                 if not s:
@@ -391,7 +418,11 @@ def read_kaldi_lattices(spec: PathLike, ilabel_offset: int = 1) -> Iterator[tupl
     """Read a Kaldi lattice archive (``Lattice`` or ``CompactLattice`` entries, binary or text;
     ``ark:``/``ark,t:`` prefixes allowed): yields ``(key, lattice Fsa)`` with ``lm_scores`` =
     -graph cost, ``am_scores`` = -acoustic cost, ``labels`` = input label - ``ilabel_offset``,
-    ``frame_idx`` from the topology, ``lm_scale`` 1 and ``word_penalty`` 0."""
+    ``frame_idx`` from the topology, ``lm_scale`` 1 and ``word_penalty`` 0.
+
+    A bad archive is a ValueError naming the file and the entry's key (or the byte where the
+    key should be); memory stays bounded by the file's size (a text entry may name states at
+    most :data:`~wfst_asr.fsa.io.MAX_STATE_GAP` beyond twice its number of lines)."""
     path, _ = _parse_wspecifier(spec)
     with open(path, "rb") as f:
         data = f.read()
@@ -405,7 +436,11 @@ def read_kaldi_lattices(spec: PathLike, ilabel_offset: int = 1) -> Iterator[tupl
         nl = data.find(b"\n", pos)
         if sp < 0 or (0 <= nl < sp):
             raise ValueError(f"{path}: bad archive key at byte {pos}")
-        key = data[pos:sp].decode()
+        try:
+            key = data[pos:sp].decode()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: the archive key at byte {pos} is not UTF-8 "
+                             f"({e.reason} at byte {pos + e.start})") from None
         where = f"{path}: entry {key}"
         body = None
         if data[sp + 1:sp + 3] == b"\0B":

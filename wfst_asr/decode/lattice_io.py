@@ -54,7 +54,10 @@ import os
 import pickle
 import re
 import shutil
+import struct
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -87,7 +90,8 @@ _STAGE = ".tmp-lattices-"
 
 
 class LatticeError(ValueError):
-    """A lattice that cannot be used; ``utt`` names the utterance, ``kind`` is one of
+    """A lattice that cannot be used; ``utt`` names the utterance (None: a whole lattice file,
+    from :func:`load_lattices`, whose message names the file), ``kind`` is one of
     ``"corrupt"`` (missing, truncated or unreadable file), ``"symbol-table"`` (written with
     another word table), ``"empty"`` (no path), ``"format"`` (not a lattice file)."""
 
@@ -148,42 +152,150 @@ def save_lattices(path: PathLike, utt_ids: Sequence[str], lattices: Fsa,
         torch.save(obj, tmp)
 
 
-def _check_obj(obj: Any, path: str) -> None:
-    if not isinstance(obj, dict) or obj.get("format") != FILE_FORMAT:
-        raise ValueError(f"{path}: not a lattice file written by wfst_asr (format "
-                         f"{obj.get('format') if isinstance(obj, dict) else type(obj).__name__})")
-    if obj.get("version") != VERSION:
-        raise ValueError(f"{path}: lattice file version {obj.get('version')}, this wfst_asr "
-                         f"reads version {VERSION}")
-    n = len(obj["utt_ids"])
-    A = obj["arcs"].shape[0]
-    if obj["arcs"].dim() != 2 or obj["arcs"].shape[1] != 3:
-        raise ValueError(f"{path}: arcs must be [A, 3]")
-    if obj["num_states"].shape != (n,) or obj["arc_splits"].shape != (n + 1,):
-        raise ValueError(f"{path}: num_states / arc_splits do not match {n} utterances")
-    if int(obj["arc_splits"][0]) != 0 or int(obj["arc_splits"][-1]) != A or bool(
-            (obj["arc_splits"][1:] < obj["arc_splits"][:-1]).any()):
-        raise ValueError(f"{path}: arc_splits are not offsets of {A} arcs")
+_ZIP_MAGIC = b"PK\x03\x04"
+#: what torch.load raises for a file that is not a (complete) torch zip archive
+_LOAD_ERRORS = (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError,
+                TypeError, KeyError, IndexError, AttributeError, OverflowError, ImportError,
+                AssertionError, struct.error, MemoryError)
+#: dtype and number of dimensions of the tensors of a lattice file
+_TENSORS = {"num_states": (torch.int64, 1), "arc_splits": (torch.int64, 1),
+            "arcs": (torch.int32, 2), "aux_labels": (torch.int32, 1),
+            "frame_idx": (torch.int32, 1), "am_scores": (torch.float32, 1),
+            "lm_scores": (torch.float32, 1)}
+
+
+def _what(v: Any) -> str:
+    """A short description of a bad value for an error message (never its whole repr)."""
+    if isinstance(v, str):
+        return repr(v if len(v) <= 40 else v[:40] + "...")
+    if isinstance(v, (int, float)) or v is None:
+        return repr(v)
+    return type(v).__name__
+
+
+def _reason(e: BaseException) -> str:
+    """One short line for torch.load's error (not its advice about ``weights_only``)."""
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    line = m.group(1) if m else next((ln for ln in text.splitlines() if ln.strip()), "")
+    line = line.split(". ")[0].strip()  # the first sentence: what, not the advice
+    if "weights_only" in line or "weights only" in line.lower():
+        line = ""
+    line = line[:120]
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
+
+
+def _torch_load(path: str) -> tuple[Any, int]:
+    """``torch.load`` of a torch zip archive whose records all lie within the file (so nothing
+    is allocated beyond its size), and the file's size; LatticeError ``"corrupt"`` naming
+    ``path`` otherwise."""
+    def corrupt(reason: str) -> LatticeError:
+        return LatticeError(None, "corrupt", f"{path}: not a lattice file (truncated or "
+                                             f"corrupt: {reason})")
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if f.read(4) != _ZIP_MAGIC:
+            raise corrupt("not a torch zip archive")
+        try:
+            with zipfile.ZipFile(f) as z:
+                infos = z.infolist()
+        except (zipfile.BadZipFile, ValueError, OSError, OverflowError, EOFError,
+                struct.error) as e:
+            raise corrupt(_reason(e)) from None
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size > size \
+                or info.header_offset + info.file_size > size:
+            raise corrupt(f"record {_what(info.filename)} is compressed or reaches beyond "
+                          "the end of the file")
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 255": an error follows
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True), size
+    except _LOAD_ERRORS as e:
+        raise corrupt(_reason(e)) from None
+
+
+def _check_obj(obj: Any, path: str, size: int) -> None:
+    """LatticeError ``"format"`` naming ``path`` unless ``obj`` is the dict of a lattice file
+    (the module docstring) whose tensors are consistent, with no tensor (nor state count)
+    larger than the file's ``size`` in bytes."""
+    def bad(message: str) -> LatticeError:
+        return LatticeError(None, "format", f"{path}: {message}")
+    if not isinstance(obj, dict) or not isinstance(obj.get("format"), str) \
+            or obj["format"] != FILE_FORMAT:
+        got = _what(obj.get("format")) if isinstance(obj, dict) else type(obj).__name__
+        raise bad(f"not a lattice file written by wfst_asr (format {got})")
+    if type(obj.get("version")) is not int or obj["version"] != VERSION:
+        raise bad(f"lattice file version {_what(obj.get('version'))}, this wfst_asr reads "
+                  f"version {VERSION}")
+    missing = [k for k in ("utt_ids", "lm_scale", "word_penalty", *_TENSORS) if k not in obj]
+    if missing:
+        raise bad(f"no {', '.join(missing)} in the lattice file")
+    ids = obj["utt_ids"]
+    if not isinstance(ids, list) or not all(isinstance(u, str) for u in ids):
+        raise bad(f"utt_ids must be a list of strings, not {_what(ids)}")
+    if len(set(ids)) != len(ids):
+        raise bad("duplicate utterance ids")
+    for k in ("words_checksum", "tokens_checksum"):
+        if not isinstance(obj.get(k), str | None):
+            raise bad(f"{k} must be a string or None, not {_what(obj[k])}")
+    for k in ("lm_scale", "word_penalty"):
+        if type(obj[k]) not in (int, float):
+            raise bad(f"{k} must be a number, not {_what(obj[k])}")
+    for k, (dtype, dim) in _TENSORS.items():
+        t = obj[k]
+        if not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.dtype != dtype \
+                or t.dim() != dim:
+            what = (f"{t.dtype} {t.dim()}-d tensor" if isinstance(t, torch.Tensor)
+                    else _what(t))
+            raise bad(f"{k} must be a {dim}-d {dtype} tensor, not {what}")
+        if t.numel() * t.element_size() > size:
+            raise bad(f"{k} has {t.numel()} entries, more than the file holds")
+    n, A = len(ids), obj["arcs"].shape[0]
+    ns, splits, arcs = obj["num_states"], obj["arc_splits"], obj["arcs"]
+    if arcs.shape[1] != 3:
+        raise bad(f"arcs must be [A, 3], not {list(arcs.shape)}")
+    if ns.shape != (n,) or splits.shape != (n + 1,):
+        raise bad(f"num_states / arc_splits do not match {n} utterances")
+    if bool(((ns < 0) | (ns > size)).any()) or int(ns.sum()) > size:
+        raise bad("num_states must be >= 0, and not more than the file's size in all")
+    if int(splits[0]) != 0 or int(splits[-1]) != A or bool((splits[1:] < splits[:-1]).any()):
+        raise bad(f"arc_splits are not offsets of {A} arcs")
     for k in LATTICE_ATTRS:
         if obj[k].shape != (A,):
-            raise ValueError(f"{path}: {k} must have shape [{A}]")
+            raise bad(f"{k} must have shape [{A}], not {list(obj[k].shape)}")
+    if A:
+        ns_of_arc = torch.repeat_interleave(ns, splits.diff())
+        states = arcs[:, :2].long()
+        wrong = ((states < 0) | (states >= ns_of_arc[:, None])).any(dim=1) | (arcs[:, 2] < -1)
+        if bool(wrong.any()):
+            i = int(wrong.nonzero()[0])
+            raise bad(f"arc {i} {arcs[i].tolist()}: state out of range or label < -1")
 
 
 def load_lattices(path: PathLike, validate: bool = True) -> tuple[list[str], Fsa, dict]:
     """Read a lattice file: ``(utt_ids, lattices FsaVec, header)``; ``header`` holds the
-    checksums, ``lm_scale`` and ``word_penalty``. Raises ValueError / OSError / RuntimeError for
-    a file that is not one, or is truncated (see :class:`LatticeReader` for per-utterance
-    errors)."""
+    checksums, ``lm_scale`` and ``word_penalty``.
+
+    A file that is not a lattice file, or is truncated or corrupt, is a :class:`LatticeError`
+    (a ValueError; ``kind`` "corrupt" when torch cannot read it, "format" when what it holds is
+    not a lattice file) naming ``path``; OSError when it cannot be opened. Every tensor is
+    checked (dtype, shape, states within their lattice) before the lattices are built, and
+    ``validate`` checks them as FSAs too (:class:`~wfst_asr.fsa.Fsa`).
+    """
     path = os.fspath(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    _check_obj(obj, path)
+    obj, size = _torch_load(path)
+    _check_obj(obj, path, size)
     lm_scale, wp = float(obj["lm_scale"]), float(obj["word_penalty"])
     aux = obj["aux_labels"]
     scores = combine_scores(obj["am_scores"], obj["lm_scores"], aux, lm_scale, wp)
-    lat = Fsa(obj["arcs"], scores, num_states=obj["num_states"], arc_splits=obj["arc_splits"],
-              validate=validate, aux_labels=aux, am_scores=obj["am_scores"],
-              lm_scores=obj["lm_scores"], frame_idx=obj["frame_idx"], lm_scale=lm_scale,
-              word_penalty=wp)
+    try:
+        lat = Fsa(obj["arcs"], scores, num_states=obj["num_states"],
+                  arc_splits=obj["arc_splits"], validate=validate, aux_labels=aux,
+                  am_scores=obj["am_scores"], lm_scores=obj["lm_scores"],
+                  frame_idx=obj["frame_idx"], lm_scale=lm_scale, word_penalty=wp)
+    except ValueError as e:
+        raise LatticeError(None, "format", f"{path}: {e}") from None
     header = {k: obj.get(k) for k in ("words_checksum", "tokens_checksum", "lm_scale",
                                       "word_penalty", "version")}
     return list(obj["utt_ids"]), lat, header
@@ -417,12 +529,10 @@ class LatticeReader:
             res: Any = load_lattices(path)
         except FileNotFoundError:
             res = _FileError("corrupt", f"lattice file {path} is missing")
-        except (ValueError, KeyError, TypeError) as e:
-            res = _FileError("format", f"lattice file {path} is not a valid lattice file: {e}")
-        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # truncated
-            first = str(e).splitlines()[0] if str(e) else ""
-            res = _FileError("corrupt", f"cannot read lattice file {path} (truncated or "
-                                        f"corrupt): {type(e).__name__}: {first}")
+        except LatticeError as e:  # names the file
+            res = _FileError(e.kind, f"cannot read lattice file {e}")
+        except OSError as e:
+            res = _FileError("corrupt", f"cannot read lattice file {path}: {e}")
         self._cache = (name, res)
         return res
 

@@ -88,6 +88,7 @@ __all__ = [
     "to_kaldifst",
     "to_openfst_str",
     "to_str",
+    "torch_load_reason",
     "write_fst",
 ]
 
@@ -903,15 +904,20 @@ def save(fsa: Fsa, path: PathLike) -> None:
         torch.save(obj, tmp)
 
 
-def _torch_load_error(path: str, e: Exception) -> ValueError:
-    """A ValueError naming ``path`` for what ``torch.load`` raised on a file that is not a torch
-    file (without torch's advice to retry with ``weights_only=False``: never for untrusted
-    files)."""
+def torch_load_reason(e: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` raised, as a short phrase: its first sentence, and
+    never torch's advice to retry with ``weights_only=False`` (not for untrusted files)."""
     first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
     first = first.split(". ")[0].rstrip(".")
     if "weights_only" in str(e) or "Weights only load failed" in first:
         first = "unreadable or disallowed pickle data"
-    return ValueError(f"{path}: not a torch file written by wfst_asr ({first[:200]})")
+    return first[:200]
+
+
+def _torch_load_error(path: str, e: Exception) -> ValueError:
+    """A ValueError naming ``path`` for what ``torch.load`` raised on a file that is not a torch
+    file."""
+    return ValueError(f"{path}: not a torch file written by wfst_asr ({torch_load_reason(e)})")
 
 
 def load(path: PathLike, map_location: str | torch.device = "cpu") -> Fsa:

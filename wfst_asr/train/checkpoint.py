@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from wfst_asr.atomic import atomic_output
+from wfst_asr.fsa.io import torch_load_reason
 
 __all__ = [
     "CheckpointError",
@@ -103,8 +104,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # zip, unpickling, EOF errors ... all mean "bad file"
         raise CheckpointError(f"cannot load checkpoint {path} ({os.path.getsize(path)} bytes): "
-                              f"corrupted or truncated? {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}") from e
+                              f"corrupted or truncated ({torch_load_reason(e)})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a wfst_asr checkpoint (no 'model' entry)")
     return state

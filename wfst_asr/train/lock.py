@@ -29,6 +29,9 @@ __all__ = ["LOCK_NAME", "ExpDirLock", "ExpDirLockedError"]
 
 LOCK_NAME = ".lock"
 
+#: realpath of a lock file this process holds -> [descriptor, holders]
+_HELD: dict[str, list[int]] = {}
+
 
 class ExpDirLockedError(RuntimeError):
     """The experiment directory is locked by another run (the message names it)."""
@@ -54,10 +57,17 @@ class ExpDirLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock or raise :class:`ExpDirLockedError` naming the holder (at once)."""
+        """Take the lock or raise :class:`ExpDirLockedError` naming the holder (at once).
+        Re-entrant within a process: a directory this process already holds (through another
+        :class:`ExpDirLock`, e.g. the command line's around ``Trainer.fit``'s) is shared."""
         if self._fd is not None:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(self.path)
+        if key in _HELD:
+            _HELD[key][1] += 1
+            self._fd = _HELD[key][0]
+            return
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -78,12 +88,19 @@ class ExpDirLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
         self._fd = fd
+        _HELD[key] = [fd, 1]
 
     def release(self) -> None:
         """Clear the holder and unlock (the file stays: removing it could race a waiter)."""
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        key = os.path.realpath(self.path)
+        if key in _HELD:
+            _HELD[key][1] -= 1
+            if _HELD[key][1] > 0:
+                return
+            del _HELD[key]
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
         # LOCK_UN, not just close: forked children (data loader workers) share the descriptor

@@ -19,8 +19,9 @@ run (same seed, deterministic kernels); a run killed mid-epoch loses that epoch 
 ``exp_dir/.lock``) from start to end: a second run into the same directory fails at once with
 :class:`~.lock.ExpDirLockedError` naming the holder (pid, host, since). Outputs of an earlier
 run never look like this run's: ``averaged.pt`` is removed when a run starts (it is rewritten
-at the end), and so is ``best.pt`` on a fresh start (on a resume, when it is unreadable or
-newer than the checkpoint resumed from).
+at the end); a fresh start moves an earlier run's ``epoch-N.pt`` and ``best.pt`` to
+``earlier-run-TIME/``; a resume removes a ``best.pt`` that is unreadable or newer than the
+checkpoint resumed from.
 
 The loss function is called ``loss_fn(log_probs, out_lens, token_seqs) -> (loss, info)`` with
 ``info["num_utts"]``, ``info["num_excluded"]`` and ``info["frames"]`` (as
@@ -267,35 +268,42 @@ class Trainer:
 
     def _remove_stale_outputs(self, done: int) -> None:
         """Before training on after epoch ``done`` (0: a fresh start): remove ``averaged.pt``
-        (this run writes its own at the end), the temporary files of a killed run's atomic
-        writes, and a ``best.pt`` that is not this run's: any on a fresh start; on a resume one
-        that is unreadable or from a later epoch than ``done``."""
+        (this run writes its own at the end) and the temporary files of a killed run's atomic
+        writes. On a fresh start, an earlier run's ``epoch-N.pt`` and ``best.pt`` are moved to
+        ``earlier-run-TIME/`` (kept, but never mistaken for this run's, e.g. by a later
+        ``--resume`` or averaging); on a resume, a ``best.pt`` that is unreadable or from a
+        later epoch than ``done`` is removed."""
         (self.exp_dir / "averaged.pt").unlink(missing_ok=True)
         for name in ("epoch-*.pt", "best.pt", "averaged.pt", "config.json"):
             for tmp in self.exp_dir.glob(f".tmp-*-{name}"):  # a killed run's (we hold the lock)
                 tmp.unlink(missing_ok=True)
         best = self.exp_dir / "best.pt"
+        if done == 0:
+            old = find_checkpoints(self.exp_dir) + ([best] if best.exists() else [])
+            if old:
+                stamp, k = time.strftime("earlier-run-%Y%m%d-%H%M%S"), 0
+                while (keep := self.exp_dir / (stamp + (f"-{k}" if k else ""))).exists():
+                    k += 1
+                keep.mkdir()
+                for path in old:
+                    os.replace(path, keep / path.name)
+                log.warning("fresh start in %s: %s of an earlier run moved to %s (pass --resume "
+                            "/ resume=True to continue that run instead)", self.exp_dir,
+                            ", ".join(p.name for p in old), keep)
+            return
         if not best.exists():
             return
-        why = "a fresh start" if done == 0 else ""
-        if not why:
-            try:
-                epoch = int(load_checkpoint(best).get("epoch", 0))
-            except CheckpointError as e:
-                why = f"unreadable: {e}"
-            else:
-                if epoch > done:
-                    why = f"it is from epoch {epoch}, after epoch {done} resumed from"
+        why = ""
+        try:
+            epoch = int(load_checkpoint(best).get("epoch", 0))
+        except CheckpointError as e:
+            why = f"unreadable: {e}"
+        else:
+            if epoch > done:
+                why = f"it is from epoch {epoch}, after epoch {done} resumed from"
         if why:
             log.warning("removing %s of an earlier run (%s)", best, why)
             best.unlink(missing_ok=True)
-        if done == 0:
-            old = find_checkpoints(self.exp_dir)
-            if old:
-                log.warning("fresh start in %s, which holds %s of an earlier run: they are "
-                            "overwritten epoch by epoch (pass --resume / resume=True to "
-                            "continue that run instead)", self.exp_dir,
-                            ", ".join(p.name for p in old))
 
     # ------------------------------------------------------------------ one epoch
 

@@ -94,6 +94,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timit_lexicon import MAP_61_TO_39, MAP_61_TO_48
 
 from wfst_asr.atomic import atomic_output
+from wfst_asr.data.features import wav_truncation
 from wfst_asr.progress import progress as progress_bar
 
 __all__ = [
@@ -118,6 +119,7 @@ SKIP_REASONS = {
     "labels": "missing or malformed .phn/.wrd/.txt file",
     "empty_transcript": "empty transcript (no phones, words or sentence)",
     "unknown_phone": "phone missing from phones.60-48-39.map",
+    "truncated_audio": "audio file shorter than its header declares (copied or written in part)",
     "times_past_audio": ".phn/.wrd times run past the end of the audio",
     "duplicate": "utterance id seen before",
 }
@@ -457,14 +459,22 @@ def _recording(u: Utterance) -> Recording:
         with open(audio, "rb") as f:
             is_sphere = f.read(7) == b"NIST_1A"
         hdr = sphere_header(audio) if is_sphere else None
+    except ValueError as e:
+        reason = "truncated_audio" if "truncated" in str(e) else "audio"
+        raise SkipUtterance(reason, f"{audio.name}: {_one_line(e)}") from None
+    except OSError as e:
+        raise SkipUtterance("audio", f"{audio.name}: {_one_line(e)}") from None
+    if not is_sphere and (why := wav_truncation(audio)) is not None:
+        raise SkipUtterance("truncated_audio", f"{audio.name}: {why.split(': ', 2)[-1]}")
+    try:
         rec = Recording.from_file(audio, recording_id=u.utt_id)
     except Exception as e:  # noqa: BLE001 -- whatever the reader raises, skip this file
         raise SkipUtterance("audio", f"{audio.name}: {_one_line(e)}") from None
     if rec.num_samples == 0:
         raise SkipUtterance("audio", f"{audio.name}: no samples")
     if hdr is not None and rec.num_samples != hdr["sample_count"]:
-        raise SkipUtterance("audio", f"{audio.name}: {rec.num_samples} samples read, header "
-                                     f"says {hdr['sample_count']}")
+        raise SkipUtterance("truncated_audio", f"{audio.name}: {rec.num_samples} samples read, "
+                                               f"header says {hdr['sample_count']}")
     return rec
 
 
