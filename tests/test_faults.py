@@ -4,7 +4,7 @@ After the kill, every output with its final name is complete (a checkpoint loads
 features load, a lattice directory either reads whole or is refused as unfinished); the rerun
 redoes what was not finished and succeeds. Stages: training (``wfst-asr train``), feature
 extraction (``wfst-asr compute-features``) and lattice writing
-(:func:`wfst_asr.decode.pipeline.write_lattice_dir`, which ``rescore_timit.py lattices``
+(:func:`wfst_asr.decode.pipeline.write_lattice_dir`, which ``wfst-asr make-lattices``
 uses). Tiny synthetic data; the random kill points are seeded.
 """
 

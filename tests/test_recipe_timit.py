@@ -79,7 +79,7 @@ def _per(path: Path) -> tuple[float, int]:
 
 
 def _check_rescoring_stages(exp: Path) -> None:
-    """Stages 6-8: lattice directories, LMs on the training transcripts only, PER reports of
+    """Stages 7-9: lattice directories, LMs on the training transcripts only, PER reports of
     the 1-best / 3-gram / LSTM-LM / oracle, sweeps and settings from the dev grid."""
     from wfst_asr.decode.lattice_io import LatticeReader
 
@@ -92,22 +92,26 @@ def _check_rescoring_stages(exp: Path) -> None:
         assert not train_ids & set(LatticeReader(exp / "lats" / split).utt_ids)
     assert "\\3-grams:" in (exp / "lm" / "3gram.arpa").read_text()
     assert (exp / "lm" / "nnlm" / "lm.pt").is_file()
-    res = exp / "rescore"
+    res = exp / "rescore"  # a decode dir of `wfst-asr rescore`, scored
     for split in ("dev", "test"):
         rates = {m: _per(res / f"per_{m}_{split}.txt")
                  for m in ("lat1best", "3gram", "nnlm", "oracle")}
         assert all(0.0 <= r <= 200.0 for r, _ in rates.values())
         # every hypothesis is a lattice path's: the oracle is never worse than any of them
         assert all(rates["oracle"][1] <= e for _, e in rates.values()), rates
+        assert (res / "lat1best" / f"{split}.hyp").is_file()
     settings = json.loads((res / "settings.json").read_text())
+    assert settings["metric"] == "PER" and settings["tune_set"] == "dev"
+    methods = settings["methods"]
     for name in ("lat1best", "3gram"):
-        assert settings[name]["lm_scale"] == 0.3 and settings[name]["word_penalty"] in (0, 1)
-        rows = [ln.split() for ln in (res / f"sweep_{name}_dev.txt").read_text().splitlines()
+        setting = methods[name]["setting"]
+        assert setting["lm_scale"] == 0.3 and setting["word_penalty"] in (0, 1)
+        rows = [ln.split() for ln in (res / name / "sweep_dev.txt").read_text().splitlines()
                 if ln.strip() and ln.split()[0][0].isdigit()]
         assert len(rows) == 2  # the dev grid: 1 scale x 2 penalties
-        assert float(settings[name]["dev_per"]) == pytest.approx(min(float(r[2]) for r in rows),
-                                                                 abs=0.006)  # 2 decimals
-    assert settings["nnlm"]["nnlm_scale"] in (0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+        assert float(methods[name]["tune_error"]) == pytest.approx(
+            min(float(r[2]) for r in rows), abs=0.006)  # 2 decimals
+    assert methods["nnlm"]["setting"]["nnlm_scale"] in (0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
     text = (res / "results.txt").read_text()
     assert re.search(r"^oracle +test PER", text, re.MULTILINE) and "skipped:" in text
 

@@ -26,11 +26,12 @@
 #      insertion penalty tuned on dev), Kaldi's decoder at that setting -> EXP_DIR/decode
 #   6  score (wfst-asr score): PER on 39 phones (48 -> 39 folding), per-speaker reports
 #                                                               -> EXP_DIR/decode/results.txt
-#   7-9 (--loss ctc only; local/rescore_timit.py): 7 dev/test lattices with the HLG
-#      -> EXP_DIR/lats/{dev,test}; 8 phone 3-gram (wfst-asr estimate-lm) and LSTM LM
-#      (wfst-asr train-nnlm, --nnlm-epochs N) on the training transcripts -> EXP_DIR/lm;
-#      9 1-best of the lattices, 3-gram whole-lattice rescoring, LSTM-LM n-best rescoring
-#      (scales / penalties tuned on dev, applied to test), lattice oracle -> EXP_DIR/rescore;
+#   7-9 (--loss ctc only): 7 dev/test lattices with the HLG (wfst-asr make-lattices)
+#      -> EXP_DIR/lats/{dev,test}; 8 the training transcripts (wfst-asr cuts-text), a phone
+#      3-gram (wfst-asr estimate-lm) and an LSTM LM (wfst-asr train-nnlm, --nnlm-epochs N) on
+#      them -> EXP_DIR/lm; 9 (wfst-asr rescore) 1-best of the lattices, 3-gram whole-lattice
+#      rescoring, LSTM-LM n-best rescoring (scales / penalties tuned on dev, applied to test),
+#      lattice oracle, PER on 39 phones -> EXP_DIR/rescore (a decode dir: results.txt);
 #      --lattice-args "ARGS" / --rescore-args "ARGS" go to stage 7 / 9 (e.g. "--output-beam 4")
 # Data: --timit-dir, else the NLTK TIMIT sample in $NLTK_DATA/corpora/timit,
 # ~/nltk_data/corpora/timit or the shared/data/timit_nltk_sample next to the checkout. Each
@@ -163,33 +164,40 @@ stage6() {
 stage7() {
     local -a extra
     read -r -a extra <<< "$lattice_args"
-    timed "$python" local/rescore_timit.py lattices --exp-dir "$exp_dir" \
-        --lang-dir "$lang_dir" --dev-cuts "$fbank_dir/timit_cuts_dev.jsonl.gz" \
-        --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz" ${extra[@]+"${extra[@]}"}
+    timed "${wfst_asr[@]}" make-lattices --exp-dir "$exp_dir" --lang-dir "$lang_dir" \
+        --dev-cuts "$fbank_dir/timit_cuts_dev.jsonl.gz" \
+        --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz" --out-dir "$exp_dir/lats" \
+        ${extra[@]+"${extra[@]}"}
 }
-stage8() {
-    timed "$python" local/rescore_timit.py lms --out-dir "$exp_dir/lm" \
-        --train-cuts "$fbank_dir/timit_cuts_train.jsonl.gz" --lang-dir "$lang_dir" \
-        --nnlm-epochs "$nnlm_epochs" 2> >(grep -v -e 'batch/s' -e 'batch\]' >&2)
+stage8() {  # the LMs see the 48-phone transcripts of the TRAINING cuts only
+    local lm_dir=$exp_dir/lm
+    "${wfst_asr[@]}" cuts-text --cuts "$fbank_dir/timit_cuts_train.jsonl.gz" \
+        --field phones_48 --out "$lm_dir/text_train"
+    "${wfst_asr[@]}" estimate-lm --text "$lm_dir/text_train" --skip-first-field --order 3 \
+        --vocab "$lang_dir/words.txt" --out "$lm_dir/3gram.arpa"
+    timed "${wfst_asr[@]}" train-nnlm "$lm_dir/text_train" "$lang_dir/words.txt" \
+        "$lm_dir/nnlm" --epochs "$nnlm_epochs" --embed-dim 128 --hidden-dim 128 \
+        --num-layers 2 --dropout 0.2 --batch-size 16 --lr 2e-3 --resume \
+        2> >(grep -v -e 'batch/s' -e 'batch\]' >&2)
 }
 stage9() {
     local -a extra
     local f
     for f in "$exp_dir/lats/dev/index.tsv" "$exp_dir/lats/test/index.tsv" \
              "$exp_dir/lm/3gram.arpa" "$exp_dir/lm/nnlm/lm.pt"; do
-        if [[ ! -f "$f" ]]; then  # one line, not rescore_timit.py's traceback
+        if [[ ! -f "$f" ]]; then
             echo "stage 9: error: $f not found (run stages 7 and 8 first)" >&2
             return 2
         fi
     done
     read -r -a extra <<< "$rescore_args"
-    timed "$python" local/rescore_timit.py rescore --exp-dir "$exp_dir" \
-        ${extra[@]+"${extra[@]}"} --lang-dir "$lang_dir" \
+    timed "${wfst_asr[@]}" rescore --lat-dir "$exp_dir/lats" --lang-dir "$lang_dir" \
         --dev-cuts "$fbank_dir/timit_cuts_dev.jsonl.gz" \
-        --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz" --lm3 "$exp_dir/lm/3gram.arpa" \
-        --nnlm "$exp_dir/lm/nnlm/lm.pt" --lm-scales="$lm_scales" \
-        --word-penalties="$word_penalties"
-    cat "$exp_dir/rescore/results.txt"
+        --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz" --ref-field phones_48 --metric PER \
+        --map local/phones.60-48-39.map --map-from 48 --map-to 39 \
+        --ngram-arpa "$exp_dir/lm/3gram.arpa" --nnlm "$exp_dir/lm/nnlm/lm.pt" \
+        --lm-scales="$lm_scales" --word-penalties="$word_penalties" \
+        --out-dir "$exp_dir/rescore" ${extra[@]+"${extra[@]}"}
 }
 
 echo "TIMIT data: ${timit_dir:-(not needed)}; loss $loss ($config); exp dir: $exp_dir;" \
