@@ -1,4 +1,4 @@
-"""``wfst-asr estimate-lm`` and ``wfst-asr compile-lm``: n-gram LMs (ARPA) and the grammar G.
+"""``wfst-asr estimate-lm``, ``prune-lm`` and ``compile-lm``: n-gram LMs (ARPA) and the grammar G.
 
 A bad input (a text or ARPA file that is missing, not UTF-8 or malformed, an empty text, an
 order above the longest n-gram of the text, a missing output folder) is one line ``wfst-asr
@@ -13,6 +13,10 @@ import re
 import sys
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from wfst_asr.graphs.ngram import NgramModel
 
 _SKIP_VOCAB = re.compile(r"^(<eps>|<s>|</s>|#\d+)$")
 _SENTENCE_NO = re.compile(r"^sentence \d+: ")
@@ -59,14 +63,37 @@ def read_vocab(path: str) -> list[str]:
     return [w for w in first if not _SKIP_VOCAB.match(w)]
 
 
+def _counts(model: NgramModel) -> str:
+    """``1-grams: M1, 2-grams: M2, ...`` of ``model``."""
+    return ", ".join(f"{n}-grams: {m}" for n, m in enumerate(model.counts, start=1))
+
+
+def _prune(model: NgramModel, threshold: float, min_order: int) -> NgramModel:
+    """Relative-entropy pruning, with the counts before and after on stderr."""
+    from wfst_asr.graphs.ngram_prune import prune_ngram
+
+    start = time.perf_counter()
+    pruned = prune_ngram(model, threshold, min_order=min_order)
+    changes = ", ".join(f"{n}-grams: {a} -> {b}" for n, (a, b)
+                        in enumerate(zip(model.counts, pruned.counts), start=1))
+    print(f"pruned with threshold {threshold:g} (orders >= {min_order}): {changes} in "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return pruned
+
+
 def cmd_estimate_lm(args: argparse.Namespace) -> int:
-    """Estimate an n-gram LM from a text file and write it as ARPA; refuse an empty text and an
-    order above the longest n-gram of the text (<s>, the longest sentence, </s>)."""
+    """Estimate an n-gram LM from a text file (then prune it with ``--prune``) and write it as
+    ARPA; refuse an empty text and an order above the longest n-gram of the text (<s>, the
+    longest sentence, </s>)."""
     from wfst_asr.graphs.ngram import estimate_ngram
 
     start = time.perf_counter()
     if args.order < 1:
         raise ValueError(f"--order must be >= 1, got {args.order}")
+    if args.prune is not None:
+        from wfst_asr.graphs.ngram_prune import check_pruning_args
+
+        check_pruning_args(args.prune, 2)
     vocab = read_vocab(args.vocab) if args.vocab else None
     text = _Text(args.text, args.skip_first_field)
     try:
@@ -82,9 +109,24 @@ def cmd_estimate_lm(args: argparse.Namespace) -> int:
         raise ValueError(f"{text.name}: --order {args.order} is above {text.longest + 2}, the "
                          f"longest n-gram of the text (<s>, its longest sentence of "
                          f"{text.longest} words, </s>): the higher orders would be empty")
+    if args.prune is not None:
+        model = _prune(model, args.prune, 2)
     model.write_arpa(args.out)
-    counts = ", ".join(f"{n}-grams: {m}" for n, m in enumerate(model.counts, start=1))
-    print(f"wrote {args.out} ({model.method}, {counts}) in {time.perf_counter() - start:.1f} s",
+    print(f"wrote {args.out} ({model.method}, {_counts(model)}) in "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_prune_lm(args: argparse.Namespace) -> int:
+    """Prune an ARPA LM by relative entropy (Stolcke 1998) and write it as ARPA."""
+    from wfst_asr.graphs.ngram import read_arpa
+    from wfst_asr.graphs.ngram_prune import check_pruning_args
+
+    start = time.perf_counter()
+    check_pruning_args(args.threshold, args.min_order)
+    model = _prune(read_arpa(args.arpa), args.threshold, args.min_order)
+    model.write_arpa(args.out)
+    print(f"wrote {args.out} ({_counts(model)}) in {time.perf_counter() - start:.1f} s",
           file=sys.stderr)
     return 0
 
@@ -102,7 +144,7 @@ def cmd_compile_lm(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``estimate-lm`` and ``compile-lm`` to the ``wfst-asr`` sub-commands."""
+    """Add ``estimate-lm``, ``prune-lm`` and ``compile-lm`` to the ``wfst-asr`` sub-commands."""
     est = sub.add_parser(
         "estimate-lm", help="estimate an n-gram LM (Kneser-Ney / Witten-Bell) as ARPA",
         description="Estimate an interpolated modified Kneser-Ney (kn) or Witten-Bell (wb) "
@@ -119,7 +161,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      "(default: an error)")
     est.add_argument("--skip-first-field", action="store_true",
                      help="drop the first field of each line (Kaldi 'text': utterance ids)")
+    est.add_argument("--prune", type=float, default=None, metavar="THRESHOLD",
+                     help="then prune by relative entropy (Stolcke; SRILM's -prune), as "
+                     "prune-lm --threshold THRESHOLD")
     est.set_defaults(func=cmd_estimate_lm)
+
+    prune = sub.add_parser(
+        "prune-lm", help="prune an ARPA LM by relative entropy (Stolcke; SRILM -prune)",
+        description="Remove the n-grams (order >= --min-order) whose removal alone raises the "
+        "model's relative entropy by less than THRESHOLD (Stolcke 1998: ~ the relative "
+        "perplexity increase; e.g. 1e-7 as icefall's 3-gram.pruned.1e-7), never the context of "
+        "a kept higher-order n-gram; recompute the back-off weights; write ARPA atomically.")
+    prune.add_argument("--arpa", required=True, help="input ARPA file")
+    prune.add_argument("--threshold", type=float, required=True,
+                       help="relative-entropy threshold (>= 0; 0 keeps everything)")
+    prune.add_argument("--out", required=True, help="output ARPA file")
+    prune.add_argument("--min-order", type=int, default=2,
+                       help="prune only n-grams of this order and above (default 2)")
+    prune.set_defaults(func=cmd_prune_lm)
 
     comp = sub.add_parser(
         "compile-lm", help="compile an ARPA LM into G.fst (+ G.pt) over words.txt",
