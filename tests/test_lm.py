@@ -214,3 +214,55 @@ def test_cli(tmp_path: Path) -> None:
     assert main(["compile-lm", "--arpa", str(arpa), "--words", str(tmp_path / "words.txt"),
                  "--out", str(tmp_path / "G.fst")]) == 0
     assert (tmp_path / "G.fst").is_file() and (tmp_path / "G.pt").is_file()
+
+
+def test_cli_drop_oov_sentences(tmp_path: Path, capsys) -> None:
+    """--drop-oov-sentences: sentences with a word outside --vocab are left out and counted;
+    the LM equals one estimated on the kept sentences alone."""
+    text, kept = tmp_path / "text", tmp_path / "kept"
+    text.write_text("a b\na c\nz a\nb a b\nc y\n")
+    kept.write_text("a b\na c\nb a b\n")
+    vocab = tmp_path / "vocab"
+    vocab.write_text("a\nb\nc\n")
+    argv = ["estimate-lm", "--order", "2", "--vocab", str(vocab)]
+    assert main([*argv, "--text", str(text), "--drop-oov-sentences", "--out",
+                 str(tmp_path / "1.arpa")]) == 0
+    assert "dropped 2 sentences with words outside" in capsys.readouterr().err
+    assert main([*argv, "--text", str(kept), "--out", str(tmp_path / "2.arpa")]) == 0
+    assert (tmp_path / "1.arpa").read_text() == (tmp_path / "2.arpa").read_text()
+    assert main(["estimate-lm", "--text", str(text), "--drop-oov-sentences", "--out",
+                 str(tmp_path / "3.arpa")]) == 2  # needs --vocab
+    assert main([*argv, "--text", str(text), "--out", str(tmp_path / "4.arpa")]) == 2  # z
+    # an empty LM text after filtering: refused, nothing written
+    (tmp_path / "none").write_text("z y\ny z\n")
+    capsys.readouterr()
+    assert main([*argv, "--text", str(tmp_path / "none"), "--drop-oov-sentences", "--out",
+                 str(tmp_path / "5.arpa")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "no sentences left: all 2 have a word outside" in err[-1]
+    assert not (tmp_path / "5.arpa").exists()
+
+
+def test_perplexity_srilm_convention(tmp_path: Path, capsys) -> None:
+    """ppl by hand on a written bigram ARPA: an OOV is not predicted and starts a new history
+    (its successor gets the back-off unigram), </s> is predicted."""
+    from wfst_asr.graphs.ngram import perplexity, read_arpa
+
+    arpa = tmp_path / "lm.arpa"
+    arpa.write_text("\\data\\\nngram 1=4\nngram 2=2\n\n\\1-grams:\n-1.0\t</s>\n-99\t<s>\t-0.3\n"
+                    "-0.5\ta\t-0.2\n-0.6\tb\t-0.1\n\n\\2-grams:\n-0.1\t<s> a\n-0.4\ta b\n\n"
+                    "\\end\\\n")
+    model = read_arpa(arpa)
+    # "a b </s>": P(a|<s>) P(b|a) P(</s>|b) = -0.1 - 0.4 + (-0.1 - 1.0)
+    # "b z a </s>": P(b|<s>) = -0.3 - 0.6; z OOV; a (no history) -0.5; P(</s>|a) = -0.2 - 1.0
+    want = (-0.1 - 0.4 - 0.1 - 1.0) + (-0.3 - 0.6 - 0.5 - 0.2 - 1.0)
+    r = perplexity(model, [["a", "b"], ["b", "z", "a"]])
+    assert (r.sentences, r.words, r.oovs, r.predicted) == (2, 5, 1, 6)
+    assert abs(r.log10_prob - want) < 1e-9
+    assert abs(r.ppl - 10 ** (-want / 6)) < 1e-9 and r.oov_rate == 0.2
+    text = tmp_path / "text"
+    text.write_text("u1 a b\nu2 b z a\n")
+    capsys.readouterr()
+    assert main(["lm-eval", "--arpa", str(arpa), "--text", str(text), "--skip-first-field"]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split("\t")
+    assert row[4:8] == ["2", "5", "1", "20.00%"] and float(row[8]) == round(10 ** (-want / 6), 2)

@@ -388,3 +388,24 @@ def test_ctc_on_words_through_a_lexicon(tmp_path):
     with pytest.raises(ValueError, match="lexicon.txt: word 'NO'"):
         (lang / "lexicon.txt").write_text("HI a b\nNO c\n")
         build_model_and_loss(cfg)
+
+
+def test_early_stop_rule():
+    """Stop after `early_stop` epochs without a dev-loss improvement on the best so far
+    (epochs without a dev loss do not count); never with early_stop=0."""
+    from types import SimpleNamespace
+
+    from wfst_asr.train import Trainer
+
+    def stops(n: int, dev: list) -> bool:
+        hist = [{"epoch": i + 1, "dev_loss": d} for i, d in enumerate(dev)]
+        fake = SimpleNamespace(cfg=SimpleNamespace(early_stop=n), history=hist, is_main=False)
+        return Trainer.should_stop_early(fake)
+
+    assert not stops(0, [3, 2, 2.5, 2.6, 2.7, 2.8])
+    assert not stops(2, [3, 2, 2.5])
+    assert stops(2, [3, 2, 2.5, 2.1])
+    assert not stops(2, [3, 2, 2.5, 1.9])
+    assert not stops(2, [3, 2, None, 2.5])
+    assert stops(2, [3, 2, None, 2.5, 2.2])
+    assert not stops(3, [5, 4, 3])

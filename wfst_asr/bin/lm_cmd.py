@@ -26,10 +26,11 @@ class _Text:
     """The sentences of a text file (``-``: standard input), with the line being read, the
     number of sentences and the longest one, for error messages and checks."""
 
-    def __init__(self, path: str, skip_first_field: bool) -> None:
-        self.path, self.skip = path, skip_first_field
+    def __init__(self, path: str, skip_first_field: bool, keep_only: set[str] | None = None
+                 ) -> None:
+        self.path, self.skip, self.keep_only = path, skip_first_field, keep_only
         self.name = "<stdin>" if path == "-" else path
-        self.lineno = self.sentences = self.longest = 0
+        self.lineno = self.sentences = self.longest = self.dropped = 0
 
     def _lines(self) -> Iterator[str]:
         from wfst_asr.atomic import iter_text_lines, utf8_error
@@ -48,6 +49,9 @@ class _Text:
         for no, line in enumerate(self._lines(), start=1):
             self.lineno = no
             words = line.split()[1:] if self.skip else line.split()
+            if words and self.keep_only is not None and not set(words) <= self.keep_only:
+                self.dropped += 1  # --drop-oov-sentences
+                continue
             if words:
                 self.sentences += 1
                 self.longest = max(self.longest, len(words))
@@ -95,13 +99,22 @@ def cmd_estimate_lm(args: argparse.Namespace) -> int:
 
         check_pruning_args(args.prune, 2)
     vocab = read_vocab(args.vocab) if args.vocab else None
-    text = _Text(args.text, args.skip_first_field)
+    if args.drop_oov_sentences and vocab is None:
+        raise ValueError("--drop-oov-sentences needs --vocab")
+    text = _Text(args.text, args.skip_first_field,
+                 set(vocab) if args.drop_oov_sentences and vocab is not None else None)
     try:
         model = estimate_ngram(text, args.order, method=args.method, vocab=vocab, unk=args.unk)
     except ValueError as e:  # a word of the sentence being read: name the line
         if not _SENTENCE_NO.match(str(e)):
             raise
         raise ValueError(f"{text.name}:{text.lineno}: {_SENTENCE_NO.sub('', str(e))}") from None
+    if text.dropped:
+        print(f"{text.name}: dropped {text.dropped} sentences with words outside {args.vocab}",
+              file=sys.stderr)
+    if text.sentences == 0 and text.dropped:
+        raise ValueError(f"{text.name}: no sentences left: all {text.dropped} have a word "
+                         f"outside {args.vocab} (--drop-oov-sentences)")
     if text.sentences == 0:
         raise ValueError(f"{text.name}: no sentences (the text is empty or blank); an LM of "
                          "<s> </s> alone would be useless")
@@ -143,8 +156,34 @@ def cmd_compile_lm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lm_eval(args: argparse.Namespace) -> int:
+    """Perplexity and OOV rate of each ``--arpa`` on each ``--text`` (a TSV table)."""
+    from wfst_asr.graphs.ngram import perplexity, read_arpa
+
+    texts = [(t, list(_Text(t, args.skip_first_field))) for t in args.text]
+    print("lm\torder\tngrams\ttext\tsentences\twords\toovs\toov_rate\tppl")
+    for path in args.arpa:
+        model = read_arpa(path)
+        for name, sentences in texts:
+            r = perplexity(model, sentences)
+            print(f"{path}\t{model.order}\t{sum(model.counts)}\t{name}\t{r.sentences}\t"
+                  f"{r.words}\t{r.oovs}\t{100 * r.oov_rate:.2f}%\t{r.ppl:.2f}")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``estimate-lm``, ``prune-lm`` and ``compile-lm`` to the ``wfst-asr`` sub-commands."""
+    """Add ``estimate-lm``, ``prune-lm``, ``compile-lm`` and ``lm-eval`` to the ``wfst-asr``
+    sub-commands."""
+    ev = sub.add_parser(
+        "lm-eval", help="perplexity and OOV rate of ARPA LMs on texts",
+        description="Perplexity of each ARPA LM on each text, SRILM's way: out-of-vocabulary "
+        "words are not predicted (counted as OOVs) and start a new history; </s> is predicted. "
+        "Prints a TSV table: lm, order, n-grams, text, sentences, words, OOVs, OOV rate, ppl.")
+    ev.add_argument("--arpa", action="append", required=True, help="an ARPA LM (repeatable)")
+    ev.add_argument("--text", action="append", required=True, help="a text (repeatable)")
+    ev.add_argument("--skip-first-field", action="store_true",
+                    help="drop the first field of each line (Kaldi 'text': utterance ids)")
+    ev.set_defaults(func=cmd_lm_eval)
     est = sub.add_parser(
         "estimate-lm", help="estimate an n-gram LM (Kneser-Ney / Witten-Bell) as ARPA",
         description="Estimate an interpolated modified Kneser-Ney (kn) or Witten-Bell (wb) "
@@ -157,6 +196,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     est.add_argument("--out", required=True, help="output ARPA file")
     est.add_argument("--vocab", help="vocabulary file (words.txt or one word a line; first "
                      "field; <eps>, <s>, </s>, #N skipped): every word gets a unigram")
+    est.add_argument("--drop-oov-sentences", action="store_true",
+                     help="with --vocab: leave out (and count) the sentences with a word outside "
+                          "it, e.g. words a lexicon could not spell")
     est.add_argument("--unk", help="with --vocab: map words outside it to this word "
                      "(default: an error)")
     est.add_argument("--skip-first-field", action="store_true",

@@ -56,7 +56,7 @@ import numpy as np
 
 from wfst_asr.atomic import atomic_output, iter_text_lines
 
-__all__ = ["BOS", "EOS", "NgramModel", "estimate_ngram", "read_arpa"]
+__all__ = ["BOS", "EOS", "NgramModel", "Perplexity", "estimate_ngram", "perplexity", "read_arpa"]
 
 BOS = "<s>"
 EOS = "</s>"
@@ -182,6 +182,52 @@ class NgramModel:
 
 
 # ---------------------------------------------------------------------------- estimation
+@dataclass
+class Perplexity:
+    """Perplexity of a model on a text, SRILM's way: OOV words (outside the model) are not
+    predicted and start a new history; ``</s>`` is predicted."""
+
+    sentences: int
+    words: int
+    oovs: int
+    log10_prob: float
+
+    @property
+    def predicted(self) -> int:
+        return self.words - self.oovs + self.sentences
+
+    @property
+    def ppl(self) -> float:
+        return 10 ** (-self.log10_prob / max(self.predicted, 1))
+
+    @property
+    def oov_rate(self) -> float:
+        return self.oovs / max(self.words, 1)
+
+
+def perplexity(model: NgramModel, sentences: Iterable[Sequence[str]]) -> Perplexity:
+    """:class:`Perplexity` of ``model`` on ``sentences`` (lists of words)."""
+    if model._word_ids is None:
+        model._word_ids = {w: i for i, w in enumerate(model.vocab)}
+    ids = model._word_ids
+    n_sent = n_words = n_oov = 0
+    total = 0.0
+    for words in sentences:
+        n_sent += 1
+        hist: list[int] = [ids[BOS]]
+        for k, w in enumerate([*words, EOS]):
+            is_eos = k == len(words)
+            n_words += not is_eos
+            i = ids.get(w)
+            if not is_eos and (i is None or w in (BOS, EOS)):
+                n_oov += 1
+                hist = []
+                continue
+            total += model._log10_prob_ids(i, tuple(hist[max(0, len(hist) - model.order + 1):]))
+            hist.append(i)
+    return Perplexity(n_sent, n_words, n_oov, total)
+
+
 def estimate_ngram(sentences: Iterable[Sequence[str]], order: int,
                    method: str = "kneser_ney", vocab: Sequence[str] | None = None,
                    unk: str | None = None,

@@ -112,6 +112,7 @@ class ExperimentConfig:
     decay: float = 0.5           # plateau factor / exponential gamma
     patience: int = 1            # plateau
     num_epochs: int = 20
+    early_stop: int = 0          # stop after N epochs without a dev-loss improvement; 0: never
     seed: int = 42
     average_last: int = 5        # checkpoints averaged into averaged.pt at the end
     # -- output --

@@ -66,6 +66,7 @@ from wfst_asr.decode.hmm import greedy_hmm, pdf_to_token
 from wfst_asr.decode.transducer import beam_search, fast_beam_search_one_best, greedy_search
 from wfst_asr.fsa import Fsa, SymbolTable
 from wfst_asr.graphs.compile import compile_graph, remove_input_epsilons
+from wfst_asr.graphs.bpe import is_piece_table, pieces_to_words
 from wfst_asr.graphs.lang import is_disambig_symbol, read_token_list
 from wfst_asr.graphs.topo import Topology, make_topology, pdf_output_graph, trivial_graph
 from wfst_asr.scoring import Fold, ScoreReport, score_texts, write_text, write_utt2spk
@@ -202,6 +203,8 @@ class Decoder:
         self.words = self._word_table()
         self._check_lang()
         self.word_level = self._is_word_level()
+        #: word pieces (sentencepiece): token outputs read back as words
+        self.pieces = self.tokens is not None and is_piece_table(self.tokens)
         self.ref_field = self._ref_field()
         self.methods = self._select_methods()
 
@@ -315,6 +318,12 @@ class Decoder:
             return [str(i) for i in ids]
         return [self.tokens[i - 1] for i in ids]
 
+    def token_symbols(self, ids: list[int]) -> list[str]:
+        """The output symbols of a token-level method: the tokens, or for word pieces the
+        words they spell (so greedy BPE-CTC is scored on words)."""
+        toks = self.token_str(ids)
+        return pieces_to_words(toks) if self.pieces else toks
+
     def word_str(self, ids: list[int]) -> list[str]:
         assert self._words is not None
         return [str(self._words.get(i)) for i in ids]
@@ -419,15 +428,15 @@ class Decoder:
             dec, joiner = model.decoder, model.joiner
             fast = {"beam": beam, "max_states": o.max_states, "max_contexts": o.max_contexts}
             out["greedy"] = Method("greedy", fixed(
-                lambda e, n: greedy_search(dec, joiner, e.to(dev), n)), self.token_str,
+                lambda e, n: greedy_search(dec, joiner, e.to(dev), n)), self.token_symbols,
                 "greedy search (one label per frame)")
             out["beam"] = Method("beam", fixed(
                 lambda e, n: beam_search(dec, joiner, e.to(dev), n, beam=o.beam_size)),
-                self.token_str, f"modified beam search (beam {o.beam_size})")
+                self.token_symbols, f"modified beam search (beam {o.beam_size})")
             trivial = trivial_graph(self.num_outputs, device=dev)
             out["fast_beam"] = Method("fast_beam", fixed(
                 lambda e, n: fast_beam_search_one_best(dec, joiner, e.to(dev), n, trivial,
-                                                       **fast)), self.token_str,
+                                                       **fast)), self.token_symbols,
                 f"fast beam search in the trivial graph (beam {beam:g}, max_states "
                 f"{o.max_states}, max_contexts {o.max_contexts})")
 
@@ -441,17 +450,17 @@ class Decoder:
             if getattr(model, "ctc_output", None) is not None:
                 out["aux_ctc"] = Method("aux_ctc", fixed(
                     lambda e, n: greedy_ctc(model.ctc_log_probs(e.to(dev)), n)),
-                    self.token_str, "greedy CTC on the auxiliary CTC output")
+                    self.token_symbols, "greedy CTC on the auxiliary CTC output")
             return out
         if self.kind != "gmm":
             if self.topo is None or self.topo.is_ctc:
-                out["greedy"] = Method("greedy", fixed(greedy_ctc), self.token_str,
+                out["greedy"] = Method("greedy", fixed(greedy_ctc), self.token_symbols,
                                        "greedy CTC (argmax per frame, repeats merged, blanks "
                                        "dropped)")
             else:
                 token_of = pdf_to_token(self.topo)
                 out["greedy"] = Method("greedy", fixed(
-                    lambda lp, n: greedy_hmm(lp, n, token_of)), self.token_str,
+                    lambda lp, n: greedy_hmm(lp, n, token_of)), self.token_symbols,
                     "per-frame argmax over the pdfs, pdf -> token, runs merged")
 
         def engine_at(s: float, wp: float) -> BatchFn:
@@ -477,7 +486,7 @@ class Decoder:
         avail = self.available_methods()
         if self.opts.methods is None:
             names = list(avail)
-            if self.word_level:  # token outputs cannot be scored against words
+            if self.word_level and not self.pieces:  # tokens cannot be scored against words
                 names = [n for n in names if n not in TOKEN_METHODS]
             if self.lang_dir is None and self.graph_file is None:
                 names = [n for n in names if not avail[n].tuned]

@@ -255,6 +255,8 @@ class Trainer:
                 train_loss = self.train_epoch(epoch)
                 dev_loss = self.evaluate()
                 self._end_epoch(epoch, train_loss, dev_loss, time.perf_counter() - t0)
+                if self.should_stop_early():
+                    break
             if self.is_main:
                 self.average()
         finally:
@@ -417,6 +419,21 @@ class Trainer:
             self.save(epoch, is_best)
         if _distributed():
             dist.barrier()
+
+    def should_stop_early(self) -> bool:
+        """True when ``cfg.early_stop`` > 0 and the dev loss has not improved on its best for
+        that many epochs (the history, restored on resume, decides: the same on every rank)."""
+        n = self.cfg.early_stop
+        dev = [(r["dev_loss"], r["epoch"]) for r in self.history if r["dev_loss"] is not None]
+        if n <= 0 or len(dev) <= n:
+            return False
+        best_at = min(range(len(dev)), key=lambda i: dev[i][0])
+        if len(dev) - 1 - best_at < n:
+            return False
+        if self.is_main:
+            log.info("early stop: no dev loss improvement for %d epochs (best %.4f at epoch "
+                     "%d)", n, *dev[best_at])
+        return True
 
     def _epoch_scheduler(self, metric: float) -> None:
         if self.cfg.schedule == "plateau":
