@@ -2,7 +2,7 @@
 ``TYPE_CHECKING`` blocks included):
 
     _kaldi, atomic, progress  ->  fsa  ->  graphs, data, scoring  ->  losses, decode
-        ->  models, gmm  ->  train  ->  bin  ->  (egs, tools, examples)
+        ->  models, gmm, g2p  ->  train  ->  bin  ->  (egs, tools, examples)
 
 A module may import its own package and the layers below its own; packages of one layer do not
 import each other; ``models`` imports nothing of wfst_asr but ``models`` (plain ``nn.Module`` s
@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"fsa"},
     {"graphs", "data", "scoring"},
     {"losses", "decode"},
-    {"models", "gmm"},
+    {"models", "gmm", "g2p"},
     {"train"},
     {"bin"},
 ]

@@ -409,3 +409,34 @@ def test_early_stop_rule():
     assert not stops(2, [3, 2, None, 2.5])
     assert stops(2, [3, 2, None, 2.5, 2.2])
     assert not stops(3, [5, 4, 3])
+
+
+def test_cuts_with_unmappable_symbols_are_skipped_and_counted(caplog, monkeypatch):
+    """A cut whose transcript has a word outside the lexicon's words (e.g. a dev OOV) is left
+    out of the loader with one warning naming it; the others are kept; none left: an error."""
+    import logging
+    from types import SimpleNamespace
+
+    from lhotse import CutSet
+    from lhotse.testing.dummies import dummy_cut, dummy_supervision
+
+    from wfst_asr.train.build import _usable_cuts
+
+    table = {"a": 1, "b": 2}
+    cuts = []
+    for i, text in enumerate(["a b", "a zz b", "b", "yy"]):
+        c = dummy_cut(i)
+        c.supervisions = [dummy_supervision(i, text=text)]
+        cuts.append(c)
+    cfg = SimpleNamespace(token_field="text", loss="ctc", loss_kwargs={"lexicon": "lexicon.txt"},
+                          lang_dir="data/lang", tokens="")
+    import wfst_asr.train.build as build
+
+    monkeypatch.setattr(build, "target_table", lambda c: table)
+    with caplog.at_level(logging.WARNING):
+        kept = _usable_cuts(CutSet.from_cuts(cuts), cfg, "dev.jsonl.gz")
+    assert [c.id for c in kept] == [cuts[0].id, cuts[2].id]
+    msg = caplog.text
+    assert "dev.jsonl.gz: 2 of 4 cuts skipped" in msg and "'zz'" in msg and "'yy'" in msg
+    with pytest.raises(ValueError, match="dev.jsonl.gz: every cut has"):
+        _usable_cuts(CutSet.from_cuts(cuts[1:2] + cuts[3:]), cfg, "dev.jsonl.gz")

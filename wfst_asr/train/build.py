@@ -15,6 +15,7 @@ benchmarks:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from wfst_asr.train.criteria import (
     num_outputs,
     target_table,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = ["build_model_and_loss", "build_model_from_config", "data_feature_dim", "make_loader",
            "token_table"]
@@ -126,9 +129,49 @@ def make_loader(cfg: ExperimentConfig, cuts_path: str, train: bool, rank: int = 
                 world: int = 1):
     """A ``DataLoader`` over ``cuts_path`` with the configuration's batching (bucketing,
     ``max_duration``, shuffling and SpecAugment only when ``train``; one shard per rank)."""
-    cuts = CutSet.from_file(cuts_path)
+    cuts = _usable_cuts(CutSet.from_file(cuts_path), cfg, cuts_path)
     sampler = make_sampler(cuts, cfg.max_duration, shuffle=train, bucketing=cfg.bucketing,
                            num_buckets=cfg.num_buckets, seed=cfg.seed, world_size=world,
                            rank=rank, max_cuts=cfg.max_cuts)
     dataset = AsrDataset(cmvn=cfg.cmvn or None, spec_augment=_spec_augment(cfg) if train else None)
     return make_dataloader(dataset, sampler, num_workers=cfg.num_workers)
+
+
+def _unknown_symbols(cut, field: str, table: dict[str, int]) -> list[str]:
+    out = []
+    for sup in cut.supervisions:
+        value = sup.text if field == "text" else (sup.custom or {}).get(field)
+        if isinstance(value, str):
+            value = value.split()
+        out += [t for t in value or () if isinstance(t, str) and not t.lstrip("-").isdigit()
+                and t not in table]
+    return out
+
+
+def _usable_cuts(cuts: CutSet, cfg: ExperimentConfig, path: str) -> CutSet:
+    """``cuts`` without those whose transcript (``cfg.token_field``) has a symbol the loss
+    cannot map (e.g. a dev word outside the lexicon): skipped with one warning that counts
+    them and names a few; a ValueError naming ``path`` when none is left."""
+    table = target_table(cfg)
+    if table is None:
+        return cuts
+    keep, bad = [], []
+    for cut in cuts:
+        unknown = _unknown_symbols(cut, cfg.token_field, table)
+        if unknown:
+            bad.append(f"{cut.id} ({', '.join(repr(t) for t in unknown[:3])})")
+        else:
+            keep.append(cut)
+    if not bad:
+        return cuts
+    what = f"a symbol of {cfg.token_field!r} outside the {_table_name(cfg)}"
+    if not keep:
+        raise ValueError(f"{path}: every cut has {what}, e.g. {bad[0]}")
+    log.warning("%s: %d of %d cuts skipped, with %s: %s%s", path, len(bad), len(bad) + len(keep),
+                what, "; ".join(bad[:5]), " ..." if len(bad) > 5 else "")
+    return CutSet.from_cuts(keep)
+
+
+def _table_name(cfg: ExperimentConfig) -> str:
+    lexicon = cfg.loss == "ctc" and (cfg.loss_kwargs or {}).get("lexicon")
+    return f"words of {cfg.lang_dir}/words.txt" if lexicon else f"tokens of {cfg.tokens}"
