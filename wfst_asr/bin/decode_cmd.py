@@ -74,7 +74,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
         methods = [m for m in args.methods.split(",") if m.strip()] if args.methods else None
         opts = DecodeOptions(methods=methods, lm_scales=parse_grid(args.lm_scales),
                              word_penalties=parse_grid(args.word_penalties),
-                             search_beam=args.search_beam, max_duration=args.max_duration,
+                             search_beam=args.search_beam, max_active=args.max_active,
+                             max_duration=args.max_duration,
                              beam_size=args.beam_size, max_states=args.max_states,
                              max_contexts=args.max_contexts, metric=args.metric,
                              fold=_fold(args), tune_set=args.tune_set, ref_field=args.ref_field,
@@ -142,6 +143,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="word insertion penalties tried with every lm scale (negative: bonus)")
     p.add_argument("--tune-set", default="dev", help="the set the graph methods are tuned on")
     p.add_argument("--search-beam", type=float, default=20.0)
+    p.add_argument("--max-active", type=int, default=10000,
+                   help="active states per utterance and frame (engine and Kaldi's decoder)")
     p.add_argument("--max-duration", type=float, default=200.0, help="seconds per batch")
     p.add_argument("--beam-size", type=int, default=4, help="transducer modified beam search")
     p.add_argument("--max-states", type=int, default=64, help="transducer fast beam search")

@@ -636,7 +636,11 @@ def to_kaldifst(fsa: Fsa, final_semiring: str | None = None, attach_symbols: boo
 
 
 def _to_vector_fst(kfst, fsa: Fsa, final_semiring: str | None):
-    """Arrays -> OpenFst const-FST bytes -> StdVectorFst (see :mod:`._fstbin`)."""
+    """Arrays -> OpenFst const-FST bytes -> StdVectorFst (see :mod:`._fstbin`).
+
+    Lean on memory (graphs of tens of millions of arcs): the int32 columns of ``fsa`` are used
+    as they are (arcs are sorted by source state, an Fsa invariant, checked here), with one
+    copy without the -1 arcs, and freed before OpenFst reads the bytes."""
     ns = fsa.num_states
     if ns == 0:
         return kfst.StdVectorFst()
@@ -646,14 +650,25 @@ def _to_vector_fst(kfst, fsa: Fsa, final_semiring: str | None):
     else:
         fq, fscores = _final_weights(fsa, final_semiring)
         final_costs[fq] = (-fscores + 0.0).numpy()
-    regular = (fsa.labels != -1).cpu()
-    arcs = fsa.arcs.cpu()[regular].numpy()
-    src = arcs[:, 0].astype(np.int64)
-    order = np.argsort(src, kind="stable")
-    ilab = arcs[order, 2]
-    olab = fsa.aux_labels.cpu()[regular].numpy()[order] if fsa.has_attr("aux_labels") else ilab
-    cost = (-fsa.scores.detach().cpu().float()[regular] + 0.0).numpy()[order]
-    data = _fstbin.const_bytes(0, final_costs, src[order], ilab, olab, cost, arcs[order, 1])
+    arcs = fsa.arcs.cpu().numpy()
+    regular = arcs[:, 2] != -1
+    arcs = arcs[regular]  # int32 [R, 3], a copy
+    cost = fsa.scores.detach().cpu().to(torch.float32).numpy()[regular]
+    np.negative(cost, out=cost)
+    cost += 0.0  # cost -> score; "+ 0.0" turns -0.0 into 0.0
+    olab = fsa.aux_labels.cpu().numpy()[regular] if fsa.has_attr("aux_labels") else None
+    del regular
+    src = arcs[:, 0]
+    if len(src) > 1 and bool((src[1:] < src[:-1]).any()):  # not an Fsa's order: sort
+        order = np.argsort(src, kind="stable")
+        arcs, cost = arcs[order], cost[order]
+        olab = olab[order] if olab is not None else None
+        src = arcs[:, 0]
+        del order
+    ilab = arcs[:, 2]
+    data = _fstbin.const_bytes(0, final_costs, src, ilab, olab if olab is not None else ilab,
+                               cost, arcs[:, 1])
+    del arcs, cost, olab, src, ilab
     fst = _fstbin.vector_fst_from_bytes(kfst, data)
     if fst is None:
         raise RuntimeError("OpenFst could not read the const FST written by to_kaldifst")
@@ -693,13 +708,18 @@ def from_kaldifst(fst, acceptor: bool | None = None) -> Fsa:
         attrs = {"aux_labels": torch.zeros(0, dtype=torch.int32)} if acceptor is False else {}
         return Fsa(torch.zeros(0, 3, dtype=torch.int32), num_states=0, **attrs)
     cols = _fst_columns(kfst, fst)
-    ilab, olab = cols[2], cols[3]
-    is_acc = bool((ilab == olab).all())
+    if cols is None:  # unexpected layout: iterate (slower, same result)
+        arcs, fin_q, fin_w = _read_fst(kfst, fst)
+        cols = [np.array(c, dtype=np.int64) for c in arcs[:4]]
+        cols += [np.array(arcs[4], dtype=np.float32), np.array(fin_q, dtype=np.int64),
+                 np.array(fin_w, dtype=np.float32)]
+        del arcs
+    is_acc = bool((cols[2] == cols[3]).all())
     if acceptor and not is_acc:
         raise ValueError("the FST is not an acceptor (some arc has ilabel != olabel); "
                          "pass acceptor=False or None")
     acceptor = is_acc if acceptor is None else acceptor
-    out = _assemble_arrays(*cols, start, ns, acceptor=acceptor)
+    out = _assemble_sorted(cols, start, ns, acceptor=acceptor)
     isym, osym = fst.input_symbols, fst.output_symbols
     if isym is not None:
         out.labels_sym = SymbolTable.from_kaldifst(isym)
@@ -708,25 +728,22 @@ def from_kaldifst(fst, acceptor: bool | None = None) -> Fsa:
     return out
 
 
-def _fst_columns(kfst, fst) -> tuple[torch.Tensor, ...]:
-    """(src, dst, ilabel, olabel, cost) of all arcs in order, final states and final costs."""
-    res = _fstbin.read_const(kfst, fst)
-    if res is None:  # unexpected layout: iterate (slower, same result)
-        cols, fin_q, fin_w = _read_fst(kfst, fst)
-        return (*(torch.tensor(c, dtype=torch.int64) for c in cols[:4]),
-                torch.tensor(cols[4], dtype=torch.float32),
-                torch.tensor(fin_q, dtype=torch.int64), torch.tensor(fin_w, dtype=torch.float32))
-    return _std_columns(res)
+def _fst_columns(kfst, fst) -> list[np.ndarray] | None:
+    """The columns of :func:`_take_columns` of ``fst`` through a const-FST file, or None (an
+    unexpected layout)."""
+    box = [_fstbin.read_const(kfst, fst)]
+    return None if box[0] is None else _take_columns(box)
 
 
-def _std_columns(f: _fstbin.StdFst) -> tuple[torch.Tensor, ...]:
-    """(src, dst, ilabel, olabel, cost) of all arcs, final states and final costs."""
-    fin = np.nonzero(f.final != np.inf)[0]
-
-    def t(a: np.ndarray, dtype: type) -> torch.Tensor:  # copies out of any read-only buffer
-        return torch.from_numpy(np.array(a, dtype=dtype))
-    return (t(f.src, np.int64), t(f.dst, np.int64), t(f.ilabel, np.int64), t(f.olabel, np.int64),
-            t(f.cost, np.float32), t(fin, np.int64), t(f.final[fin], np.float32))
+def _take_columns(box: list[_fstbin.StdFst]) -> list[np.ndarray]:
+    """``[src, dst, ilabel, olabel, cost, final states, final costs]`` of the one
+    :class:`~._fstbin.StdFst` in ``box``, which is emptied: the list returned is then the only
+    owner of each array, so that :func:`_assemble_sorted` can free them one by one."""
+    f = box.pop()
+    fin = np.flatnonzero(f.final != np.inf)
+    cols = [f.src, f.dst, f.ilabel, f.olabel, f.cost, fin, f.final[fin]]
+    del f
+    return cols
 
 
 def _read_fst(kfst, fst) -> tuple[list, list[int], list[float]]:
@@ -759,7 +776,8 @@ def _assemble_arrays(src: torch.Tensor, dst: torch.Tensor, ilab: torch.Tensor,
                      olab: torch.Tensor, cost: torch.Tensor, fin_q: torch.Tensor,
                      fin_w: torch.Tensor, start: int, num_states: int, *,
                      acceptor: bool) -> Fsa:
-    """An Fsa from OpenFst-style arcs and final weights: start <-> 0, new last final state."""
+    """An Fsa from OpenFst-style arcs and final weights: start <-> 0, new last final state.
+    Arcs and final states in any order (OpenFst text); see :func:`_assemble_sorted`."""
     ren = torch.arange(num_states)
     ren[0], ren[start] = start, 0
     n_fin = len(fin_q)
@@ -774,11 +792,69 @@ def _assemble_arrays(src: torch.Tensor, dst: torch.Tensor, ilab: torch.Tensor,
     return Fsa(arcs, scores[order], num_states=num_states + 1, **attrs)
 
 
+def _assemble_sorted(cols: list[np.ndarray], start: int, num_states: int, *,
+                     acceptor: bool) -> Fsa:
+    """:func:`_assemble_arrays` (the same Fsa) for the arcs of an OpenFst binary FST: ``cols``
+    = ``[src, dst, ilabel, olabel, cost, final states, final costs]`` with ``src``
+    non-decreasing and the final states ascending, all in range; ``cols`` is emptied.
+
+    Each state's arcs stay in their order and its -1 arc (if final) follows them; states 0
+    and ``start`` swap places. Built column by column in int32, each input freed once used:
+    about 40 bytes per arc at the peak, where sorting int64 columns took over 100."""
+    src, dst, ilab, olab, cost, fin_q, fin_w = cols
+    cols.clear()
+    ns = num_states
+    narcs = np.bincount(src, minlength=ns)
+    del src
+    cnt = narcs.copy()
+    cnt[fin_q] += 1  # arcs of each old state in the result, its -1 arc included
+    ins = np.cumsum(narcs)[fin_q]  # where each -1 arc goes (np.insert: before that index)
+    del narcs
+    ren = None
+    if start != 0:
+        ren = np.arange(ns, dtype=np.int32)
+        ren[0], ren[start] = start, 0
+        first = np.cumsum(cnt) - cnt
+        lo, hi = int(first[start]), int(first[start] + cnt[start])
+        c0 = int(cnt[0])
+
+    def place(x: np.ndarray) -> np.ndarray:
+        """Old state order -> new: the block of ``start`` first, that of state 0 at its place."""
+        if ren is None:
+            return x
+        return np.concatenate([x[lo:hi], x[c0:lo], x[:c0], x[hi:]])
+
+    total = int(cnt.sum())
+    arcs = np.empty((total, 3), dtype=np.int32)
+    arcs[:, 0] = np.repeat(np.arange(ns, dtype=np.int32), cnt if ren is None else cnt[ren])
+    del cnt
+    d = dst.astype(np.int32)
+    del dst
+    if ren is not None:
+        d = ren[d]
+    arcs[:, 1] = place(np.insert(d, ins, np.int32(ns)))
+    del d
+    arcs[:, 2] = place(np.insert(ilab.astype(np.int32), ins, np.int32(-1)))
+    del ilab
+    aux = None if acceptor else place(np.insert(olab.astype(np.int32), ins, np.int32(-1)))
+    del olab
+    scores = place(np.insert(cost.astype(np.float32), ins, fin_w.astype(np.float32)))
+    del cost
+    np.negative(scores, out=scores)
+    scores += 0.0  # cost -> score; "+ 0.0" turns -0.0 into 0.0
+    attrs = {} if aux is None else {"aux_labels": torch.from_numpy(aux)}
+    # valid by construction (OpenFst's or checked arcs): no validation pass over the arcs
+    return Fsa(torch.from_numpy(arcs), torch.from_numpy(scores), num_states=ns + 1,
+               validate=False, **attrs)
+
+
 # ---------------------------------------------------------------------- binary files
-def write_fst(fsa: Fsa, path: PathLike, final_semiring: str | None = None) -> None:
-    """Write an OpenFst binary ``vector`` FST (tropical) through kaldifst, atomically."""
+def write_fst(fsa: Fsa, path: PathLike, final_semiring: str | None = None, *,
+              attach_symbols: bool = True) -> None:
+    """Write an OpenFst binary ``vector`` FST (tropical) through kaldifst, atomically
+    (``attach_symbols``: with the symbol tables, see :func:`to_kaldifst`)."""
     path = os.fspath(path)
-    fst = to_kaldifst(fsa, final_semiring=final_semiring)
+    fst = to_kaldifst(fsa, final_semiring=final_semiring, attach_symbols=attach_symbols)
     with atomic_output(path) as tmp, _openfst_messages() as said:
         if not fst.write(tmp):
             raise OSError(errno.EIO, f"OpenFst could not write it{said.text()}", path)
@@ -856,12 +932,15 @@ def read_fst(path: PathLike, acceptor: bool | None = None, max_states: int | Non
         raise ValueError(f"{path}: the FST is not an acceptor (some arc has ilabel != "
                          "olabel); pass acceptor=False or None")
     acceptor = is_acc if acceptor is None else acceptor
-    out = _assemble_arrays(*_std_columns(f), f.start, f.num_states, acceptor=acceptor)
+    start, num_states, isymbols, osymbols = f.start, f.num_states, f.isymbols, f.osymbols
+    box = [f]
+    del f
+    out = _assemble_sorted(_take_columns(box), start, num_states, acceptor=acceptor)
     try:
-        if f.isymbols is not None:
-            out.labels_sym = _symbol_table(f.isymbols)
-        if f.osymbols is not None and not acceptor:
-            out.aux_labels_sym = _symbol_table(f.osymbols)
+        if isymbols is not None:
+            out.labels_sym = _symbol_table(isymbols)
+        if osymbols is not None and not acceptor:
+            out.aux_labels_sym = _symbol_table(osymbols)
     except ValueError as e:
         raise ValueError(f"{path}: a symbol table of the FST: {e}") from None
     return out

@@ -21,19 +21,28 @@ make it non-deterministic.
 ragged aux_labels; an Fsa has one aux_label per arc, so :func:`remove_input_epsilons` moves the
 word of each ``0:w`` arc onto the token arcs entering its source state (or, failing that, leaving
 its destination), which keeps every path's token sequence, word sequence and total score.
-Then ``H o LG`` (no determinization of H; H's blank ``0:0`` arcs only mean "H moves, LG stays"),
-Connect, ArcSort. Result: labels = network output ids (0 = blank), aux_labels = words, -1 arcs
-into one final state.
+Then ``H o LG`` (no determinization of H; H's blank ``0:0`` arcs only mean "H moves, LG stays";
+kaldifst's Compose connects), ArcSort. Result: labels = network output ids (0 = blank),
+aux_labels = words, -1 arcs into one final state.
 
 :func:`compile_hclg` (HMM, monophone: C = identity): H (transition-ids -> phones, self-loops and
-transition probabilities included, :mod:`.topo`) ``o`` epsilon-free LG, Connect, RmEpsilon (H's
-``0:0`` phone-exit arcs), ArcSort. Labels = transition-ids (no epsilon left), aux_labels = words.
-Unlike Kaldi, HCLG is not determinized again before adding self-loops (icefall's HLG is not
-either).
+transition probabilities included, :mod:`.topo`) ``o`` epsilon-free LG (connected), RmEpsilon
+(H's ``0:0`` phone-exit arcs; connects), ArcSort. Labels = transition-ids (no epsilon left),
+aux_labels = words. Unlike Kaldi, HCLG is not determinized again before adding self-loops
+(icefall's HLG is not either).
 
 :func:`compile_graph`: reads a lang dir, writes ``<kind>.fst`` (OpenFst binary) and ``<kind>.pt``
 (:func:`wfst_asr.fsa.save`) atomically with a JSON stamp ``<kind>.stamp.json``; recompiles only
 when an output is missing or older than an input, or the options changed.
+
+Memory: with a vocabulary of 10^4 words LG has ~10^7 arcs (epsilon-free, each back-off state
+holds a copy of the unigram state's arcs) and HLG 2-3 times more, so the steps keep few copies
+alive: the epsilon-free LG goes to ``H o LG`` as a kaldifst FST (no Fsa round trip), each FST is
+freed as soon as the next one exists and the C heap trimmed (:func:`_trim_heap`), conversions
+work on int32 columns (:mod:`wfst_asr.fsa.io`), and ``compile_graph`` writes ``HLG.fst`` /
+``HCLG.fst`` straight from kaldifst, frees it and reads the file back (:func:`read_fst`) instead
+of converting the FST in memory and again for writing. The largest transient left is reading
+the graph back (about 70 bytes per arc, in :mod:`wfst_asr.fsa._fstbin`).
 
 Every function returns/records a *stats* dict: ``kaldifst_s`` (time inside kaldifst's own
 operations: compose, determinize_star, rmepsilon, minimize_encoded, connect, arcsort),
@@ -43,6 +52,8 @@ operations: compose, determinize_star, rmepsilon, minimize_encoded, connect, arc
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import logging
@@ -56,6 +67,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wfst_asr.atomic import atomic_output
 from wfst_asr.fsa import Fsa, SymbolTable
 from wfst_asr.fsa.io import from_kaldifst, load, read_fst, save, to_kaldifst, write_fst
 from wfst_asr.fsa.symbol_table import atomic_write_text
@@ -135,6 +147,23 @@ def _kfst():
     return _kaldi.kaldifst()
 
 
+def _trim_heap() -> None:
+    """Give the memory that freed OpenFst objects leave in the C heap back to the system
+    (glibc's ``malloc_trim``; nothing elsewhere). Without it the resident size after freeing a
+    graph of 10^7 arcs stays near its peak, and the next step adds to it."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
+
+
 def _to_k(fsa: Fsa, stats: CompileStats):
     with stats.convert():
         return to_kaldifst(fsa, attach_symbols=False)
@@ -192,6 +221,7 @@ def compile_lg(L_disambig: Fsa, G: Fsa, first_token_disambig: int, first_word_di
     if not keep_disambig:
         fsa = _remove_disambig(_from_k(fst, stats), first_token_disambig, first_word_disambig)
         fst = _to_k(fsa, stats)
+        del fsa
         with stats.kaldifst("rmepsilon"):
             kf.rmepsilon(fst)
         _nonempty(fst, "rmepsilon(LG)", "epsilon removal lost every path")
@@ -203,6 +233,8 @@ def compile_lg(L_disambig: Fsa, G: Fsa, first_token_disambig: int, first_word_di
         kf.arcsort(fst, sort_type="ilabel")
     _nonempty(fst, "min(LG)", "minimization and connection left no path")
     LG = _from_k(fst, stats)
+    del fst, fl, fg
+    _trim_heap()
     _copy_syms(LG, L_disambig, G)
     stats["LG_states"], stats["LG_arcs"] = _size(LG)
     if own:
@@ -262,10 +294,11 @@ def remove_input_epsilons(fsa: Fsa) -> Fsa:
     """
     if fsa.is_vec or not fsa.has_attr("aux_labels"):
         raise ValueError("remove_input_epsilons takes a single transducer")
+    # int32 columns (views of the Fsa's tensors until the first round copies them) and float64
+    # scores: about 24 bytes per arc, where the graphs of large vocabularies have 10^7 arcs
     a = fsa.arcs.cpu().numpy()
-    src, dst = a[:, 0].astype(np.int64), a[:, 1].astype(np.int64)
-    lab = a[:, 2].astype(np.int64)
-    aux = fsa.aux_labels.cpu().numpy().astype(np.int64)
+    src, dst, lab = a[:, 0], a[:, 1], a[:, 2]
+    aux = fsa.aux_labels.cpu().numpy().astype(np.int32, copy=False)
     sc = fsa.scores.detach().cpu().numpy().astype(np.float64)
     n = fsa.num_states
     if bool((aux[lab == 0] == 0).any()):
@@ -276,19 +309,23 @@ def remove_input_epsilons(fsa: Fsa) -> Fsa:
         if not len(pending):
             break
         ok_arc = alive & (lab > 0) & (aux == 0)
+        not_ok = alive & ~ok_arc
         bad_in = np.zeros(n, dtype=bool)
-        bad_in[dst[alive & ~ok_arc]] = True
+        bad_in[dst[not_ok]] = True
         bad_out = np.zeros(n, dtype=bool)
-        bad_out[src[alive & ~ok_arc]] = True
-        n_out = np.bincount(src[alive], minlength=n)
+        bad_out[src[not_ok]] = True
+        del not_ok
+        has_out = np.zeros(n, dtype=bool)
+        has_out[src if alive.all() else src[alive]] = True
         p, r = src[pending], dst[pending]
         back = (p != 0) & ~bad_in[p]
-        fwd = ~back & (n_out[r] > 0) & ~bad_out[r]
+        fwd = ~back & has_out[r] & ~bad_out[r]
         F = pending[fwd]
         r_of_f = np.zeros(n, dtype=bool)
         r_of_f[dst[F]] = True
         conflict = np.zeros(n, dtype=bool)
         conflict[dst[ok_arc & r_of_f[src]]] = True
+        del ok_arc
         B = pending[back & ~conflict[p]]
         if not len(B) and not len(F):
             e0 = int(pending[0])
@@ -296,8 +333,8 @@ def remove_input_epsilons(fsa: Fsa) -> Fsa:
                 f"remove_input_epsilons: cannot move the word of {len(pending)} epsilon arc(s) "
                 f"(e.g. {src[e0]} -> {dst[e0]} word {aux[e0]}) onto a "
                 "frame-consuming arc without a word")
-        eb, fb = _arc_pairs(B, src[B], dst, alive)  # arcs f entering p
-        ef, gf = _arc_pairs(F, dst[F], src, alive)  # arcs g leaving r
+        eb, fb = _arc_pairs(B, src[B], dst, alive, n)  # arcs f entering p
+        ef, gf = _arc_pairs(F, dst[F], src, alive, n)  # arcs g leaving r
         alive[B] = False
         alive[F] = False
         src = np.concatenate([src, src[fb], src[ef]])
@@ -306,24 +343,33 @@ def remove_input_epsilons(fsa: Fsa) -> Fsa:
         aux = np.concatenate([aux, aux[eb], aux[ef]])
         sc = np.concatenate([sc, sc[fb] + sc[eb], sc[ef] + sc[gf]])
         alive = np.concatenate([alive, np.ones(len(eb) + len(ef), dtype=bool)])
-    keep = np.flatnonzero(alive)
-    order = keep[np.lexsort((lab[keep] == -1, src[keep]))]
-    arcs = torch.from_numpy(np.stack([src[order], dst[order], lab[order]], axis=1)
-                            .astype(np.int32))
-    out_fsa = Fsa(arcs.reshape(-1, 3), torch.from_numpy(sc[order].astype(np.float32)),
-                  num_states=n, aux_labels=torch.from_numpy(aux[order].astype(np.int32)))
+        del eb, fb, ef, gf
+    # by source state, -1 arcs last, otherwise in arc order (stable); deleted arcs at the end
+    key = src.astype(np.int64) * 2
+    key[lab == -1] += 1
+    key[~alive] = 2 * n + 2
+    order = np.argsort(key, kind="stable")[:int(alive.sum())]
+    del key, alive
+    arcs = np.empty((len(order), 3), dtype=np.int32)
+    for k, col in enumerate((src, dst, lab)):
+        arcs[:, k] = col[order]
+    out_fsa = Fsa(torch.from_numpy(arcs), torch.from_numpy(sc[order].astype(np.float32)),
+                  num_states=n, aux_labels=torch.from_numpy(aux[order]), validate=False)
     for k, v in fsa._other_attrs.items():
         setattr(out_fsa, k, v)
     return out_fsa
 
 
-def _arc_pairs(sel: np.ndarray, state: np.ndarray, at: np.ndarray, alive: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Every (arc of ``sel``, alive arc ``j`` with ``at[j] == state`` of that arc) pair."""
+def _arc_pairs(sel: np.ndarray, state: np.ndarray, at: np.ndarray, alive: np.ndarray,
+               num_states: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every (arc of ``sel``, alive arc ``j`` with ``at[j] == state`` of that arc) pair, the
+    ``j`` of one arc in increasing order. Only the arcs at one of the ``state`` s are sorted."""
     if not len(sel):
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
-    idx = np.flatnonzero(alive)
+    wanted = np.zeros(num_states, dtype=bool)
+    wanted[state] = True
+    idx = np.flatnonzero(alive & wanted[at])
     idx = idx[np.argsort(at[idx], kind="stable")]
     deg = np.bincount(at[idx], minlength=int(max(state.max(), 0)) + 1)
     first = np.concatenate([[0], np.cumsum(deg)])
@@ -333,50 +379,83 @@ def _arc_pairs(sel: np.ndarray, state: np.ndarray, at: np.ndarray, alive: np.nda
     return sel[rep], idx[first[state][rep] + offs]
 
 
-def _epsilon_free_lg(LG: Fsa, stats: CompileStats) -> Fsa:
-    """LG without input epsilons (``0:w`` arcs moved, then Connect)."""
+def _epsilon_free_lg(LG: Fsa, stats: CompileStats):
+    """LG without input epsilons (``0:w`` arcs moved, then Connect, ArcSort) as a kaldifst FST,
+    ready for ``H o LG`` (no trip back to an Fsa: LG has ~10^7 arcs for a large vocabulary)."""
     if not bool((LG.labels == 0).any()):
-        return LG
+        return _to_k(LG, stats)
     t = time.perf_counter()
     fixed = remove_input_epsilons(LG)
     stats["remove_input_epsilons_s"] = time.perf_counter() - t
     fst = _to_k(fixed, stats)
+    del fixed
+    _trim_heap()
     kf = _kfst()
     with stats.kaldifst("connect"):
         kf.connect(fst)
         kf.arcsort(fst, sort_type="ilabel")
     _nonempty(fst, "remove_input_epsilons(LG)", "moving the words of LG's epsilon arcs left no "
               "path")
-    out = _from_k(fst, stats)
-    for k, v in LG._other_attrs.items():
-        setattr(out, k, v)
-    return out
+    return fst
 
 
 # ---------------------------------------------------------------------- H o LG
-def _compose_h(H: Fsa, LG: Fsa, stats: CompileStats, rmeps: bool, name: str = "H") -> Fsa:
-    """``H o LG`` (Connect, optional RmEpsilon, ArcSort) through kaldifst."""
+def _compose_h(H: Fsa, flg, stats: CompileStats, rmeps: bool, name: str = "H", *,
+               syms: tuple[SymbolTable | None, SymbolTable | None] = (None, None),
+               fst_path: str | None = None) -> Fsa:
+    """``H o LG`` (connected by Compose, optional RmEpsilon, ArcSort) through kaldifst; ``flg``
+    is LG as a kaldifst FST (:func:`_epsilon_free_lg`; freed after Compose when the caller
+    hands it over as a temporary). ``syms``: (labels_sym, aux_labels_sym) of the
+    result; ``fst_path``: also write the result there as an OpenFst binary FST with those symbol
+    tables (what :func:`~wfst_asr.fsa.write_fst` of the returned Fsa writes), from the kaldifst
+    FST, before it is converted."""
     kf = _kfst()
-    if LG.num_states == 0:
+    if flg.num_states == 0:
         raise EmptyGraphError("LG", "LG is empty (no path): nothing to compose H with")
-    fh, flg = _to_k(H, stats), _to_k(LG, stats)
+    fh = _to_k(H, stats)
     with stats.kaldifst("compose"):
         kf.arcsort(fh, sort_type="olabel")
         kf.arcsort(flg, sort_type="ilabel")
         fst = kf.compose(fh, flg, connect=True)
+    del fh, flg  # the caller passes its last reference to LG's FST
+    _trim_heap()
     _nonempty(fst, f"{name} o LG", f"no token sequence of LG is an output of {name} (does the "
               "topology cover every token of L?)")
     if rmeps:
         with stats.kaldifst("rmepsilon"):
-            kf.rmepsilon(fst)
+            kf.rmepsilon(fst)  # connects too (as compose did): no Connect (memory) needed
     with stats.kaldifst("connect"):
-        kf.connect(fst)
         kf.arcsort(fst, sort_type="ilabel")
     _nonempty(fst, f"connect({name} o LG)", "epsilon removal / connection left no path")
-    out = _from_k(fst, stats)
-    if LG.has_attr("aux_labels_sym"):
-        out.aux_labels_sym = LG.aux_labels_sym
+    if fst_path is None:
+        out = _from_k(fst, stats)
+    else:  # write it, free it, read the file back: less memory, and faster, than _from_k
+        with stats._timed("write_s"):
+            _write_k(fst, fst_path, syms)
+        del fst
+        _trim_heap()
+        with stats.convert():
+            out = read_fst(fst_path, acceptor=False)
+    for attr, table in zip(("labels_sym", "aux_labels_sym"), syms):
+        if table is not None:
+            setattr(out, attr, table)
     return out
+
+
+def _write_k(fst, path: str, syms: tuple[SymbolTable | None, SymbolTable | None]) -> None:
+    """Write a kaldifst FST to ``path`` (not atomically: ``path`` is a temporary file) with the
+    symbol tables ``syms`` (input, output), as :func:`~wfst_asr.fsa.write_fst` would."""
+    isym, osym = syms
+    if isym is not None:
+        fst.input_symbols = isym.to_kaldifst()
+    if osym is not None:
+        fst.output_symbols = osym.to_kaldifst()
+    if not fst.write(path):
+        raise OSError(errno.EIO, "OpenFst could not write it", path)
+
+
+def _lg_syms(LG: Fsa) -> SymbolTable | None:
+    return LG.aux_labels_sym if LG.has_attr("aux_labels_sym") else None
 
 
 def compile_hlg(H: Fsa | Topology, LG: Fsa, *, stats: CompileStats | None = None) -> Fsa:
@@ -389,15 +468,26 @@ def compile_hlg(H: Fsa | Topology, LG: Fsa, *, stats: CompileStats | None = None
     """
     own = stats is None
     stats = CompileStats() if own else stats
+    HLG = _hlg(_ctc_h(H), _epsilon_free_lg(LG, stats), stats, (None, _lg_syms(LG)))
+    if own:
+        log.info("compile_hlg: %s", stats.finish())
+    return HLG
+
+
+def _ctc_h(H: Fsa | Topology) -> Fsa:
+    """The H of a CTC topology (ValueError for an HMM one)."""
     if isinstance(H, Topology):
         if not H.is_ctc:
             raise ValueError(f"compile_hlg needs a CTC topology, got {H.name!r}; use "
                              "compile_hclg")
-        H = H.H
-    HLG = _compose_h(H, _epsilon_free_lg(LG, stats), stats, rmeps=False)
+        return H.H
+    return H
+
+
+def _hlg(H: Fsa, flg, stats: CompileStats, syms: tuple, fst_path: str | None = None) -> Fsa:
+    """:func:`compile_hlg` from LG's kaldifst FST (consumed)."""
+    HLG = _compose_h(H, flg, stats, rmeps=False, syms=syms, fst_path=fst_path)
     stats["HLG_states"], stats["HLG_arcs"] = _size(HLG)
-    if own:
-        log.info("compile_hlg: %s", stats.finish())
     return HLG
 
 
@@ -410,12 +500,19 @@ def compile_hclg(topo: Topology, LG: Fsa, *, stats: CompileStats | None = None) 
     stats = CompileStats() if own else stats
     if topo.is_ctc:
         raise ValueError(f"compile_hclg needs an HMM topology, got {topo.name!r}")
-    HCLG = _compose_h(topo.H, _epsilon_free_lg(LG, stats), stats, rmeps=True, name="HC")
+    HCLG = _hclg(topo, _epsilon_free_lg(LG, stats), stats, (None, _lg_syms(LG)))
+    if own:
+        log.info("compile_hclg: %s", stats.finish())
+    return HCLG
+
+
+def _hclg(topo: Topology, flg, stats: CompileStats, syms: tuple, fst_path: str | None = None
+          ) -> Fsa:
+    """:func:`compile_hclg` from LG's kaldifst FST (consumed)."""
+    HCLG = _compose_h(topo.H, flg, stats, rmeps=True, name="HC", syms=syms, fst_path=fst_path)
     if bool((HCLG.labels == 0).any()):
         raise RuntimeError("HCLG still has epsilon input arcs after RmEpsilon")
     stats["HCLG_states"], stats["HCLG_arcs"] = _size(HCLG)
-    if own:
-        log.info("compile_hclg: %s", stats.finish())
     return HCLG
 
 
@@ -591,9 +688,14 @@ def compile_graph(lang_dir: str | os.PathLike, kind: str = "HLG", topo: str = "c
         if graph.num_states > 0:  # an empty one (older versions wrote them) is rebuilt
             return graph, {"cached": True, "total_s": time.perf_counter() - t}
     stats = CompileStats()
-    graph, t = _compile_from_files(inputs, kind, topo, options, stats, progress)
+    with atomic_output(fst_path) as fst_tmp:
+        # HLG / HCLG are written to fst_tmp from kaldifst as soon as they are complete
+        graph, t, written = _compile_from_files(inputs, kind, topo, options, stats, progress,
+                                                fst_tmp)
+        if not written:
+            with stats._timed("write_s"):
+                write_fst(graph, fst_tmp)
     with stats._timed("write_s"):
-        write_fst(graph, fst_path)
         save(graph, pt_path)
         if t is not None and t.tid2pdf is not None:
             atomic_write_text(out / "HCLG.tid2pdf.txt",
@@ -607,8 +709,9 @@ def compile_graph(lang_dir: str | os.PathLike, kind: str = "HLG", topo: str = "c
 
 
 def _compile_from_files(inputs: dict[str, Path], kind: str, topo: str, options: dict,
-                        stats: CompileStats, progress: Callable[[str], None] | None
-                        ) -> tuple[Fsa, Topology | None]:
+                        stats: CompileStats, progress: Callable[[str], None] | None,
+                        fst_path: str | None = None) -> tuple[Fsa, Topology | None, bool]:
+    """(graph, topology or None, whether the graph was written to ``fst_path``)."""
     say = progress or (lambda _msg: None)
     tokens = SymbolTable.from_file(inputs["tokens"])
     words = SymbolTable.from_file(inputs["words"])
@@ -635,18 +738,24 @@ def _compile_from_files(inputs: dict[str, Path], kind: str, topo: str, options: 
     say(f"L_disambig: {_size(L)}, G: {_size(G)} (states, arcs)")
     try:
         LG = compile_lg(L, G, ftd, fwd, use_log=options["use_log"], stats=stats)
+        del L, G
         say(f"LG: {_size(LG)}")
         if kind == "LG":
-            return LG, None
+            return LG, None, False
         t = make_topology(topo, ftd - 1, transition_scale=options.get("transition_scale", 1.0),
                           self_loop_scale=options.get("self_loop_scale", 1.0))
+        syms = (None if kind == "HCLG" else tokens, _lg_syms(LG))
+        # LG's FST goes to _hclg / _hlg as a call's temporary, and LG itself is dropped here:
+        # both are freed once H o LG is composed (CPython hands a temporary argument over)
+        box = [_epsilon_free_lg(LG, stats)]
+        del LG
+        _trim_heap()
         if kind == "HCLG":
-            graph = compile_hclg(t, LG, stats=stats)
+            graph = _hclg(t, box.pop(), stats, syms, fst_path)
         else:
-            graph = compile_hlg(t, LG, stats=stats)
-            graph.labels_sym = tokens
+            graph = _hlg(_ctc_h(t), box.pop(), stats, syms, fst_path)
     except EmptyGraphError as e:
         raise EmptyGraphError(e.step, f"{kind} from {inputs['L_disambig']} and {inputs['G']} "
                                       f"(topology {topo}): {e}") from None
     say(f"{kind}: {_size(graph)}")
-    return graph, t
+    return graph, t, True

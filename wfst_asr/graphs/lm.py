@@ -6,7 +6,10 @@
   weights. Returned as an :class:`~wfst_asr.fsa.Fsa` transducer: ``labels`` = input side (words
   and ``#0``), ``aux_labels`` = output side (words, 0 on back-off arcs), ``scores`` =
   ``ln(10) * log10 values`` (OpenFst cost = -score). Optionally written as an OpenFst binary
-  ``G.fst`` and ``G.pt`` (:func:`wfst_asr.fsa.save`), both atomically.
+  ``G.fst`` and ``G.pt`` (:func:`wfst_asr.fsa.save`), both atomically. The states that have
+  nothing but their back-off arc are then removed (:func:`remove_backoff_only_states`).
+* :func:`remove_backoff_only_states` -- exact removal of G's states whose only arc is the
+  back-off arc (arcs entering them go straight to the back-off target, its weight added).
 * :func:`make_token_lm` -- an n-gram LM over token sequences (TIMIT phone bigram, the LF-MMI
   denominator phone LM P) written as ARPA.
 * :func:`ngram_acceptor` -- a back-off n-gram as a deterministic, epsilon-free acceptor over
@@ -23,21 +26,24 @@ is fully validated with :func:`~wfst_asr.graphs.ngram.read_arpa` first.)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from wfst_asr.atomic import atomic_output
 from wfst_asr.fsa import Fsa, SymbolTable
-from wfst_asr.fsa.io import read_fst, save
+from wfst_asr.fsa.io import read_fst, save, write_fst
 
 from .ngram import BOS, EOS, NgramModel, estimate_ngram, read_arpa
 
-__all__ = ["arpa_to_fst", "g_pt_path", "make_token_lm", "ngram_acceptor"]
+__all__ = ["arpa_to_fst", "g_pt_path", "make_token_lm", "ngram_acceptor",
+           "remove_backoff_only_states"]
 
 PathLike = str | os.PathLike
 
@@ -68,7 +74,8 @@ def _check_words(arpa_path: str, model: NgramModel, table: SymbolTable, words_tx
 
 
 def arpa_to_fst(arpa_path: PathLike, words_txt: PathLike, out_path: PathLike | None = None,
-                disambig_symbol: str = "#0", max_order: int | None = None) -> Fsa:
+                disambig_symbol: str = "#0", max_order: int | None = None, *,
+                remove_backoff_only: bool = True) -> Fsa:
     """Compile an ARPA LM into G over the word ids of ``words_txt`` (kaldilm's arpa2fst).
 
     Args:
@@ -82,6 +89,9 @@ def arpa_to_fst(arpa_path: PathLike, words_txt: PathLike, out_path: PathLike | N
         the model (:meth:`NgramModel.truncated`), not by kaldilm's ``max_order``, which keeps
         the back-off weights of the ``max_order``-grams (one more back-off state level), so its
         G is not normalised.
+      remove_backoff_only: remove the states whose only arc is their back-off arc
+        (:func:`remove_backoff_only_states`: the same weighted language, fewer states; what
+        a pruned LM leaves behind). False: kaldilm's G as it is.
 
     Returns:
       G as a transducer :class:`Fsa` with ``labels_sym`` = ``aux_labels_sym`` = the word table.
@@ -93,17 +103,23 @@ def arpa_to_fst(arpa_path: PathLike, words_txt: PathLike, out_path: PathLike | N
     _check_words(arpa_path, model, table, words_txt, disambig_symbol)
     if max_order is not None and not 1 <= max_order <= model.order:
         raise ValueError(f"max_order must be in 1..{model.order} for {arpa_path}, got {max_order}")
+    backoff = int(table[disambig_symbol]) if disambig_symbol else 0
     with tempfile.TemporaryDirectory() as folder:
         if max_order is not None and max_order < model.order:
             arpa_path = os.path.join(folder, "truncated.arpa")
             model.truncated(max_order).write_arpa(arpa_path)
         del model
-        if out is None:
-            return _compile(arpa_path, words_txt, os.path.join(folder, "G.fst"),
-                            disambig_symbol, table)
-        with atomic_output(out) as tmp:
-            fsa = _compile(arpa_path, words_txt, tmp, disambig_symbol, table)
-    save(fsa, g_pt_path(out))
+        with contextlib.ExitStack() as stack:
+            # the output folder is checked (atomic_output) before kaldilm runs
+            tmp = stack.enter_context(atomic_output(out)) if out is not None else None
+            fsa = _compile(arpa_path, words_txt, os.path.join(folder, "G.fst"),
+                           disambig_symbol, table)
+            if remove_backoff_only:
+                fsa = remove_backoff_only_states(fsa, backoff)
+            if tmp is not None:
+                write_fst(fsa, tmp, attach_symbols=False)  # as kaldilm's G: no symbol tables
+    if out is not None:
+        save(fsa, g_pt_path(out))
     return fsa
 
 
@@ -119,6 +135,77 @@ def _compile(arpa_path: str, words_txt: str, fst_path: str, disambig_symbol: str
     fsa.labels_sym = table
     fsa.aux_labels_sym = table
     return fsa
+
+
+def remove_backoff_only_states(G: Fsa, backoff_label: int) -> Fsa:
+    """G without its *back-off-only* states: the same weighted language, fewer states.
+
+    kaldilm's arpa2fst makes a state for every n-gram below the highest order, even one that
+    no longer has a successor (after pruning, most bigrams whose trigrams were all pruned):
+    such a state ``q`` has one arc, its back-off arc ``q -> b`` (weight ``v``), is not final
+    and is not the start state. Every path through ``q`` enters it by some arc ``e`` and leaves
+    by that back-off arc, so ``e`` is redirected to ``b`` with score ``e.score + v`` (along a
+    chain of such states to the first state that is kept, all weights added) and ``q`` is
+    deleted. Paths of the old and the new G correspond one to one with the same labels and the
+    same total score (up to float32 rounding of the sums): an exact change, in any semiring,
+    also for the ARPA back-off reading of G (``#0`` taken only when no word arc matches), since
+    ``q`` has no word arc. Decoding graphs gain most: RmEpsilon of LG would copy the arcs of
+    ``b`` (the whole unigram lexicon, when ``b`` is the unigram state) into a copy of ``q``.
+
+    Args:
+      G: a single FSA (acceptor or transducer); a back-off arc has label ``backoff_label``
+        (and aux_label 0 in a transducer).
+      backoff_label: the id of ``#0`` (0 when back-off arcs are epsilon).
+
+    Returns:
+      the new G (states renumbered in their old order, arcs in their old order, other
+      attributes kept); ``G`` itself when no state is back-off-only.
+    """
+    if G.is_vec:
+        raise ValueError("remove_backoff_only_states takes a single FSA")
+    n = G.num_states
+    a = G.arcs.cpu().numpy()
+    src, dst, lab = a[:, 0].astype(np.int64), a[:, 1].astype(np.int64), a[:, 2]
+    is_bo = lab == backoff_label
+    if G.has_attr("aux_labels"):
+        is_bo &= G.aux_labels.cpu().numpy() == 0
+    drop = (np.bincount(src, minlength=n) == 1) & (np.bincount(src[is_bo], minlength=n) == 1)
+    if n:
+        drop[0] = False  # the start state stays
+    if not drop.any():
+        return G
+    bo_arc = np.zeros(n, dtype=np.int64)
+    bo_arc[src[is_bo]] = np.flatnonzero(is_bo)
+    scores = G.scores.detach().cpu().numpy()
+    while True:
+        # target (first kept state down the back-off chain) and summed weight of each state
+        tgt, w = np.arange(n), np.zeros(n, dtype=np.float64)
+        tgt[drop] = dst[bo_arc[drop]]
+        w[drop] = scores[bo_arc[drop]]
+        for _ in range(max(n, 2).bit_length() + 1):  # pointer jumping: chains halve each time
+            if not drop[tgt].any():
+                break
+            w, tgt = w + w[tgt], tgt[tgt]
+        on_cycle = drop[tgt]  # a loop of back-off-only states (no G makes one): kept as is
+        if not on_cycle.any():
+            break
+        drop &= ~on_cycle
+    if not drop.any():
+        return G
+    into = drop[dst]
+    new_scores = scores.astype(np.float64)
+    new_scores[into] += w[dst[into]]
+    new_dst = np.where(into, tgt[dst], dst)
+    keep = ~drop[src]
+    ren = np.cumsum(~drop) - 1
+    arcs = np.stack([ren[src[keep]], ren[new_dst[keep]], lab[keep]], axis=1).astype(np.int32)
+    keep_t = torch.from_numpy(keep)
+    attrs = {k: v[keep_t] for k, v in G._tensor_attrs.items()}
+    out = Fsa(torch.from_numpy(arcs), torch.from_numpy(new_scores[keep].astype(np.float32)),
+              num_states=int(n - drop.sum()), **attrs)
+    for k, v in G._other_attrs.items():
+        setattr(out, k, v)
+    return out
 
 
 def make_token_lm(transcripts: Iterable[Sequence[str | int]], order: int,

@@ -105,6 +105,9 @@ class DecodeOptions:
     lm_scales: Sequence[float] = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
     word_penalties: Sequence[float] = (-2.0, -1.0, 0.0, 1.0)
     search_beam: float = 20.0
+    max_active: int = 10000
+    """Active states per utterance and frame (engine ``max_active_states``, Kaldi's
+    ``max_active``): bounds the search in a large graph."""
     max_duration: float = 200.0
     beam_size: int = 4
     """Modified beam search (transducer ``beam``)."""
@@ -416,7 +419,7 @@ class Decoder:
     def available_methods(self) -> dict[str, Method]:
         """Every method that applies to the model, in the default order."""
         o = self.opts
-        beam = o.search_beam
+        beam, max_active = o.search_beam, o.max_active
         out: dict[str, Method] = {}
 
         def fixed(fn: BatchFn) -> Callable[[float, float], BatchFn]:
@@ -466,19 +469,19 @@ class Decoder:
         def engine_at(s: float, wp: float) -> BatchFn:
             g = self.graph
             return lambda lp, n: one_best(g, lp, n, search_beam=beam, lm_scale=s,
-                                          word_penalty=wp)
+                                          word_penalty=wp, max_active_states=max_active)
 
         @functools.lru_cache(maxsize=4)
         def kaldi_at(s: float, wp: float) -> BatchFn:
             kg = kaldi_ctc_graph(self.graph, lm_scale=s, word_penalty=wp)
-            return lambda lp, n: kaldi_one_best(kg, lp, n, beam=beam)
+            return lambda lp, n: kaldi_one_best(kg, lp, n, beam=beam, max_active=max_active)
 
         out[graph_method] = Method(graph_method, engine_at, self.word_str,
                                    f"engine one_best in the {self._graph_name} (search beam "
-                                   f"{beam:g})", True)
+                                   f"{beam:g}, max active {max_active})", True)
         out["kaldi"] = Method("kaldi", kaldi_at, self.word_str,
                               f"kaldi-decoder FasterDecoder in the {self._graph_name} (beam "
-                              f"{beam:g})", True, follows=graph_method,
+                              f"{beam:g}, max active {max_active})", True, follows=graph_method,
                               info={"compare_with": graph_method})
         return out
 
