@@ -133,16 +133,33 @@ def _compose_one(one: Fsa, gfst) -> Fsa | None:
     c = from_kaldifst(comp, acceptor=False)
     reg = c.labels != -1
     src_arc = torch.where(reg, c.labels.long() - 1, torch.full_like(c.labels, -1).long())
-    lab = torch.where(reg, one.labels[src_arc.clamp(min=0)], torch.full_like(c.labels, -1))
-    arcs = torch.cat([c.arcs[:, :2], lab.to(torch.int32).unsqueeze(1)], dim=1)
-    out = one.index_arcs(src_arc, arcs, None, c.num_states, scores=torch.zeros(
-        c.num_arcs, dtype=torch.float32), validate=False)
+    return _lattice_from_arcs(one, src_arc, c.arcs[:, :2], c.num_states, c.aux_labels,
+                              c.scores)
+
+
+def _lattice_from_arcs(one: Fsa, src_arc: torch.Tensor, src_dst: torch.Tensor,
+                       num_states: int, aux_labels: torch.Tensor,
+                       lm_scores: torch.Tensor) -> Fsa:
+    """A rescored lattice from ONE lattice and the arcs of its composition with an LM.
+
+    ``src_arc`` int64 ``[A]``: the lattice arc each new arc comes from, -1 for the arcs into the
+    (new, last) final state; ``src_dst`` ``[A, 2]``: their states; ``aux_labels`` ``[A]``: the
+    words (ignored where ``src_arc`` is -1); ``lm_scores`` ``[A]``: the LM's natural-log scores
+    (log semiring values, not costs). Labels, ``am_scores`` and ``frame_idx`` follow
+    ``src_arc`` (final arcs: label -1, am 0, frame = the utterance's frames); ``scores`` are 0
+    (the caller combines them)."""
+    reg = src_arc >= 0
+    lab = torch.where(reg, one.labels[src_arc.clamp(min=0)],
+                      torch.full(src_arc.shape, -1, dtype=one.labels.dtype))
+    arcs = torch.cat([src_dst.to(torch.int32), lab.to(torch.int32).unsqueeze(1)], dim=1)
+    out = one.index_arcs(src_arc, arcs, None, num_states, scores=torch.zeros(
+        src_arc.shape[0], dtype=torch.float32), validate=False)
     T = int(num_frames(one)[0])
-    aux = torch.where(reg, c.aux_labels, torch.full_like(c.aux_labels, -1)).to(torch.int32)
+    aux = torch.where(reg, aux_labels, torch.full_like(aux_labels, -1)).to(torch.int32)
     out.aux_labels = aux
     out.frame_idx = torch.where(reg, out.frame_idx, torch.full_like(out.frame_idx, T))
     out.am_scores = torch.where(reg, out.am_scores, torch.zeros_like(out.am_scores))
-    out.lm_scores = c.scores.to(torch.float32) + 0.0
+    out.lm_scores = lm_scores.to(torch.float32) + 0.0
     if out.has_attr("graph_arc_idx"):
         delattr(out, "graph_arc_idx")
     return out

@@ -56,6 +56,7 @@ from wfst_asr.atomic import atomic_write_text, iter_text_lines
 from wfst_asr.decode.grid import GridResult
 from wfst_asr.decode.lattice_io import read_meta, symbol_table_checksum
 from wfst_asr.decode.nnlm import add_nnlm_scores, rescore, sweep
+from wfst_asr.decode.ondemand import OnDemandNgram, load_rescoring_lm, rescore_lattices_ngram
 from wfst_asr.decode.pipeline import (
     best_word_seqs,
     load_lattice_dir,
@@ -65,7 +66,6 @@ from wfst_asr.decode.pipeline import (
     sweep_lattices,
     write_lattice_dir,
 )
-from wfst_asr.decode.rescore import load_g
 from wfst_asr.fsa import Fsa, SymbolTable
 from wfst_asr.scoring import Fold, score_decode_dir, score_texts, write_text, write_utt2spk
 from wfst_asr.scoring.decode_dir import SETTINGS, hyp_path, ref_path, utt2spk_path, write_settings
@@ -357,10 +357,12 @@ class Rescorer:
         self.hyps[name] = {n: {u: self.sym.strs(h) for u, h in best_word_seqs(
             lats[n], s["lm_scale"], s["word_penalty"]).items()} for n in self.refs}
 
-    def _load_ngram(self, path: Path) -> tuple[str, Fsa]:
-        """The method's name (``<order>gram``) and G of an ARPA file (or G file)."""
+    def _load_ngram(self, path: Path) -> tuple[str, Fsa | OnDemandNgram]:
+        """The method's name (``<order>gram``) and the LM of an ARPA file (or G file): G, or
+        for an ARPA LM too large to expand into an acceptor, the LM queried on demand
+        (:func:`~wfst_asr.decode.ondemand.load_rescoring_lm`)."""
         name = f"{arpa_order(path)}gram" if path.suffix == ".arpa" else "ngram"
-        return name, load_g(path, words=self.words)
+        return name, load_rescoring_lm(path, self.words)
 
     def _load_nnlm(self, path: Path) -> torch.nn.Module:
         lm = load_lm(path)
@@ -370,11 +372,14 @@ class Rescorer:
                              f"{self.lang_dir / 'words.txt'}")
         return lm
 
-    def _ngram(self, path: Path, name: str, g: Fsa) -> None:
+    def _ngram(self, path: Path, name: str, g: Fsa | OnDemandNgram) -> None:
         t0 = time.perf_counter()
         lats = {}
         for n in self.refs:
-            lats[n], bad = rescore_lattices(self.lats[n], g, words=self.words)
+            if isinstance(g, OnDemandNgram):
+                lats[n], bad = rescore_lattices_ngram(self.lats[n], g)
+            else:
+                lats[n], bad = rescore_lattices(self.lats[n], g, words=self.words)
             self.skipped.update({f"{n} {name} {k}": v for k, v in bad.items()})
         self._lattice_method(name, f"best path of the lattices rescored with {path} (whole "
                              "lattice, the old graph scores replaced)", lats)
