@@ -19,9 +19,8 @@ from conftest import shared_data_dir
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "egs" / "ljspeech" / "run.sh"
 MODELS = ("bpe", "phone")
-#: the last stage the test runs (8, lattice rescoring, needs on-demand rescoring with the
-#: 14k-word 4-gram: the acceptor path does not scale to it yet)
-STOP = 7
+#: the last stage the test runs (8: lattices, on-demand 4-gram and LSTM-LM rescoring, oracle)
+STOP = 8
 
 
 def _run(args: list[str], timeout: int = 1500) -> str:
