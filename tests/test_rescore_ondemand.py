@@ -18,8 +18,8 @@ from wfst_asr.decode.ondemand import (
     acceptor_arcs_bound,
     load_rescoring_lm,
     rescore_lattice_ngram,
-    rescore_lattices_ngram,
 )
+from wfst_asr.decode.pipeline import rescore_lattices
 from wfst_asr.decode.rescore import rescore_lattice
 from wfst_asr.fsa import Fsa, SymbolTable
 from wfst_asr.graphs.lm import ngram_acceptor
@@ -96,7 +96,7 @@ def test_words_outside_the_lm_remove_their_paths():
     # an LM of "a" alone: lattices without an all-"a" path are skipped and counted
     lat = c["lat"]
     lats = {f"u{b}": lat[b] for b in range(lat.num_fsas)}
-    out, bad = rescore_lattices_ngram(lats, OnDemandNgram(_model(3, 2, "a"), WORDS),
+    out, bad = rescore_lattices(lats, OnDemandNgram(_model(3, 2, "a"), WORDS),
                                       on_skip=None)
     n_empty = sum(1 for b in range(lat.num_fsas)
                   if not any(set(p["words"]) <= {1} for p in lref.lattice_paths(lat[b])))

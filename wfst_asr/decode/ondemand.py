@@ -22,8 +22,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +32,10 @@ from wfst_asr.fsa import Fsa, SymbolTable, create_fsa_vec
 from wfst_asr.graphs.ngram import BOS, EOS, NgramModel, read_arpa
 
 from .lattice import _scales, check_lattice, combine_scores
-from .lattice_io import LatticeError
 from .rescore import _empty_like, _lattice_from_arcs, load_g
 
 __all__ = ["DEFAULT_MAX_ACCEPTOR_ARCS", "OnDemandNgram", "acceptor_arcs_bound", "load_rescoring_lm",
-           "rescore_lattice_ngram", "rescore_lattices_ngram"]
+           "rescore_lattice_ngram"]
 
 #: above this bound on (contexts x vocabulary) arcs an ARPA LM is queried on demand.
 DEFAULT_MAX_ACCEPTOR_ARCS = 2_000_000
@@ -245,27 +243,6 @@ def rescore_lattice_ngram(lattice: Fsa, lm: OnDemandNgram, lm_scale: float | Non
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
-
-
-def rescore_lattices_ngram(lattices: Mapping[str, Fsa], lm: OnDemandNgram,
-                           on_skip: Callable[[str], None] | None = _stderr,
-                           ) -> tuple[dict[str, Fsa], Counter[str]]:
-    """:func:`rescore_lattice_ngram` of every lattice (their own ``lm_scale`` /
-    ``word_penalty`` kept), as :func:`~.pipeline.rescore_lattices` does with a G: a lattice
-    with no path left is skipped, counted as ``"no-path-in-G"`` and reported to ``on_skip``."""
-    out: dict[str, Fsa] = {}
-    bad: Counter[str] = Counter()
-    for utt, lat in lattices.items():
-        res = rescore_lattice_ngram(lat, lm)
-        if res.num_arcs == 0:
-            bad["no-path-in-G"] += 1
-            if on_skip is not None:
-                err = LatticeError(utt, "no-path-in-G",
-                                   "no path of the lattice is accepted by the new G")
-                on_skip(f"skipping {err}")
-            continue
-        out[utt] = res[0]
-    return out, bad
 
 
 def acceptor_arcs_bound(model: NgramModel) -> int:

@@ -41,6 +41,7 @@ from .lattice import best_word_sequences, get_lattice, is_empty, lattice_stats, 
 from .lattice_io import LatticeError, LatticeReader, LatticeWriter
 from .nbest import Nbest, nbest_one
 from .nnlm import error_rate
+from .ondemand import OnDemandNgram, rescore_lattice_ngram
 from .rescore import check_g_words, oracle, prepare_g, rescore_lattice
 
 __all__ = [
@@ -168,20 +169,29 @@ def sweep_lattices(lattices: Mapping[str, Fsa], refs: Mapping[str, Sequence],
     return grid_search(evaluate, lm_scales, word_penalties, log=log, metric=metric)
 
 
-def rescore_lattices(lattices: Mapping[str, Fsa], G: Fsa, words: SymbolTable | None = None,
-                     on_skip: SkipFn | None = _stderr
+def rescore_lattices(lattices: Mapping[str, Fsa], G: Fsa | OnDemandNgram,
+                     words: SymbolTable | None = None, on_skip: SkipFn | None = _stderr
                      ) -> tuple[dict[str, Fsa], Counter[str]]:
     """Whole-lattice rescoring of every lattice with ``G`` (:func:`~.rescore.rescore_lattice`:
     old LM scores dropped, composed with G, new ``lm_scores`` = G's; the lattices' own
     ``lm_scale`` / ``word_penalty`` kept). ``G`` goes through :func:`~.rescore.prepare_g` once
     and its word table is checked against ``words`` (ValueError when they differ). A lattice
-    none of whose paths G accepts is skipped and counted as ``"no-path-in-G"``."""
-    g = prepare_g(G)
-    check_g_words(g, words)
+    none of whose paths G accepts is skipped and counted as ``"no-path-in-G"``. An
+    :class:`~.ondemand.OnDemandNgram` (a large LM, never expanded) is composed on demand with
+    :func:`~.ondemand.rescore_lattice_ngram` instead."""
+    if isinstance(G, OnDemandNgram):
+        def rescore(lat: Fsa) -> Fsa:
+            return rescore_lattice_ngram(lat, G)
+    else:
+        g = prepare_g(G)
+        check_g_words(g, words)
+
+        def rescore(lat: Fsa) -> Fsa:
+            return rescore_lattice(lat, g, prepared=True)
     out: dict[str, Fsa] = {}
     bad: Counter[str] = Counter()
     for utt, lat in lattices.items():
-        res = rescore_lattice(lat, g, prepared=True)
+        res = rescore(lat)
         if res.num_arcs == 0:
             bad["no-path-in-G"] += 1
             if on_skip is not None:

@@ -56,7 +56,7 @@ from wfst_asr.atomic import atomic_write_text, iter_text_lines
 from wfst_asr.decode.grid import GridResult
 from wfst_asr.decode.lattice_io import read_meta, symbol_table_checksum
 from wfst_asr.decode.nnlm import add_nnlm_scores, rescore, sweep
-from wfst_asr.decode.ondemand import OnDemandNgram, load_rescoring_lm, rescore_lattices_ngram
+from wfst_asr.decode.ondemand import OnDemandNgram, load_rescoring_lm
 from wfst_asr.decode.pipeline import (
     best_word_seqs,
     load_lattice_dir,
@@ -376,10 +376,7 @@ class Rescorer:
         t0 = time.perf_counter()
         lats = {}
         for n in self.refs:
-            if isinstance(g, OnDemandNgram):
-                lats[n], bad = rescore_lattices_ngram(self.lats[n], g)
-            else:
-                lats[n], bad = rescore_lattices(self.lats[n], g, words=self.words)
+            lats[n], bad = rescore_lattices(self.lats[n], g, words=self.words)
             self.skipped.update({f"{n} {name} {k}": v for k, v in bad.items()})
         self._lattice_method(name, f"best path of the lattices rescored with {path} (whole "
                              "lattice, the old graph scores replaced)", lats)
