@@ -51,3 +51,12 @@ def shared_data_dir_fixture() -> Path:
 def device(request: pytest.FixtureRequest) -> str:
     """A device name ("cpu" or "cuda"): the test runs once per entry of :data:`devices`."""
     return request.param
+
+
+def recipe_wer(results: Path, method: str, split: str) -> float:
+    """The WER of ``method`` on ``split`` in a decode dir's ``results.txt``."""
+    import re
+
+    m = re.search(rf"^{method} +{split} +WER +([0-9.]+)%", results.read_text(), re.MULTILINE)
+    assert m is not None, (method, split, results.read_text())
+    return float(m.group(1))

@@ -9,12 +9,11 @@ Skipped with a printed reason without ../shared/data.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import shared_data_dir
+from conftest import recipe_wer, shared_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "egs" / "ljspeech" / "run.sh"
@@ -31,10 +30,6 @@ def _run(args: list[str], timeout: int = 1500) -> str:
     return proc.stdout
 
 
-def _wer(results: Path, method: str, split: str) -> float:
-    m = re.search(rf"^{method} +{split} +WER +([0-9.]+)%", results.read_text(), re.MULTILINE)
-    assert m is not None, (method, split, results.read_text())
-    return float(m.group(1))
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +54,13 @@ def test_every_stage_runs(quick_run) -> None:
             if method == "greedy" and m == "phone":
                 continue
             for split in ("dev", "test"):
-                assert 0 <= _wer(decode, method, split) <= 200
+                assert 0 <= recipe_wer(decode, method, split) <= 200
         assert (data / "lm" / f"nnlm_{m}" / "lm.pt").is_file()
         if STOP >= 8:
             rescore = exp / f"ctc_{m}" / "rescore" / "results.txt"
             for method in ("lat1best", "4gram", "nnlm", "oracle"):
-                _wer(rescore, method, "test")
-            assert _wer(rescore, "oracle", "dev") <= _wer(rescore, "lat1best", "dev")
+                recipe_wer(rescore, method, "test")
+            assert recipe_wer(rescore, "oracle", "dev") <= recipe_wer(rescore, "lat1best", "dev")
     table = (data / "lang_bpe_500" / "lm_eval.txt").read_text().splitlines()
     assert table[0].split("\t")[-1] == "ppl" and len(table) == 5  # 2 LMs x dev, test
 

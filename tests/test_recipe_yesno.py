@@ -9,7 +9,6 @@ needs nothing but the checkout).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import textwrap
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import shared_data_dir
+from conftest import recipe_wer, shared_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 YESNO = ROOT / "egs" / "yesno"
@@ -32,10 +31,6 @@ def _run(script: Path, args: list[str], timeout: int = 600) -> str:
     return proc.stdout
 
 
-def _wer(results: Path, method: str, split: str) -> float:
-    m = re.search(rf"^{method} +{split} +WER +([0-9.]+)%", results.read_text(), re.MULTILINE)
-    assert m is not None, results.read_text()
-    return float(m.group(1))
 
 
 def test_yesno_recipe_all_stages(tmp_path):
@@ -51,7 +46,7 @@ def test_yesno_recipe_all_stages(tmp_path):
     assert (data / "local" / "lexicon.txt").read_text().split("\n")[:2] == ["NO N OW",
                                                                             "YES Y EH S"]
     results = exp / "decode" / "results.txt"
-    assert _wer(results, "hlg", "test") <= 10.0 and _wer(results, "kaldi", "test") <= 10.0
+    assert recipe_wer(results, "hlg", "test") <= 10.0 and recipe_wer(results, "kaldi", "test") <= 10.0
     for split in ("dev", "test"):
         assert (exp / "decode" / f"wer_hlg_{split}.txt").is_file()
     assert _run(YESNO / "run.sh", args).count("already done") == 6
@@ -122,5 +117,5 @@ def test_new_isolated_word_corpus_needs_only_stage0_and_a_config(tmp_path):
     lexicon = (recipe / "data" / "local" / "lexicon.txt").read_text()
     assert "RIGHT R AY T" in lexicon and "UP AH P" in lexicon
     results = recipe / "exp" / "ctc_tdnn" / "decode" / "results.txt"
-    assert _wer(results, "hlg", "test") <= 25.0, results.read_text()
+    assert recipe_wer(results, "hlg", "test") <= 25.0, results.read_text()
     assert textwrap.dedent(PREPARE).count("tones_cuts") == 1  # the only corpus-specific name
