@@ -440,3 +440,28 @@ def test_cuts_with_unmappable_symbols_are_skipped_and_counted(caplog, monkeypatc
     assert "dev.jsonl.gz: 2 of 4 cuts skipped" in msg and "'zz'" in msg and "'yy'" in msg
     with pytest.raises(ValueError, match="dev.jsonl.gz: every cut has"):
         _usable_cuts(CutSet.from_cuts(cuts[1:2] + cuts[3:]), cfg, "dev.jsonl.gz")
+
+
+def test_init_from_copies_matching_parameters(data, tmp_path):
+    """``init_from``: a fresh run starts from another run's parameters where name and shape
+    match (here all: the same model; a different output layer keeps its own), and a file with
+    nothing matching is refused."""
+    from wfst_asr.models import Blstm
+    from wfst_asr.train.checkpoint import init_model_from, save_checkpoint
+    src = tmp_path / "src"
+    _trainer(_cfg(data, src, "test.tiny_blstm", "num_epochs=1")).fit()
+    want = torch.load(src / "epoch-1.pt", weights_only=True)["model"]
+    tr = _trainer(_cfg(data, tmp_path / "dst", "test.tiny_blstm", "num_epochs=0",
+                       f"init_from={src / 'epoch-1.pt'}"))
+    tr.fit()
+    got = tr.raw_model.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    other = Blstm(F, 7, hidden=16, num_layers=1)  # another output size: the LSTM is copied
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    copied, kept = init_model_from(other, src / "epoch-1.pt")
+    assert kept == ["output.bias", "output.weight"] and copied
+    assert all(torch.equal(other.state_dict()[k], want[k]) for k in copied)
+    assert all(torch.equal(other.state_dict()[k], before[k]) for k in kept)
+    save_checkpoint(tmp_path / "x.pt", {"model": {"nothing.weight": torch.zeros(2)}})
+    with pytest.raises(CheckpointError, match="no parameter matches"):
+        init_model_from(other, tmp_path / "x.pt")

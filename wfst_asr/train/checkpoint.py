@@ -31,6 +31,7 @@ __all__ = [
     "average_readable_checkpoints",
     "find_checkpoints",
     "get_rng_state",
+    "init_model_from",
     "latest_checkpoint",
     "load_checkpoint",
     "sampler_state",
@@ -108,6 +109,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a wfst_asr checkpoint (no 'model' entry)")
     return state
+
+
+def init_model_from(model: torch.nn.Module, path: str | os.PathLike
+                    ) -> tuple[list[str], list[str]]:
+    """Copy into ``model`` every parameter and buffer of checkpoint ``path`` (an ``epoch-N.pt``,
+    ``best.pt`` or ``averaged.pt``) whose name and shape match; the others keep their values.
+
+    This is a warm start (e.g. a BPE model from a phone model's encoder: the output layer
+    differs). Returns ``(copied names, names of the model left as they were)``;
+    :class:`CheckpointError` for an unreadable file or when nothing matches.
+    """
+    state = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    take = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not take:
+        raise CheckpointError(f"{os.fspath(path)}: no parameter matches the model in name and "
+                              "shape: nothing to initialise from")
+    model.load_state_dict(take, strict=False)
+    return sorted(take), sorted(k for k in own if k not in take)
 
 
 def find_checkpoints(exp_dir: str | os.PathLike) -> list[Path]:

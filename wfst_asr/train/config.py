@@ -114,6 +114,7 @@ class ExperimentConfig:
     num_epochs: int = 20
     early_stop: int = 0          # stop after N epochs without a dev-loss improvement; 0: never
     seed: int = 42
+    init_from: str = ""          # a checkpoint whose matching parameters start a fresh run
     average_last: int = 5        # checkpoints averaged into averaged.pt at the end
     # -- output --
     exp_dir: str = "exp"

@@ -60,6 +60,7 @@ from wfst_asr.train.checkpoint import (
     average_readable_checkpoints,
     find_checkpoints,
     get_rng_state,
+    init_model_from,
     latest_checkpoint,
     load_checkpoint,
     sampler_state,
@@ -266,6 +267,11 @@ class Trainer:
 
     def _fresh_start(self) -> int:
         seed_everything(self.cfg.seed + self.rank)
+        if self.cfg.init_from:  # a warm start: the matching parameters of another model
+            copied, kept = init_model_from(self.raw_model, self.cfg.init_from)
+            log.info("initialised %d tensors from %s; %d keep their initialisation%s",
+                     len(copied), self.cfg.init_from, len(kept),
+                     f" ({', '.join(kept[:6])}{' ...' if len(kept) > 6 else ''})" if kept else "")
         return 1
 
     def _remove_stale_outputs(self, done: int) -> None:
