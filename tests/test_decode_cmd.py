@@ -208,6 +208,8 @@ def test_decode_and_score_against_brute_force(task, tmp_path, capsys):
     assert settings["methods"]["kaldi"]["setting"] == hlg["setting"]
     for m, hyps in want.items():
         assert _read_text(out_dir / m / "test.hyp") == dict(zip(ids, hyps)), m
+    same = sum(a == b for a, b in zip(want["kaldi"], want["hlg"]))
+    assert settings["methods"]["kaldi"]["same_1best_as"]["hlg"]["test"] == [same, len(ids)]
 
     # score: totals and per-speaker rows are kaldialign's counts
     rc, out, err = _run(capsys, "score", "--decode-dir", str(out_dir))

@@ -7,7 +7,7 @@
 # conf/*.yaml. Runs in its own folder (data/ and exp/ next to this script).
 #
 #   egs/ljspeech/run.sh [--stage N] [--stop-stage M] [--quick true] [--corpus-dir DIR]
-#                       [--models "bpe phone"] [--set k=v ...]
+#                       [--models "phone bpe"] [--set k=v ...]
 #
 # Stages (a marker per stage: a plain rerun skips what is done; an explicit --stage N reruns
 # stages N..stop-stage whatever their markers say):
@@ -19,10 +19,11 @@
 #   3  LMs on the LM text: 3-gram (pruned) for the HLG, 4-gram, per lang dir; perplexity and
 #      OOV rate on dev and test                                      -> data/lang_*/, data/lm
 #   4  HLG of each lang dir (compile-graph)                          -> data/lang_*/HLG.*
-#   5  train a CTC model per lang dir (conf/ctc_<model>.yaml)        -> exp/ctc_<model>
+#   5  train a CTC model per lang dir (conf/ctc_<model>.yaml; BPE from the phone model's
+#      encoder)                                                     -> exp/ctc_<model>
 #   6  decode dev and test: greedy, HLG (engine and Kaldi's decoder), tuned on dev
 #                                                                    -> exp/ctc_<model>/decode
-#   7  an LSTM word LM per lang dir on the LM text                  -> data/lm/nnlm_<model>
+#   7  an LSTM word LM on the LM text (the lang dirs share words.txt) -> data/lm/nnlm
 #   8  lattices, 4-gram whole-lattice and LSTM-LM n-best rescoring, oracle (tuned on dev)
 #                                                                    -> exp/ctc_<model>/rescore
 set -euo pipefail
@@ -36,15 +37,23 @@ quick=false
 corpus_dir=$root/../shared/data/ljspeech_part1
 data_dir=data
 exp_dir=exp
-models="bpe phone"
+models="phone bpe"
+bpe_init=true       # the BPE model starts from the phone model's encoder (stage 5)
 speed_perturb=0.9,1.1
 prune_phone=3e-6    # relative-entropy threshold of the HLG's 3-gram (wfst-asr prune-lm):
 prune_bpe=1e-5      # word pieces need more (LG's epsilon removal copies ~100 arcs per state)
 bpe_size=500
-lm_scales=0.3,0.5,0.7,0.9,1.1
-word_penalties=-1,0,1,2
-search_beam=15     # the HLG search (engine and Kaldi's decoder, lattices)
-max_active=3000
+lm_scales=0.6,0.8,1.0,1.2
+word_penalties=0,1
+nolm_penalties=0,1,2,3  # the phone model's no-LM baseline (lm_scale 0: words through L only)
+# the HLG search (engine and Kaldi's decoder, lattices), per lang dir: the BPE HLG has ~170
+# arcs per state (LG without back-off epsilons), the phone HLG ~13
+search_beam_phone=15 max_active_phone=3000
+search_beam_bpe=8 max_active_bpe=150
+# stage 6's grid for the BPE HLG (one setting, tuned on dev: a search there costs ~10x the
+# phone HLG's); stage 8 tunes the scales on its lattices
+lm_scales_bpe=0.5 word_penalties_bpe=-2
+rescore_penalties=-2,-1,0,1  # stage 8's word penalties (lattice sweeps are cheap)
 nnlm_epochs=2
 nnlm_dim=128
 nnlm_text=lm_text  # data/manifests/<this> (quick: text_train, 305 lines)
@@ -56,9 +65,14 @@ python=$root/.venv/bin/python
 [[ -x "$python" ]] || python=python3
 wfst_asr=("$python" -m wfst_asr.bin.cli --quiet)
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+# one intra-op thread: the engine runs its own two threads, and on 2 cores PyTorch's OpenMP
+# pool on top of them made a training epoch 2.7x slower (103 s against 37 s, measured)
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 if [[ $quick == true ]]; then  # CI: every stage, tiny settings
     speed_perturb="" nnlm_epochs=1 nnlm_dim=32 lm_scales=0.5,1.0 word_penalties=0
-    search_beam=8 max_active=200 nnlm_text=text_train prune_bpe=1e-4 prune_phone=1e-4
+    nolm_penalties=0 lm_scales_bpe=0.5,1.0 word_penalties_bpe=0 rescore_penalties=0
+    search_beam_phone=8 max_active_phone=200 search_beam_bpe=8
+    max_active_bpe=200 nnlm_text=text_train prune_bpe=1e-4 prune_phone=1e-4
     g2p_args="--order 3 --iters 2"
     set=(num_epochs=1 model.hidden=32 model.num_layers=1 ${set[@]+"${set[@]}"})
 fi
@@ -67,6 +81,14 @@ timing_log=$exp_dir/stage_times.tsv
 mkdir -p "$exp_dir"
 
 manifests=$data_dir/manifests fbank=$data_dir/fbank lm_dir=$data_dir/lm
+search_of() {  # --search-beam/--max-active(-states) values of a model's lang dir
+    case $1 in bpe) echo "$search_beam_bpe $max_active_bpe" ;;
+               *) echo "$search_beam_phone $max_active_phone" ;; esac
+}
+grid_of() {  # stage 6's --lm-scales and --word-penalties of a model
+    case $1 in bpe) echo "$lm_scales_bpe $word_penalties_bpe" ;;
+               *) echo "$lm_scales $word_penalties" ;; esac
+}
 prune_of() { case $1 in bpe) echo "$prune_bpe" ;; *) echo "$prune_phone" ;; esac; }
 lang_dir_of() { case $1 in bpe) echo "$data_dir/lang_bpe_$bpe_size" ;; *) echo "$data_dir/lang_$1" ;; esac; }
 
@@ -95,12 +117,17 @@ stage2() {
         --out "$local_dir/lexicon_g2p.txt"
     cat "$local_dir/lexicon_cmu.txt" "$local_dir/lexicon_g2p.txt" > "$local_dir/lexicon_phone.txt"
     "${wfst_asr[@]}" compile-lang --lang-dir "$phone" --lexicon "$local_dir/lexicon_phone.txt"
-    # word pieces: sentencepiece on the LM text (it holds the training transcripts)
+    # word pieces: sentencepiece on the LM text (it holds the training transcripts), spelling
+    # the phone lexicon's words: one vocabulary (the same words.txt) for both lang dirs
     timed "${wfst_asr[@]}" train-bpe --text "$manifests/lm_text" --vocab-size "$bpe_size" \
         --out-dir "$bpe"
-    "${wfst_asr[@]}" lexicon --text "$manifests/lm_text" --bpe-model "$bpe/bpe.model" \
+    "${wfst_asr[@]}" lexicon --words "$local_dir/lexicon_phone.txt" --bpe-model "$bpe/bpe.model" \
         --out "$local_dir/lexicon_bpe.txt"
     "${wfst_asr[@]}" compile-lang --lang-dir "$bpe" --lexicon "$local_dir/lexicon_bpe.txt"
+    cmp -s "$phone/words.txt" "$bpe/words.txt" || {
+        echo "$0: $phone/words.txt and $bpe/words.txt differ (one vocabulary expected)" >&2
+        exit 1
+    }
 }
 stage3() {
     local m lang
@@ -135,48 +162,62 @@ sets() {  # the config's data paths point at data/; --data-dir moves them
     for s in ${set[@]+"${set[@]}"}; do echo --set "$s"; done
 }
 stage5() {
-    local m
+    local m init
     for m in $models; do
+        # the BPE model starts from the phone model's encoder when there is one (bpe_init)
+        init=$exp_dir/ctc_phone/averaged.pt
+        [[ $m == bpe && $bpe_init == true && -f $init ]] && init=(--set "init_from=$init") \
+            || init=()
         # shellcheck disable=SC2046
         timed "${wfst_asr[@]}" train --config "conf/ctc_$m.yaml" --exp-dir "$exp_dir/ctc_$m" \
-            --resume $(sets "$m")
+            --resume $(sets "$m") ${init[@]+"${init[@]}"}
     done
 }
 stage6() {
-    local m
+    local m beam active scales penalties
     for m in $models; do
+        read -r beam active <<< "$(search_of "$m")"
+        read -r scales penalties <<< "$(grid_of "$m")"
         timed "${wfst_asr[@]}" decode --exp-dir "$exp_dir/ctc_$m" --lang-dir "$(lang_dir_of "$m")" \
             --dev-cuts "$fbank/${corpus}_cuts_dev.jsonl.gz" \
             --test-cuts "$fbank/${corpus}_cuts_test.jsonl.gz" --ref-field text \
-            --search-beam "$search_beam" --max-active "$max_active" \
-            --lm-scales "$lm_scales" --word-penalties "$word_penalties" --metric WER \
+            --search-beam "$beam" --max-active "$active" \
+            --lm-scales "$scales" --word-penalties="$penalties" --metric WER \
             --out-dir "$exp_dir/ctc_$m/decode"
         "${wfst_asr[@]}" score --decode-dir "$exp_dir/ctc_$m/decode" --metric WER
+        [[ $m == phone ]] || continue
+        # no LM (words through the lexicon only): the phone model's baseline, as greedy is BPE's
+        timed "${wfst_asr[@]}" decode --exp-dir "$exp_dir/ctc_$m" --lang-dir "$(lang_dir_of "$m")" \
+            --dev-cuts "$fbank/${corpus}_cuts_dev.jsonl.gz" \
+            --test-cuts "$fbank/${corpus}_cuts_test.jsonl.gz" --ref-field text --methods hlg \
+            --search-beam "$beam" --max-active "$active" --lm-scales 0 \
+            --word-penalties="$nolm_penalties" --metric WER --out-dir "$exp_dir/ctc_$m/decode_nolm"
+        "${wfst_asr[@]}" score --decode-dir "$exp_dir/ctc_$m/decode_nolm" --metric WER
     done
 }
-stage7() {
-    local m lang
-    for m in $models; do
-        lang=$(lang_dir_of "$m")
-        timed "${wfst_asr[@]}" train-nnlm "$manifests/$nnlm_text" "$lang/words.txt" \
-            "$lm_dir/nnlm_$m" $([[ $nnlm_text == lm_text ]] && echo --no-utt-id) --oov skip \
-            --epochs "$nnlm_epochs" \
-            --embed-dim "$nnlm_dim" --hidden-dim "$nnlm_dim" --num-layers 1 --resume
-    done
+stage7() {  # one LM: the lang dirs share words.txt (stage 2)
+    local m
+    for m in $models; do break; done
+    # shellcheck disable=SC2046
+    timed "${wfst_asr[@]}" train-nnlm "$manifests/$nnlm_text" "$(lang_dir_of "$m")/words.txt" \
+        "$lm_dir/nnlm" $([[ $nnlm_text == lm_text ]] && echo --no-utt-id) --oov skip \
+        --epochs "$nnlm_epochs" \
+        --embed-dim "$nnlm_dim" --hidden-dim "$nnlm_dim" --num-layers 1 --resume
 }
 stage8() {
-    local m lang exp
+    local m lang exp beam active
     for m in $models; do
         lang=$(lang_dir_of "$m") exp=$exp_dir/ctc_$m
+        read -r beam active <<< "$(search_of "$m")"
         timed "${wfst_asr[@]}" make-lattices --exp-dir "$exp" --lang-dir "$lang" \
             --dev-cuts "$fbank/${corpus}_cuts_dev.jsonl.gz" \
             --test-cuts "$fbank/${corpus}_cuts_test.jsonl.gz" --out-dir "$exp/lats" \
-            --search-beam "$search_beam" --max-active-states "$max_active"
+            --search-beam "$beam" --max-active-states "$active"
         timed "${wfst_asr[@]}" rescore --lat-dir "$exp/lats" --lang-dir "$lang" \
             --dev-cuts "$fbank/${corpus}_cuts_dev.jsonl.gz" \
             --test-cuts "$fbank/${corpus}_cuts_test.jsonl.gz" \
-            --ngram-arpa "$lang/4gram.arpa" --nnlm "$lm_dir/nnlm_$m/lm.pt" \
-            --lm-scales "$lm_scales" --word-penalties "$word_penalties" --metric WER \
+            --ngram-arpa "$lang/4gram.arpa" --nnlm "$lm_dir/nnlm/lm.pt" \
+            --lm-scales "$lm_scales" --word-penalties="$rescore_penalties" --metric WER \
             --out-dir "$exp/rescore"
     done
 }
@@ -188,5 +229,5 @@ run_stage 3 "$data_dir/.stage3.done" "3-gram (pruned) and 4-gram per lang dir" s
 run_stage 4 "$data_dir/.stage4.done" "HLG per lang dir" stage4
 run_stage 5 "$exp_dir/.stage5.done" "train CTC: $models" stage5
 run_stage 6 "$exp_dir/.stage6.done" "decode and score dev/test" stage6
-run_stage 7 "$data_dir/.stage7.done" "LSTM word LM per lang dir -> $lm_dir" stage7
+run_stage 7 "$data_dir/.stage7.done" "LSTM word LM -> $lm_dir/nnlm" stage7
 run_stage 8 "$exp_dir/.stage8.done" "lattices, 4-gram / LSTM-LM rescoring, oracle" stage8

@@ -665,6 +665,7 @@ class Decoder:
 
         settings_m: dict[str, dict[str, Any]] = {}
         chosen: dict[str, tuple[float, float]] = {}
+        all_hyps: dict[str, dict[str, dict[str, list[str]]]] = {}
         for mname, m in self.methods.items():
             t0 = time.perf_counter()
             hyps: dict[str, dict[str, list[str]]] = {}
@@ -702,6 +703,14 @@ class Decoder:
                 rep = report(name, hyps[name])
                 self.log(f"{mname:12s} {name:5s} {metric} {rep.rate:6.2f}%  ({rep.summary()})")
             info["seconds"] = round(time.perf_counter() - t0, 2)
+            all_hyps[mname] = hyps
+            if m.tuned and m.follows in all_hyps:  # e.g. Kaldi's decoder against the engine's
+                ref_h = all_hyps[m.follows]
+                same = {n: [sum(hyps[n].get(u) == h for u, h in ref_h[n].items()), len(ref_h[n])]
+                        for n in sets}
+                info["same_1best_as"] = {m.follows: same}
+                self.log(f"{mname}: the same 1-best as {m.follows} on " + ", ".join(
+                    f"{a} of {b} {n} utterances" for n, (a, b) in same.items()))
             settings_m[mname] = info
         model_info = {"exp_dir": str(self.exp_dir), "checkpoint": str(self.checkpoint),
                       "kind": self.kind, "loss": self.loss, "describe": self.describe,
