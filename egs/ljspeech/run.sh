@@ -45,7 +45,7 @@ prune_bpe=1e-5      # word pieces need more (LG's epsilon removal copies ~100 ar
 bpe_size=500
 lm_scales=0.6,0.8,1.0,1.2
 word_penalties=0,1
-nolm_penalties=0,1,2,3  # the phone model's no-LM baseline (lm_scale 0: words through L only)
+nolm_penalties=2,4,6  # the phone model's no-LM baseline (lm_scale 0: words through L only)
 # the HLG search (engine and Kaldi's decoder, lattices), per lang dir: the BPE HLG has ~170
 # arcs per state (LG without back-off epsilons), the phone HLG ~13
 search_beam_phone=15 max_active_phone=3000
