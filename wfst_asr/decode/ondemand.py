@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wfst_asr.fsa import Fsa, SymbolTable, create_fsa_vec
+from wfst_asr.fsa import Fsa, SymbolTable
 from wfst_asr.graphs.ngram import BOS, EOS, NgramModel, read_arpa
 
-from .lattice import _scales, check_lattice, combine_scores
-from .rescore import _empty_like, _lattice_from_arcs, load_g
+from .lattice import check_lattice
+from .rescore import _lattice_from_arcs, compose_each, load_g
 
 __all__ = ["DEFAULT_MAX_ACCEPTOR_ARCS", "OnDemandNgram", "acceptor_arcs_bound", "load_rescoring_lm",
            "rescore_lattice_ngram"]
@@ -227,18 +227,7 @@ def rescore_lattice_ngram(lattice: Fsa, lm: OnDemandNgram, lm_scale: float | Non
     """
     lat = lattice.as_vec().detach().to("cpu")
     check_lattice(lat)
-    old_scale, old_wp = _scales(lat)
-    s = old_scale if lm_scale is None else float(lm_scale)
-    wp = old_wp if word_penalty is None else float(word_penalty)
-    outs = []
-    for i in range(lat.num_fsas):
-        one = lat[i]
-        res = _compose_one(one, lm) if one.num_arcs else None
-        outs.append(res if res is not None else _empty_like(one))
-    out = create_fsa_vec(outs)
-    out.scores = combine_scores(out.am_scores, out.lm_scores, out.aux_labels, s, wp)
-    out.lm_scale, out.word_penalty = s, wp
-    return out
+    return compose_each(lat, lambda one: _compose_one(one, lm), lm_scale, word_penalty)
 
 
 def _stderr(message: str) -> None:

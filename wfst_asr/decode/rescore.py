@@ -197,15 +197,22 @@ def rescore_lattice(lattice: Fsa, G: Fsa, lm_scale: float | None = None,
     g = (G if prepared else prepare_g(G)).to("cpu")
     table = lat._other_attrs.get("aux_labels_sym")
     check_g_words(g, words or (table if isinstance(table, SymbolTable) else None))
+    gfst = to_kaldifst(g, final_semiring="tropical", attach_symbols=False)
+    _kaldi.kaldifst().arcsort(gfst, sort_type="ilabel")
+    return compose_each(lat, lambda one: _compose_one(one, gfst), lm_scale, word_penalty)
+
+
+def compose_each(lat: Fsa, compose, lm_scale: float | None, word_penalty: float | None) -> Fsa:
+    """``compose(lattice)`` (a rescored lattice, or None when no path survives) for each
+    lattice of the checked CPU FsaVec ``lat``; empty ones stay empty. ``scores`` are then
+    recombined at ``lm_scale`` / ``word_penalty`` (default: the lattices' own)."""
     old_scale, old_wp = _scales(lat)
     s = old_scale if lm_scale is None else float(lm_scale)
     wp = old_wp if word_penalty is None else float(word_penalty)
-    gfst = to_kaldifst(g, final_semiring="tropical", attach_symbols=False)
-    _kaldi.kaldifst().arcsort(gfst, sort_type="ilabel")
     outs = []
     for i in range(lat.num_fsas):
         one = lat[i]
-        res = _compose_one(one, gfst) if one.num_arcs else None
+        res = compose(one) if one.num_arcs else None
         outs.append(res if res is not None else _empty_like(one))
     out = create_fsa_vec(outs)
     out.scores = combine_scores(out.am_scores, out.lm_scores, out.aux_labels, s, wp)
