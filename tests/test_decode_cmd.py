@@ -405,3 +405,49 @@ def test_errors_are_one_line_exit_2(task, tmp_path, capsys, case):
 def test_score_of_a_missing_dir(tmp_path, capsys):
     rc, _, err = _run(capsys, "score", "--decode-dir", str(tmp_path / "nothing"))
     assert rc == 2 and err.startswith("wfst-asr score: error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("beam", [1.0, 20.0])
+def test_forced_best_counts_search_and_model_errors(task, tmp_path, capsys, beam):
+    """--forced-best: per wrong utterance, the reference's and the 1-best's best path scores
+    in the graph; a search error is a reference that scores higher. Checked against the
+    forced scores of the references and hypotheses recomputed here, and a full search
+    (beam 20 on this tiny graph) has no search error."""
+    from wfst_asr.decode.forced import TIE, ForcedBest
+
+    out_dir = tmp_path / "dec"
+    rc, _out, err = _run(capsys, "decode", "--exp-dir", str(task["exp"]), "--lang-dir",
+                        str(task["lang"]), "--dev-cuts", str(task["dev"]), "--test-cuts",
+                        str(task["test"]), "--methods", "hlg", "--lm-scales", "1.0",
+                        "--word-penalties", "0", "--search-beam", str(beam), "--max-active",
+                        "3" if beam < 2 else "10000", "--forced-best", "--metric", "PER",
+                        "--out-dir", str(out_dir))
+    assert rc == 0, err
+    settings = json.loads((out_dir / "settings.json").read_text())
+    counts = settings["methods"]["hlg"]["forced_best"]
+    words = SymbolTable.from_file(task["lang"] / "words.txt")
+    fb = ForcedBest(_hlg(task), lm_scale=1.0, word_penalty=0.0)
+    data = _outputs(task)
+    for name in ("dev", "test"):
+        ids, _, refs, (lp, lens) = data[name]
+        hyps = _read_text(out_dir / "hlg" / f"{name}.hyp")
+        rows = [ln.split("\t") for ln in
+                (out_dir / "hlg" / f"forced_best_{name}.tsv").read_text().splitlines()[1:]]
+        assert [r[0] for r in rows] == ids
+        got = {r[0]: (r[1], float(r[2]), float(r[3])) for r in rows}
+        want = {"correct": 0, "search": 0, "model": 0, "unreachable": 0}
+        for b, u in enumerate(ids):
+            ref = [words[w] for w in refs[u]]
+            hyp = [words[w] for w in hyps[u]]
+            if ref == hyp:
+                kind = "correct"
+            else:
+                rs = fb.scores(lp[b:b + 1], lens[b:b + 1], [ref])[0].item()
+                hs = fb.scores(lp[b:b + 1], lens[b:b + 1], [hyp])[0].item()
+                assert got[u][1:] == (pytest.approx(rs, abs=2e-3), pytest.approx(hs, abs=2e-3))
+                kind = "search" if rs > hs + TIE else "model"
+            assert got[u][0] == kind, u
+            want[kind] += 1
+        assert counts[name] == want
+        if beam >= 20:
+            assert want["search"] == 0

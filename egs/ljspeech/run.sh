@@ -7,7 +7,7 @@
 # conf/*.yaml. Runs in its own folder (data/ and exp/ next to this script).
 #
 #   egs/ljspeech/run.sh [--stage N] [--stop-stage M] [--quick true] [--corpus-dir DIR]
-#                       [--models "phone bpe"] [--set k=v ...]
+#                       [--models "phone bpe"] [--forced-best true] [--set k=v ...]
 #
 # Stages (a marker per stage: a plain rerun skips what is done; an explicit --stage N reruns
 # stages N..stop-stage whatever their markers say):
@@ -23,6 +23,8 @@
 #      encoder)                                                     -> exp/ctc_<model>
 #   6  decode dev and test: greedy, HLG (engine and Kaldi's decoder), tuned on dev
 #                                                                    -> exp/ctc_<model>/decode
+#      (--forced-best true: also search vs model errors of the HLG 1-best, ~80 s per model:
+#      exp/ctc_<model>/decode/hlg/forced_best_<set>.tsv)
 #   7  an LSTM word LM on the LM text (the lang dirs share words.txt) -> data/lm/nnlm
 #   8  lattices, 4-gram whole-lattice and LSTM-LM n-best rescoring, oracle (tuned on dev)
 #                                                                    -> exp/ctc_<model>/rescore
@@ -58,6 +60,7 @@ nnlm_epochs=2
 nnlm_dim=128
 nnlm_text=lm_text  # data/manifests/<this> (quick: text_train, 305 lines)
 g2p_args=""
+forced_best=false  # stage 6: score each wrong utterance's reference in the HLG (decode --forced-best)
 set=()
 . "$root/local/parse_options.sh"
 
@@ -178,12 +181,13 @@ stage6() {
     for m in $models; do
         read -r beam active <<< "$(search_of "$m")"
         read -r scales penalties <<< "$(grid_of "$m")"
+        # shellcheck disable=SC2046
         timed "${wfst_asr[@]}" decode --exp-dir "$exp_dir/ctc_$m" --lang-dir "$(lang_dir_of "$m")" \
             --dev-cuts "$fbank/${corpus}_cuts_dev.jsonl.gz" \
             --test-cuts "$fbank/${corpus}_cuts_test.jsonl.gz" --ref-field text \
             --search-beam "$beam" --max-active "$active" \
             --lm-scales "$scales" --word-penalties="$penalties" --metric WER \
-            --out-dir "$exp_dir/ctc_$m/decode"
+            $([[ $forced_best == true ]] && echo --forced-best) --out-dir "$exp_dir/ctc_$m/decode"
         "${wfst_asr[@]}" score --decode-dir "$exp_dir/ctc_$m/decode" --metric WER
         [[ $m == phone ]] || continue
         # no LM (words through the lexicon only): the phone model's baseline, as greedy is BPE's

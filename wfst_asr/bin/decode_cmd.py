@@ -80,7 +80,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
                              max_contexts=args.max_contexts, metric=args.metric,
                              fold=_fold(args), tune_set=args.tune_set, ref_field=args.ref_field,
                              prior_scale=args.prior_scale, acoustic_scale=args.acoustic_scale,
-                             device=args.device)
+                             device=args.device, forced_best=args.forced_best)
         sets = _sets(args)
         out_dir = Path(args.out_dir) if args.out_dir else Path(args.exp_dir) / "decode"
         dec = Decoder(args.exp_dir, args.lang_dir, args.graph, opts)
@@ -160,6 +160,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_map_args(p)
     p.add_argument("--metric", default="WER", type=str.upper, choices=("WER", "CER", "PER"),
                    help="the error rate the tuning minimises (default WER)")
+    p.add_argument("--forced-best", action="store_true",
+                   help="after the engine's graph method, score each wrong utterance's "
+                   "reference and 1-best in the graph: search errors (the reference scores "
+                   "higher) vs model errors, per set in settings.json and "
+                   "METHOD/forced_best_SET.tsv")
     p.add_argument("--out-dir", help="the decode directory (default EXP/decode)")
     p.add_argument("--device", help="where the model runs (default: cuda if available)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")

@@ -65,8 +65,8 @@ from wfst_asr.decode.grid import GridResult, grid_search
 from wfst_asr.decode.hmm import greedy_hmm, pdf_to_token
 from wfst_asr.decode.transducer import beam_search, fast_beam_search_one_best, greedy_search
 from wfst_asr.fsa import Fsa, SymbolTable
-from wfst_asr.graphs.compile import compile_graph, remove_input_epsilons
 from wfst_asr.graphs.bpe import is_piece_table, pieces_to_words
+from wfst_asr.graphs.compile import compile_graph, remove_input_epsilons
 from wfst_asr.graphs.lang import is_disambig_symbol, read_token_list
 from wfst_asr.graphs.topo import Topology, make_topology, pdf_output_graph, trivial_graph
 from wfst_asr.scoring import Fold, ScoreReport, score_texts, write_text, write_utt2spk
@@ -126,6 +126,9 @@ class DecodeOptions:
     acoustic_scale: float | None = None
     """GMM likelihood scale (default: the GMM's training option)."""
     device: str | None = None
+    forced_best: bool = False
+    """After the engine's graph method: score each wrong utterance's reference and hypothesis
+    in the graph (:mod:`wfst_asr.decode.forced`) and count search and model errors."""
 
 
 @dataclass
@@ -703,6 +706,8 @@ class Decoder:
                 rep = report(name, hyps[name])
                 self.log(f"{mname:12s} {name:5s} {metric} {rep.rate:6.2f}%  ({rep.summary()})")
             info["seconds"] = round(time.perf_counter() - t0, 2)
+            if o.forced_best and m.tuned and m.follows is None and self.loss != "transducer":
+                info["forced_best"] = self._forced_best(mname, data, refs, hyps, s, wp, out)
             all_hyps[mname] = hyps
             if m.tuned and m.follows in all_hyps:  # e.g. Kaldi's decoder against the engine's
                 ref_h = all_hyps[m.follows]
@@ -727,6 +732,45 @@ class Decoder:
                     "model": model_info, "methods": settings_m}
         write_settings(out, settings)
         return settings
+
+    def _forced_best(self, mname: str, data: dict[str, list[ModelOutputs]],
+                     refs: dict[str, dict[str, list[str]]],
+                     hyps: dict[str, dict[str, list[str]]], lm_scale: float,
+                     word_penalty: float, out: Path) -> dict[str, dict[str, int]]:
+        """Forced-best check of a graph method at its setting: per set, how many wrong
+        utterances are search errors (the reference scores higher than the hypothesis in the
+        graph), model errors or unreachable references; per utterance in
+        ``<out>/<method>/forced_best_<set>.tsv``."""
+        from collections import Counter
+
+        from wfst_asr.decode.forced import ForcedBest, compare
+
+        words = self._words
+        assert words is not None
+        t0 = time.perf_counter()
+        fb = ForcedBest(self.graph, lm_scale, word_penalty)
+
+        def ids(ws: list[str]) -> list[int] | None:
+            got = [words.get(w) if w in words else None for w in ws]
+            return None if any(i is None for i in got) else [int(i) for i in got]
+
+        summary: dict[str, dict[str, int]] = {}
+        for name, batches in data.items():
+            counts: Counter[str] = Counter()
+            lines = ["utt\tkind\tref_score\thyp_score"]
+            for b in batches:
+                r = [ids(refs[name][u]) for u in b.ids]
+                h = [ids(hyps[name].get(u, [])) or [] for u in b.ids]
+                for u, (kind, rs, hs) in zip(b.ids, compare(fb, b.log_probs, b.lens, r, h)):
+                    counts[kind] += 1
+                    lines.append(f"{u}\t{kind}\t{rs:.3f}\t{hs:.3f}")
+            atomic_write_text(out / mname / f"forced_best_{name}.tsv", "\n".join(lines) + "\n")
+            summary[name] = {k: counts[k] for k in ("correct", "search", "model", "unreachable")}
+            self.log(f"{mname} forced-best {name}: " + ", ".join(
+                f"{v} {k}" for k, v in summary[name].items()) + " (search: the reference "
+                "scores higher than the 1-best; model: lower; unreachable: not in the graph)")
+        self.log(f"{mname}: forced-best check {time.perf_counter() - t0:.1f} s")
+        return summary
 
     def _tune(self, m: Method, batches: list[ModelOutputs],
               report: Callable[[str, dict[str, list[str]]], ScoreReport],
