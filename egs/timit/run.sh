@@ -3,7 +3,8 @@
 # its own folder (egs/timit: data/ and exp/ are written there, as Kaldi and icefall recipes do).
 #
 #   egs/timit/run.sh [--stage N] [--stop-stage M] [--timit-dir DIR] [--data-dir DIR]
-#                    [--exp-dir DIR] [--loss ctc|hmm|mmi|transducer] [--config FILE|NAME]
+#                    [--exp-dir DIR] [--loss ctc|hmm|mmi|transducer|segmental]
+#                    [--config FILE|NAME]
 #                    [--lm-scales 0.1,0.3,...] [--word-penalties -1,0,1] [--set k=v ...]
 #                    [--gmm-dir DIR] [--gmm-args "ARGS"] [--gmm-lm-scales 0.2,...]
 #                    [--gmm-word-penalties -1,0,...] [--nnlm-epochs N]
@@ -21,11 +22,16 @@
 #                                                               -> DATA_DIR/lang_phone
 #   3  (--loss hmm) monophone GMM-HMM (wfst-asr train-mono, --gmm-args "ARGS"), its alignments
 #      of train and dev, its PER with its HCLG (wfst-asr decode / score) -> GMM_DIR (exp/mono)
+#      (--loss segmental) the hand-labelled .phn segmentations as per-frame 48-phone labels
+#      (wfst-asr frame-labels, field phones_48_frames)          -> DATA_DIR/frames
 #   4  train (wfst-asr train ... --resume: a rerun continues)   -> EXP_DIR (exp/ctc_blstm)
 #   5  decode dev and test (wfst-asr decode): greedy, HLG / HCLG / LG (lm_scale x phone
-#      insertion penalty tuned on dev), Kaldi's decoder at that setting -> EXP_DIR/decode
+#      insertion penalty tuned on dev), Kaldi's decoder at that setting; a segmental model:
+#      the segment lattice's best path                          -> EXP_DIR/decode
 #   6  score (wfst-asr score): PER on 39 phones (48 -> 39 folding), per-speaker reports
 #                                                               -> EXP_DIR/decode/results.txt
+#      and (not --loss transducer) forced alignments of the transcripts (wfst-asr align) with
+#      their boundary accuracy against the .phn boundaries       -> EXP_DIR/align
 #   7-9 (--loss ctc only): 7 dev/test lattices with the HLG (wfst-asr make-lattices)
 #      -> EXP_DIR/lats/{dev,test}; 8 the training transcripts (wfst-asr cuts-text), a phone
 #      3-gram (wfst-asr estimate-lm) and an LSTM LM (wfst-asr train-nnlm, --nnlm-epochs N) on
@@ -64,8 +70,9 @@ if (( $# )); then
 fi
 
 case "$loss" in
-    ctc|hmm|mmi|transducer) ;;
-    *) echo "error: --loss must be ctc, hmm, mmi or transducer, got '$loss'" >&2; exit 1 ;;
+    ctc|hmm|mmi|transducer|segmental) ;;
+    *) echo "error: --loss must be ctc, hmm, mmi, transducer or segmental, got '$loss'" >&2
+       exit 1 ;;
 esac
 config=${config:-conf/${loss}_blstm.yaml}  # the recipe's settings (conf/*.yaml)
 config_stem=$(basename "$config"); config_stem=${config_stem%.*}
@@ -81,6 +88,7 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 manifest_dir=$data_dir/manifests
 fbank_dir=$data_dir/fbank
 lang_dir=$data_dir/lang_phone
+frames_dir=$data_dir/frames
 
 if [[ -z "$timit_dir" ]]; then
     for d in ${NLTK_DATA:+"$NLTK_DATA/corpora/timit"} "$HOME/nltk_data/corpora/timit" \
@@ -135,12 +143,24 @@ stage3() {  # --loss hmm: the monophone GMM whose alignments the hybrid trains o
         > "$gmm_dir/decode.log" 2> >(quiet_kaldi)
     "${wfst_asr[@]}" score --decode-dir "$gmm_dir/decode"
 }
+stage3_frames() {  # --loss segmental: the reference segmentations, one label per frame
+    local split
+    mkdir -p "$frames_dir"
+    for split in train dev test; do
+        "${wfst_asr[@]}" frame-labels --cuts "$fbank_dir/timit_cuts_$split.jsonl.gz" \
+            --out "$frames_dir/timit_cuts_$split.jsonl.gz" --alignment phone \
+            --map local/phones.60-48-39.map --map-from 61 --map-to 48 --field phones_48_frames
+    done
+}
 stage4() {
     local -a args=(--set "train_cuts=$fbank_dir/timit_cuts_train.jsonl.gz"
                    --set "dev_cuts=$fbank_dir/timit_cuts_dev.jsonl.gz")
     if [[ "$loss" == hmm ]]; then
         args=(--set "train_cuts=$gmm_dir/cuts_train.jsonl.gz"
               --set "dev_cuts=$gmm_dir/cuts_dev.jsonl.gz")
+    elif [[ "$loss" == segmental ]]; then
+        args=(--set "train_cuts=$frames_dir/timit_cuts_train.jsonl.gz"
+              --set "dev_cuts=$frames_dir/timit_cuts_dev.jsonl.gz")
     fi
     local s
     for s in ${set[@]+"${set[@]}"}; do args+=(--set "$s"); done
@@ -150,7 +170,8 @@ stage4() {
 }
 stage5() {  # the methods of the model's loss, lm_scale x penalty tuned on dev
     local -a ref=()
-    [[ "$loss" == hmm ]] && ref=(--ref-field phones_48)  # the hybrid trained on alignments
+    # the hybrid trained on alignments, the segmental model on per-frame labels
+    [[ "$loss" == hmm || "$loss" == segmental ]] && ref=(--ref-field phones_48)
     timed "${wfst_asr[@]}" decode --exp-dir "$exp_dir" --lang-dir "$lang_dir" \
         --dev-cuts "$fbank_dir/timit_cuts_dev.jsonl.gz" \
         --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz" --lm-scales="$lm_scales" \
@@ -159,6 +180,12 @@ stage5() {  # the methods of the model's loss, lm_scale x penalty tuned on dev
 }
 stage6() {
     "${wfst_asr[@]}" score --decode-dir "$exp_dir/decode"
+    [[ "$loss" == transducer ]] && return 0
+    # forced alignments of the transcripts; boundary accuracy against the .phn boundaries
+    "${wfst_asr[@]}" align --exp-dir "$exp_dir" --ref-field phones_48 \
+        --cuts "dev=$fbank_dir/timit_cuts_dev.jsonl.gz" \
+        --cuts "test=$fbank_dir/timit_cuts_test.jsonl.gz" --ref-alignment phone \
+        --map local/phones.60-48-39.map --map-from 61 --map-to 48 --out-dir "$exp_dir/align"
 }
 # stages 7-9: lattices and rescoring on top of the CTC model's bigram HLG
 stage7() {
@@ -208,6 +235,9 @@ run_stage 1 "$data_dir/.stage1.done" "fbank features + CMVN -> $fbank_dir" stage
 run_stage 2 "$data_dir/.stage2.$loss.done" "phone lang dir + graphs ($loss) -> $lang_dir" stage2
 if [[ "$loss" == hmm ]]; then
     run_stage 3 "$gmm_dir/.stage3.done" "monophone GMM and its alignments -> $gmm_dir" stage3
+elif [[ "$loss" == segmental ]]; then
+    run_stage 3 "$data_dir/.stage3.frames.done" "per-frame phone labels -> $frames_dir" \
+        stage3_frames
 elif (( stage <= 3 && 3 <= stop_stage )); then
     echo "stage 3: the monophone GMM is for --loss hmm only: skipped"
 fi

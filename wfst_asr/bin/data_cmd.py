@@ -1,4 +1,5 @@
-"""``wfst-asr compute-features`` and ``wfst-asr lexicon``: data preparation for any corpus."""
+"""``wfst-asr compute-features``, ``wfst-asr lexicon`` and ``wfst-asr frame-labels``: data
+preparation for any corpus."""
 
 from __future__ import annotations
 
@@ -30,6 +31,18 @@ of word pieces, as icefall's lang_bpe_500; no OOVs).
 
   wfst-asr lexicon --supervisions data/manifests/supervisions_train.jsonl.gz \\
       --strip-punctuation --out data/local/lexicon.txt"""
+
+FRAME_LABELS_DESCRIPTION = """\
+Add a per-frame label field to the supervisions of a cut manifest with features, from their
+lhotse time alignments (wfst_asr.data.frame_labels): frame i takes the label of the alignment
+item containing its centre. The result is what reference segmentations are read from (the
+segmental losses' loss.frame_targets, boundary accuracy). Symbols that --map sends to nothing,
+or does not know, give their frames to the item before them (counted). A supervision without
+the alignment is dropped with its cut, named and counted; the output is written atomically.
+
+  wfst-asr frame-labels --cuts data/fbank/timit_cuts_train.jsonl.gz --alignment phone \\
+      --map local/phones.60-48-39.map --map-from 61 --map-to 48 --field phones_48_frames \\
+      --out data/fbank/timit_cuts_train.jsonl.gz"""
 
 _MANIFEST_SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json")
 
@@ -268,8 +281,52 @@ def cmd_lexicon(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_frame_labels(args: argparse.Namespace) -> int:
+    from lhotse import CutSet
+
+    from wfst_asr.atomic import atomic_output
+    from wfst_asr.data.frame_labels import FrameLabelError, frame_labels
+
+    try:
+        mapping = None
+        if args.map:
+            from wfst_asr.scoring.text import load_phone_map
+
+            mapping = load_phone_map(args.map).mapping(args.map_to, args.map_from)
+        cuts = load_cuts(Path(args.cuts))
+    except (OSError, ValueError, KeyError) as e:
+        print(f"wfst-asr frame-labels: error: {e}", file=sys.stderr)
+        return 2
+    out, bad, dropped = [], [], 0
+    for cut in cuts:
+        if not cut.has_features:
+            print(f"wfst-asr frame-labels: error: {args.cuts}: cut {cut.id} has no features "
+                  "(run compute-features first)", file=sys.stderr)
+            return 2
+        try:
+            for sup in cut.supervisions:
+                items = (sup.alignment or {}).get(args.alignment)
+                if not items:
+                    raise FrameLabelError(f"no {args.alignment!r} alignment")
+                labels, n = frame_labels(items, cut.num_frames, cut.frame_shift, mapping,
+                                         offset=sup.start)
+                dropped += n
+                sup.custom = {**(sup.custom or {}), args.field: " ".join(labels)}
+        except FrameLabelError as e:
+            bad.append(cut.id)
+            print(f"wfst-asr frame-labels: skipping cut {cut.id}: {e}", file=sys.stderr)
+            continue
+        out.append(cut)
+    with atomic_output(args.out) as tmp:
+        CutSet.from_cuts(out).to_file(tmp)
+    print(f"{len(out)} cuts with {args.field!r} ({dropped} alignment items dropped by the map, "
+          f"{len(bad)} cuts skipped) -> {args.out}", file=sys.stderr)
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``compute-features`` and ``lexicon`` to the ``wfst-asr`` sub-commands."""
+    """Add ``compute-features``, ``lexicon`` and ``frame-labels`` to the ``wfst-asr``
+    sub-commands."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("compute-features", help="fbank/MFCC features + global CMVN of cuts",
                        description=FEATURES_DESCRIPTION, formatter_class=fmt)
@@ -318,3 +375,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-prons", type=int, default=None,
                    help="at most N pronunciations per word (CMUdict's first; default: all)")
     p.set_defaults(func=cmd_lexicon)
+
+    p = sub.add_parser("frame-labels", help="a per-frame label field from time alignments",
+                       description=FRAME_LABELS_DESCRIPTION, formatter_class=fmt)
+    p.add_argument("--cuts", required=True, help="a cut manifest with features")
+    p.add_argument("--out", required=True, help="the cut manifest to write (may be --cuts)")
+    p.add_argument("--alignment", default="phone",
+                   help="the supervisions' alignment type (default: phone)")
+    p.add_argument("--field", required=True, help="the supervision custom field to write")
+    p.add_argument("--map", default=None, help="a symbol map table (columns of symbol sets)")
+    p.add_argument("--map-from", default=None, help="the map's column of the alignment symbols")
+    p.add_argument("--map-to", default=None, help="the map's column of the labels")
+    p.set_defaults(func=cmd_frame_labels)

@@ -171,6 +171,22 @@ def connected_zero(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.T
     return x.reshape(-1)[:0].sum().to(dtype or x.dtype)
 
 
+def drop_nonfinite(values: torch.Tensor, keep: torch.Tensor, ok: torch.Tensor, name: str,
+                   what: str = "gave a non-finite total") -> tuple[torch.Tensor, int]:
+    """``(fin, count)``: which of the kept utterances' ``values`` (``[K]``, row ``i`` for
+    utterance ``keep[i]``) are finite; the others are marked not ``ok`` (in place) and named
+    in one warning. Use ``torch.where(fin, value, 0)`` after it: the gradient of a dropped
+    entry is then exactly 0."""
+    fin = torch.isfinite(values).detach()
+    if bool(fin.all()):
+        return fin, 0
+    bad = keep[(~fin).nonzero().squeeze(1).cpu()]
+    ok[bad] = False
+    log.warning("%s: %d feasible utterance(s) %s; excluded: %s", name, bad.numel(), what,
+                bad.tolist())
+    return fin, int(bad.numel())
+
+
 def exclusion_info(B: int, ok: torch.Tensor, frames: int, num_nonfinite: int,
                    nonfinite_input: torch.Tensor) -> dict:
     """The ``info`` every loss returns: ``num_utts``; ``num_excluded``/``excluded`` (the

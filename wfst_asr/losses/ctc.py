@@ -29,6 +29,7 @@ from wfst_asr.graphs.training import CtcTrainingGraphCompiler, ctc_graph
 from wfst_asr.losses.common import (
     _as_token_lists,
     connected_zero,
+    drop_nonfinite,
     exclusion_info,
     feasible,
     frame_mask,
@@ -144,13 +145,7 @@ class CtcLoss(nn.Module):
                                    device=log_probs.device)
             tot = get_tot_scores(intersect_dense(graphs, DenseFsaVec(log_probs, segs)),
                                  log_semiring=True, use_double_scores=self.use_double_scores)
-            fin = torch.isfinite(tot).detach()
-            if not bool(fin.all()):
-                bad = (~fin).nonzero().squeeze(1).cpu()
-                num_nonfinite = bad.numel()
-                ok[keep[bad]] = False
-                log.warning("CtcLoss: %d feasible utterance(s) gave a non-finite total; "
-                            "excluded: %s", num_nonfinite, keep[bad].tolist())
+            fin, num_nonfinite = drop_nonfinite(tot, keep, ok, "CtcLoss")
             # where(): the gradient of the dropped (non-finite) entries is exactly 0
             nll = torch.where(fin, -tot, torch.zeros_like(tot))
             per_utt = per_utt.index_put((keep.to(log_probs.device),), nll.to(dtype))

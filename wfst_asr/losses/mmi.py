@@ -59,6 +59,7 @@ from wfst_asr.losses.common import (
     check_batch,
     check_outputs,
     connected_zero,
+    drop_nonfinite,
     exclusion_info,
     feasible,
     frame_mask,
@@ -229,13 +230,7 @@ class MmiLoss(nn.Module):
                                  use_double_scores=self.use_double_scores)
             den = get_tot_scores(intersect_dense(self.den_graph(dev), dense),
                                  log_semiring=True, use_double_scores=self.use_double_scores)
-            fin = (torch.isfinite(num) & torch.isfinite(den)).detach()
-            if not bool(fin.all()):
-                bad = keep[(~fin).nonzero().squeeze(1).cpu()]
-                num_nonfinite = bad.numel()
-                ok[bad] = False
-                log.warning("MmiLoss: %d feasible utterance(s) gave a non-finite total; "
-                            "excluded: %s", num_nonfinite, bad.tolist())
+            fin, num_nonfinite = drop_nonfinite(num + den, keep, ok, "MmiLoss")
             kd = keep.to(dev)
 
             def put(v: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,13 @@ from torch import nn
 
 from wfst_asr.fsa import Fsa, get_tot_scores
 from wfst_asr.fsa.dense import nonfinite_rows
-from wfst_asr.losses.common import connected_zero, exclusion_info, frame_mask, isolate_nonfinite
+from wfst_asr.losses.common import (
+    connected_zero,
+    drop_nonfinite,
+    exclusion_info,
+    frame_mask,
+    isolate_nonfinite,
+)
 
 __all__ = [
     "TransducerLoss",
@@ -401,13 +407,7 @@ def _finish(name: str, tot: torch.Tensor | None, keep: torch.Tensor, ok: torch.T
     per_utt = anchor.new_zeros(B, dtype=dtype)
     num_nonfinite = 0
     if tot is not None and keep.numel():
-        fin = torch.isfinite(tot).detach()
-        if not bool(fin.all()):
-            bad = (~fin).nonzero().squeeze(1).cpu()
-            num_nonfinite = bad.numel()
-            ok[keep[bad]] = False
-            log.warning("%s: %d utterance(s) gave a non-finite total; excluded: %s", name,
-                        num_nonfinite, keep[bad].tolist())
+        fin, num_nonfinite = drop_nonfinite(tot, keep, ok, name)
         nll = torch.where(fin, -tot, torch.zeros_like(tot))
         per_utt = per_utt.index_put((keep.to(anchor.device),), nll.to(dtype))
     frames = int(flens[ok].sum())

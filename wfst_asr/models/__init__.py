@@ -13,6 +13,7 @@ from wfst_asr.models.encoders import (
     register_model,
 )
 from wfst_asr.models.lm import LstmLm
+from wfst_asr.models.segmental import SegmentalBlstm, SegmentScorer
 from wfst_asr.models.transducer import (
     BlstmTransducer,
     Joiner,
@@ -31,4 +32,4 @@ __all__ = [
     "register_model",
 ]
 __all__ += ["BlstmTransducer", "Joiner", "StatelessDecoder", "Transducer", "add_sos"]
-__all__ += ["LstmLm"]
+__all__ += ["LstmLm", "SegmentScorer", "SegmentalBlstm"]

@@ -518,5 +518,25 @@ class TransducerBlstm(CtcBlstm):
     exp_dir: str = "exp/transducer_blstm"
 
 
+@register("segmental_blstm")
+class SegmentalBlstm(CtcBlstm):
+    """A discriminative segmental model (Tang et al. 2016; ``blstm_segmental``): the
+    :class:`CtcBlstm` encoder giving log-softmax frame vectors over blank + the tokens, and a
+    segment scorer over the tokens (segments up to ``max_duration`` = 30 output frames),
+    trained end to end with the marginal log loss (needs only the transcripts). Other losses
+    and the two-stage modes are ``loss.*`` overrides (:class:`~wfst_asr.train.criteria.
+    SegmentalCriterion`). Required: ``train_cuts``, ``token_field``, ``tokens``."""
+
+    model: str = "blstm_segmental"
+    model_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"hidden": 256, "num_layers": 3, "dropout": 0.3,
+                                 "subsample_after": 0, "max_duration": 30,
+                                 "input_dropout": 0.0, "output_dropout": 0.0})
+    loss: str = "segmental"
+    loss_kwargs: dict[str, Any] = field(default_factory=lambda: {"kind": "marginal_log"})
+    exp_dir: str = "exp/segmental_blstm"
+
+
 #: The corpus-free bases the library registers.
-BASES = ("ctc_blstm", "tdnn_lstm", "hmm_blstm", "mmi_blstm", "transducer_blstm")
+BASES = ("ctc_blstm", "tdnn_lstm", "hmm_blstm", "mmi_blstm", "transducer_blstm",
+         "segmental_blstm")

@@ -18,6 +18,8 @@ name           class (``loss.KEY`` = its arguments)     extras
 ``mmi``        :class:`~wfst_asr.losses.MmiLoss`        topology, den_lm_scale, phone_lm,
                                                         transition_scale, self_loop_scale
 ``transducer`` :class:`~wfst_asr.losses.TransducerLoss` ctc_scale
+``segmental``  :class:`~wfst_asr.losses.segmental.       frame_ce, freeze_encoder
+               SegmentalLoss`
 =============  =======================================  ==================================
 
 ``reduction`` defaults to ``"sum"`` for every loss (the trainer divides by frames).
@@ -56,11 +58,12 @@ from wfst_asr.graphs.topo import TOPOLOGIES, Topology, make_topology, pdf_map, p
 from wfst_asr.graphs.training import CtcTrainingGraphCompiler, MmiTrainingGraphCompiler
 from wfst_asr.losses import CtcLoss, HmmLoss, MmiLoss, TransducerLoss
 from wfst_asr.losses.hmm import AlignmentCeLoss
+from wfst_asr.losses.segmental import SegmentalLoss
 from wfst_asr.models import check_output_dim
 
-__all__ = ["LOSSES", "LossSpec", "TransducerCriterion", "alignment_criterion", "build_loss",
-           "get_loss", "loss_options", "loss_topology", "num_outputs", "register_loss",
-           "target_table"]
+__all__ = ["LOSSES", "LossSpec", "SegmentalCriterion", "TransducerCriterion",
+           "alignment_criterion", "build_loss", "get_loss", "loss_options", "loss_topology",
+           "num_outputs", "register_loss", "target_table"]
 
 Builder = Callable[[dict[str, Any], nn.Module, dict[str, Any]], nn.Module]
 
@@ -375,3 +378,83 @@ def _build_transducer(c: dict[str, Any], model: nn.Module, opts: dict[str, Any])
     kwargs = dict(opts)
     ctc_scale = kwargs.pop("ctc_scale")
     return TransducerCriterion(model, TransducerLoss(**kwargs), ctc_scale=ctc_scale)
+
+
+# --------------------------------------------------------------------------- segmental
+class SegmentalCriterion(nn.Module):
+    """``loss_fn(k, out_lens, targets) -> (loss, info)`` of the trainer for a segmental model
+    (``blstm_segmental``): ``model.segment_scores(k, out_lens)`` scored by a
+    :class:`~wfst_asr.losses.segmental.SegmentalLoss` (``loss.kind``: hinge, log,
+    latent_hinge, marginal_log).
+
+    The training modes of Tang et al. (2016) are options:
+
+    * ``frame_ce``: the first stage of two-stage training: frame cross-entropy of the encoder's
+      ``k`` (log-softmax; label ``y`` is column ``y + 1``) on the reference frame labels
+      (``frame_targets``); the scorer's parameters get a zero gradient;
+    * ``freeze_encoder``: the second stage: only the scorer's ``theta`` trains (the encoder's
+      parameters stop requiring gradients; start it from the first stage with ``init_from``);
+    * neither: end to end (from scratch, or fine-tuning a two-stage model via ``init_from``).
+
+    The model is referenced, not registered (``parameters()`` is empty, as for CTC)."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module, frame_ce: bool = False,
+                 freeze_encoder: bool = False) -> None:
+        super().__init__()
+        if not hasattr(model, "segment_scores"):
+            raise ValueError(f"loss 'segmental' needs a segmental model (model: "
+                             f"blstm_segmental), got {type(model).__name__}")
+        if frame_ce and not loss.frame_targets:
+            raise ValueError("loss.frame_ce=true needs frame labels: loss.frame_targets=true")
+        if frame_ce and freeze_encoder:
+            raise ValueError("loss.frame_ce and loss.freeze_encoder exclude each other (the "
+                             "first and the second stage of two-stage training)")
+        self.loss, self.frame_ce = loss, bool(frame_ce)
+        self.__dict__["_model"] = model  # not a submodule
+        if freeze_encoder:
+            for p in model.encoder.parameters():
+                p.requires_grad_(False)
+
+    @property
+    def reduction(self) -> str:
+        return self.loss.reduction
+
+    def forward(self, k: torch.Tensor, out_lens: torch.Tensor, targets):
+        model = self.__dict__["_model"]
+        if self.frame_ce:
+            return self._frame_ce(model, k, out_lens, targets)
+        return self.loss(model.segment_scores(k, out_lens), out_lens, targets)
+
+    def _frame_ce(self, model: nn.Module, k: torch.Tensor, out_lens: torch.Tensor, targets):
+        from wfst_asr.losses.common import exclusion_info
+
+        T = k.shape[1]
+        segs, _ = self.loss.gold(targets, out_lens.cpu())
+        lab = torch.full((k.shape[0], T), -1, dtype=torch.int64)
+        for b, sg in enumerate(segs):
+            for s, t, y in sg:
+                lab[b, s:t] = y + 1
+        lab = lab.to(k.device)
+        valid = lab >= 0
+        nll = -k.gather(2, lab.clamp(min=0).unsqueeze(2)).squeeze(2)
+        per_utt = torch.where(valid, nll, torch.zeros_like(nll)).sum(1)
+        ok = valid.any(1).cpu()
+        scorer_zero = sum(p.sum() for p in model.scorer.parameters()) * 0.0
+        loss = per_utt.sum() + scorer_zero
+        info = exclusion_info(k.shape[0], ok, int(valid.sum()), 0,
+                              torch.zeros(k.shape[0], dtype=torch.bool))
+        if self.reduction == "mean":
+            loss = loss / max(info["frames"], 1)
+        return (per_utt if self.reduction == "none" else loss), info
+
+
+@register_loss("segmental", SegmentalLoss, supplied=("subsampling",),
+               extra={"frame_ce": False, "freeze_encoder": False})
+def _build_segmental(c: dict[str, Any], model: nn.Module, opts: dict[str, Any]) -> nn.Module:
+    """Tang et al. (2016)'s segmental losses; ``loss.kind``, ``loss.frame_targets`` and the
+    training-mode switches of :class:`SegmentalCriterion`."""
+    kwargs = dict(opts)
+    frame_ce, freeze = kwargs.pop("frame_ce"), kwargs.pop("freeze_encoder")
+    sub = getattr(model, "subsampling_factor", None) or int(c.get("subsampling", 1))
+    return SegmentalCriterion(model, SegmentalLoss(**kwargs, subsampling=int(sub)),
+                              frame_ce=frame_ce, freeze_encoder=freeze)

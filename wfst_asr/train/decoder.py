@@ -14,6 +14,7 @@
   ctc            ``greedy``, ``hlg`` (engine ``one_best`` in the lang dir's HLG), ``kaldi``
   hmm, mmi       ``greedy`` (HMM: per-frame argmax, runs merged), ``hclg`` (the topology's
                  HCLG relabelled to pdf columns; a CTC topology: ``hlg``), ``kaldi``
+  segmental      ``best_path`` (the best segmentation of the segment lattice)
   transducer     ``greedy``, ``beam`` (modified beam search), ``fast_beam`` (trivial graph),
                  ``fast_beam_lg`` (the lang dir's LG), ``aux_ctc`` (greedy on the auxiliary
                  CTC output, when the model has one)
@@ -65,6 +66,7 @@ from wfst_asr.decode.grid import GridResult, grid_search
 from wfst_asr.decode.hmm import greedy_hmm, pdf_to_token
 from wfst_asr.decode.transducer import beam_search, fast_beam_search_one_best, greedy_search
 from wfst_asr.fsa import Fsa, SymbolTable
+from wfst_asr.fsa.segment import best_segmentation
 from wfst_asr.graphs.bpe import is_piece_table, pieces_to_words
 from wfst_asr.graphs.compile import compile_graph, remove_input_epsilons
 from wfst_asr.graphs.lang import is_disambig_symbol, read_token_list
@@ -222,7 +224,7 @@ class Decoder:
             raise DecodeError(str(e)) from e
         self.kind = "nnet"
         self.loss = str(self.cfg.get("loss", "ctc"))
-        if self.loss not in ("ctc", "hmm", "mmi", "transducer"):
+        if self.loss not in ("ctc", "hmm", "mmi", "transducer", "segmental"):
             raise DecodeError(f"{self.exp_dir}: no decoding methods for loss {self.loss!r}")
         tokens_file = self.cfg.get("tokens") or (
             Path(self.cfg["lang_dir"]) / "tokens.txt" if self.cfg.get("lang_dir") else None)
@@ -429,6 +431,18 @@ class Decoder:
             return lambda _s, _wp: fn
 
         graph_method = self._graph_name.lower()
+        if self.loss == "segmental":
+            model, dev = self.model, self.device
+
+            def best(k: torch.Tensor, n: torch.Tensor) -> list[list[int]]:
+                with torch.no_grad():
+                    scores = model.segment_scores(k.to(dev), n.to(dev))
+                return [[y + 1 for _s, _t, y in segs]
+                        for segs in best_segmentation(scores, n.to(dev))]
+
+            out["best_path"] = Method("best_path", fixed(best), self.token_symbols,
+                                      "best path of the segment lattice (tropical)")
+            return out
         if self.loss == "transducer":
             model, dev = self.model, self.device
             dec, joiner = model.decoder, model.joiner

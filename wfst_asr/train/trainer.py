@@ -139,6 +139,19 @@ def batch_targets(batch: dict, field: str = "tokens",
     return seqs
 
 
+def _excluded_names(batch: dict, info: dict) -> str:
+    """``cut (reason), ...`` of the utterances a loss excluded from a batch (``info``'s
+    ``excluded`` sequence indices, and ``reasons`` where the loss gives them)."""
+    sup = batch.get("supervisions", {})
+    ids = {}
+    for s, cid in zip(torch.as_tensor(sup.get("sequence_idx", [])).tolist(),
+                      sup.get("cut_id", [])):
+        ids.setdefault(s, cid)
+    reasons = info.get("reasons") or {}
+    return ", ".join(f"{ids.get(b, f'#{b}')}" + (f" ({reasons[b]})" if b in reasons else "")
+                     for b in info.get("excluded", []))
+
+
 def build_optimizer(cfg: ExperimentConfig, params) -> torch.optim.Optimizer:
     """Adam or SGD (momentum) with ``cfg.lr`` and ``cfg.weight_decay``."""
     if cfg.optimizer == "adam":
@@ -356,6 +369,9 @@ class Trainer:
         log_probs, out_lens = self.model(feats, lens)
         loss, info = self.loss_fn(log_probs, out_lens, targets)
         usable = info["num_utts"] > info["num_excluded"] and not dummy
+        if not usable and not dummy and info["num_utts"]:
+            log.warning("a batch with nothing to train on, skipped: %s",
+                        _excluded_names(batch, info))
         if not usable:
             self.skipped_batches += 1
             if not _distributed():

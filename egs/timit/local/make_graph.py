@@ -74,6 +74,7 @@ EXTRA_GRAPHS: dict[str, Callable[[Path], None] | None] = {
     "hmm": hmm_mmi_graphs("hmm"),
     "mmi": hmm_mmi_graphs("mmi"),
     "transducer": transducer_graphs,
+    "segmental": None,  # decoded by the segment lattice's best path (no graph of its own)
 }
 
 
