@@ -148,6 +148,8 @@ def test_timit_recipe_hmm_mmi(tmp_path, loss, graph):
             assert rate is not None and 0.0 <= float(rate.group(1)) <= 200.0
     results = (exp / "decode" / "results.txt").read_text()
     assert f"loss {loss}, topology" in results and "word_penalty" in results
+    assert (exp / "align" / "test.ctm").is_file()
+    assert "dev boundary accuracy: 10 ms" in (exp / "align" / "boundaries.txt").read_text()
     assert re.search(rf"test utterances where {graph} and kaldi agree: \d+/20", results)
     rows = [ln.split("\t") for ln in (exp / "stage_times.tsv").read_text().splitlines()]
     stages = [f"stage {n}" for n in (0, 1, 2, 4, 5)]
@@ -157,6 +159,7 @@ def test_timit_recipe_hmm_mmi(tmp_path, loss, graph):
         assert cfg["train_cuts"] == str(gmm / "cuts_train.jsonl.gz")
         assert cfg["token_field"] == "gmm_ali"
         assert re.search(r"hclg +test PER", (gmm / "decode" / "results.txt").read_text())
+        assert "test boundary accuracy: 10 ms" in (gmm / "align" / "boundaries.txt").read_text()
         stages.insert(3, "stage 3")
     assert [r[0] for r in rows] == stages
     assert all(r[3] == "0" for r in rows)
@@ -198,3 +201,50 @@ def test_timit_recipe_transducer(tmp_path):
     assert all(float(r[1]) > 0 and float(r[2]) > 50 and r[3] == "0" for r in rows)
     again = _run(args)
     assert again.count("already done") == 6
+
+
+def test_timit_recipe_segmental(tmp_path):
+    """--loss segmental: the .phn frame labels (stage 3), each of the four losses end to end,
+    and the two-stage chain (frame CE, theta only, fine-tuning), a tiny model for 1 epoch each;
+    best-path decoding and the alignments' boundary accuracy."""
+    timit = shared_data_dir() / "timit_nltk_sample"
+    if not timit.is_dir():
+        pytest.skip(f"{timit} not found: the TIMIT sample is needed for the recipe test")
+    data = tmp_path / "data"
+    tiny = ["--set", "num_epochs=1", "--set", "model.hidden=16", "--set", "model.num_layers=1",
+            "--set", "model.max_duration=10"]
+    base = ["--loss", "segmental", "--timit-dir", str(timit), "--data-dir", str(data), *tiny]
+    out = _run([*base, "--exp-dir", str(tmp_path / "marginal_log")])
+    for n in range(7):
+        assert f"stage {n}:" in out
+    assert (data / ".stage3.frames.done").is_file()
+    frames = data / "frames" / "timit_cuts_train.jsonl.gz"
+    assert frames.is_file()
+    runs = {"marginal_log": []}
+    for kind in ("hinge", "log", "latent_hinge"):
+        runs[kind] = ["--set", f"loss.kind={kind}"]
+    chain = {"frame_ce": ["--config", "conf/segmental_frame_ce.yaml"],
+             "two_stage": ["--config", "conf/segmental_two_stage.yaml", "--set",
+                           f"init_from={tmp_path / 'frame_ce' / 'averaged.pt'}"],
+             "finetune": ["--config", "conf/segmental_finetune.yaml", "--set",
+                          f"init_from={tmp_path / 'two_stage' / 'averaged.pt'}"]}
+    for name, extra in {**runs, **chain}.items():
+        exp = tmp_path / name
+        if name != "marginal_log":
+            _run([*base, "--stage", "4", "--stop-stage", "6", "--exp-dir", str(exp), *extra])
+        cfg = json.loads((exp / "config.json").read_text())
+        assert cfg["loss"] == "segmental" and cfg["model"] == "blstm_segmental", name
+        assert cfg["token_field"] == "phones_48_frames" and cfg["train_cuts"] == str(frames)
+        if name in runs:
+            assert cfg["loss_kwargs"]["kind"] == name
+        for split in ("dev", "test"):
+            report = (exp / "decode" / f"per_best_path_{split}.txt").read_text()
+            rate = re.search(r"%PER ([0-9.]+)", report)
+            # (a 1-epoch model may insert many short segments: above 100%)
+            assert rate is not None and 0.0 <= float(rate.group(1)) < 1000.0, name
+        assert "test boundary accuracy" in (exp / "align" / "boundaries.txt").read_text()
+    log = (tmp_path / "two_stage" / "train.log").read_text()
+    assert "initialised" in log  # warm start from the frame-CE model
+    again = _run([*base, "--exp-dir", str(tmp_path / "marginal_log")])
+    assert again.count("already done") == 7
+

@@ -170,3 +170,49 @@ def test_trainer_names_the_excluded_utterances():
                               "cut_id": ["cutA", "cutB", "cutC"]}}
     info = {"excluded": [0, 2], "reasons": {0: "2 frames for 3 labels"}}
     assert _excluded_names(batch, info) == "cutA (2 frames for 3 labels), cutC"
+
+
+def test_segment_posteriors_cover_every_frame_once():
+    """Each frame of an utterance lies in exactly one segment of any path: the posteriors of
+    the segments covering it sum to 1 (full and constrained lattices); posteriors of one
+    segment equal brute force on a tiny case."""
+    import itertools
+
+    from wfst_asr.fsa.segment import segment_posteriors
+
+    torch.manual_seed(0)
+    B, T, D, L = 2, 6, 3, 2
+    scores = torch.randn(B, T, D, L, dtype=torch.float64)
+    lens = torch.tensor([6, 4])
+    labels = torch.tensor([[1, 0, 1], [0, 1, 0]])
+    label_lens = torch.tensor([3, 2])
+    for post in (segment_posteriors(scores, lens),
+                 segment_posteriors(scores, lens, labels, label_lens)):
+        for b in range(B):
+            n = int(lens[b])
+            for f in range(n):
+                cover = sum(float(post[b, e, d - 1].sum()) for e in range(f, min(n, f + D))
+                            for d in range(e - f + 1, min(D, e + 1) + 1))
+                assert cover == pytest.approx(1.0, abs=1e-9)
+            assert float(post[b, n:].abs().sum()) == 0.0
+
+    # brute force: utterance 1 (4 frames), segment (1, 3, 0) = frames 1..2, label 0
+    def paths(n):
+        if n == 0:
+            yield []
+            return
+        for d in range(1, min(D, n) + 1):
+            for rest in paths(n - d):
+                yield [d, *rest]
+
+    num = den = 0.0
+    for comp in paths(4):
+        for labs in itertools.product(range(L), repeat=len(comp)):
+            s, segs = 0, []
+            for d, y in zip(comp, labs):
+                segs.append((s, s + d, y))
+                s += d
+            w = math.exp(sum(float(scores[1, t - 1, t - s - 1, y]) for s, t, y in segs))
+            den += w
+            num += w if (1, 3, 0) in segs else 0.0
+    assert float(segment_posteriors(scores, lens)[1, 2, 1, 0]) == pytest.approx(num / den)

@@ -21,7 +21,8 @@
 #   2  48-phone lang dir, train-only phone bigram G, CTC HLG (+ the graphs of --loss)
 #                                                               -> DATA_DIR/lang_phone
 #   3  (--loss hmm) monophone GMM-HMM (wfst-asr train-mono, --gmm-args "ARGS"), its alignments
-#      of train and dev, its PER with its HCLG (wfst-asr decode / score) -> GMM_DIR (exp/mono)
+#      of train and dev, its PER with its HCLG (wfst-asr decode / score), its alignments'
+#      boundary accuracy (wfst-asr align)                        -> GMM_DIR (exp/mono)
 #      (--loss segmental) the hand-labelled .phn segmentations as per-frame 48-phone labels
 #      (wfst-asr frame-labels, field phones_48_frames)          -> DATA_DIR/frames
 #   4  train (wfst-asr train ... --resume: a rerun continues)   -> EXP_DIR (exp/ctc_blstm)
@@ -142,6 +143,11 @@ stage3() {  # --loss hmm: the monophone GMM whose alignments the hybrid trains o
         --map local/phones.60-48-39.map --map-from 48 --map-to 39 --out-dir "$gmm_dir/decode" \
         > "$gmm_dir/decode.log" 2> >(quiet_kaldi)
     "${wfst_asr[@]}" score --decode-dir "$gmm_dir/decode"
+    # its Viterbi alignments of the transcripts, scored against the .phn boundaries
+    "${wfst_asr[@]}" align --exp-dir "$gmm_dir" --lang-dir "$lang_dir" --ref-field phones_48 \
+        --cuts "dev=$fbank_dir/timit_cuts_dev.jsonl.gz" \
+        --cuts "test=$fbank_dir/timit_cuts_test.jsonl.gz" --ref-alignment phone \
+        --map local/phones.60-48-39.map --map-from 61 --map-to 48 --out-dir "$gmm_dir/align"
 }
 stage3_frames() {  # --loss segmental: the reference segmentations, one label per frame
     local split

@@ -9,6 +9,8 @@ Main entry points:
 * :func:`get_tot_scores`, :func:`get_forward_scores`, :func:`get_backward_scores`,
   :func:`get_arc_post`, :func:`shortest_path`
 * static graph algorithms through OpenFst (kaldifst): :mod:`wfst_asr.fsa.ops`
+* dense segment lattices (semi-Markov sums, maxima, posteriors, best paths):
+  :mod:`wfst_asr.fsa.segment`
 """
 
 from . import ops

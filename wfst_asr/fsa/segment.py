@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["NEG", "best_segmentation", "constrained_scores", "segment_tot_scores"]
+__all__ = ["NEG", "best_segmentation", "constrained_scores", "segment_posteriors",
+           "segment_tot_scores"]
 
 #: "minus infinity" inside the recursions (finite: no NaN gradients through dead states)
 NEG = -1.0e9
@@ -150,3 +151,23 @@ def best_segmentation(scores: torch.Tensor, lens: torch.Tensor,
         if bool(ok[b]):
             out[b].append((e - d1, e + 1, y))
     return out
+
+
+def segment_posteriors(scores: torch.Tensor, lens: torch.Tensor,
+                       labels: torch.Tensor | None = None,
+                       label_lens: torch.Tensor | None = None) -> torch.Tensor:
+    """Segment (arc) posteriors ``[B, T, D, L]`` of the segment lattices (with ``labels``: of
+    the constrained lattices), log semiring: the probability that segment ``(e + 1 - d, e + 1,
+    y)`` is on a path, the gradient of the log total. Zero for an utterance without a path;
+    per utterance the posteriors of the segments covering any frame ``< lens[b]`` sum to 1."""
+    lens = _check(scores, lens)
+    x = scores.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        if labels is None:
+            tot = segment_tot_scores(x, lens, log_semiring=True)
+        else:
+            tot = constrained_scores(x, lens, labels, label_lens, log_semiring=True)
+        ok = torch.isfinite(tot)
+        (grad,) = torch.autograd.grad(tot.masked_fill(~ok, 0.0).sum(), x, allow_unused=True)
+    return torch.zeros_like(scores) if grad is None else grad
+

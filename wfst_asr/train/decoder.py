@@ -14,7 +14,8 @@
   ctc            ``greedy``, ``hlg`` (engine ``one_best`` in the lang dir's HLG), ``kaldi``
   hmm, mmi       ``greedy`` (HMM: per-frame argmax, runs merged), ``hclg`` (the topology's
                  HCLG relabelled to pdf columns; a CTC topology: ``hlg``), ``kaldi``
-  segmental      ``best_path`` (the best segmentation of the segment lattice)
+  segmental      ``greedy`` (per-frame argmax of the encoder, runs merged), ``best_path`` (the
+                 best segmentation of the segment lattice)
   transducer     ``greedy``, ``beam`` (modified beam search), ``fast_beam`` (trivial graph),
                  ``fast_beam_lg`` (the lang dir's LG), ``aux_ctc`` (greedy on the auxiliary
                  CTC output, when the model has one)
@@ -440,6 +441,11 @@ class Decoder:
                 return [[y + 1 for _s, _t, y in segs]
                         for segs in best_segmentation(scores, n.to(dev))]
 
+            identity = torch.arange(self.num_outputs)
+            out["greedy"] = Method("greedy", fixed(
+                lambda k, n: greedy_hmm(k, n, identity)), self.token_symbols,
+                "per-frame argmax of the encoder's frame vectors, runs merged (the encoder "
+                "alone: a frame-CE first stage is decoded by it)")
             out["best_path"] = Method("best_path", fixed(best), self.token_symbols,
                                       "best path of the segment lattice (tropical)")
             return out
