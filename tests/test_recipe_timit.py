@@ -213,7 +213,8 @@ def test_timit_recipe_segmental(tmp_path):
     data = tmp_path / "data"
     tiny = ["--set", "num_epochs=1", "--set", "model.hidden=16", "--set", "model.num_layers=1",
             "--set", "model.max_duration=10"]
-    base = ["--loss", "segmental", "--timit-dir", str(timit), "--data-dir", str(data), *tiny]
+    base = ["--loss", "segmental", "--timit-dir", str(timit), "--data-dir", str(data),
+            "--lm-scales", "0.3", "--word-penalties", "0,1", *tiny]
     out = _run([*base, "--exp-dir", str(tmp_path / "marginal_log")])
     for n in range(7):
         assert f"stage {n}:" in out
@@ -243,6 +244,10 @@ def test_timit_recipe_segmental(tmp_path):
             # (a 1-epoch model may insert many short segments: above 100%)
             assert rate is not None and 0.0 <= float(rate.group(1)) < 1000.0, name
         assert "test boundary accuracy" in (exp / "align" / "boundaries.txt").read_text()
+    # the segment lattice with the lang dir's phone bigram, tuned on dev
+    results = (tmp_path / "marginal_log" / "decode" / "results.txt").read_text()
+    assert re.search(r"^best_path_lm +test PER", results, re.MULTILINE)
+    assert re.search(r"^greedy +test PER", results, re.MULTILINE)
     log = (tmp_path / "two_stage" / "train.log").read_text()
     assert "initialised" in log  # warm start from the frame-CE model
     again = _run([*base, "--exp-dir", str(tmp_path / "marginal_log")])

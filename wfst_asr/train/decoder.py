@@ -15,7 +15,8 @@
   hmm, mmi       ``greedy`` (HMM: per-frame argmax, runs merged), ``hclg`` (the topology's
                  HCLG relabelled to pdf columns; a CTC topology: ``hlg``), ``kaldi``
   segmental      ``greedy`` (per-frame argmax of the encoder, runs merged), ``best_path`` (the
-                 best segmentation of the segment lattice)
+                 best segmentation of the segment lattice), ``best_path_lm`` (composed with
+                 the lang dir's label bigram ``lm.arpa``, tuned like the graph methods)
   transducer     ``greedy``, ``beam`` (modified beam search), ``fast_beam`` (trivial graph),
                  ``fast_beam_lg`` (the lang dir's LG), ``aux_ctc`` (greedy on the auxiliary
                  CTC output, when the model has one)
@@ -448,6 +449,12 @@ class Decoder:
                 "alone: a frame-CE first stage is decoded by it)")
             out["best_path"] = Method("best_path", fixed(best), self.token_symbols,
                                       "best path of the segment lattice (tropical)")
+            arpa = self.lang_dir / "lm.arpa" if self.lang_dir is not None else None
+            if arpa is not None and arpa.is_file() and not self.word_level:
+                out["best_path_lm"] = Method(
+                    "best_path_lm", self._segmental_lm_at(arpa), self.token_symbols,
+                    f"best path of the segment lattice composed with the label bigram of "
+                    f"{arpa} (lm_scale x LM - penalty per segment)", True)
             return out
         if self.loss == "transducer":
             model, dev = self.model, self.device
@@ -507,6 +514,24 @@ class Decoder:
                               f"{beam:g}, max active {max_active})", True, follows=graph_method,
                               info={"compare_with": graph_method})
         return out
+
+    def _segmental_lm_at(self, arpa: Path) -> Callable[[float, float], BatchFn]:
+        """``at(lm_scale, penalty)`` of a segmental model's ``best_path_lm`` method."""
+        from wfst_asr.decode.segmental import best_segmentation_lm, bigram_matrix
+        from wfst_asr.graphs.ngram import read_arpa
+
+        assert self.tokens is not None
+        big = bigram_matrix(read_arpa(arpa), list(self.tokens))
+        model, dev = self.model, self.device
+
+        def at(s: float, wp: float) -> BatchFn:
+            def fn(k: torch.Tensor, n: torch.Tensor) -> list[list[int]]:
+                with torch.no_grad():
+                    scores = model.segment_scores(k.to(dev), n.to(dev))
+                return [[y + 1 for _s, _t, y in segs]
+                        for segs in best_segmentation_lm(scores, n.to(dev), big, s, wp)]
+            return fn
+        return at
 
     def _select_methods(self) -> dict[str, Method]:
         avail = self.available_methods()
@@ -663,7 +688,7 @@ class Decoder:
         for name, path in sets.items():
             if not Path(path).is_file():
                 raise DecodeError(f"{path}: no such cuts file ({name})")
-        if any(m.tuned for m in self.methods.values()):
+        if any(m.tuned and m.name in (*GRAPH_METHODS, "kaldi") for m in self.methods.values()):
             _ = self.graph  # compile / check the graph before the model runs
         (out / SETTINGS).unlink(missing_ok=True)  # a dir without it is being written
         data: dict[str, list[ModelOutputs]] = {}
