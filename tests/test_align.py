@@ -123,3 +123,19 @@ def test_align_cli_ctc_against_viterbi(task, tmp_path, capsys):  # noqa: F811
     assert f"boundary accuracy: {rep.summary()}" in stdout
     assert (out / "boundaries.txt").is_file()
     assert len(list((tmp_path / "plots" / "test").glob("*.png"))) == 1
+
+
+def test_align_cli_errors_are_one_line(task, tmp_path, capsys):  # noqa: F811
+    rc, _out, err = _run(capsys, "align", "--exp-dir", str(task["exp"]), "--cuts",
+                         f"test={tmp_path / 'missing.jsonl.gz'}", "--out-dir", str(tmp_path))
+    assert rc == 2 and "no such cuts file (test)" in err and len(err.strip().splitlines()) == 1
+    cuts = list(CutSet.from_file(task["test"]))
+    cuts[0].supervisions[0].custom["phones"] = "a zz b"
+    bad = tmp_path / "bad.jsonl.gz"
+    CutSet.from_cuts(cuts).to_file(bad)
+    rc, _out, err = _run(capsys, "align", "--exp-dir", str(task["exp"]), "--cuts",
+                         f"test={bad}", "--out-dir", str(tmp_path / "o"))
+    assert rc == 2 and f"utterance {cuts[0].supervisions[0].id}" in err and "'zz'" in err
+    rc, _out, err = _run(capsys, "align", "--exp-dir", str(tmp_path / "nope"), "--cuts",
+                         f"test={task['test']}", "--out-dir", str(tmp_path / "o"))
+    assert rc == 2 and "nope" in err

@@ -11,12 +11,12 @@ from pathlib import Path
 DESCRIPTION = """\
 Align each set's transcripts (--ref-field, default the model's token field) with the model of
 an experiment directory (segmental, CTC, HMM / LF-MMI models, or a monophone GMM directory with
---lang-dir) and write OUT/<set>.ctm. With
---ref-alignment TYPE (the supervisions' lhotse alignment of that type, e.g. TIMIT's hand-labelled
-phones, symbols folded with --map) or --ref-frames-field (per-frame reference labels, `wfst-asr
-frame-labels`), also score boundary accuracy: the share of reference boundaries within
-10/20/30/40 ms (OUT/boundaries.txt, and printed). With --plot DIR, one PNG per utterance (features, frame posteriors, reference and
-hypothesis segments).
+--lang-dir) and write OUT/<set>.ctm. With --ref-alignment TYPE (the supervisions' lhotse
+alignment of that type, e.g. TIMIT's hand-labelled phones, symbols folded with --map) or
+--ref-frames-field (per-frame reference labels, `wfst-asr frame-labels`), also score boundary
+accuracy: the share of reference boundaries within 10/20/30/40 ms (OUT/boundaries.txt, and
+printed). With --plot DIR, one PNG per utterance: features, frame posteriors, reference and
+hypothesis segments.
 
   wfst-asr align --exp-dir exp/segmental_blstm --cuts test=data/frames/timit_cuts_test.jsonl.gz \\
       --ref-field phones_48 --ref-alignment phone --map local/phones.60-48-39.map \\
