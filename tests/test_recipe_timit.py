@@ -253,3 +253,26 @@ def test_timit_recipe_segmental(tmp_path):
     again = _run([*base, "--exp-dir", str(tmp_path / "marginal_log")])
     assert again.count("already done") == 7
 
+
+
+def test_timit_recipe_attention(tmp_path):
+    """--loss attention: a tiny joint CTC / attention model for 1 epoch, decoded greedily, by
+    beam search and by greedy CTC on its encoder."""
+    timit = shared_data_dir() / "timit_nltk_sample"
+    if not timit.is_dir():
+        pytest.skip(f"{timit} not found: the TIMIT sample is needed for the recipe test")
+    exp = tmp_path / "exp"
+    out = _run(["--loss", "attention", "--timit-dir", str(timit), "--data-dir",
+                str(tmp_path / "data"), "--exp-dir", str(exp), "--set", "num_epochs=1",
+                "--set", "model.hidden=16", "--set", "model.num_layers=1", "--set",
+                "model.d_model=16", "--set", "model.nhead=2", "--set",
+                "model.dim_feedforward=32"])
+    for n in range(7):
+        assert f"stage {n}:" in out
+    cfg = json.loads((exp / "config.json").read_text())
+    assert cfg["loss"] == "attention" and cfg["model"] == "blstm_attention"
+    for dec in ("greedy", "beam", "aux_ctc"):
+        for split in ("dev", "test"):
+            report = (exp / "decode" / f"per_{dec}_{split}.txt").read_text()
+            rate = re.search(r"%PER ([0-9.]+)", report)
+            assert rate is not None and 0.0 <= float(rate.group(1)) < 1000.0

@@ -3,7 +3,7 @@
 # its own folder (egs/timit: data/ and exp/ are written there, as Kaldi and icefall recipes do).
 #
 #   egs/timit/run.sh [--stage N] [--stop-stage M] [--timit-dir DIR] [--data-dir DIR]
-#                    [--exp-dir DIR] [--loss ctc|hmm|mmi|transducer|segmental]
+#                    [--exp-dir DIR] [--loss ctc|hmm|mmi|transducer|segmental|attention]
 #                    [--config FILE|NAME]
 #                    [--lm-scales 0.1,0.3,...] [--word-penalties -1,0,1] [--set k=v ...]
 #                    [--gmm-dir DIR] [--gmm-args "ARGS"] [--gmm-lm-scales 0.2,...]
@@ -31,8 +31,8 @@
 #      the segment lattice's best path                          -> EXP_DIR/decode
 #   6  score (wfst-asr score): PER on 39 phones (48 -> 39 folding), per-speaker reports
 #                                                               -> EXP_DIR/decode/results.txt
-#      and (not --loss transducer) forced alignments of the transcripts (wfst-asr align) with
-#      their boundary accuracy against the .phn boundaries       -> EXP_DIR/align
+#      and (not --loss transducer / attention) forced alignments of the transcripts
+#      (wfst-asr align), their boundary accuracy against the .phn boundaries -> EXP_DIR/align
 #   7-9 (--loss ctc only): 7 dev/test lattices with the HLG (wfst-asr make-lattices)
 #      -> EXP_DIR/lats/{dev,test}; 8 the training transcripts (wfst-asr cuts-text), a phone
 #      3-gram (wfst-asr estimate-lm) and an LSTM LM (wfst-asr train-nnlm, --nnlm-epochs N) on
@@ -71,8 +71,9 @@ if (( $# )); then
 fi
 
 case "$loss" in
-    ctc|hmm|mmi|transducer|segmental) ;;
-    *) echo "error: --loss must be ctc, hmm, mmi, transducer or segmental, got '$loss'" >&2
+    ctc|hmm|mmi|transducer|segmental|attention) ;;
+    *) echo "error: --loss must be ctc, hmm, mmi, transducer, segmental or attention," \
+            "got '$loss'" >&2
        exit 1 ;;
 esac
 config=${config:-conf/${loss}_blstm.yaml}  # the recipe's settings (conf/*.yaml)
@@ -186,7 +187,7 @@ stage5() {  # the methods of the model's loss, lm_scale x penalty tuned on dev
 }
 stage6() {
     "${wfst_asr[@]}" score --decode-dir "$exp_dir/decode"
-    [[ "$loss" == transducer ]] && return 0
+    [[ "$loss" == transducer || "$loss" == attention ]] && return 0
     # forced alignments of the transcripts; boundary accuracy against the .phn boundaries
     "${wfst_asr[@]}" align --exp-dir "$exp_dir" --ref-field phones_48 \
         --cuts "dev=$fbank_dir/timit_cuts_dev.jsonl.gz" \

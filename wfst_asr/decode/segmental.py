@@ -20,7 +20,7 @@ import torch
 
 from wfst_asr.graphs.ngram import NgramModel
 
-__all__ = ["bigram_matrix", "best_segmentation_lm"]
+__all__ = ["best_segmentation_lm", "bigram_matrix"]
 
 
 def bigram_matrix(model: NgramModel, labels: Sequence[str]) -> torch.Tensor:

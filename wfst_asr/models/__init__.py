@@ -3,6 +3,7 @@ decoder/joiner/head and the BLSTM transducer (:mod:`wfst_asr.models.transducer`)
 rescoring (:mod:`wfst_asr.models.lm`). Models are plain ``nn.Module`` s that import only torch:
 their training is in :mod:`wfst_asr.train`, their searches in :mod:`wfst_asr.decode`."""
 
+from wfst_asr.models.attention import AttentionDecoder, BlstmAttention
 from wfst_asr.models.encoders import (
     MODELS,
     Blstm,
@@ -32,4 +33,4 @@ __all__ = [
     "register_model",
 ]
 __all__ += ["BlstmTransducer", "Joiner", "StatelessDecoder", "Transducer", "add_sos"]
-__all__ += ["LstmLm", "SegmentScorer", "SegmentalBlstm"]
+__all__ += ["AttentionDecoder", "BlstmAttention", "LstmLm", "SegmentScorer", "SegmentalBlstm"]

@@ -20,6 +20,8 @@ name           class (``loss.KEY`` = its arguments)     extras
 ``transducer`` :class:`~wfst_asr.losses.TransducerLoss` ctc_scale
 ``segmental``  :class:`~wfst_asr.losses.segmental.       frame_ce, freeze_encoder
                SegmentalLoss`
+``attention``  :class:`~wfst_asr.losses.attention.
+               AttentionLoss`
 =============  =======================================  ==================================
 
 ``reduction`` defaults to ``"sum"`` for every loss (the trainer divides by frames).
@@ -57,11 +59,12 @@ from wfst_asr.graphs.lm import ngram_acceptor
 from wfst_asr.graphs.topo import TOPOLOGIES, Topology, make_topology, pdf_map, pdf_topo
 from wfst_asr.graphs.training import CtcTrainingGraphCompiler, MmiTrainingGraphCompiler
 from wfst_asr.losses import CtcLoss, HmmLoss, MmiLoss, TransducerLoss
+from wfst_asr.losses.attention import AttentionLoss
 from wfst_asr.losses.hmm import AlignmentCeLoss
 from wfst_asr.losses.segmental import SegmentalLoss
 from wfst_asr.models import check_output_dim
 
-__all__ = ["LOSSES", "LossSpec", "SegmentalCriterion", "TransducerCriterion",
+__all__ = ["LOSSES", "AttentionCriterion", "LossSpec", "SegmentalCriterion", "TransducerCriterion",
            "alignment_criterion", "build_loss", "get_loss", "loss_options", "loss_topology",
            "num_outputs", "register_loss", "target_table"]
 
@@ -458,3 +461,39 @@ def _build_segmental(c: dict[str, Any], model: nn.Module, opts: dict[str, Any]) 
     sub = getattr(model, "subsampling_factor", None) or int(c.get("subsampling", 1))
     return SegmentalCriterion(model, SegmentalLoss(**kwargs, subsampling=int(sub)),
                               frame_ce=frame_ce, freeze_encoder=freeze)
+
+
+# --------------------------------------------------------------------------- attention
+class AttentionCriterion(nn.Module):
+    """``loss_fn(memory, out_lens, token_seqs) -> (loss, info)`` of the trainer for an
+    attention encoder-decoder (``blstm_attention``): the model's decoder on ``<sos>`` + tokens
+    (teacher forcing) and its CTC output, scored by
+    :class:`~wfst_asr.losses.attention.AttentionLoss`. The model is referenced, not
+    registered."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module) -> None:
+        super().__init__()
+        if not hasattr(model, "decoder") or not hasattr(model, "ctc_log_probs"):
+            raise ValueError(f"loss 'attention' needs an attention model (model: "
+                             f"blstm_attention), got {type(model).__name__}")
+        self.loss = loss
+        self.__dict__["_model"] = model
+
+    @property
+    def reduction(self) -> str:
+        return self.loss.reduction
+
+    def forward(self, memory: torch.Tensor, out_lens: torch.Tensor, token_seqs):
+        from wfst_asr.models.attention import decoder_io
+
+        model = self.__dict__["_model"]
+        seqs = [list(s.tolist() if isinstance(s, torch.Tensor) else s) for s in token_seqs]
+        ys_in, ys_out = decoder_io(seqs, memory.device)
+        logits = model.decoder(memory, out_lens, ys_in)
+        return self.loss(logits, ys_out, model.ctc_log_probs(memory), out_lens, seqs)
+
+
+@register_loss("attention", AttentionLoss)
+def _build_attention(c: dict[str, Any], model: nn.Module, opts: dict[str, Any]) -> nn.Module:
+    """Joint CTC / attention training (``loss.ctc_weight``, ``loss.label_smoothing``)."""
+    return AttentionCriterion(model, AttentionLoss(**opts))

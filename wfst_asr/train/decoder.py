@@ -17,6 +17,8 @@
   segmental      ``greedy`` (per-frame argmax of the encoder, runs merged), ``best_path`` (the
                  best segmentation of the segment lattice), ``best_path_lm`` (composed with
                  the lang dir's label bigram ``lm.arpa``, tuned like the graph methods)
+  attention      ``greedy``, ``beam`` (length-normalised beam search), ``aux_ctc`` (greedy CTC
+                 on the encoder's CTC output)
   transducer     ``greedy``, ``beam`` (modified beam search), ``fast_beam`` (trivial graph),
                  ``fast_beam_lg`` (the lang dir's LG), ``aux_ctc`` (greedy on the auxiliary
                  CTC output, when the model has one)
@@ -64,6 +66,7 @@ import torch
 
 from wfst_asr.atomic import atomic_write_text
 from wfst_asr.decode import greedy_ctc, kaldi_ctc_graph, kaldi_one_best, one_best, scale_graph
+from wfst_asr.decode.attention import attention_beam_search, attention_greedy
 from wfst_asr.decode.grid import GridResult, grid_search
 from wfst_asr.decode.hmm import greedy_hmm, pdf_to_token
 from wfst_asr.decode.transducer import beam_search, fast_beam_search_one_best, greedy_search
@@ -226,7 +229,7 @@ class Decoder:
             raise DecodeError(str(e)) from e
         self.kind = "nnet"
         self.loss = str(self.cfg.get("loss", "ctc"))
-        if self.loss not in ("ctc", "hmm", "mmi", "transducer", "segmental"):
+        if self.loss not in ("ctc", "hmm", "mmi", "transducer", "segmental", "attention"):
             raise DecodeError(f"{self.exp_dir}: no decoding methods for loss {self.loss!r}")
         tokens_file = self.cfg.get("tokens") or (
             Path(self.cfg["lang_dir"]) / "tokens.txt" if self.cfg.get("lang_dir") else None)
@@ -455,6 +458,19 @@ class Decoder:
                     "best_path_lm", self._segmental_lm_at(arpa), self.token_symbols,
                     f"best path of the segment lattice composed with the label bigram of "
                     f"{arpa} (lm_scale x LM - penalty per segment)", True)
+            return out
+        if self.loss == "attention":
+            model, dev = self.model, self.device
+            out["greedy"] = Method("greedy", fixed(
+                lambda e, n: attention_greedy(model.decoder, e.to(dev), n.to(dev))),
+                self.token_symbols, "attention decoder, greedy (one token per step)")
+            out["beam"] = Method("beam", fixed(
+                lambda e, n: attention_beam_search(model.decoder, e.to(dev), n.to(dev),
+                                                   beam=o.beam_size)), self.token_symbols,
+                f"attention decoder, beam search (beam {o.beam_size}, length-normalised)")
+            out["aux_ctc"] = Method("aux_ctc", fixed(
+                lambda e, n: greedy_ctc(model.ctc_log_probs(e.to(dev)), n)),
+                self.token_symbols, "greedy CTC on the CTC output of the encoder")
             return out
         if self.loss == "transducer":
             model, dev = self.model, self.device

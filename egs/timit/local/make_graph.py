@@ -75,6 +75,7 @@ EXTRA_GRAPHS: dict[str, Callable[[Path], None] | None] = {
     "mmi": hmm_mmi_graphs("mmi"),
     "transducer": transducer_graphs,
     "segmental": None,  # decoded by the segment lattice's best path (no graph of its own)
+    "attention": None,  # decoded by its own searches
 }
 
 
