@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from functools import cache
 
 import torch
 
@@ -456,3 +457,35 @@ def graph_paths(graph, T: int) -> list[tuple[tuple[int, ...], float]]:
                 walk(d, labels + [lab], score + w)
     walk(0, [], 0.0)
     return out
+
+
+# ------------------------------------------------------------------ segment lattices
+@cache
+def compositions(n: int, D: int) -> tuple[tuple[int, ...], ...]:
+    """Every tuple of durations in 1..D summing to n (n == 0: none, no segmentation)."""
+    if n == 0:
+        return ()
+    out = []
+
+    def rec(rest, acc):
+        if rest == 0:
+            out.append(tuple(acc))
+            return
+        for d in range(1, min(D, rest) + 1):
+            rec(rest - d, acc + [d])
+
+    rec(n, [])
+    return tuple(out)
+
+
+@cache
+def all_segmentations(n: int, D: int, L: int) -> tuple[tuple[tuple[int, int, int], ...], ...]:
+    """Every segmentation and labelling of n frames: tuples of (s, t, y)."""
+    out = []
+    for durs in compositions(n, D):
+        bounds = [0]
+        for d in durs:
+            bounds.append(bounds[-1] + d)
+        for ys in itertools.product(range(L), repeat=len(durs)):
+            out.append(tuple((bounds[i], bounds[i + 1], ys[i]) for i in range(len(durs))))
+    return tuple(out)

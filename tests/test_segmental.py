@@ -7,10 +7,10 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from functools import cache
 
 import pytest
 import torch
+from reference import all_segmentations, compositions
 
 from wfst_asr.fsa.segment import best_segmentation, constrained_scores, segment_tot_scores
 from wfst_asr.losses.segmental import (
@@ -38,37 +38,6 @@ SEEDS = [0, 1, 2]
 # ----------------------------------------------------------------------------------------
 # Brute-force reference (plain Python floats)
 # ----------------------------------------------------------------------------------------
-
-
-@cache
-def compositions(n: int, D: int) -> tuple[tuple[int, ...], ...]:
-    """Every tuple of durations in 1..D summing to n (n == 0: none, no segmentation)."""
-    if n == 0:
-        return ()
-    out = []
-
-    def rec(rest, acc):
-        if rest == 0:
-            out.append(tuple(acc))
-            return
-        for d in range(1, min(D, rest) + 1):
-            rec(rest - d, acc + [d])
-
-    rec(n, [])
-    return tuple(out)
-
-
-@cache
-def all_segmentations(n: int, D: int, L: int) -> tuple[tuple[tuple[int, int, int], ...], ...]:
-    """Every segmentation and labelling of n frames: tuples of (s, t, y)."""
-    out = []
-    for durs in compositions(n, D):
-        bounds = [0]
-        for d in durs:
-            bounds.append(bounds[-1] + d)
-        for ys in itertools.product(range(L), repeat=len(durs)):
-            out.append(tuple((bounds[i], bounds[i + 1], ys[i]) for i in range(len(durs))))
-    return tuple(out)
 
 
 def seg_score(sc, b: int, z) -> float:

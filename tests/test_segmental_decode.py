@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
 import torch
+from reference import all_segmentations
 
 from wfst_asr.decode.segmental import best_segmentation_lm, bigram_matrix
 from wfst_asr.fsa.segment import best_segmentation
 from wfst_asr.graphs.ngram import estimate_ngram
-
-
-def _segmentations(n: int, D: int, L: int):
-    def comps(m):
-        if m == 0:
-            yield []
-            return
-        for d in range(1, min(D, m) + 1):
-            for rest in comps(m - d):
-                yield [d, *rest]
-
-    for comp in comps(n):
-        for labs in itertools.product(range(L), repeat=len(comp)):
-            s, segs = 0, []
-            for d, y in zip(comp, labs):
-                segs.append((s, s + d, y))
-                s += d
-            yield segs
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -51,7 +33,7 @@ def test_best_segmentation_lm_equals_brute_force(seed):
                 lp = lm.sentence_log10_prob(words) * math.log(10.0)
                 return am + lm_scale * lp - pen * len(segs)
 
-            want = max(_segmentations(n, D, L), key=total)
+            want = list(max(all_segmentations(n, D, L), key=total))
             assert got[b] == want
             assert total(got[b]) == pytest.approx(total(want))
 

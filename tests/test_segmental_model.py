@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from reference import all_segmentations
 
 from wfst_asr.data.frame_labels import FrameLabelError, frame_labels
 from wfst_asr.losses.segmental import SegmentalLoss, runs
@@ -176,8 +177,6 @@ def test_segment_posteriors_cover_every_frame_once():
     """Each frame of an utterance lies in exactly one segment of any path: the posteriors of
     the segments covering it sum to 1 (full and constrained lattices); posteriors of one
     segment equal brute force on a tiny case."""
-    import itertools
-
     from wfst_asr.fsa.segment import segment_posteriors
 
     torch.manual_seed(0)
@@ -197,22 +196,9 @@ def test_segment_posteriors_cover_every_frame_once():
             assert float(post[b, n:].abs().sum()) == 0.0
 
     # brute force: utterance 1 (4 frames), segment (1, 3, 0) = frames 1..2, label 0
-    def paths(n):
-        if n == 0:
-            yield []
-            return
-        for d in range(1, min(D, n) + 1):
-            for rest in paths(n - d):
-                yield [d, *rest]
-
     num = den = 0.0
-    for comp in paths(4):
-        for labs in itertools.product(range(L), repeat=len(comp)):
-            s, segs = 0, []
-            for d, y in zip(comp, labs):
-                segs.append((s, s + d, y))
-                s += d
-            w = math.exp(sum(float(scores[1, t - 1, t - s - 1, y]) for s, t, y in segs))
-            den += w
-            num += w if (1, 3, 0) in segs else 0.0
+    for segs in all_segmentations(4, D, L):
+        w = math.exp(sum(float(scores[1, t - 1, t - s - 1, y]) for s, t, y in segs))
+        den += w
+        num += w if (1, 3, 0) in segs else 0.0
     assert float(segment_posteriors(scores, lens)[1, 2, 1, 0]) == pytest.approx(num / den)

@@ -45,6 +45,20 @@ def greedy_ctc(log_probs: torch.Tensor, lens: torch.Tensor | Sequence[int]) -> l
     return [row[k].tolist() for row, k in zip(best, keep)]
 
 
+def single_graph(graph: Fsa, what: str = "the decoder") -> Fsa:
+    """``graph`` as one FSA (an FsaVec of one is indexed), which must have ``aux_labels``
+    (output symbols); ValueError naming ``what`` otherwise."""
+    if graph.is_vec:
+        if graph.num_fsas != 1:
+            raise ValueError(f"{what} takes one shared graph, got an FsaVec of "
+                             f"{graph.num_fsas}")
+        graph = graph[0]
+    if not graph.has_attr("aux_labels"):
+        raise ValueError("the graph has no aux_labels (output words); decode with a transducer "
+                         "such as an HLG or ctc_topo")
+    return graph
+
+
 def scale_graph(graph: Fsa, lm_scale: float, word_penalty: float = 0.0) -> Fsa:
     """A detached view of ``graph`` with scores ``lm_scale * score - word_penalty * [aux > 0]``.
 

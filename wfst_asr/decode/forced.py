@@ -41,7 +41,7 @@ from wfst_asr.fsa import (
     to_kaldifst,
 )
 
-from .ctc import _check_inputs, scale_graph
+from .ctc import _check_inputs, scale_graph, single_graph
 
 __all__ = ["ForcedBest", "classify_error", "compare"]
 
@@ -63,12 +63,7 @@ class ForcedBest:
 
     def __init__(self, graph: Fsa, lm_scale: float = 1.0, word_penalty: float = 0.0) -> None:
         from wfst_asr._kaldi import kaldifst
-        if graph.is_vec:
-            if graph.num_fsas != 1:
-                raise ValueError(f"expected one graph, got an FsaVec of {graph.num_fsas}")
-            graph = graph[0]
-        if not graph.has_attr("aux_labels"):
-            raise ValueError("the graph has no aux_labels (output words)")
+        graph = single_graph(graph, "ForcedBest")
         self._kf = kaldifst()
         self._fst = to_kaldifst(scale_graph(graph, lm_scale, word_penalty).to("cpu"),
                                 attach_symbols=False)

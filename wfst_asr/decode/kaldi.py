@@ -32,7 +32,7 @@ import torch
 from wfst_asr import _kaldi
 from wfst_asr.fsa import Fsa, read_fst, to_kaldifst
 
-from .ctc import _check_inputs, scale_graph
+from .ctc import _check_inputs, scale_graph, single_graph
 
 __all__ = ["kaldi_ctc_graph", "kaldi_one_best"]
 
@@ -55,12 +55,7 @@ def kaldi_ctc_graph(hlg: Fsa | str | os.PathLike, lm_scale: float = 1.0,
     """
     if isinstance(hlg, (str, os.PathLike)):
         hlg = read_fst(Path(hlg), acceptor=False)
-    if hlg.is_vec:
-        if hlg.num_fsas != 1:
-            raise ValueError(f"expected one graph, got an FsaVec of {hlg.num_fsas}")
-        hlg = hlg[0]
-    if not hlg.has_attr("aux_labels"):
-        raise ValueError("the graph has no aux_labels (output symbols)")
+    hlg = single_graph(hlg, "kaldi_ctc_graph")
     g = scale_graph(hlg, lm_scale, word_penalty).to("cpu")
     lab = g.labels.to(torch.int64)
     shifted = torch.where(lab >= 0, lab + 1, lab).to(torch.int32)

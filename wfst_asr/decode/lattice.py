@@ -52,7 +52,7 @@ from wfst_asr.fsa import (
     shortest_path,
 )
 
-from .ctc import _check_inputs, aux_label_sequences, scale_graph
+from .ctc import _check_inputs, aux_label_sequences, scale_graph, single_graph
 
 __all__ = [
     "LATTICE_ATTRS",
@@ -120,14 +120,7 @@ def get_lattice(graph: Fsa, log_probs: torch.Tensor, lens: torch.Tensor | Sequen
       path gets an empty FSA. Detached from autograd.
     """
     lens_t = _check_inputs(log_probs, lens)
-    if graph.is_vec:
-        if graph.num_fsas != 1:
-            raise ValueError(f"get_lattice takes one shared graph, got an FsaVec of "
-                             f"{graph.num_fsas}")
-        graph = graph[0]
-    if not graph.has_attr("aux_labels"):
-        raise ValueError("the graph has no aux_labels (output words); decode with a transducer "
-                         "such as an HLG or ctc_topo")
+    graph = single_graph(graph, "get_lattice")
     B = log_probs.shape[0]
     lp = log_probs.detach()
     g = scale_graph(graph, lm_scale, word_penalty).to(lp.device)

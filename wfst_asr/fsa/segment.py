@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["NEG", "best_segmentation", "constrained_scores", "segment_posteriors",
-           "segment_tot_scores"]
+__all__ = ["NEG", "best_paths_of", "best_segmentation", "constrained_scores", "path_segments",
+           "segment_posteriors", "segment_tot_scores"]
 
 #: "minus infinity" inside the recursions (finite: no NaN gradients through dead states)
 NEG = -1.0e9
@@ -126,6 +126,43 @@ def _forward(c: torch.Tensor, lens: torch.Tensor, label_lens: torch.Tensor | Non
     return at_end.gather(1, label_lens.clamp(0, U).view(B, 1)).squeeze(1)
 
 
+def _total(x: torch.Tensor, lens: torch.Tensor, labels: torch.Tensor | None,
+           label_lens: torch.Tensor | None, log_semiring: bool) -> torch.Tensor:
+    if labels is None:
+        return segment_tot_scores(x, lens, log_semiring=log_semiring)
+    return constrained_scores(x, lens, labels, label_lens, log_semiring=log_semiring)
+
+
+def _grad_of_total(tot: torch.Tensor, scores: torch.Tensor, retain_graph: bool = False
+                   ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(d sum(finite totals) / d scores or None, finite [B])``."""
+    ok = torch.isfinite(tot)
+    (grad,) = torch.autograd.grad(tot.masked_fill(~ok, 0.0).sum(), scores,
+                                  retain_graph=retain_graph, allow_unused=True)
+    return grad, ok
+
+
+def path_segments(indicator: torch.Tensor | None, ok: torch.Tensor
+                  ) -> list[list[tuple[int, int, int]]]:
+    """``[(s, t, y), ...]`` per utterance, in time order, of a path indicator ``[B, T, D, L]``
+    (the gradient of a tropical total); ``[]`` where ``ok[b]`` is False (no path)."""
+    out: list[list[tuple[int, int, int]]] = [[] for _ in range(ok.shape[0])]
+    if indicator is None:
+        return out
+    nz = (indicator > 0.5).nonzero().tolist()  # (b, e, d - 1, y), sorted by b then e
+    for b, e, d1, y in nz:
+        if bool(ok[b]):
+            out[b].append((e - d1, e + 1, y))
+    return out
+
+
+def best_paths_of(tot: torch.Tensor, scores: torch.Tensor) -> list[list[tuple[int, int, int]]]:
+    """The best paths behind a tropical total ``tot`` already computed from ``scores`` (which
+    requires grad), read from its gradient without a second forward pass; ``tot``'s graph is
+    kept for a later ``backward()``."""
+    return path_segments(*_grad_of_total(tot, scores, retain_graph=True))
+
+
 def best_segmentation(scores: torch.Tensor, lens: torch.Tensor,
                       labels: torch.Tensor | None = None,
                       label_lens: torch.Tensor | None = None
@@ -137,20 +174,8 @@ def best_segmentation(scores: torch.Tensor, lens: torch.Tensor,
     lens = _check(scores, lens)
     x = scores.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        if labels is None:
-            tot = segment_tot_scores(x, lens, log_semiring=False)
-        else:
-            tot = constrained_scores(x, lens, labels, label_lens, log_semiring=False)
-        ok = torch.isfinite(tot)
-        (grad,) = torch.autograd.grad(tot.masked_fill(~ok, 0.0).sum(), x, allow_unused=True)
-    out: list[list[tuple[int, int, int]]] = [[] for _ in range(scores.shape[0])]
-    if grad is None:
-        return out
-    nz = (grad > 0.5).nonzero().tolist()  # (b, e, d - 1, y), sorted by b then e
-    for b, e, d1, y in nz:
-        if bool(ok[b]):
-            out[b].append((e - d1, e + 1, y))
-    return out
+        grad, ok = _grad_of_total(_total(x, lens, labels, label_lens, False), x)
+    return path_segments(grad, ok)
 
 
 def segment_posteriors(scores: torch.Tensor, lens: torch.Tensor,
@@ -163,11 +188,5 @@ def segment_posteriors(scores: torch.Tensor, lens: torch.Tensor,
     lens = _check(scores, lens)
     x = scores.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        if labels is None:
-            tot = segment_tot_scores(x, lens, log_semiring=True)
-        else:
-            tot = constrained_scores(x, lens, labels, label_lens, log_semiring=True)
-        ok = torch.isfinite(tot)
-        (grad,) = torch.autograd.grad(tot.masked_fill(~ok, 0.0).sum(), x, allow_unused=True)
+        grad, _ = _grad_of_total(_total(x, lens, labels, label_lens, True), x)
     return torch.zeros_like(scores) if grad is None else grad
-

@@ -171,6 +171,21 @@ def connected_zero(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.T
     return x.reshape(-1)[:0].sum().to(dtype or x.dtype)
 
 
+def reduce_loss(per_utt: torch.Tensor, frames: int, reduction: str,
+                empty_inputs: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """The loss of a batch from its per-utterance values ``[B]``: ``"none"``: them; ``"sum"``:
+    their sum; ``"mean"``: the sum over ``frames`` (the kept utterances' output frames).
+    ``empty_inputs``: the network outputs, when no utterance was kept, so that the result is a
+    zero still connected to them (:func:`connected_zero`: ``backward()`` gives zero
+    gradients)."""
+    for x in empty_inputs:
+        per_utt = per_utt + connected_zero(x, per_utt.dtype)
+    if reduction == "none":
+        return per_utt
+    loss = per_utt.sum()
+    return loss / max(frames, 1) if reduction == "mean" else loss
+
+
 def drop_nonfinite(values: torch.Tensor, keep: torch.Tensor, ok: torch.Tensor, name: str,
                    what: str = "gave a non-finite total") -> tuple[torch.Tensor, int]:
     """``(fin, count)``: which of the kept utterances' ``values`` (``[K]``, row ``i`` for

@@ -28,12 +28,12 @@ from wfst_asr.fsa import DenseFsaVec, get_tot_scores, intersect_dense
 from wfst_asr.graphs.training import CtcTrainingGraphCompiler, ctc_graph
 from wfst_asr.losses.common import (
     _as_token_lists,
-    connected_zero,
     drop_nonfinite,
     exclusion_info,
     feasible,
     frame_mask,
     isolate_nonfinite,
+    reduce_loss,
     select_fsas,
 )
 
@@ -154,15 +154,8 @@ class CtcLoss(nn.Module):
         if info["excluded"]:
             log.debug("CtcLoss: excluded %d/%d utterances: %s", info["num_excluded"], B,
                       info["excluded"])
-        if not keep.numel():
-            # nothing to train on: a zero that is still connected to the graph
-            per_utt = per_utt + connected_zero(log_probs, dtype)
-        if self.reduction == "none":
-            return per_utt, info
-        loss = per_utt.sum()
-        if self.reduction == "mean":
-            loss = loss / max(frames, 1)
-        return loss, info
+        return reduce_loss(per_utt, frames, self.reduction,
+                           () if keep.numel() else (log_probs,)), info
 
 
     def _word_graphs(self, seqs: list[list[int]], V: int):

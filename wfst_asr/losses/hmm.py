@@ -65,12 +65,12 @@ from wfst_asr.losses.common import (
     _as_token_lists,
     check_batch,
     check_outputs,
-    connected_zero,
     exclusion_info,
     feasible,
     frame_mask,
     isolate_nonfinite,
     num_outputs,
+    reduce_loss,
     segments,
     select_fsas,
 )
@@ -298,14 +298,8 @@ class HmmLoss(nn.Module):
 
     def _reduce(self, per_utt: torch.Tensor, info: dict, log_probs: torch.Tensor,
                 any_kept: bool) -> torch.Tensor:
-        if not any_kept:  # nothing to train on: a zero still connected to the input
-            per_utt = per_utt + connected_zero(log_probs, per_utt.dtype)
-        if self.reduction == "none":
-            return per_utt
-        loss = per_utt.sum()
-        if self.reduction == "mean":
-            loss = loss / max(info["frames"], 1)
-        return loss
+        return reduce_loss(per_utt, info["frames"], self.reduction,
+                           () if any_kept else (log_probs,))
 
 
 # ---------------------------------------------------------------------------- given alignments

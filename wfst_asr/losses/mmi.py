@@ -58,13 +58,13 @@ from wfst_asr.losses.common import (
     _as_token_lists,
     check_batch,
     check_outputs,
-    connected_zero,
     drop_nonfinite,
     exclusion_info,
     feasible,
     frame_mask,
     isolate_nonfinite,
     num_outputs,
+    reduce_loss,
     segments,
     select_fsas,
 )
@@ -253,14 +253,8 @@ class MmiLoss(nn.Module):
         if info["excluded"]:
             log.debug("MmiLoss: excluded %d/%d utterances: %s", info["num_excluded"], B,
                       info["excluded"])
-        if not bool(ok.any()):  # nothing to train on: a zero still connected to the input
-            per_utt = per_utt + connected_zero(x, dtype)
-        if self.reduction == "none":
-            return per_utt, info
-        loss = per_utt.sum()
-        if self.reduction == "mean":
-            loss = loss / max(info["frames"], 1)
-        return loss, info
+        return reduce_loss(per_utt, info["frames"], self.reduction,
+                           () if bool(ok.any()) else (x,)), info
 
     def _aux(self, x: torch.Tensor, lens: torch.Tensor, seqs: Sequence[Sequence[int]] | None,
              num_g: Fsa, segs: torch.Tensor, fin: torch.Tensor, ok: torch.Tensor,

@@ -30,9 +30,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from wfst_asr.fsa.segment import best_segmentation, constrained_scores, segment_tot_scores
+from wfst_asr.fsa.segment import (
+    best_paths_of,
+    best_segmentation,
+    constrained_scores,
+    segment_tot_scores,
+)
 from wfst_asr.losses.align import subsample_alignments
-from wfst_asr.losses.common import connected_zero, drop_nonfinite, exclusion_info
+from wfst_asr.losses.common import drop_nonfinite, exclusion_info, reduce_loss
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +74,7 @@ def frame_labels(segments: Segments, T: int, device: torch.device | str | None =
 def segments_to_labels(segments: Segments, device: torch.device | str | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(labels [B, U] int64, label_lens [B])``: the label sequences of segmentations."""
-    lens = [len(s) for s in segments]
-    U = max(lens, default=0)
-    out = torch.zeros(len(segments), max(U, 1), dtype=torch.int64)
-    for b, segs in enumerate(segments):
-        for u, (_s, _t, y) in enumerate(segs):
-            out[b, u] = y
-    return out.to(device), torch.tensor(lens, dtype=torch.int64, device=device)
+    return pad_labels([[y for _s, _t, y in segs] for segs in segments], device)
 
 
 def overlap_cost(frames: torch.Tensor, D: int, L: int) -> torch.Tensor:
@@ -187,10 +186,13 @@ def segmental_loss(scores: torch.Tensor, lens: torch.Tensor, kind: str, *,
     if kind == "marginal_log":
         return (segment_tot_scores(scores, lens, log_semiring=True)
                 - constrained_scores(scores, lens, labels, label_lens, log_semiring=True))
-    best = best_segmentation(scores, lens, labels, label_lens)  # z*, no gradient
+    con = constrained_scores(scores, lens, labels, label_lens, log_semiring=False)
+    # z*: read from the gradient of this maximum (no second pass), or searched when there is
+    # no graph (e.g. under no_grad); either way the cost is a constant
+    best = (best_paths_of(con, scores) if con.requires_grad
+            else best_segmentation(scores, lens, labels, label_lens))
     cost = overlap_cost(frame_labels(best, T, scores.device), D, L)
-    return (segment_tot_scores(scores + cost, lens, log_semiring=False)
-            - constrained_scores(scores, lens, labels, label_lens, log_semiring=False))
+    return segment_tot_scores(scores + cost, lens, log_semiring=False) - con
 
 
 def runs(frames: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -275,7 +277,7 @@ class SegmentalLoss(nn.Module):
         if keep.numel():
             k = keep.tolist()
             sub = scores[keep.to(scores.device)]
-            lab, lab_lens = _pad([labels[i] for i in k], scores.device)
+            lab, lab_lens = pad_labels([labels[i] for i in k], scores.device)
             gold = [segs[i] for i in k] if self.frame_targets else None
             val = segmental_loss(sub, lens[keep.to(scores.device)], self.kind, labels=lab,
                                  label_lens=lab_lens, segments=gold)
@@ -286,19 +288,16 @@ class SegmentalLoss(nn.Module):
         frames = int(lens.cpu()[ok].sum())
         info = exclusion_info(B, ok, frames, num_nonfinite, torch.zeros(B, dtype=torch.bool))
         info["reasons"] = {b: r for b, r in enumerate(reasons) if r}
-        if not keep.numel():
-            per_utt = per_utt + connected_zero(scores)
-        if self.reduction == "none":
-            return per_utt, info
-        loss = per_utt.sum()
-        if self.reduction == "mean":
-            loss = loss / max(frames, 1)
-        return loss, info
+        return reduce_loss(per_utt, frames, self.reduction,
+                           () if keep.numel() else (scores,)), info
 
 
-def _pad(seqs: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_labels(seqs: Sequence[Sequence[int]], device: torch.device | str | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(labels [B, max(U, 1)] int64, label_lens [B])`` of label sequences, padded with 0."""
     U = max((len(s) for s in seqs), default=0)
     out = torch.zeros(len(seqs), max(U, 1), dtype=torch.int64)
     for i, s in enumerate(seqs):
-        out[i, :len(s)] = torch.tensor(s, dtype=torch.int64)
-    return out.to(device), torch.tensor([len(s) for s in seqs], device=device)
+        out[i, :len(s)] = torch.tensor(list(s), dtype=torch.int64)
+    lens = torch.tensor([len(s) for s in seqs], dtype=torch.int64, device=device)
+    return out.to(device), lens

@@ -58,11 +58,11 @@ from torch import nn
 from wfst_asr.fsa import Fsa, get_tot_scores
 from wfst_asr.fsa.dense import nonfinite_rows
 from wfst_asr.losses.common import (
-    connected_zero,
     drop_nonfinite,
     exclusion_info,
     frame_mask,
     isolate_nonfinite,
+    reduce_loss,
 )
 
 __all__ = [
@@ -415,15 +415,7 @@ def _finish(name: str, tot: torch.Tensor | None, keep: torch.Tensor, ok: torch.T
     if info["excluded"]:
         log.debug("%s: excluded %d/%d utterances: %s", name, info["num_excluded"], B,
                   info["excluded"])
-    if not bool(ok.any()):
-        for x in inputs:  # still connected to the graph: backward() gives zero gradients
-            per_utt = per_utt + connected_zero(x, dtype)
-    if reduction == "none":
-        return per_utt, info
-    loss = per_utt.sum()
-    if reduction == "mean":
-        loss = loss / max(frames, 1)
-    return loss, info
+    return reduce_loss(per_utt, frames, reduction, () if bool(ok.any()) else inputs), info
 
 
 def _check_reduction(reduction: str) -> None:

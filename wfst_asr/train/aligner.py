@@ -33,7 +33,7 @@ from wfst_asr.fsa.segment import best_segmentation
 from wfst_asr.graphs.lang import read_token_list
 from wfst_asr.graphs.training import ctc_graph
 from wfst_asr.losses import HmmLoss, viterbi_align
-from wfst_asr.losses.segmental import runs
+from wfst_asr.losses.segmental import pad_labels, runs
 
 from .inference import ModelOutputs
 
@@ -133,12 +133,8 @@ class Aligner:
         if self.loss == "segmental":
             with torch.no_grad():
                 scores = self.model.segment_scores(lp, lens)
-            U = max((len(s) for s in seqs), default=1)
-            lab = torch.zeros(len(seqs), max(U, 1), dtype=torch.int64)
-            for i, s in enumerate(seqs):
-                lab[i, :len(s)] = torch.tensor(s, dtype=torch.int64) - 1
-            best = best_segmentation(scores, lens, lab.to(self.device),
-                                     torch.tensor([len(s) for s in seqs], device=self.device))
+            lab, lab_lens = pad_labels([[y - 1 for y in s] for s in seqs], self.device)
+            best = best_segmentation(scores, lens, lab, lab_lens)
             return [[(s, t, y + 1) for s, t, y in segs] for segs in best]
         if self.topo is None or self.topo.is_ctc:
             graphs = ctc_graph(seqs, modified=bool(self.options.get("modified", False)))
