@@ -65,6 +65,12 @@ def test_no_dev_or_test_sentence_in_the_lm_text(real) -> None:
     meta = (corpus / "metadata.csv").read_text(encoding="utf-8").splitlines()
     held_out = sum(prep.split_of(ln.split("|")[0]) in ("dev", "test") for ln in meta)
     assert held_out == 80 and len(lm) == len(meta) - held_out
+    # lm_text_utt: the same sentences with their clip ids (metadata order), no dev/test id
+    with_ids = (out / "lm_text_utt").read_text().splitlines()
+    assert [x.split(maxsplit=1)[1] for x in with_ids] == lm
+    ids = [x.split()[0] for x in with_ids]
+    assert ids[0] == meta[0].split("|")[0] and len(set(ids)) == len(ids)
+    assert not any(prep.split_of(u) in ("dev", "test") for u in ids)
 
 
 def test_bad_audio_and_missing_audio_are_skipped_and_counted(tmp_path, capsys) -> None:

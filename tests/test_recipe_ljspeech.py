@@ -18,8 +18,10 @@ from conftest import recipe_wer, shared_data_dir
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "egs" / "ljspeech" / "run.sh"
 MODELS = ("bpe", "phone")
-#: the last stage the test runs (8: lattices, on-demand 4-gram and LSTM-LM rescoring, oracle)
-STOP = 8
+#: the last stage the test runs (8: lattices, on-demand 4-gram and LSTM-LM rescoring, oracle;
+#: 10: the attention models, baseline and distilled from each text teacher)
+STOP = 10
+TEACHERS = ("lm", "mlm", "mlm_ctx")
 
 
 def _run(args: list[str], timeout: int = 1500) -> str:
@@ -65,6 +67,24 @@ def test_every_stage_runs(quick_run) -> None:
         (data / "lang_bpe_500" / "words.txt").read_bytes()
     table = (data / "lang_bpe_500" / "lm_eval.txt").read_text().splitlines()
     assert table[0].split("\t")[-1] == "ppl" and len(table) == 5  # 2 LMs x dev, test
+    if STOP >= 10:  # text teachers, soft labels, attention models (words from the pieces)
+        import torch
+
+        for t in TEACHERS:
+            assert (data / "lm" / "text_lm" / t / "textlm.pt").is_file()
+            soft = torch.load(data / "fbank" / f"ljspeech_cuts_train.soft_{t}.pt",
+                              weights_only=True)
+            assert soft["k"] == 8 and len(soft["utts"]) > 200
+            assert soft["context_tokens"] == (32 if t == "mlm_ctx" else 0)
+        assert "pseudo-perplexity" in out
+        # quick: one distilled model (the MLM with context), beam search only
+        for name in ("attention_bpe", "attention_bpe_distill_mlm_ctx"):
+            res = exp / name / "decode" / "results.txt"
+            lms = ("fusion", "rescore_lm", "rescore_mlm") if name == "attention_bpe" else ()
+            for method in ("beam", *lms):
+                assert 0 <= recipe_wer(res, method, "test") <= 1000
+        cfg = (exp / "attention_bpe_distill_mlm_ctx" / "config.json").read_text()
+        assert "soft_mlm_ctx.pt" in cfg and '"distill_weight": 0.3' in cfg
 
 
 def test_every_lm_word_is_spelled_or_listed(quick_run) -> None:

@@ -256,23 +256,40 @@ def test_timit_recipe_segmental(tmp_path):
 
 
 def test_timit_recipe_attention(tmp_path):
-    """--loss attention: a tiny joint CTC / attention model for 1 epoch, decoded greedily, by
-    beam search and by greedy CTC on its encoder."""
+    """--loss attention: the text teachers and their soft labels (stage 3), a tiny joint
+    CTC / attention model for 1 epoch decoded by every attention method (greedy, beam, joint
+    CTC beam, greedy CTC, LM fusion, LM / MLM n-best rescoring), then the same model distilled
+    from the MLM's soft labels (--distill mlm) reusing stage 3."""
     timit = shared_data_dir() / "timit_nltk_sample"
     if not timit.is_dir():
         pytest.skip(f"{timit} not found: the TIMIT sample is needed for the recipe test")
     exp = tmp_path / "exp"
-    out = _run(["--loss", "attention", "--timit-dir", str(timit), "--data-dir",
-                str(tmp_path / "data"), "--exp-dir", str(exp), "--set", "num_epochs=1",
-                "--set", "model.hidden=16", "--set", "model.num_layers=1", "--set",
-                "model.d_model=16", "--set", "model.nhead=2", "--set",
-                "model.dim_feedforward=32"])
+    tiny_text = "--epochs 1 --d-model 16 --nhead 2 --num-layers 1 --dim-feedforward 32"
+    base = ["--loss", "attention", "--timit-dir", str(timit), "--data-dir",
+            str(tmp_path / "data"), "--set", "num_epochs=1",
+            "--set", "model.hidden=16", "--set", "model.num_layers=1", "--set",
+            "model.d_model=16", "--set", "model.nhead=2", "--set",
+            "model.dim_feedforward=32", "--mlm-args", tiny_text, "--tlm-args", tiny_text,
+            "--att-lm-scales", "0,0.3", "--att-word-penalties", "0"]
+    out = _run([*base, "--exp-dir", str(exp)])
     for n in range(7):
         assert f"stage {n}:" in out
+    assert "pseudo-perplexity" in out and "perplexity" in out
+    for teacher in ("mlm", "lm"):
+        assert (tmp_path / "text_lm" / teacher / "textlm.pt").is_file()
+        assert (tmp_path / "data" / "fbank" / f"timit_cuts_train.soft_{teacher}.pt").is_file()
     cfg = json.loads((exp / "config.json").read_text())
     assert cfg["loss"] == "attention" and cfg["model"] == "blstm_attention"
-    for dec in ("greedy", "beam", "aux_ctc"):
+    for dec in ("greedy", "beam", "beam_ctc", "aux_ctc", "fusion", "rescore_lm",
+                "rescore_mlm"):
         for split in ("dev", "test"):
             report = (exp / "decode" / f"per_{dec}_{split}.txt").read_text()
             rate = re.search(r"%PER ([0-9.]+)", report)
             assert rate is not None and 0.0 <= float(rate.group(1)) < 1000.0
+    distilled = tmp_path / "exp_mlm"
+    out = _run([*base, "--exp-dir", str(distilled), "--distill", "mlm"])
+    assert "already done" in out.split("stage 4:")[0]  # stage 3 is shared
+    cfg = json.loads((distilled / "config.json").read_text())
+    assert cfg["loss_kwargs"]["distill_weight"] == pytest.approx(0.3)
+    assert cfg["loss_kwargs"]["soft_labels"].endswith("timit_cuts_train.soft_mlm.pt")
+    assert (distilled / "decode" / "per_beam_test.txt").is_file()

@@ -28,6 +28,19 @@
 #   7  an LSTM word LM on the LM text (the lang dirs share words.txt) -> data/lm/nnlm
 #   8  lattices, 4-gram whole-lattice and LSTM-LM n-best rescoring, oracle (tuned on dev)
 #                                                                    -> exp/ctc_<model>/rescore
+# Attention encoder-decoder with BERT distillation (Futami et al. 2020), after the main job
+# (--stage 9 --stop-stage 10; about an hour on 2 cores):
+#   9  the transcripts spelled in the BPE pieces (wfst-asr spell, field pieces); on the LM
+#      text in pieces (with clip ids: chapter and order), three text teachers (wfst-asr
+#      train-mlm): a left-to-right transformer LM, a masked LM on the sentence alone, a masked
+#      LM with the previous / next sentences of the chapter as context; their top-8 soft
+#      labels of the training transcripts (wfst-asr soft-labels)
+#                                  -> data/fbank/*.pieces.jsonl.gz, data/lm/text_lm, *.soft_*.pt
+#  10  train conf/attention_bpe.yaml as it is and distilled from each teacher
+#      (--distill-weight), decode dev/test: greedy, beam, joint CTC beam, greedy CTC; the
+#      baseline also with shallow fusion / n-best rescoring with the LM and n-best rescoring
+#      with the MLM (weight x per-token penalty tuned on dev)
+#                                                  -> exp/attention_bpe{,_distill_<teacher>}
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 root=${WFST_ASR_ROOT:-$(cd ../.. && pwd)}  # the checkout (its local/ and .venv)
@@ -60,6 +73,17 @@ nnlm_epochs=2
 nnlm_dim=128
 nnlm_text=lm_text  # data/manifests/<this> (quick: text_train, 305 lines)
 g2p_args=""
+teachers="lm mlm mlm_ctx"  # stage 9: the text teachers (lm and mlm also decode, stage 10)
+distill="lm mlm mlm_ctx"   # stage 10: a model distilled from each of these teachers
+att_methods=greedy,beam,beam_ctc,aux_ctc  # stage 10's decoding (the baseline adds the LMs')
+att_lm_methods=fusion,rescore_lm,rescore_mlm
+distill_weight=0.3
+context_tokens=32    # mlm_ctx: tokens of the previous and of the next sentences
+teacher_text=lm_text_utt  # data/manifests/<this>: the teachers' text (quick: text_train)
+tlm_args="--epochs 6 --d-model 128 --num-layers 2 --dim-feedforward 512 --lr 1e-3 --batch-size 64"
+mlm_args="--epochs 6 --d-model 128 --num-layers 2 --dim-feedforward 512 --lr 1e-3 --batch-size 64"
+att_lm_scales=0,0.2,0.4
+att_word_penalties=0,1
 forced_best=false  # stage 6: score each wrong utterance's reference in the HLG (decode --forced-best)
 set=()
 . "$root/local/parse_options.sh"
@@ -76,6 +100,9 @@ if [[ $quick == true ]]; then  # CI: every stage, tiny settings
     nolm_penalties=0 lm_scales_bpe=0.5,1.0 word_penalties_bpe=0 rescore_penalties=0
     search_beam_phone=8 max_active_phone=200 search_beam_bpe=8
     max_active_bpe=200 nnlm_text=text_train prune_bpe=1e-4 prune_phone=1e-4
+    tlm_args="--epochs 1 --d-model 16 --nhead 2 --num-layers 1 --dim-feedforward 32"
+    mlm_args=$tlm_args att_lm_scales=0,0.3 att_word_penalties=0 teacher_text=text_train
+    distill=mlm_ctx att_methods=beam
     g2p_args="--order 3 --iters 2"
     set=(num_epochs=1 model.hidden=32 model.num_layers=1 ${set[@]+"${set[@]}"})
 fi
@@ -225,6 +252,64 @@ stage8() {
             --out-dir "$exp/rescore"
     done
 }
+stage9() {
+    local bpe s teacher objective t_dir=$lm_dir/text_lm
+    local -a extra
+    bpe=$(lang_dir_of bpe)
+    for s in train dev test; do
+        "${wfst_asr[@]}" spell --bpe-model "$bpe/bpe.model" --field pieces \
+            --cuts "$fbank/${corpus}_cuts_$s.jsonl.gz" --out "$fbank/${corpus}_cuts_$s.pieces.jsonl.gz"
+    done
+    mkdir -p "$t_dir"
+    "${wfst_asr[@]}" spell --bpe-model "$bpe/bpe.model" --text "$manifests/$teacher_text" \
+        --out "$t_dir/text_lm"
+    "${wfst_asr[@]}" cuts-text --cuts "$fbank/${corpus}_cuts_dev.pieces.jsonl.gz" \
+        --field pieces --out "$t_dir/text_dev"
+    for teacher in $teachers; do
+        case $teacher in
+            lm) objective=causal; read -r -a extra <<< "$tlm_args" ;;
+            mlm) objective=mlm; read -r -a extra <<< "$mlm_args" ;;
+            mlm_ctx) objective=mlm; read -r -a extra <<< "$mlm_args"
+                     extra+=(--context-tokens "$context_tokens" --chapter-regex '^(LJ[0-9]+)-') ;;
+            *) echo "$0: unknown teacher $teacher (lm, mlm, mlm_ctx)" >&2; exit 1 ;;
+        esac
+        timed "${wfst_asr[@]}" train-mlm "$t_dir/text_lm" "$bpe/tokens.txt" "$t_dir/$teacher" \
+            --dev-text "$t_dir/text_dev" --objective "$objective" --oov skip \
+            ${extra[@]+"${extra[@]}"} --resume | tail -n 1
+        timed "${wfst_asr[@]}" soft-labels --teacher "$t_dir/$teacher/textlm.pt" \
+            --cuts "$fbank/${corpus}_cuts_train.pieces.jsonl.gz" --tokens "$bpe/tokens.txt" \
+            --field pieces --k 8 --out "$fbank/${corpus}_cuts_train.soft_$teacher.pt" --no-progress
+    done
+}
+stage10() {
+    local bpe t_dir=$lm_dir/text_lm name teacher exp
+    local -a args
+    bpe=$(lang_dir_of bpe)
+    for teacher in none $distill; do
+        name=attention_bpe args=()
+        if [[ $teacher != none ]]; then
+            name+=_distill_$teacher
+            args=(--set "loss.soft_labels=$fbank/${corpus}_cuts_train.soft_$teacher.pt"
+                  --set "loss.distill_weight=$distill_weight" --set "loss.distill_k=8")
+        fi
+        exp=$exp_dir/$name
+        # shellcheck disable=SC2046
+        timed "${wfst_asr[@]}" train --config conf/attention_bpe.yaml --exp-dir "$exp" --resume \
+            $(sets bpe) --set "train_cuts=$fbank/${corpus}_cuts_train.pieces.jsonl.gz" \
+            --set "dev_cuts=$fbank/${corpus}_cuts_dev.pieces.jsonl.gz" ${args[@]+"${args[@]}"}
+        # the baseline also with the LMs (fusion, n-best rescoring); the distilled models
+        # as they are: distillation must help without any LM at decoding time
+        local -a lms=(--methods "$att_methods")
+        [[ $teacher == none ]] && lms=(--methods "$att_methods,$att_lm_methods"
+                                       --text-lm "$t_dir/lm/textlm.pt" --mlm "$t_dir/mlm/textlm.pt")
+        timed "${wfst_asr[@]}" decode --exp-dir "$exp" --lang-dir "$bpe" \
+            --dev-cuts "$fbank/${corpus}_cuts_dev.pieces.jsonl.gz" \
+            --test-cuts "$fbank/${corpus}_cuts_test.pieces.jsonl.gz" --ref-field text \
+            "${lms[@]}" --lm-scales "$att_lm_scales" --word-penalties="$att_word_penalties" \
+            --metric WER --out-dir "$exp/decode"
+        "${wfst_asr[@]}" score --decode-dir "$exp/decode" --metric WER
+    done
+}
 
 run_stage 0 "$data_dir/.stage0.done" "manifests and LM text of $corpus_dir -> $manifests" stage0
 run_stage 1 "$data_dir/.stage1.done" "fbank + CMVN -> $fbank" stage1
@@ -235,3 +320,7 @@ run_stage 5 "$exp_dir/.stage5.done" "train CTC: $models" stage5
 run_stage 6 "$exp_dir/.stage6.done" "decode and score dev/test" stage6
 run_stage 7 "$data_dir/.stage7.done" "LSTM word LM -> $lm_dir/nnlm" stage7
 run_stage 8 "$exp_dir/.stage8.done" "lattices, 4-gram / LSTM-LM rescoring, oracle" stage8
+run_stage 9 "$data_dir/.stage9.done" "pieces, text teachers (LM, MLM, MLM + context), soft labels" \
+    stage9
+run_stage 10 "$exp_dir/.stage10.done" "attention models: baseline and distilled ($distill)" \
+    stage10

@@ -9,6 +9,8 @@
 #                    [--gmm-dir DIR] [--gmm-args "ARGS"] [--gmm-lm-scales 0.2,...]
 #                    [--gmm-word-penalties -1,0,...] [--nnlm-epochs N]
 #                    [--lattice-args "ARGS"] [--rescore-args "ARGS"]
+#                    [--distill none|lm|mlm] [--distill-weight W] [--mlm-args "ARGS"]
+#                    [--tlm-args "ARGS"]
 #
 # --loss picks the criterion and, unless --config names another config file (e.g.
 # conf/ctc_tdnn_lstm.yaml) or a registered base, the recipe's settings conf/<loss>_blstm.yaml;
@@ -25,10 +27,19 @@
 #      boundary accuracy (wfst-asr align)                        -> GMM_DIR (exp/mono)
 #      (--loss segmental) the hand-labelled .phn segmentations as per-frame 48-phone labels
 #      (wfst-asr frame-labels, field phones_48_frames)          -> DATA_DIR/frames
+#      (--loss attention) text models on the training transcripts (wfst-asr cuts-text,
+#      train-mlm; dev text for the figures): a masked LM (BERT, --mlm-args "ARGS") and a
+#      left-to-right transformer LM (--tlm-args "ARGS"), and their top-8 soft labels of the
+#      training cuts (wfst-asr soft-labels)  -> EXP_ROOT/text_lm, DATA_DIR/fbank/*.soft_*.pt
+#      --distill lm|mlm trains the attention model with (1 - W) CE + W KL(teacher || model),
+#      W = --distill-weight (EXP_DIR default exp/attention_blstm_distill_<teacher>)
 #   4  train (wfst-asr train ... --resume: a rerun continues)   -> EXP_DIR (exp/ctc_blstm)
 #   5  decode dev and test (wfst-asr decode): greedy, HLG / HCLG / LG (lm_scale x phone
 #      insertion penalty tuned on dev), Kaldi's decoder at that setting; a segmental model:
-#      the segment lattice's best path                          -> EXP_DIR/decode
+#      the segment lattice's best path; an attention model: greedy, beam, joint CTC/attention
+#      beam, greedy CTC, shallow fusion and n-best rescoring with the transformer LM, n-best
+#      rescoring with the MLM (LM weight x per-token penalty tuned on dev, --att-lm-scales /
+#      --att-word-penalties)                                    -> EXP_DIR/decode
 #   6  score (wfst-asr score): PER on 39 phones (48 -> 39 folding), per-speaker reports
 #                                                               -> EXP_DIR/decode/results.txt
 #      and (not --loss transducer / attention) forced alignments of the transcripts
@@ -64,6 +75,13 @@ gmm_dir=
 gmm_args=
 gmm_lm_scales=0.2,0.3,0.5,0.7,1.0
 gmm_word_penalties=-1,0,1,2
+distill=none
+distill_weight=0.3
+# the text models of stage 3 (--loss attention), tuned on the dev text's (pseudo-)perplexity
+mlm_args="--epochs 300 --d-model 128 --num-layers 2 --dim-feedforward 512 --lr 1e-3 --dropout 0.1"
+tlm_args="--epochs 60 --d-model 128 --num-layers 2 --dim-feedforward 512 --lr 1e-3 --dropout 0.1"
+att_lm_scales=0,0.1,0.2,0.3,0.5
+att_word_penalties=-1,-0.5,0,0.5
 . "$root/local/parse_options.sh"
 if (( $# )); then
     echo "$0: error: unexpected argument $1 (see $0 --help)" >&2
@@ -76,8 +94,15 @@ case "$loss" in
             "got '$loss'" >&2
        exit 1 ;;
 esac
+case "$distill" in
+    none) ;;
+    lm|mlm) [[ "$loss" == attention ]] || { echo "error: --distill is for --loss attention" >&2
+                                           exit 1; } ;;
+    *) echo "error: --distill must be none, lm or mlm, got '$distill'" >&2; exit 1 ;;
+esac
 config=${config:-conf/${loss}_blstm.yaml}  # the recipe's settings (conf/*.yaml)
 config_stem=$(basename "$config"); config_stem=${config_stem%.*}
+[[ "$distill" != none ]] && config_stem+="_distill_$distill"
 exp_dir=${exp_dir:-exp/$config_stem}
 gmm_dir=${gmm_dir:-$(dirname "$exp_dir")/mono}
 
@@ -91,6 +116,7 @@ manifest_dir=$data_dir/manifests
 fbank_dir=$data_dir/fbank
 lang_dir=$data_dir/lang_phone
 frames_dir=$data_dir/frames
+text_lm_dir=$(dirname "$exp_dir")/text_lm
 
 if [[ -z "$timit_dir" ]]; then
     for d in ${NLTK_DATA:+"$NLTK_DATA/corpora/timit"} "$HOME/nltk_data/corpora/timit" \
@@ -159,6 +185,26 @@ stage3_frames() {  # --loss segmental: the reference segmentations, one label pe
             --map local/phones.60-48-39.map --map-from 61 --map-to 48 --field phones_48_frames
     done
 }
+stage3_text() {  # --loss attention: the text teachers and their soft labels
+    local split
+    mkdir -p "$text_lm_dir"
+    for split in train dev; do
+        "${wfst_asr[@]}" cuts-text --cuts "$fbank_dir/timit_cuts_$split.jsonl.gz" \
+            --field phones_48 --out "$text_lm_dir/text_$split"
+    done
+    local teacher objective
+    local -a extra
+    for teacher in mlm lm; do
+        objective=mlm; read -r -a extra <<< "$mlm_args"
+        [[ "$teacher" == lm ]] && { objective=causal; read -r -a extra <<< "$tlm_args"; }
+        timed "${wfst_asr[@]}" train-mlm "$text_lm_dir/text_train" "$lang_dir/tokens.txt" \
+            "$text_lm_dir/$teacher" --dev-text "$text_lm_dir/text_dev" --objective "$objective" \
+            ${extra[@]+"${extra[@]}"} --resume | tail -n 1
+        timed "${wfst_asr[@]}" soft-labels --teacher "$text_lm_dir/$teacher/textlm.pt" \
+            --cuts "$fbank_dir/timit_cuts_train.jsonl.gz" --tokens "$lang_dir/tokens.txt" \
+            --field phones_48 --k 8 --out "$fbank_dir/timit_cuts_train.soft_$teacher.pt"
+    done
+}
 stage4() {
     local -a args=(--set "train_cuts=$fbank_dir/timit_cuts_train.jsonl.gz"
                    --set "dev_cuts=$fbank_dir/timit_cuts_dev.jsonl.gz")
@@ -168,6 +214,9 @@ stage4() {
     elif [[ "$loss" == segmental ]]; then
         args=(--set "train_cuts=$frames_dir/timit_cuts_train.jsonl.gz"
               --set "dev_cuts=$frames_dir/timit_cuts_dev.jsonl.gz")
+    elif [[ "$distill" != none ]]; then
+        args+=(--set "loss.soft_labels=$fbank_dir/timit_cuts_train.soft_$distill.pt"
+               --set "loss.distill_weight=$distill_weight" --set "loss.distill_k=8")
     fi
     local s
     for s in ${set[@]+"${set[@]}"}; do args+=(--set "$s"); done
@@ -179,10 +228,15 @@ stage5() {  # the methods of the model's loss, lm_scale x penalty tuned on dev
     local -a ref=()
     # the hybrid trained on alignments, the segmental model on per-frame labels
     [[ "$loss" == hmm || "$loss" == segmental ]] && ref=(--ref-field phones_48)
+    local scales=$lm_scales penalties=$word_penalties
+    if [[ "$loss" == attention ]]; then  # the transformer LM and the MLM of stage 3
+        scales=$att_lm_scales penalties=$att_word_penalties
+        ref+=(--text-lm "$text_lm_dir/lm/textlm.pt" --mlm "$text_lm_dir/mlm/textlm.pt")
+    fi
     timed "${wfst_asr[@]}" decode --exp-dir "$exp_dir" --lang-dir "$lang_dir" \
         --dev-cuts "$fbank_dir/timit_cuts_dev.jsonl.gz" \
-        --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz" --lm-scales="$lm_scales" \
-        --word-penalties="$word_penalties" ${ref[@]+"${ref[@]}"} --metric PER \
+        --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz" --lm-scales="$scales" \
+        --word-penalties="$penalties" ${ref[@]+"${ref[@]}"} --metric PER \
         --map local/phones.60-48-39.map --map-from 48 --map-to 39 --out-dir "$exp_dir/decode"
 }
 stage6() {
@@ -245,6 +299,9 @@ if [[ "$loss" == hmm ]]; then
 elif [[ "$loss" == segmental ]]; then
     run_stage 3 "$data_dir/.stage3.frames.done" "per-frame phone labels -> $frames_dir" \
         stage3_frames
+elif [[ "$loss" == attention ]]; then
+    run_stage 3 "$text_lm_dir/.stage3.text.done" \
+        "masked LM + transformer LM on the training text, soft labels -> $text_lm_dir" stage3_text
 elif (( stage <= 3 && 3 <= stop_stage )); then
     echo "stage 3: the monophone GMM is for --loss hmm only: skipped"
 fi

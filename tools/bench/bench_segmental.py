@@ -17,14 +17,9 @@ subprocess).
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
-import resource
-import statistics
-import subprocess
+import os
 import sys
-import time
 
 import wfst_asr  # noqa: F401  (before torch: it sets OMP_WAIT_POLICY=PASSIVE)
 
@@ -33,6 +28,9 @@ import torch
 
 from wfst_asr.losses.segmental import segmental_loss
 from wfst_asr.models import Blstm, SegmentScorer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _children import measure, parent_or_child
 
 B, T, L, D, U = 16, 300, 48, 30, 100
 
@@ -90,34 +88,14 @@ CASES = ("ctc_yardstick", "blstm", "hinge", "log", "latent_hinge", "marginal_log
 
 
 def child(name: str, rounds: int, threads: int) -> dict:
-    torch.set_num_threads(threads)
-    run = make_case(name)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    run()  # warm-up (and the memory peak)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return {"seconds": statistics.median(times), "peak_mib": peak / 1024}
+    return measure(make_case(name), rounds, threads)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        print(json.dumps(child(args.child, args.rounds, args.threads)))
+    got = parent_or_child(__doc__, __file__, CASES, child, rounds=5)
+    if got is None:
         return
-    res = {}
-    for name in CASES:
-        out = subprocess.run([sys.executable, __file__, "--child", name, "--rounds",
-                              str(args.rounds), "--threads", str(args.threads)],
-                             check=True, capture_output=True, text=True).stdout
-        res[name] = json.loads(out.strip().splitlines()[-1])
+    res, args = got
     ctc, lstm = res["ctc_yardstick"]["seconds"], res["blstm"]["seconds"]
     print(f"B={B} T={T} L={L} D={D} U={U}, {args.threads} threads, median of {args.rounds}")
     print(f"{'case':14s} {'seconds':>8s} {'x ctc_loss':>10s} {'x BLSTM':>8s} {'peak MiB':>9s}")

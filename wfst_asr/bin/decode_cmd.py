@@ -80,7 +80,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
                              max_contexts=args.max_contexts, metric=args.metric,
                              fold=_fold(args), tune_set=args.tune_set, ref_field=args.ref_field,
                              prior_scale=args.prior_scale, acoustic_scale=args.acoustic_scale,
-                             device=args.device, forced_best=args.forced_best)
+                             device=args.device, forced_best=args.forced_best,
+                             text_lm=args.text_lm, mlm=args.mlm, ctc_weight=args.ctc_weight)
         sets = _sets(args)
         out_dir = Path(args.out_dir) if args.out_dir else Path(args.exp_dir) / "decode"
         dec = Decoder(args.exp_dir, args.lang_dir, args.graph, opts)
@@ -165,6 +166,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "reference and 1-best in the graph: search errors (the reference scores "
                    "higher) vs model errors, per set in settings.json and "
                    "METHOD/forced_best_SET.tsv")
+    p.add_argument("--text-lm", metavar="TEXTLM_PT",
+                   help="attention models: a left-to-right LM over the model's tokens "
+                   "(wfst-asr train-mlm --objective causal) for methods fusion and rescore_lm")
+    p.add_argument("--mlm", metavar="TEXTLM_PT",
+                   help="attention models: a masked LM over the model's tokens (wfst-asr "
+                   "train-mlm) for method rescore_mlm")
+    p.add_argument("--ctc-weight", type=float, default=0.3,
+                   help="attention method beam_ctc: weight of the CTC prefix score")
     p.add_argument("--out-dir", help="the decode directory (default EXP/decode)")
     p.add_argument("--device", help="where the model runs (default: cuda if available)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")

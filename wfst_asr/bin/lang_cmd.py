@@ -65,8 +65,99 @@ write OUT_DIR/bpe.model and bpe.vocab. Then spell the words in pieces and build 
   wfst-asr compile-lang --lang-dir data/lang_bpe_500 --lexicon data/lang_bpe_500/lexicon.txt"""
 
 
+def cmd_spell(args: argparse.Namespace) -> int:
+    """Spell word transcripts (a Kaldi text file or a cuts manifest's supervision text) in a
+    lexicon's tokens."""
+    import sys
+
+    from wfst_asr.atomic import atomic_output, atomic_write_text, iter_text_lines
+    from wfst_asr.graphs.lexicon import first_pronunciations, spell_words
+
+    if bool(args.lexicon) == bool(args.bpe_model):
+        raise ValueError("give one of --lexicon or --bpe-model")
+    if args.lexicon:
+        prons = first_pronunciations(args.lexicon)
+    else:  # any word: its most likely pieces
+        from wfst_asr.graphs.bpe import load_bpe
+
+        sp = load_bpe(args.bpe_model)
+
+        class _Pieces(dict):
+            def get(self, w, default=None):
+                return list(sp.encode(w, out_type=str))
+        prons = _Pieces()
+    source = args.lexicon or args.bpe_model
+    skipped: list[str] = []
+
+    def spell(words: list[str], where: str) -> list[str] | None:
+        toks, oov = spell_words(words, prons)
+        if oov is None:
+            return toks
+        if args.oov == "error":
+            raise ValueError(f"{where}: word {oov!r} is not in {source}")
+        skipped.append(f"{where} ({oov!r})")
+        return None
+
+    if bool(args.text) == bool(args.cuts):
+        raise ValueError("give one of --text or --cuts")
+    n = 0
+    if args.text:
+        lines = []
+        for i, line in enumerate(iter_text_lines(args.text), start=1):
+            f = line.split()
+            if not f:
+                continue
+            head, words = (f[:1], f[1:]) if not args.no_utt_id else ([], f)
+            toks = spell(words, f"{args.text}:{i}")
+            if toks is not None:
+                lines.append(" ".join([*head, *toks]) + "\n")
+        atomic_write_text(args.out, "".join(lines))
+        n = len(lines)
+    else:
+        from lhotse import CutSet
+
+        keep = []
+        for cut in CutSet.from_file(args.cuts):
+            ok = True
+            for sup in cut.supervisions:
+                toks = spell((sup.text or "").split(), f"{args.cuts}: cut {cut.id}")
+                if toks is None:
+                    ok = False
+                    break
+                sup.custom = {**(sup.custom or {}), args.field: " ".join(toks)}
+            if ok:
+                keep.append(cut)
+        with atomic_output(args.out) as tmp:
+            CutSet.from_cuts(keep).to_file(tmp)
+        n = len(keep)
+    if skipped:
+        print(f"spell: {len(skipped)} skipped with a word outside the lexicon: "
+              f"{'; '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", file=sys.stderr)
+    print(f"spell: {n} transcripts in the tokens of {source} -> {args.out}",
+          file=sys.stderr)
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``compile-lang`` and ``train-bpe`` to the ``wfst-asr`` sub-commands."""
+    """Add ``compile-lang``, ``train-bpe`` and ``spell`` to the ``wfst-asr`` sub-commands."""
+    p = sub.add_parser("spell", help="word transcripts spelled in a lexicon's tokens",
+                       description="Spell each transcript's words in the tokens of a lexicon "
+                       "(its first pronunciation), or in the pieces of a sentencepiece model "
+                       "(--bpe-model: any word): a "
+                       "Kaldi text file (--text, first field the utterance id) or the "
+                       "supervision text of a cuts manifest (--cuts: the tokens go to the "
+                       "custom field --field). Transcripts with a word outside the lexicon "
+                       "are skipped and counted (--oov error: an error naming it).")
+    p.add_argument("--lexicon", help="lexicon.txt")
+    p.add_argument("--bpe-model", help="a sentencepiece model (bpe.model of a BPE lang dir)")
+    p.add_argument("--text", help="a Kaldi text file")
+    p.add_argument("--cuts", help="a cuts manifest")
+    p.add_argument("--field", default="tokens", help="--cuts: the supervision field written")
+    p.add_argument("--no-utt-id", action="store_true", help="--text lines have no id")
+    p.add_argument("--oov", choices=("skip", "error"), default="skip")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_spell)
+
     p = sub.add_parser("train-bpe", help="a sentencepiece (BPE/unigram) model on text",
                        description=BPE_DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

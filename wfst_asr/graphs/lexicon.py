@@ -6,6 +6,9 @@
 * :func:`read_word_list`, :func:`words_from_text`, :func:`words_from_supervisions` -- word
   counts of a word list (one word a line), of running text, of the ``text`` of a lhotse
   supervision (or cut) manifest.
+* :func:`first_pronunciations`, :func:`spell_words` -- word sequences spelled in a lexicon's
+  tokens (its first pronunciation of each word): a word transcript in phones or word pieces
+  (``wfst-asr spell``).
 
 Words are looked up lower-cased (CMUdict's keys are lower case) and returned as given, so
 ``YES`` gets the entry ``YES Y EH S``. Entries are :data:`~wfst_asr.graphs.lang.LexiconEntry`
@@ -25,8 +28,10 @@ from .lang import LexiconEntry
 
 __all__ = [
     "cmudict_lexicon",
+    "first_pronunciations",
     "lookup_cmudict",
     "read_word_list",
+    "spell_words",
     "words_from_supervisions",
     "words_from_text",
 ]
@@ -120,3 +125,27 @@ def words_from_supervisions(path: PathLike, strip_punctuation: bool = False) -> 
     for s in sups:
         counts.update(_tokens((s.text or "").split(), strip_punctuation))
     return counts
+
+
+def first_pronunciations(path: PathLike) -> dict[str, list[str]]:
+    """``{word: tokens}`` of a Kaldi ``lexicon.txt`` (with or without probabilities): the
+    first pronunciation of each word."""
+    from .lang import read_lexicon
+
+    out: dict[str, list[str]] = {}
+    for word, _prob, toks in read_lexicon(path):
+        out.setdefault(word, list(toks))
+    return out
+
+
+def spell_words(words: Iterable[str], prons: Mapping[str, list[str]]
+                ) -> tuple[list[str], str | None]:
+    """``(tokens, None)``: the words spelled through ``prons`` (:func:`first_pronunciations`),
+    concatenated; or ``([], word)`` naming the first word ``prons`` lacks."""
+    out: list[str] = []
+    for w in words:
+        p = prons.get(w)
+        if p is None:
+            return [], w
+        out.extend(p)
+    return out, None

@@ -469,19 +469,44 @@ class AttentionCriterion(nn.Module):
     attention encoder-decoder (``blstm_attention``): the model's decoder on ``<sos>`` + tokens
     (teacher forcing) and its CTC output, scored by
     :class:`~wfst_asr.losses.attention.AttentionLoss`. The model is referenced, not
-    registered."""
+    registered.
 
-    def __init__(self, model: nn.Module, loss: nn.Module) -> None:
+    With ``soft_labels`` (:class:`~wfst_asr.train.distill.SoftLabels`), each sequence's
+    teacher top-``distill_k`` comes from the file by its cut id (``token_seqs.cut_ids``, which
+    :func:`~wfst_asr.train.trainer.batch_targets` sets); ``<eos>`` and the sequences the file
+    does not have (e.g. dev) get the one-hot teacher of their target (``info["no_teacher"]``
+    counts the latter)."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module, soft_labels=None,
+                 distill_k: int | None = None) -> None:
         super().__init__()
         if not hasattr(model, "decoder") or not hasattr(model, "ctc_log_probs"):
             raise ValueError(f"loss 'attention' needs an attention model (model: "
                              f"blstm_attention), got {type(model).__name__}")
-        self.loss = loss
+        self.loss, self.soft_labels, self.distill_k = loss, soft_labels, distill_k
         self.__dict__["_model"] = model
 
     @property
     def reduction(self) -> str:
         return self.loss.reduction
+
+    def teacher(self, seqs: list[list[int]], cut_ids, L: int, device
+                ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(ids [B, L, k], probs [B, L, k], sequences without soft labels)``."""
+        k = self.distill_k or self.soft_labels.k
+        ids = torch.zeros(len(seqs), L, k, dtype=torch.int64)
+        probs = torch.zeros(len(seqs), L, k)
+        missing = 0
+        for b, s in enumerate(seqs):
+            got = self.soft_labels.lookup(cut_ids[b], s, k) if cut_ids is not None else None
+            if got is None:
+                missing += 1
+                ids[b, :len(s), 0] = torch.as_tensor(s, dtype=torch.int64)
+                probs[b, :len(s), 0] = 1.0
+            else:
+                ids[b, :len(s)], probs[b, :len(s)] = got
+            probs[b, len(s), 0] = 1.0  # <eos> (id 0)
+        return ids.to(device), probs.to(device), missing
 
     def forward(self, memory: torch.Tensor, out_lens: torch.Tensor, token_seqs):
         from wfst_asr.models.attention import decoder_io
@@ -490,10 +515,33 @@ class AttentionCriterion(nn.Module):
         seqs = [list(s.tolist() if isinstance(s, torch.Tensor) else s) for s in token_seqs]
         ys_in, ys_out = decoder_io(seqs, memory.device)
         logits = model.decoder(memory, out_lens, ys_in)
-        return self.loss(logits, ys_out, model.ctc_log_probs(memory), out_lens, seqs)
+        if self.soft_labels is None or self.loss.distill_weight == 0:
+            return self.loss(logits, ys_out, model.ctc_log_probs(memory), out_lens, seqs)
+        t_ids, t_probs, missing = self.teacher(seqs, getattr(token_seqs, "cut_ids", None),
+                                               ys_out.shape[1], memory.device)
+        loss, info = self.loss(logits, ys_out, model.ctc_log_probs(memory), out_lens, seqs,
+                               t_ids, t_probs)
+        return loss, dict(info, no_teacher=missing)
 
 
-@register_loss("attention", AttentionLoss)
+@register_loss("attention", AttentionLoss, extra={"soft_labels": None, "distill_k": None})
 def _build_attention(c: dict[str, Any], model: nn.Module, opts: dict[str, Any]) -> nn.Module:
-    """Joint CTC / attention training (``loss.ctc_weight``, ``loss.label_smoothing``)."""
-    return AttentionCriterion(model, AttentionLoss(**opts))
+    """Joint CTC / attention training (``loss.ctc_weight``, ``loss.label_smoothing``), with
+    distillation from the soft labels of ``loss.soft_labels`` (``wfst-asr soft-labels``) at
+    weight ``loss.distill_weight`` keeping the top ``loss.distill_k`` (default: all kept)."""
+    from wfst_asr.data.soft_labels import SoftLabels
+
+    kwargs = dict(opts)
+    path, k = kwargs.pop("soft_labels"), kwargs.pop("distill_k")
+    labels = None
+    if kwargs.get("distill_weight", 0.0) > 0:
+        if not path:
+            raise ValueError("loss.distill_weight > 0 needs loss.soft_labels (a file of "
+                             "wfst-asr soft-labels)")
+        labels = SoftLabels(path)
+        labels.check_vocab(int(c["num_classes"]))
+        if k is not None and not 1 <= int(k) <= labels.k:
+            raise ValueError(f"loss.distill_k must be in 1..{labels.k} (kept in {path}), "
+                             f"got {k}")
+    return AttentionCriterion(model, AttentionLoss(**kwargs), labels,
+                              int(k) if k is not None else None)

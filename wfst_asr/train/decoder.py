@@ -17,8 +17,12 @@
   segmental      ``greedy`` (per-frame argmax of the encoder, runs merged), ``best_path`` (the
                  best segmentation of the segment lattice), ``best_path_lm`` (composed with
                  the lang dir's label bigram ``lm.arpa``, tuned like the graph methods)
-  attention      ``greedy``, ``beam`` (length-normalised beam search), ``aux_ctc`` (greedy CTC
-                 on the encoder's CTC output)
+  attention      ``greedy``, ``beam`` (length-normalised beam search), ``beam_ctc`` (joint
+                 CTC prefix scoring, ``ctc_weight``), ``aux_ctc`` (greedy CTC on the encoder's
+                 CTC output); with ``text_lm``: ``fusion`` (shallow fusion) and ``rescore_lm``
+                 (n-best of ``beam`` + LM), with ``mlm``: ``rescore_mlm`` (+ the MLM's
+                 pseudo-log-likelihood); these three are tuned: lm_scale = the LM's weight,
+                 word_penalty = a penalty per token
   transducer     ``greedy``, ``beam`` (modified beam search), ``fast_beam`` (trivial graph),
                  ``fast_beam_lg`` (the lang dir's LG), ``aux_ctc`` (greedy on the auxiliary
                  CTC output, when the model has one)
@@ -96,7 +100,10 @@ BatchFn = Callable[[torch.Tensor, torch.Tensor], list[list[int]]]
 #: The methods tuned on the tune set (their graphs carry LM scores).
 GRAPH_METHODS = ("hlg", "hclg", "fast_beam_lg")
 #: Methods whose outputs are tokens (not the lang dir's words).
-TOKEN_METHODS = ("greedy", "beam", "fast_beam", "aux_ctc")
+TOKEN_METHODS = ("greedy", "beam", "fast_beam", "aux_ctc", "beam_ctc", "fusion", "rescore_lm",
+                 "rescore_mlm")
+#: Tuned methods that need no graph (their weights are a text LM's).
+TEXT_LM_METHODS = ("fusion", "rescore_lm", "rescore_mlm")
 
 
 class DecodeError(ValueError):
@@ -133,6 +140,14 @@ class DecodeOptions:
     acoustic_scale: float | None = None
     """GMM likelihood scale (default: the GMM's training option)."""
     device: str | None = None
+    text_lm: str | None = None
+    """A left-to-right LM over the model's tokens (``wfst-asr train-mlm --objective causal``'s
+    ``textlm.pt``): attention methods ``fusion`` and ``rescore_lm``."""
+    mlm: str | None = None
+    """A masked LM over the model's tokens (``textlm.pt`` of ``wfst-asr train-mlm``): attention
+    method ``rescore_mlm`` (pseudo-log-likelihood)."""
+    ctc_weight: float = 0.3
+    """Attention method ``beam_ctc``: weight of the CTC prefix score."""
     forced_best: bool = False
     """After the engine's graph method: score each wrong utterance's reference and hypothesis
     in the graph (:mod:`wfst_asr.decode.forced`) and count search and model errors."""
@@ -468,9 +483,17 @@ class Decoder:
                 lambda e, n: attention_beam_search(model.decoder, e.to(dev), n.to(dev),
                                                    beam=o.beam_size)), self.token_symbols,
                 f"attention decoder, beam search (beam {o.beam_size}, length-normalised)")
+            cw = float(o.ctc_weight)
+            out["beam_ctc"] = Method("beam_ctc", fixed(
+                lambda e, n: attention_beam_search(
+                    model.decoder, e.to(dev), n.to(dev), beam=o.beam_size,
+                    ctc_log_probs=model.ctc_log_probs(e.to(dev)), ctc_weight=cw)),
+                self.token_symbols, f"attention decoder, beam search (beam {o.beam_size}, "
+                f"length-normalised) with CTC prefix scores (weight {cw:g})")
             out["aux_ctc"] = Method("aux_ctc", fixed(
                 lambda e, n: greedy_ctc(model.ctc_log_probs(e.to(dev)), n)),
                 self.token_symbols, "greedy CTC on the CTC output of the encoder")
+            out.update(self._attention_lm_methods())
             return out
         if self.loss == "transducer":
             model, dev = self.model, self.device
@@ -531,6 +554,78 @@ class Decoder:
                               info={"compare_with": graph_method})
         return out
 
+    def _text_lm(self, path: str, kind: str):
+        from wfst_asr.train.textlm import load_text_lm
+
+        try:
+            lm = load_text_lm(path, self.device)
+        except (OSError, CheckpointError) as e:
+            raise DecodeError(str(e)) from e
+        want = "causal" if kind == "text_lm" else "mlm"
+        got = "causal" if lm.causal else "mlm"
+        if got != want:
+            raise DecodeError(f"--{kind.replace('_', '-')} {path} is a {got} model, not a "
+                              f"{want} one")
+        if lm.vocab_size != self.num_outputs:
+            raise DecodeError(f"the LM {path} has {lm.vocab_size} classes, the model "
+                              f"{self.num_outputs}")
+        return lm
+
+    def _attention_lm_methods(self) -> dict[str, Method]:
+        """``fusion``, ``rescore_lm`` (``text_lm``) and ``rescore_mlm`` (``mlm``)."""
+        from wfst_asr.decode.attention import attention_nbest
+
+        o, model, dev = self.opts, self.model, self.device
+        out: dict[str, Method] = {}
+        cache: dict[tuple, list] = {}
+
+        def nbest(e: torch.Tensor, n: torch.Tensor) -> list:
+            key = (e.data_ptr(), tuple(e.shape), tuple(n.tolist()))
+            if key not in cache:
+                cache[key] = attention_nbest(model.decoder, e.to(dev), n.to(dev),
+                                             beam=o.beam_size)
+            return cache[key]
+
+        def rescorer(name: str, scores: Callable[[list[list[int]]], torch.Tensor]):
+            done: dict[int, dict[tuple, float]] = {}
+
+            def at(s: float, wp: float) -> BatchFn:
+                def fn(e: torch.Tensor, n: torch.Tensor) -> list[list[int]]:
+                    lists = nbest(e, n)
+                    key = id(lists)
+                    if key not in done:
+                        seqs = list({tuple(h.tokens) for hs in lists for h in hs})
+                        done[key] = dict(zip(seqs, scores([list(x) for x in seqs]).tolist()))
+                    extra = done[key]
+                    return [max(hs, key=lambda h: (h.score + s * extra[tuple(h.tokens)]
+                                                   - wp * len(h.tokens))
+                                / (len(h.tokens) + 1)).tokens if hs else [] for hs in lists]
+                return fn
+            return at
+
+        if o.text_lm:
+            lm = self._text_lm(o.text_lm, "text_lm")
+
+            def fusion_at(s: float, wp: float) -> BatchFn:
+                return lambda e, n: attention_beam_search(
+                    model.decoder, e.to(dev), n.to(dev), beam=o.beam_size, lm=lm,
+                    lm_weight=s, length_bonus=-wp)
+
+            out["fusion"] = Method("fusion", fusion_at, self.token_symbols,
+                                   f"beam search (beam {o.beam_size}) with shallow fusion of "
+                                   f"the LM {o.text_lm}", True)
+            out["rescore_lm"] = Method(
+                "rescore_lm", rescorer("lm", lambda seqs: lm.score(seqs)), self.token_symbols,
+                f"the n-best of beam search (beam {o.beam_size}) rescored with the LM "
+                f"{o.text_lm}", True)
+        if o.mlm:
+            mlm = self._text_lm(o.mlm, "mlm")
+            out["rescore_mlm"] = Method(
+                "rescore_mlm", rescorer("mlm", lambda seqs: mlm.pseudo_log_likelihood(seqs)),
+                self.token_symbols, f"the n-best of beam search (beam {o.beam_size}) "
+                f"rescored with the MLM's pseudo-log-likelihood ({o.mlm})", True)
+        return out
+
     def _segmental_lm_at(self, arpa: Path) -> Callable[[float, float], BatchFn]:
         """``at(lm_scale, penalty)`` of a segmental model's ``best_path_lm`` method."""
         from wfst_asr.decode.segmental import best_segmentation_lm, bigram_matrix
@@ -556,7 +651,7 @@ class Decoder:
             if self.word_level and not self.pieces:  # tokens cannot be scored against words
                 names = [n for n in names if n not in TOKEN_METHODS]
             if self.lang_dir is None and self.graph_file is None:
-                names = [n for n in names if not avail[n].tuned]
+                names = [n for n in names if not avail[n].tuned or n in TEXT_LM_METHODS]
         else:
             names = list(dict.fromkeys(self.opts.methods))
             bad = [n for n in names if n not in avail]
@@ -565,10 +660,9 @@ class Decoder:
                                   f"({self.describe}); its methods: {', '.join(avail)}")
         if not names:
             raise DecodeError("no method to run (give --lang-dir for the graph methods)")
-        if any(avail[n].tuned for n in names) and self.lang_dir is None \
-                and self.graph_file is None:
-            raise DecodeError(f"{', '.join(n for n in names if avail[n].tuned)} need "
-                              "--lang-dir or --graph")
+        graphed = [n for n in names if avail[n].tuned and n not in TEXT_LM_METHODS]
+        if graphed and self.lang_dir is None and self.graph_file is None:
+            raise DecodeError(f"{', '.join(graphed)} need --lang-dir or --graph")
         return {n: avail[n] for n in names}
 
     # ------------------------------------------------------------------ model outputs
@@ -758,8 +852,11 @@ class Decoder:
             todo = [n for n in sets if n not in hyps]
             if todo:
                 fn = m.at(s, wp)
+                per_utt = info.setdefault("seconds_per_utt", {})
                 for name in todo:
+                    t1 = time.perf_counter()
                     hyps[name] = {u: m.symbols(h) for u, h in self._decode(data[name], fn).items()}
+                    per_utt[name] = round((time.perf_counter() - t1) / max(len(hyps[name]), 1), 4)
             for name in sets:
                 p = hyp_path(out, mname, name)
                 p.parent.mkdir(parents=True, exist_ok=True)

@@ -126,16 +126,28 @@ def _token_ids(value: Any, table: dict[str, int] | None, field: str) -> list[int
     return out
 
 
+class TokenSeqs(list):
+    """A list of token-id lists that also knows each sequence's cut id (``cut_ids``, None
+    where the batch has none): the key of per-utterance side data such as soft labels."""
+
+    cut_ids: list[str | None]
+
+
 def batch_targets(batch: dict, field: str = "tokens",
-                  table: dict[str, int] | None = None) -> list[list[int]]:
+                  table: dict[str, int] | None = None) -> TokenSeqs:
     """One token-id list per sequence of ``batch``: the supervisions' ``field`` (ids, or
-    symbols mapped through ``table``), concatenated per cut in order."""
+    symbols mapped through ``table``), concatenated per cut in order (a :class:`TokenSeqs`)."""
     sup = batch["supervisions"]
     if field not in sup and len(sup.get("sequence_idx", [])):
         raise ValueError(f"supervisions have no field {field!r}; fields: {sorted(sup)}")
-    seqs: list[list[int]] = [[] for _ in range(batch["features"].shape[0])]
-    for s, value in zip(torch.as_tensor(sup["sequence_idx"]).tolist(), sup.get(field, [])):
+    n = batch["features"].shape[0]
+    seqs = TokenSeqs([] for _ in range(n))
+    seqs.cut_ids = [None] * n
+    idx = torch.as_tensor(sup.get("sequence_idx", [])).tolist()
+    for s, value in zip(idx, sup.get(field, [])):
         seqs[s].extend(_token_ids(value, table, field))
+    for s, cid in zip(idx, sup.get("cut_id", [])):
+        seqs.cut_ids[s] = cid
     return seqs
 
 

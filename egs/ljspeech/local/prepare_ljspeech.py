@@ -20,6 +20,8 @@ Writes, atomically, into ``--out-dir``:
 * ``text_{train,dev,test}``: Kaldi ``text`` files (``utt w1 w2 ...``);
 * ``lm_text``: the sentences of every clip of ``metadata.csv`` except the dev and test clips,
   one per line without ids (the LM training text: the train clips' sentences are in it);
+  ``lm_text_utt``: the same as a Kaldi text (``utt w1 w2 ...``), whose ids give the chapter
+  and the order of the sentences (the masked LM's context);
 * ``skipped.tsv``: ``utt reason detail`` of every clip left out (a split id whose audio is
   missing or does not decode, an empty transcript), also counted on stdout.
 
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     sups: dict[str, list[SupervisionSegment]] = {s: [] for s in SPLITS}
     texts: dict[str, list[str]] = {s: [] for s in SPLITS}
     lm_lines: list[str] = []
+    lm_ids: list[str] = []
     skipped: list[tuple[str, str, str]] = []
     for utt, words in entries:
         if utt in seen:
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         split = split_of(utt)
         if split not in ("dev", "test") and words:
             lm_lines.append(" ".join(words))
+            lm_ids.append(utt)
         if split is None:
             continue
         if not words:
@@ -156,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{split}: {len(recs[split])} clips, "
               f"{sum(r.duration for r in recs[split]) / 60:.1f} min")
     atomic_write_text(args.out_dir / "lm_text", "".join(f"{x}\n" for x in lm_lines))
+    atomic_write_text(args.out_dir / "lm_text_utt",
+                      "".join(f"{u} {x}\n" for u, x in zip(lm_ids, lm_lines)))
     atomic_write_text(args.out_dir / "skipped.tsv",
                       "".join(f"{u}\t{r}\t{d}\n" for u, r, d in skipped))
     n_words = sum(len(x.split()) for x in lm_lines)
