@@ -42,6 +42,73 @@ def test_decoder_is_causal_and_ignores_padded_frames():
     assert torch.allclose(m.decoder(mem2, lens, ys)[1], out[1], atol=1e-5)
 
 
+def test_incremental_decode_equals_teacher_forcing():
+    """AttentionDecoder.step (cached keys / values, one position per step) gives the logits of
+    the full teacher-forced forward at every position; padded frames stay masked; selecting
+    hypotheses (with repeats) keeps each one's state."""
+    m = _model(3)
+    mem = torch.randn(3, 9, 16)
+    lens = torch.tensor([9, 5, 7])
+    ys = torch.randint(1, 6, (3, 6))
+    ys[:, 0] = 0
+    with torch.no_grad():
+        full = m.decoder(mem, lens, ys)
+        state = m.decoder.init_state(mem, lens)
+        steps = []
+        for t in range(ys.shape[1]):
+            logits, state = m.decoder.step(state, ys[:, t])
+            steps.append(logits)
+        assert torch.allclose(torch.stack(steps, 1), full, atol=1e-5)
+        mem2 = mem.clone()
+        mem2[1, 5:] = 50.0
+        st2 = m.decoder.init_state(mem2, lens)
+        assert torch.allclose(m.decoder.step(st2, ys[:, 0])[0], steps[0], atol=1e-5)
+        # reorder after two steps: rows 2, 0, 0 go on as the prefixes they hold
+        state = m.decoder.init_state(mem, lens)
+        for t in range(2):
+            _, state = m.decoder.step(state, ys[:, t])
+        idx = torch.tensor([2, 0, 0])
+        state = state.select(idx)
+        nxt, _ = m.decoder.step(state, ys[idx, 2])
+        assert torch.allclose(nxt, full[idx, 2], atol=1e-5)
+
+
+def test_sequence_log_probs_and_ctc_collapse():
+    """The rescoring scores: log P(y <eos>) of each sequence given one utterance, equal to the
+    sum of the incremental decoder's log-softmax along y then <eos>; a CTC label path's tokens
+    (repeats merged, blanks and the final -1 dropped)."""
+    from wfst_asr.train.rescoring import ctc_collapse
+
+    m = _model(4)
+    mem = torch.randn(1, 8, 16)
+    seqs = [[3, 1, 1], [], [5], [2, 4, 2, 4]]
+    got = m.decoder.sequence_log_probs(mem[0], 6, seqs, batch_size=3)
+    for s, g in zip(seqs, got.tolist()):
+        with torch.no_grad():
+            state = m.decoder.init_state(mem[:, :6], torch.tensor([6]))
+            total, prev = 0.0, 0
+            for y in [*s, 0]:
+                logits, state = m.decoder.step(state, torch.tensor([prev]))
+                total += float(logits.double().log_softmax(-1)[0, y])
+                prev = y
+        assert g == pytest.approx(total, abs=1e-4)
+    assert ctc_collapse([0, 3, 3, 0, 3, 1, 1, 0, 0, 2, -1]) == [3, 3, 1, 2]
+    assert ctc_collapse([0, 0, -1]) == [] and ctc_collapse([4, 4, 4]) == [4]
+
+
+def test_max_len_ratio_caps_the_searches():
+    """Without <eos> (made improbable) every search stops at ceil(ratio * frames) tokens."""
+    m = _model(5)
+    with torch.no_grad():
+        m.decoder.output.bias[0] = -1e4
+    mem, lens = torch.randn(2, 9, 16), torch.tensor([9, 5])
+    g = attention_greedy(m.decoder, mem, lens, max_len_ratio=0.5)
+    assert [len(x) for x in g] == [5, 5]  # batched: the longest utterance's limit
+    b = attention_beam_search(m.decoder, mem, lens, beam=2, max_len_ratio=0.5)
+    assert [len(x) for x in b] == [5, 3]  # per utterance
+    assert [len(x) for x in attention_greedy(m.decoder, mem, lens)] == [9, 9]
+
+
 def test_joint_loss_against_torch():
     torch.manual_seed(0)
     B, T, V = 3, 9, 6

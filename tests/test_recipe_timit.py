@@ -258,8 +258,9 @@ def test_timit_recipe_segmental(tmp_path):
 def test_timit_recipe_attention(tmp_path):
     """--loss attention: the text teachers and their soft labels (stage 3), a tiny joint
     CTC / attention model for 1 epoch decoded by every attention method (greedy, beam, joint
-    CTC beam, greedy CTC, LM fusion, LM / MLM n-best rescoring), then the same model distilled
-    from the MLM's soft labels (--distill mlm) reusing stage 3."""
+    CTC beam, greedy CTC, LM fusion, LM / MLM n-best rescoring), its CTC branch's lattices
+    rescored (3-gram, LSTM LM, attention decoder; stages 7-9), then the same model distilled
+    from the MLM's soft labels (--distill mlm, stages 4-6) reusing stage 3."""
     timit = shared_data_dir() / "timit_nltk_sample"
     if not timit.is_dir():
         pytest.skip(f"{timit} not found: the TIMIT sample is needed for the recipe test")
@@ -270,9 +271,12 @@ def test_timit_recipe_attention(tmp_path):
             "--set", "model.hidden=16", "--set", "model.num_layers=1", "--set",
             "model.d_model=16", "--set", "model.nhead=2", "--set",
             "model.dim_feedforward=32", "--mlm-args", tiny_text, "--tlm-args", tiny_text,
-            "--att-lm-scales", "0,0.3", "--att-word-penalties", "0"]
+            "--att-lm-scales", "0,0.3", "--att-word-penalties", "0", "--lm-scales", "0.3",
+            "--word-penalties", "0", "--nnlm-epochs", "1",
+            "--lattice-args", "--output-beam 3 --max-active-states 500",
+            "--rescore-args", "--nbest 10 --nnlm-scales 0,0.5 --attention-scales 0,0.5"]
     out = _run([*base, "--exp-dir", str(exp)])
-    for n in range(7):
+    for n in range(10):
         assert f"stage {n}:" in out
     assert "pseudo-perplexity" in out and "perplexity" in out
     for teacher in ("mlm", "lm"):
@@ -286,8 +290,30 @@ def test_timit_recipe_attention(tmp_path):
             report = (exp / "decode" / f"per_{dec}_{split}.txt").read_text()
             rate = re.search(r"%PER ([0-9.]+)", report)
             assert rate is not None and 0.0 <= float(rate.group(1)) < 1000.0
+    # stages 7-9: lattices of the CTC branch, attention-decoder rescoring among the others
+    results = (exp / "rescore" / "results.txt").read_text()
+    for method in ("lat1best", "attention", "oracle"):
+        assert re.search(rf"^{method} +test PER", results, re.MULTILINE), results
+    # lattice-rescore --mode attention at the setting stage 9 chose: the same test 1-best
+    chosen = json.loads((exp / "rescore" / "settings.json").read_text())
+    setting = chosen["methods"]["attention"]["setting"]
+    best = tmp_path / "att_best.txt"
+    lat_args = ["lattice-rescore", str(exp / "lats" / "test"), "--mode", "attention",
+                "--n", "10", "--best-path", str(best), "--no-progress",
+                "--lm-scale", str(setting["lm_scale"]),
+                "--word-penalty", str(setting["word_penalty"]),
+                "--attention-scale", str(setting["attention_scale"])]
+    from wfst_asr.bin import cli
+
+    assert cli.main(lat_args) == 2  # no --exp-dir / --cuts: one error line
+    assert cli.main([*lat_args, "--exp-dir", str(exp), "--cuts",
+                     str(tmp_path / "data" / "fbank" / "timit_cuts_test.jsonl.gz")]) == 0
+    mine = {x.split()[0]: x.split()[1:] for x in best.read_text().splitlines()}
+    stage9 = {x.split()[0]: x.split()[1:]
+              for x in (exp / "rescore" / "attention" / "test.hyp").read_text().splitlines()}
+    assert mine == stage9
     distilled = tmp_path / "exp_mlm"
-    out = _run([*base, "--exp-dir", str(distilled), "--distill", "mlm"])
+    out = _run([*base, "--exp-dir", str(distilled), "--distill", "mlm", "--stop-stage", "6"])
     assert "already done" in out.split("stage 4:")[0]  # stage 3 is shared
     cfg = json.loads((distilled / "config.json").read_text())
     assert cfg["loss_kwargs"]["distill_weight"] == pytest.approx(0.3)

@@ -77,6 +77,7 @@ teachers="lm mlm mlm_ctx"  # stage 9: the text teachers (lm and mlm also decode,
 distill="lm mlm mlm_ctx"   # stage 10: a model distilled from each of these teachers
 att_methods=greedy,beam,beam_ctc,aux_ctc  # stage 10's decoding (the baseline adds the LMs')
 att_lm_methods=fusion,rescore_lm,rescore_mlm
+att_max_len_ratio=0.5  # at most 0.5 pieces per 30 ms encoder frame (speech: ~0.1-0.2)
 distill_weight=0.3
 context_tokens=32    # mlm_ctx: tokens of the previous and of the next sentences
 teacher_text=lm_text_utt  # data/manifests/<this>: the teachers' text (quick: text_train)
@@ -102,7 +103,7 @@ if [[ $quick == true ]]; then  # CI: every stage, tiny settings
     max_active_bpe=200 nnlm_text=text_train prune_bpe=1e-4 prune_phone=1e-4
     tlm_args="--epochs 1 --d-model 16 --nhead 2 --num-layers 1 --dim-feedforward 32"
     mlm_args=$tlm_args att_lm_scales=0,0.3 att_word_penalties=0 teacher_text=text_train
-    distill=mlm_ctx att_methods=beam
+    distill=mlm_ctx att_methods=beam att_max_len_ratio=0.05
     g2p_args="--order 3 --iters 2"
     set=(num_epochs=1 model.hidden=32 model.num_layers=1 ${set[@]+"${set[@]}"})
 fi
@@ -306,7 +307,7 @@ stage10() {
             --dev-cuts "$fbank/${corpus}_cuts_dev.pieces.jsonl.gz" \
             --test-cuts "$fbank/${corpus}_cuts_test.pieces.jsonl.gz" --ref-field text \
             "${lms[@]}" --lm-scales "$att_lm_scales" --word-penalties="$att_word_penalties" \
-            --metric WER --out-dir "$exp/decode"
+            --max-len-ratio "$att_max_len_ratio" --metric WER --out-dir "$exp/decode"
         "${wfst_asr[@]}" score --decode-dir "$exp/decode" --metric WER
     done
 }

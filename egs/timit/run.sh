@@ -44,12 +44,15 @@
 #                                                               -> EXP_DIR/decode/results.txt
 #      and (not --loss transducer / attention) forced alignments of the transcripts
 #      (wfst-asr align), their boundary accuracy against the .phn boundaries -> EXP_DIR/align
-#   7-9 (--loss ctc only): 7 dev/test lattices with the HLG (wfst-asr make-lattices)
+#   7-9 (--loss ctc, attention): 7 dev/test lattices with the HLG (wfst-asr make-lattices;
+#      an attention model: of its CTC branch)
 #      -> EXP_DIR/lats/{dev,test}; 8 the training transcripts (wfst-asr cuts-text), a phone
 #      3-gram (wfst-asr estimate-lm) and an LSTM LM (wfst-asr train-nnlm, --nnlm-epochs N) on
 #      them -> EXP_DIR/lm; 9 (wfst-asr rescore) 1-best of the lattices, 3-gram whole-lattice
 #      rescoring, LSTM-LM n-best rescoring (scales / penalties tuned on dev, applied to test),
-#      lattice oracle, PER on 39 phones -> EXP_DIR/rescore (a decode dir: results.txt);
+#      lattice oracle, PER on 39 phones, and for an attention model its decoder's rescoring
+#      of the n-best lists (icefall's attention rescoring: lm_scale x attention_scale x
+#      penalty tuned on dev) -> EXP_DIR/rescore (a decode dir: results.txt);
 #      --lattice-args "ARGS" / --rescore-args "ARGS" go to stage 7 / 9 (e.g. "--output-beam 4")
 # Data: --timit-dir, else the NLTK TIMIT sample in $NLTK_DATA/corpora/timit,
 # ~/nltk_data/corpora/timit or the shared/data/timit_nltk_sample next to the checkout. Each
@@ -279,6 +282,8 @@ stage9() {
         fi
     done
     read -r -a extra <<< "$rescore_args"
+    # an attention model: its decoder rescores the n-best of its CTC branch's lattices too
+    [[ "$loss" == attention ]] && extra=(--attention "$exp_dir" ${extra[@]+"${extra[@]}"})
     timed "${wfst_asr[@]}" rescore --lat-dir "$exp_dir/lats" --lang-dir "$lang_dir" \
         --dev-cuts "$fbank_dir/timit_cuts_dev.jsonl.gz" \
         --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz" --ref-field phones_48 --metric PER \
@@ -309,7 +314,7 @@ run_stage 4 "$exp_dir/.stage4.done" "train $config -> $exp_dir" stage4
 run_stage 5 "$exp_dir/.stage5.done" "decode dev and test" stage5
 run_stage 6 "$exp_dir/.stage6.done" "score PER (39 phones)" stage6
 if (( stage <= 9 && 7 <= stop_stage )); then
-    if [[ "$loss" == ctc ]]; then
+    if [[ "$loss" == ctc || "$loss" == attention ]]; then
         run_stage 7 "$exp_dir/.stage7.done" "dev/test lattices with the HLG -> $exp_dir/lats" \
             stage7
         run_stage 8 "$exp_dir/.stage8.done" "phone 3-gram + LSTM LM on train -> $exp_dir/lm" \
@@ -317,6 +322,6 @@ if (( stage <= 9 && 7 <= stop_stage )); then
         run_stage 9 "$exp_dir/.stage9.done" \
             "3-gram lattice / LSTM-LM n-best rescoring, oracle -> $exp_dir/rescore" stage9
     else
-        echo "stages 7-9 (lattice rescoring) are for --loss ctc only: skipped"
+        echo "stages 7-9 (lattice rescoring) are for --loss ctc and attention only: skipped"
     fi
 fi

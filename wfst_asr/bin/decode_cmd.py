@@ -81,7 +81,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
                              fold=_fold(args), tune_set=args.tune_set, ref_field=args.ref_field,
                              prior_scale=args.prior_scale, acoustic_scale=args.acoustic_scale,
                              device=args.device, forced_best=args.forced_best,
-                             text_lm=args.text_lm, mlm=args.mlm, ctc_weight=args.ctc_weight)
+                             text_lm=args.text_lm, mlm=args.mlm, ctc_weight=args.ctc_weight,
+                             max_len_ratio=args.max_len_ratio)
         sets = _sets(args)
         out_dir = Path(args.out_dir) if args.out_dir else Path(args.exp_dir) / "decode"
         dec = Decoder(args.exp_dir, args.lang_dir, args.graph, opts)
@@ -174,6 +175,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "train-mlm) for method rescore_mlm")
     p.add_argument("--ctc-weight", type=float, default=0.3,
                    help="attention method beam_ctc: weight of the CTC prefix score")
+    p.add_argument("--max-len-ratio", type=float, default=1.0,
+                   help="attention methods: at most this many tokens per encoder frame")
     p.add_argument("--out-dir", help="the decode directory (default EXP/decode)")
     p.add_argument("--device", help="where the model runs (default: cuda if available)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")

@@ -326,6 +326,8 @@ def cmd_lattice_to_ctm(args: argparse.Namespace) -> int:
 def cmd_lattice_rescore(args: argparse.Namespace) -> int:
     if args.mode == "nbest-nnlm":
         return _rescore_nnlm(args)
+    if args.mode == "attention":
+        return _rescore_attention(args)
     if not args.lm:
         raise ValueError("--mode whole-lattice needs --lm (ARPA, G.pt or G.fst)")
     if not args.out_dir and not args.best_path:
@@ -368,42 +370,30 @@ def cmd_lattice_rescore(args: argparse.Namespace) -> int:
     return _guard(args.lat_dir, run)
 
 
-def _rescore_nnlm(args: argparse.Namespace) -> int:
-    """``lattice-rescore --mode nbest-nnlm``: the n-best list of each lattice, scored by the
-    neural LM in batches of ``--utt-batch`` utterances, reranked; best paths (and the scored
-    lists) written atomically."""
-    if not args.lm_model:
-        raise ValueError("--mode nbest-nnlm needs --lm-model (lm.pt from "
-                         "wfst_asr.models.lm.train_lm)")
+def _rescore_nbest(args: argparse.Namespace, name: str, scale: float, setup: Callable) -> int:
+    """The n-best modes of ``lattice-rescore``: the n-best list of each lattice, scored in
+    batches of ``--utt-batch`` utterances by ``score(pending)`` (``setup(r)`` returns
+    ``(score, check)``; ``check(utt, nb)`` gives a skip reason or None), reranked by ``am +
+    lm_scale * lm - word_penalty * words + scale * <name>``; best paths (and the scored lists)
+    written atomically."""
     if not args.best_path and not args.nbest_out:
-        raise ValueError("--mode nbest-nnlm writes --best-path and/or --nbest-out (no "
+        raise ValueError(f"--mode {args.mode} writes --best-path and/or --nbest-out (no "
                          "lattices)")
 
     def run() -> int:
-        from wfst_asr.decode.lattice_io import LatticeError, symbol_table_checksum
+        from wfst_asr.decode.lattice_io import LatticeError
         from wfst_asr.decode.nbest import nbest_one
-        from wfst_asr.decode.nnlm import add_nnlm_scores
-        from wfst_asr.train.checkpoint import CheckpointError
-        from wfst_asr.train.lm import load_lm
 
-        try:
-            lm = load_lm(args.lm_model)
-        except CheckpointError as e:
-            raise ValueError(str(e)) from e
         r = _Run("lattice-rescore", args)
         words = r.reader.words
-        if lm.words_checksum is not None and words is not None and \
-                lm.words_checksum != symbol_table_checksum(words):
-            raise ValueError(f"the LM {args.lm_model} was trained over another word table than "
-                             f"the lattices' ({args.words or args.lat_dir + '/words.txt'})")
-        weights = {"nnlm": args.nnlm_scale}
-        pending: list[tuple[str, Any]] = []
+        score, check = setup(r)
+        weights = {name: scale}
+        pending: list[tuple[str, Any, Any]] = []
         inexact = 0
 
         def flush(best_out, nbest_out) -> None:
-            nbs = [nb for _, nb in pending]
-            add_nnlm_scores(nbs, lm, batch_size=args.nnlm_batch_size)
-            for utt, nb in pending:
+            score(pending)
+            for utt, nb, _lat in pending:
                 ranked = nb.reranked(weights=weights)
                 if best_out is not None:
                     ws = ranked.word_seqs[0]
@@ -414,7 +404,7 @@ def _rescore_nnlm(args: argparse.Namespace) -> int:
                         print(f"{utt}\t{i + 1}\t{float(tot[i]):.4f}\t"
                               f"{float(ranked.am_scores[i]):.4f}\t"
                               f"{float(ranked.lm_scores[i]):.4f}\t"
-                              f"{float(ranked.extra_scores['nnlm'][i]):.4f}\t{len(ws)}\t"
+                              f"{float(ranked.extra_scores[name][i]):.4f}\t{len(ws)}\t"
                               f"{_word_str(words, ws, args.ids)}", file=nbest_out)
                 r.done += 1
             pending.clear()
@@ -422,7 +412,7 @@ def _rescore_nnlm(args: argparse.Namespace) -> int:
         with _text_output(args.best_path, r) if args.best_path else _nullctx() as best_out, \
                 _text_output(args.nbest_out, r) if args.nbest_out else _nullctx() as nbest_out:
             if nbest_out is not None:
-                print("utt\trank\ttotal\tam\tlm\tnnlm\tnum_words\twords", file=nbest_out)
+                print(f"utt\trank\ttotal\tam\tlm\t{name}\tnum_words\twords", file=nbest_out)
             for utt, lat in r.lattices():
                 try:
                     nb = nbest_one(_scaled(args, lat), args.n, beam=args.nbest_beam,
@@ -433,23 +423,85 @@ def _rescore_nnlm(args: argparse.Namespace) -> int:
                 if len(nb) == 0:
                     r.skip("empty", str(LatticeError(utt, "empty", "no complete path")))
                     continue
-                oov = [w for ws in nb.word_seqs for w in ws if not 0 <= w < lm.vocab_size]
-                if oov:
-                    r.skip("out-of-vocabulary", str(LatticeError(
-                        utt, "out-of-vocabulary", f"word id {oov[0]} is outside the LM's "
-                        f"vocabulary 0..{lm.vocab_size - 1}")))
+                bad = check(utt, nb)
+                if bad is not None:
+                    r.skip(bad[0], str(LatticeError(utt, *bad)))
                     continue
                 if not nb.exact:
                     inexact += 1
-                pending.append((utt, nb))
+                pending.append((utt, nb, lat))
                 if len(pending) >= args.utt_batch:
                     flush(best_out, nbest_out)
             if pending:
                 flush(best_out, nbest_out)
         dest = " -> " + ", ".join(x for x in (args.best_path, args.nbest_out) if x)
-        return r.finish(f"; nnlm scale {args.nnlm_scale:g}, {inexact} lists not proven exact"
-                        f"{dest}")
+        return r.finish(f"; {name} scale {scale:g}, {inexact} lists not proven exact{dest}")
     return _guard(args.lat_dir, run)
+
+
+def _rescore_nnlm(args: argparse.Namespace) -> int:
+    """``lattice-rescore --mode nbest-nnlm``: the n-best lists scored by the neural LM."""
+    if not args.lm_model:
+        raise ValueError("--mode nbest-nnlm needs --lm-model (lm.pt from "
+                         "wfst_asr.models.lm.train_lm)")
+
+    def setup(r: _Run):
+        from wfst_asr.decode.lattice_io import symbol_table_checksum
+        from wfst_asr.decode.nnlm import add_nnlm_scores
+        from wfst_asr.train.checkpoint import CheckpointError
+        from wfst_asr.train.lm import load_lm
+
+        try:
+            lm = load_lm(args.lm_model)
+        except CheckpointError as e:
+            raise ValueError(str(e)) from e
+        words = r.reader.words
+        if lm.words_checksum is not None and words is not None and \
+                lm.words_checksum != symbol_table_checksum(words):
+            raise ValueError(f"the LM {args.lm_model} was trained over another word table than "
+                             f"the lattices' ({args.words or args.lat_dir + '/words.txt'})")
+
+        def check(_utt, nb):
+            oov = [w for ws in nb.word_seqs for w in ws if not 0 <= w < lm.vocab_size]
+            if not oov:
+                return None
+            return ("out-of-vocabulary",
+                    f"word id {oov[0]} is outside the LM's vocabulary 0..{lm.vocab_size - 1}")
+
+        def score(pending):
+            add_nnlm_scores([nb for _, nb, _ in pending], lm, batch_size=args.nnlm_batch_size)
+        return score, check
+    return _rescore_nbest(args, "nnlm", args.nnlm_scale, setup)
+
+
+def _rescore_attention(args: argparse.Namespace) -> int:
+    """``lattice-rescore --mode attention``: each entry's tokens (its lattice path's CTC labels,
+    collapsed) scored by an attention decoder on the utterance's encoder output (the encoder
+    runs over ``--cuts``)."""
+    if not args.exp_dir or not args.cuts:
+        raise ValueError("--mode attention needs --exp-dir (the attention model) and --cuts "
+                         "(the lattices' utterances)")
+
+    def setup(r: _Run):
+        from wfst_asr.train.decoder import DecodeOptions, Decoder
+        from wfst_asr.train.rescoring import attention_memory, ctc_collapse
+
+        dec = Decoder(args.exp_dir, options=DecodeOptions(device="cpu"), log=None)
+        if dec.loss != "attention":
+            raise ValueError(f"{args.exp_dir}: --mode attention needs an attention model, got "
+                             f"loss {dec.loss!r}")
+        mem = attention_memory(dec, args.cuts)
+
+        def check(utt, _nb):
+            return None if utt in mem else ("no-audio", f"not in {args.cuts}")
+
+        def score(pending):
+            for utt, nb, lat in pending:
+                seqs = [ctc_collapse(nb.alignment(lat, i)["labels"]) for i in range(len(nb))]
+                e, k = mem[utt]
+                nb.add_scores("attention", dec.model.decoder.sequence_log_probs(e, k, seqs))
+        return score, check
+    return _rescore_nbest(args, "attention", args.attention_scale, setup)
 
 
 def cmd_lattice_to_kaldi(args: argparse.Namespace) -> int:
@@ -569,10 +621,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        "word table. --mode nbest-nnlm: the --n best distinct word sequences of each lattice "
                        "reranked by am + lm_scale * lm - word_penalty * words + nnlm_scale * "
                        "log P_nnlm(words) with a neural LM (--lm-model), best paths to "
-                       "--best-path and/or the scored lists to --nbest-out. "
+                       "--best-path and/or the scored lists to --nbest-out. --mode attention: "
+                       "the same lists reranked with + attention_scale * log P_att(tokens "
+                       "<eos>) of an attention decoder (--exp-dir, the model whose CTC branch "
+                       "made the lattices; its encoder runs over --cuts): each entry's tokens "
+                       "are its lattice path's CTC labels (icefall's attention rescoring; "
+                       "`wfst-asr rescore --attention` tunes the scales on dev). "
                        + _COMMON_HELP)
     _common(p)
-    p.add_argument("--mode", choices=("whole-lattice", "nbest-nnlm"), default="whole-lattice")
+    p.add_argument("--mode", choices=("whole-lattice", "nbest-nnlm", "attention"),
+                   default="whole-lattice")
     p.add_argument("--lm", default=None,
                    help="whole-lattice: new LM: ARPA file, G.pt or G.fst (required)")
     p.add_argument("--best-path", default=None, help="write the best paths here")
@@ -588,6 +646,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="nbest-nnlm: first beam of the exact n-best search (default 4)")
     p.add_argument("--max-states", type=int, default=10000,
                    help="nbest-nnlm: determinization size limit of the n-best search")
+    p.add_argument("--exp-dir", default=None, help="attention: the attention model's exp dir")
+    p.add_argument("--cuts", default=None, help="attention: the cuts of the lattices' utterances")
+    p.add_argument("--attention-scale", type=float, default=1.0,
+                   help="attention: weight of the decoder's log-probability (default 1)")
     p.add_argument("--nbest-out", default=None,
                    help="nbest-nnlm: write the reranked lists as TSV (utt, rank, total, am, lm, "
                         "nnlm, num_words, words)")

@@ -52,6 +52,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
         nnlm_scales=parse_grid(args.nnlm_scales),
         nnlm_word_penalties=(parse_grid(args.nnlm_word_penalties)
                              if args.nnlm_word_penalties else None),
+        attention_scales=parse_grid(args.attention_scales),
         metric=args.metric, fold=_fold(args), tune_set=args.tune_set)
     if not opts.lm_scales or not opts.word_penalties or not opts.nnlm_scales:
         raise ValueError("empty --lm-scales, --word-penalties or --nnlm-scales")
@@ -61,7 +62,8 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     refs, spk = set_references(_sets(args), args.ref_field)
     rescorer = Rescorer(args.lat_dir, args.lang_dir, refs, spk, opts)
     out_dir = args.out_dir or str(Path(args.lat_dir).parent / "rescore")
-    _, text = rescorer.run(out_dir, ngram=args.ngram_arpa, nnlm=args.nnlm)
+    _, text = rescorer.run(out_dir, ngram=args.ngram_arpa, nnlm=args.nnlm,
+                           attention=args.attention, cuts=_sets(args))
     print(text, end="")
     print(f"reports and results.txt in {out_dir}")
     return 0
@@ -130,6 +132,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--ngram-arpa", metavar="FILE",
                    help="an n-gram LM (ARPA, or a G .pt / .fst) for whole-lattice rescoring")
     r.add_argument("--nnlm", metavar="FILE", help="lm.pt of `wfst-asr train-nnlm`")
+    r.add_argument("--attention", metavar="EXP_DIR",
+                   help="attention-decoder rescoring of the n-best lists with this attention "
+                   "model (the one whose CTC branch made the lattices; its encoder runs on "
+                   "each set's cuts)")
+    r.add_argument("--attention-scales", default="0,0.1,0.2,0.3,0.5,0.7,1.0",
+                   help="the attention scores' weights tried (with lm scale x penalty)")
     r.add_argument("--lm-scales", default="0.1,0.2,0.3,0.5,0.7,1.0")
     r.add_argument("--word-penalties", default="-2,-1,0,1",
                    help="word insertion penalties tried with every lm scale (negative: bonus)")

@@ -2,14 +2,16 @@
 batched greedy decoding and beam search with length normalisation, optional joint CTC prefix
 scoring, shallow fusion with a left-to-right LM and n-best output.
 
-Both take the decoder (``decoder(memory, memory_lens, ys_in) -> logits [B, L, V]``), the
-encoder output ``memory [B, T, C]`` and ``lens [B]``, and return token-id lists (``<sos>`` /
+Both take the decoder (:class:`~wfst_asr.models.attention.AttentionDecoder`: its incremental
+``init_state`` / ``step``, cached keys and values, one new position per step), the encoder
+output ``memory [B, T, C]`` and ``lens [B]``, and return token-id lists (``<sos>`` /
 ``<eos>`` = 0 removed). A hypothesis ends at ``<eos>`` or after ``max_len`` tokens (default:
-the utterance's encoder frames).
+``max_len_ratio`` (1.0) times the utterance's encoder frames, at least 1).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,17 +22,25 @@ __all__ = ["BeamHyp", "attention_beam_search", "attention_greedy", "attention_nb
 EOS = 0
 
 
+def _limit(frames: int, ratio: float) -> int:
+    return max(1, math.ceil(ratio * frames))
+
+
 @torch.no_grad()
 def attention_greedy(decoder, memory: torch.Tensor, lens: torch.Tensor | Sequence[int],
-                     max_len: int | None = None) -> list[list[int]]:
+                     max_len: int | None = None, max_len_ratio: float = 1.0
+                     ) -> list[list[int]]:
     """The most probable next token at every step, the whole batch at once."""
     lens = torch.as_tensor(lens, device=memory.device)
     B = memory.shape[0]
-    limit = int(max_len if max_len is not None else max(int(lens.max()) if B else 0, 1))
+    limit = int(max_len if max_len is not None else
+                _limit(int(lens.max()) if B else 0, max_len_ratio))
     ys = torch.zeros(B, 1, dtype=torch.int64, device=memory.device)
     done = torch.zeros(B, dtype=torch.bool, device=memory.device)
+    state = decoder.init_state(memory, lens)
     for _ in range(limit):
-        nxt = decoder(memory, lens, ys)[:, -1].argmax(-1)
+        logits, state = decoder.step(state, ys[:, -1])
+        nxt = logits.argmax(-1)
         nxt = torch.where(done, torch.zeros_like(nxt), nxt)
         ys = torch.cat([ys, nxt[:, None]], dim=1)
         done |= nxt == EOS
@@ -62,6 +72,7 @@ class BeamHyp:
 @torch.no_grad()
 def attention_nbest(decoder, memory: torch.Tensor, lens: torch.Tensor | Sequence[int],
                     beam: int = 4, length_norm: bool = True, max_len: int | None = None,
+                    max_len_ratio: float = 1.0,
                     ctc_log_probs: torch.Tensor | None = None, ctc_weight: float = 0.0,
                     lm=None, lm_weight: float = 0.0, length_bonus: float = 0.0,
                     nbest: int | None = None) -> list[list[BeamHyp]]:
@@ -90,17 +101,17 @@ def attention_nbest(decoder, memory: torch.Tensor, lens: torch.Tensor | Sequence
     out: list[list[BeamHyp]] = []
     for b in range(memory.shape[0]):
         mem, n = memory[b:b + 1, :int(lens[b])], lens[b:b + 1]
-        limit = int(max_len if max_len is not None else max(int(n), 1))
+        limit = int(max_len if max_len is not None else _limit(int(n), max_len_ratio))
         scorer = CtcPrefixScorer(ctc_log_probs[b].double(), int(lens[b])) if use_ctc else None
-        # (tokens, score, att, lm, ctc state)
+        # (tokens, score, att, lm, ctc state); the decoder's state rows follow ``live``
         live: list[tuple] = [([], 0.0, 0.0, 0.0, scorer.initial_state() if use_ctc else None)]
         finished: list[BeamHyp] = []
+        state = decoder.init_state(mem, n)
         for _ in range(limit + 1):
             ys = torch.tensor([[EOS, *h[0]] for h in live], dtype=torch.int64,
                               device=memory.device)
-            k = len(live)
-            att = decoder(mem.expand(k, -1, -1), n.expand(k), ys)[:, -1].log_softmax(-1)
-            att = att.double().cpu()
+            logits, state = decoder.step(state, ys[:, -1])
+            att = logits.log_softmax(-1).double().cpu()
             V = att.shape[1]
             lmp = (lm.next_log_probs(ys).double().cpu() if use_lm
                    else torch.zeros_like(att))
@@ -120,6 +131,7 @@ def attention_nbest(decoder, memory: torch.Tensor, lens: torch.Tensor | Sequence
                 total = base + step + bonus
             top = total.reshape(-1).topk(min(beam, int(torch.isfinite(total).sum())))
             nxt: list[tuple] = []
+            rows: list[int] = []
             for val, idx in zip(top.values.tolist(), top.indices.tolist()):
                 i, tok = idx // V, idx % V
                 h = live[i]
@@ -137,7 +149,10 @@ def attention_nbest(decoder, memory: torch.Tensor, lens: torch.Tensor | Sequence
                 else:
                     st = cs.state(i, tok) if use_ctc else None
                     nxt.append(([*h[0], tok], val, a, lmv, st))
+                    rows.append(i)
             live = nxt
+            if live:
+                state = state.select(torch.tensor(rows, device=memory.device))
             if len(finished) >= beam or not live:
                 break
         if not finished:

@@ -18,13 +18,15 @@ Training is :class:`~wfst_asr.train.criteria.AttentionCriterion`; searches are i
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from wfst_asr.models.encoders import Blstm, Encoder, register_model
 
-__all__ = ["SOS_EOS", "AttentionDecoder", "BlstmAttention", "decoder_io"]
+__all__ = ["SOS_EOS", "AttentionDecoder", "BlstmAttention", "DecoderState", "decoder_io"]
 
 #: the decoder's start and end symbol (the CTC blank id, never a decoder target otherwise)
 SOS_EOS = 0
@@ -54,6 +56,39 @@ def _positions(L: int, d: int, device, dtype) -> torch.Tensor:
     pe[:, 0::2] = torch.sin(pos * div)
     pe[:, 1::2] = torch.cos(pos * div[: d // 2])
     return pe.to(dtype)
+
+
+@dataclass
+class DecoderState:
+    """The incremental state of :meth:`AttentionDecoder.step` for ``K`` hypotheses: per layer
+    the self-attention keys / values of the positions so far (``[K, H, t, dh]``) and the
+    cross-attention keys / values of the encoder output (``[K, H, T, dh]``, computed once),
+    the encoder padding (``[K, 1, 1, T]``, True = a real frame) and the next position ``t``."""
+
+    self_k: list[torch.Tensor]
+    self_v: list[torch.Tensor]
+    cross_k: list[torch.Tensor]
+    cross_v: list[torch.Tensor]
+    mem_ok: torch.Tensor
+    t: int = 0
+
+    def select(self, idx: torch.Tensor) -> DecoderState:
+        """The state of hypotheses ``idx`` (``[K']`` indices, repeats allowed)."""
+        pick = [x.index_select(0, idx) for x in (*self.self_k, *self.self_v)]
+        n = len(self.self_k)
+        cross = [x.index_select(0, idx) for x in (*self.cross_k, *self.cross_v)]
+        return DecoderState(pick[:n], pick[n:], cross[:n], cross[n:],
+                            self.mem_ok.index_select(0, idx), self.t)
+
+
+def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    """``[K, L, d] -> [K, h, L, d / h]``."""
+    return x.reshape(x.shape[0], x.shape[1], h, -1).transpose(1, 2)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    """``[K, h, L, dh] -> [K, L, h * dh]``."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
 
 
 class AttentionDecoder(nn.Module):
@@ -87,6 +122,70 @@ class AttentionDecoder(nn.Module):
                    >= memory_lens.to(memory.device)[:, None])
         h = self.layers(x, memory, tgt_mask=causal, memory_key_padding_mask=mem_pad)
         return self.output(self.norm(h))
+
+    @torch.no_grad()
+    def sequence_log_probs(self, memory: torch.Tensor, length: int,
+                           seqs: list[list[int]], batch_size: int = 64) -> torch.Tensor:
+        """float64 ``[N]``: ``log P(y <eos>)`` of each token sequence given ONE utterance's
+        encoder output ``memory [T, C]`` (or ``[1, T, C]``) of ``length`` frames, teacher
+        forced, ``batch_size`` sequences per forward (eval mode: attention rescoring)."""
+        mem = memory.reshape(-1, memory.shape[-1])[:length][None]
+        out = torch.zeros(len(seqs), dtype=torch.float64)
+        for a in range(0, len(seqs), max(int(batch_size), 1)):
+            chunk = [list(map(int, q)) for q in seqs[a:a + batch_size]]
+            ys_in, ys_out = decoder_io(chunk, mem.device)
+            n = len(chunk)
+            lp = self(mem.expand(n, -1, -1), torch.full((n,), length, device=mem.device),
+                      ys_in).double().log_softmax(-1)
+            got = lp.gather(2, ys_out.clamp(min=0)[..., None])[..., 0]
+            out[a:a + n] = torch.where(ys_out >= 0, got, torch.zeros_like(got)).sum(1).cpu()
+        return out
+
+    # ------------------------------------------------------------------ incremental decoding
+    def init_state(self, memory: torch.Tensor, memory_lens: torch.Tensor) -> DecoderState:
+        """The state before the first token for ``memory [K, T, C]``: the cross-attention keys
+        and values of every layer, projected once (eval mode: no dropout)."""
+        K, T, d = memory.shape
+        ck, cv, sk, sv = [], [], [], []
+        for layer in self.layers.layers:
+            mha = layer.multihead_attn
+            w, b = mha.in_proj_weight[d:], mha.in_proj_bias[d:]
+            k, v = F.linear(memory, w, b).chunk(2, dim=-1)
+            ck.append(_heads(k, mha.num_heads))
+            cv.append(_heads(v, mha.num_heads))
+            empty = memory.new_zeros(K, mha.num_heads, 0, d // mha.num_heads)
+            sk.append(empty)
+            sv.append(empty)
+        ok = (torch.arange(T, device=memory.device)[None]
+              < memory_lens.to(memory.device)[:, None])[:, None, None, :]
+        return DecoderState(sk, sv, ck, cv, ok, 0)
+
+    def step(self, state: DecoderState, tokens: torch.Tensor
+             ) -> tuple[torch.Tensor, DecoderState]:
+        """``(logits [K, V] of the next token, the new state)`` after feeding ``tokens [K]``
+        at position ``state.t`` (the first is ``<sos>``): the same function of the prefix as
+        :meth:`forward`'s last position (eval mode), computed for the new position only."""
+        d = self.d_model
+        x = self.embed(tokens.clamp(min=0))[:, None] * math.sqrt(d)
+        x = x + _positions(state.t + 1, d, x.device, x.dtype)[state.t]
+        sk, sv = [], []
+        for i, layer in enumerate(self.layers.layers):
+            sa, ca = layer.self_attn, layer.multihead_attn
+            q, k, v = F.linear(layer.norm1(x), sa.in_proj_weight, sa.in_proj_bias).chunk(3, -1)
+            k = torch.cat([state.self_k[i], _heads(k, sa.num_heads)], dim=2)
+            v = torch.cat([state.self_v[i], _heads(v, sa.num_heads)], dim=2)
+            sk.append(k)
+            sv.append(v)
+            a = F.scaled_dot_product_attention(_heads(q, sa.num_heads), k, v)
+            x = x + sa.out_proj(_merge(a))
+            q = F.linear(layer.norm2(x), ca.in_proj_weight[:d], ca.in_proj_bias[:d])
+            a = F.scaled_dot_product_attention(_heads(q, ca.num_heads), state.cross_k[i],
+                                               state.cross_v[i], attn_mask=state.mem_ok)
+            x = x + ca.out_proj(_merge(a))
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
+        logits = self.output(self.norm(x))[:, 0]
+        return logits, DecoderState(sk, sv, state.cross_k, state.cross_v, state.mem_ok,
+                                    state.t + 1)
 
 
 class BlstmAttention(Encoder):

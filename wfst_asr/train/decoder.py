@@ -148,6 +148,9 @@ class DecodeOptions:
     method ``rescore_mlm`` (pseudo-log-likelihood)."""
     ctc_weight: float = 0.3
     """Attention method ``beam_ctc``: weight of the CTC prefix score."""
+    max_len_ratio: float = 1.0
+    """Attention methods: at most this many tokens per encoder frame (a hypothesis without
+    ``<eos>`` is cut there)."""
     forced_best: bool = False
     """After the engine's graph method: score each wrong utterance's reference and hypothesis
     in the graph (:mod:`wfst_asr.decode.forced`) and count search and model errors."""
@@ -477,17 +480,21 @@ class Decoder:
         if self.loss == "attention":
             model, dev = self.model, self.device
             out["greedy"] = Method("greedy", fixed(
-                lambda e, n: attention_greedy(model.decoder, e.to(dev), n.to(dev))),
+                lambda e, n: attention_greedy(model.decoder, e.to(dev), n.to(dev),
+                                              max_len_ratio=o.max_len_ratio)),
                 self.token_symbols, "attention decoder, greedy (one token per step)")
             out["beam"] = Method("beam", fixed(
                 lambda e, n: attention_beam_search(model.decoder, e.to(dev), n.to(dev),
-                                                   beam=o.beam_size)), self.token_symbols,
+                                                   beam=o.beam_size,
+                                                   max_len_ratio=o.max_len_ratio)),
+                self.token_symbols,
                 f"attention decoder, beam search (beam {o.beam_size}, length-normalised)")
             cw = float(o.ctc_weight)
             out["beam_ctc"] = Method("beam_ctc", fixed(
                 lambda e, n: attention_beam_search(
                     model.decoder, e.to(dev), n.to(dev), beam=o.beam_size,
-                    ctc_log_probs=model.ctc_log_probs(e.to(dev)), ctc_weight=cw)),
+                    ctc_log_probs=model.ctc_log_probs(e.to(dev)), ctc_weight=cw,
+                    max_len_ratio=o.max_len_ratio)),
                 self.token_symbols, f"attention decoder, beam search (beam {o.beam_size}, "
                 f"length-normalised) with CTC prefix scores (weight {cw:g})")
             out["aux_ctc"] = Method("aux_ctc", fixed(
@@ -583,7 +590,7 @@ class Decoder:
             key = (e.data_ptr(), tuple(e.shape), tuple(n.tolist()))
             if key not in cache:
                 cache[key] = attention_nbest(model.decoder, e.to(dev), n.to(dev),
-                                             beam=o.beam_size)
+                                             beam=o.beam_size, max_len_ratio=o.max_len_ratio)
             return cache[key]
 
         def rescorer(name: str, scores: Callable[[list[list[int]]], torch.Tensor]):
@@ -609,7 +616,7 @@ class Decoder:
             def fusion_at(s: float, wp: float) -> BatchFn:
                 return lambda e, n: attention_beam_search(
                     model.decoder, e.to(dev), n.to(dev), beam=o.beam_size, lm=lm,
-                    lm_weight=s, length_bonus=-wp)
+                    lm_weight=s, length_bonus=-wp, max_len_ratio=o.max_len_ratio)
 
             out["fusion"] = Method("fusion", fusion_at, self.token_symbols,
                                    f"beam search (beam {o.beam_size}) with shallow fusion of "

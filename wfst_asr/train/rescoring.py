@@ -17,6 +17,11 @@
   ``nnlm``      (an LSTM LM given) the ``nbest`` best word sequences of each lattice at
                 ``lat1best``'s setting, reranked by ``am + lm_scale * lm - word_penalty *
                 words + nnlm_scale * LSTM LM`` (:mod:`wfst_asr.decode.nnlm`)
+  ``attention`` (an attention model's exp dir given) the same n-best lists, each entry's
+                tokens (its lattice path's CTC labels, collapsed) scored by the attention
+                decoder on the utterance's encoder output: icefall's attention-decoder
+                rescoring, ``+ attention_scale * log P_att(tokens <eos>)``; its lattices come
+                from the same model's CTC branch (``make-lattices`` on the attention exp dir)
   ``oracle``    the lattice path closest to the reference (edit distance on the folded words:
                 under CER, the CER of the word oracle); a lower bound of any rescoring
   ===========  ==============================================================================
@@ -55,6 +60,7 @@ import torch
 from wfst_asr.atomic import atomic_write_text, iter_text_lines
 from wfst_asr.decode.grid import GridResult
 from wfst_asr.decode.lattice_io import read_meta, symbol_table_checksum
+from wfst_asr.decode.nbest import Nbest
 from wfst_asr.decode.nnlm import add_nnlm_scores, rescore, sweep
 from wfst_asr.decode.ondemand import OnDemandNgram, load_rescoring_lm
 from wfst_asr.decode.pipeline import (
@@ -130,6 +136,33 @@ def _frame_shift(cuts: PathLike) -> float | None:
     return getattr(first, "frame_shift", None) if first is not None else None
 
 
+def _ctc_outputs(dec: Decoder, out: torch.Tensor) -> torch.Tensor:
+    """The log-probs a graph searches: the model's outputs, or an attention model's CTC
+    branch on its encoder output."""
+    if dec.loss != "attention":
+        return out
+    with torch.no_grad():
+        return dec.model.ctc_log_probs(out.to(dec.device)).cpu()
+
+
+def ctc_collapse(labels: Sequence[int]) -> list[int]:
+    """The tokens of a CTC label path (one label per frame): repeats merged, blanks (0) and
+    the final arc's -1 dropped."""
+    out: list[int] = []
+    prev = 0
+    for x in labels:
+        if x > 0 and x != prev:
+            out.append(int(x))
+        prev = x
+    return out
+
+
+def attention_memory(dec: Decoder, cuts: PathLike) -> dict[str, tuple[torch.Tensor, int]]:
+    """``{utt: (encoder output [T, C], frames)}`` of an attention model over a cuts file."""
+    return {u: (e[: int(k)], int(k)) for b in dec.outputs(cuts)
+            for u, e, k in zip(b.ids, b.log_probs, b.lens)}
+
+
 def make_lattices(exp_dir: PathLike, sets: Mapping[str, PathLike], out_dir: PathLike,
                   lang_dir: PathLike, graph: PathLike | None = None,
                   options: LatticeOptions | None = None,
@@ -157,7 +190,7 @@ def make_lattices(exp_dir: PathLike, sets: Mapping[str, PathLike], out_dir: Path
     out: dict[str, dict[str, float]] = {}
     for name, path in sets.items():
         t0 = time.perf_counter()
-        batches = [(b.ids, b.log_probs, b.lens) for b in dec.outputs(path)]
+        batches = [(b.ids, _ctc_outputs(dec, b.log_probs), b.lens) for b in dec.outputs(path)]
         t_model = time.perf_counter() - t0
         meta: dict[str, Any] = {"model": str(dec.checkpoint), "graph": graph_name}
         shift = _frame_shift(path)
@@ -193,6 +226,8 @@ class RescoreOptions:
     nnlm_word_penalties: Sequence[float] | None = None
     """The n-best sweep's penalties (None: ``word_penalties``)."""
     nnlm_batch_size: int = 256
+    attention_scales: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+    """The attention-rescoring sweep's weights of the decoder's ``log P(tokens <eos>)``."""
     metric: str = "WER"
     fold: Fold | None = None
     """Applied to references and hypotheses before scoring (e.g. TIMIT's 48 -> 39)."""
@@ -382,7 +417,12 @@ class Rescorer:
                              "lattice, the old graph scores replaced)", lats)
         self.methods[name]["seconds"] = round(time.perf_counter() - t0, 2)
 
-    def _nnlm(self, path: Path, lm: torch.nn.Module, at: dict[str, float]) -> None:
+    def _nbest_method(self, name: str, what: str, at: dict[str, float],
+                      score: Callable[[str, dict[str, Nbest]], None],
+                      weights: Sequence[float]) -> None:
+        """``name``: the ``nbest``-best lists of each lattice at lattice setting ``at``,
+        ``score(set, lists)`` attaching the extra score ``name`` to every entry, reranked by
+        ``am + lm_scale * lm - word_penalty * words + <name>_scale * extra`` (tuned)."""
         t0 = time.perf_counter()
         o = self.o
         nbests = {}
@@ -391,35 +431,69 @@ class Rescorer:
                                          word_penalty=at["word_penalty"], beam=o.nbest_beam,
                                          max_states=o.max_states)
             self.skipped.update({f"{n} nbest {k}": v for k, v in bad.items()})
-            add_nnlm_scores(list(nbests[n].values()), lm, batch_size=o.nnlm_batch_size)
+            score(n, nbests[n])
         scales = list(o.nnlm_lm_scales or o.lm_scales)
         pens = list(o.nnlm_word_penalties or o.word_penalties)
-        ws = list(o.nnlm_scales)
+        ws = list(weights)
         tune = o.tune_set
         sizes = ", ".join(f"{n} {sum(map(len, nb.values())) / max(len(nb), 1):.1f}"
                           for n, nb in nbests.items())
         how = (f"{o.nbest}-best lists at lattice lm_scale {at['lm_scale']:g}, word_penalty "
                f"{at['word_penalty']:g} (mean entries: {sizes}) reranked with am + lm_scale * "
-               f"lm - word_penalty * words + nnlm_scale * {path}")
-        s = self._tuned("nnlm", how, len(scales) * len(pens) * len(ws),
+               f"lm - word_penalty * words + {name}_scale * {what}")
+        key = f"{name}_scale"
+        s = self._tuned(name, how, len(scales) * len(pens) * len(ws),
                         lambda: sweep(nbests[tune], self.refs[tune], scales, ws, pens,
-                                      error_fn=self.sym.error, metric=self.metric),
-                        {"lm_scale": scales[0], "word_penalty": pens[0], "nnlm_scale": ws[0]},
-                        f"lm_scale {scales} x word_penalty {pens} x nnlm_scale {ws}")
-        self.methods["nnlm"]["nbest"] = o.nbest
-        self.hyps["nnlm"] = {}
+                                      error_fn=self.sym.error, metric=self.metric, name=name),
+                        {"lm_scale": scales[0], "word_penalty": pens[0], key: ws[0]},
+                        f"lm_scale {scales} x word_penalty {pens} x {key} {ws}")
+        self.methods[name]["nbest"] = o.nbest
+        self.hyps[name] = {}
         for n, nb in nbests.items():
             keys = list(nb)
-            best = rescore([nb[k] for k in keys], s["lm_scale"], s["nnlm_scale"],
-                           s["word_penalty"])
-            self.hyps["nnlm"][n] = {k: self.sym.strs(h) for k, h in zip(keys, best)}
-        self.methods["nnlm"]["seconds"] = round(time.perf_counter() - t0, 2)
+            best = rescore([nb[k] for k in keys], s["lm_scale"], s[key], s["word_penalty"],
+                           name=name)
+            self.hyps[name][n] = {k: self.sym.strs(h) for k, h in zip(keys, best)}
+        self.methods[name]["seconds"] = round(time.perf_counter() - t0, 2)
+
+    def _nnlm(self, path: Path, lm: torch.nn.Module, at: dict[str, float]) -> None:
+        self._nbest_method("nnlm", str(path), at, lambda _n, nbs: add_nnlm_scores(
+            list(nbs.values()), lm, batch_size=self.o.nnlm_batch_size), self.o.nnlm_scales)
+
+    def _attention(self, exp_dir: Path, cuts: Mapping[str, PathLike],
+                   at: dict[str, float]) -> None:
+        """icefall's attention-decoder rescoring: each n-best entry's tokens (its lattice path's
+        CTC labels, collapsed) scored by the attention decoder of ``exp_dir`` on the
+        utterance's encoder output."""
+        missing = [n for n in self.refs if n not in cuts]
+        if missing:
+            raise ValueError(f"attention rescoring needs the cuts of {', '.join(missing)}")
+        dec = Decoder(exp_dir, self.lang_dir, options=DecodeOptions(device="cpu"), log=None)
+        if dec.loss != "attention":
+            raise DecodeError(f"{exp_dir}: attention rescoring needs an attention model, "
+                              f"got loss {dec.loss!r}")
+
+        def score(n: str, nbs: dict[str, Nbest]) -> None:
+            mem = attention_memory(dec, cuts[n])
+            for utt, nb in nbs.items():
+                if utt not in mem:
+                    raise ValueError(f"utterance {utt} of the lattices is not in {cuts[n]}")
+                lat = self.lats[n][utt]
+                seqs = [ctc_collapse(nb.alignment(lat, i)["labels"]) for i in range(len(nb))]
+                e, k = mem[utt]
+                nb.add_scores("attention",
+                              dec.model.decoder.sequence_log_probs(e, k, seqs))
+
+        self._nbest_method("attention", f"the attention decoder of {exp_dir}", at, score,
+                           self.o.attention_scales)
 
     # ------------------------------------------------------------------ run
     def run(self, out_dir: PathLike, ngram: PathLike | None = None,
-            nnlm: PathLike | None = None) -> tuple[dict[str, Any], str]:
+            nnlm: PathLike | None = None, attention: PathLike | None = None,
+            cuts: Mapping[str, PathLike] | None = None) -> tuple[dict[str, Any], str]:
         """Every method, the decode directory ``out_dir`` written and scored; returns
-        ``(settings, results text)``."""
+        ``(settings, results text)``. ``attention``: an attention model's exp dir (method
+        ``attention``, which runs its encoder on each set's ``cuts``)."""
         o = self.o
         grids = [len(o.lm_scales) * len(o.word_penalties)]
         if nnlm is not None:
@@ -445,6 +519,8 @@ class Rescorer:
             self._ngram(ngram_p, *g)
         if nnlm_p is not None and lm is not None:
             self._nnlm(nnlm_p, lm, self.methods["lat1best"]["setting"])
+        if attention is not None:
+            self._attention(Path(attention), cuts or {}, self.methods["lat1best"]["setting"])
         t0 = time.perf_counter()
         self.hyps["oracle"] = {n: self.sym.oracle(self.lats[n], self.refs[n]) for n in self.refs}
         self.methods["oracle"] = {
