@@ -84,6 +84,24 @@ def test_causal_score_equals_stepwise_next_log_probs():
 
 
 @torch.no_grad()
+def test_causal_lm_incremental_step_equals_forward():
+    """TransformerLm.step (cached keys / values) gives forward's log-probs at every position;
+    select reorders prefixes."""
+    lm = _causal(7)
+    ys = torch.tensor([[0, 3, 1, 4, 2], [0, 2, 2, 1, 3]])
+    with torch.no_grad():
+        full = lm(ys, torch.tensor([5, 5]))
+        state = lm.init_state(2)
+        for t in range(5):
+            lp, state = lm.step(state, ys[:, t])
+            assert torch.allclose(lp, full[:, t], atol=1e-5)
+        state = lm.init_state(2)
+        for t in range(3):
+            _, state = lm.step(state, ys[:, t])
+        lp, _ = lm.step(state.select(torch.tensor([1, 1])), ys[[1, 1], 3])
+        assert torch.allclose(lp, full[[1, 1], 3], atol=1e-5)
+
+
 def test_causal_lm_is_causal_and_ignores_padding():
     lm = _causal(1)
     ids = torch.tensor([[0, 3, 1, 4, 2, 5]])

@@ -84,8 +84,8 @@ def attention_nbest(decoder, memory: torch.Tensor, lens: torch.Tensor | Sequence
     for ``<eos>``); ``psi`` is the CTC prefix score of ``ctc_log_probs [B, T, V]``
     (:class:`~wfst_asr.decode.ctc_prefix.CtcPrefixScorer`, scored for the ``1.5 * beam``
     best tokens of the other terms; ``<eos>`` gets the full CTC probability) and ``lm`` a
-    left-to-right LM over the same ids (:class:`~wfst_asr.models.textlm.TransformerLm`:
-    ``lm.next_log_probs(ys)``). Every step extends each live hypothesis and keeps the ``beam``
+    left-to-right LM over the same ids (:class:`~wfst_asr.models.textlm.TransformerLm`, its
+    incremental ``init_state`` / ``step``). Every step extends each live hypothesis and keeps the ``beam``
     best extensions; one ending in ``<eos>`` (or reaching ``max_len``, default the encoder
     frames) is finished (its CTC term is then the full ``log p_ctc``, as for ``<eos>``, so a
     score is always the weighted sum of :class:`BeamHyp`'s parts); the search stops when
@@ -107,14 +107,18 @@ def attention_nbest(decoder, memory: torch.Tensor, lens: torch.Tensor | Sequence
         live: list[tuple] = [([], 0.0, 0.0, 0.0, scorer.initial_state() if use_ctc else None)]
         finished: list[BeamHyp] = []
         state = decoder.init_state(mem, n)
+        lm_state = lm.init_state(1, memory.device) if use_lm else None
         for _ in range(limit + 1):
-            ys = torch.tensor([[EOS, *h[0]] for h in live], dtype=torch.int64,
-                              device=memory.device)
-            logits, state = decoder.step(state, ys[:, -1])
+            last = torch.tensor([h[0][-1] if h[0] else EOS for h in live], dtype=torch.int64,
+                                device=memory.device)
+            logits, state = decoder.step(state, last)
             att = logits.log_softmax(-1).double().cpu()
             V = att.shape[1]
-            lmp = (lm.next_log_probs(ys).double().cpu() if use_lm
-                   else torch.zeros_like(att))
+            if use_lm:
+                lmp, lm_state = lm.step(lm_state, last)
+                lmp = lmp.double().cpu()
+            else:
+                lmp = torch.zeros_like(att)
             base = torch.tensor([h[1] for h in live], dtype=torch.float64)[:, None]
             step = (1.0 - ctc_weight) * att + lm_weight * lmp
             bonus = torch.full((V,), float(length_bonus), dtype=torch.float64)
@@ -152,7 +156,9 @@ def attention_nbest(decoder, memory: torch.Tensor, lens: torch.Tensor | Sequence
                     rows.append(i)
             live = nxt
             if live:
-                state = state.select(torch.tensor(rows, device=memory.device))
+                keep = torch.tensor(rows, device=memory.device)
+                state = state.select(keep)
+                lm_state = lm_state.select(keep) if use_lm else None
             if len(finished) >= beam or not live:
                 break
         if not finished:

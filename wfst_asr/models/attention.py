@@ -26,7 +26,8 @@ from torch import nn
 
 from wfst_asr.models.encoders import Blstm, Encoder, register_model
 
-__all__ = ["SOS_EOS", "AttentionDecoder", "BlstmAttention", "DecoderState", "decoder_io"]
+__all__ = ["SOS_EOS", "AttentionDecoder", "BlstmAttention", "DecoderState", "decoder_io",
+           "merge_heads", "split_heads"]
 
 #: the decoder's start and end symbol (the CTC blank id, never a decoder target otherwise)
 SOS_EOS = 0
@@ -81,12 +82,12 @@ class DecoderState:
                             self.mem_ok.index_select(0, idx), self.t)
 
 
-def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
+def split_heads(x: torch.Tensor, h: int) -> torch.Tensor:
     """``[K, L, d] -> [K, h, L, d / h]``."""
     return x.reshape(x.shape[0], x.shape[1], h, -1).transpose(1, 2)
 
 
-def _merge(x: torch.Tensor) -> torch.Tensor:
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """``[K, h, L, dh] -> [K, L, h * dh]``."""
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
 
@@ -151,8 +152,8 @@ class AttentionDecoder(nn.Module):
             mha = layer.multihead_attn
             w, b = mha.in_proj_weight[d:], mha.in_proj_bias[d:]
             k, v = F.linear(memory, w, b).chunk(2, dim=-1)
-            ck.append(_heads(k, mha.num_heads))
-            cv.append(_heads(v, mha.num_heads))
+            ck.append(split_heads(k, mha.num_heads))
+            cv.append(split_heads(v, mha.num_heads))
             empty = memory.new_zeros(K, mha.num_heads, 0, d // mha.num_heads)
             sk.append(empty)
             sv.append(empty)
@@ -172,16 +173,16 @@ class AttentionDecoder(nn.Module):
         for i, layer in enumerate(self.layers.layers):
             sa, ca = layer.self_attn, layer.multihead_attn
             q, k, v = F.linear(layer.norm1(x), sa.in_proj_weight, sa.in_proj_bias).chunk(3, -1)
-            k = torch.cat([state.self_k[i], _heads(k, sa.num_heads)], dim=2)
-            v = torch.cat([state.self_v[i], _heads(v, sa.num_heads)], dim=2)
+            k = torch.cat([state.self_k[i], split_heads(k, sa.num_heads)], dim=2)
+            v = torch.cat([state.self_v[i], split_heads(v, sa.num_heads)], dim=2)
             sk.append(k)
             sv.append(v)
-            a = F.scaled_dot_product_attention(_heads(q, sa.num_heads), k, v)
-            x = x + sa.out_proj(_merge(a))
+            a = F.scaled_dot_product_attention(split_heads(q, sa.num_heads), k, v)
+            x = x + sa.out_proj(merge_heads(a))
             q = F.linear(layer.norm2(x), ca.in_proj_weight[:d], ca.in_proj_bias[:d])
-            a = F.scaled_dot_product_attention(_heads(q, ca.num_heads), state.cross_k[i],
+            a = F.scaled_dot_product_attention(split_heads(q, ca.num_heads), state.cross_k[i],
                                                state.cross_v[i], attn_mask=state.mem_ok)
-            x = x + ca.out_proj(_merge(a))
+            x = x + ca.out_proj(merge_heads(a))
             x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
         logits = self.output(self.norm(x))[:, 0]
         return logits, DecoderState(sk, sv, state.cross_k, state.cross_v, state.mem_ok,

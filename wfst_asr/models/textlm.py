@@ -23,11 +23,30 @@ Training is :mod:`wfst_asr.train.textlm` (``wfst-asr train-mlm``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MaskedLm", "TextTransformer", "TransformerLm", "mlm_input"]
+from wfst_asr.models.attention import merge_heads, split_heads
+
+__all__ = ["LmState", "MaskedLm", "TextTransformer", "TransformerLm", "mlm_input"]
+
+
+@dataclass
+class LmState:
+    """:meth:`TransformerLm.step`'s state for ``K`` prefixes: per layer the self-attention
+    keys / values of the positions so far (``[K, H, t, dh]``) and the next position ``t``."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    t: int = 0
+
+    def select(self, idx: torch.Tensor) -> LmState:
+        """The state of prefixes ``idx`` (``[K']`` indices, repeats allowed)."""
+        return LmState([x.index_select(0, idx) for x in self.k],
+                       [x.index_select(0, idx) for x in self.v], self.t)
 
 
 class TextTransformer(nn.Module):
@@ -99,6 +118,35 @@ class TransformerLm(TextTransformer):
 
     def __init__(self, vocab_size: int, **kwargs) -> None:
         super().__init__(vocab_size, causal=True, **kwargs)
+
+    def init_state(self, K: int, device: torch.device | str | None = None) -> LmState:
+        """The state of ``K`` empty prefixes (feed ``<sos>`` = 0 first)."""
+        d = self.kwargs["d_model"]
+        h = self.layers.layers[0].self_attn.num_heads
+        dev = device if device is not None else next(self.parameters()).device
+        empty = torch.zeros(K, h, 0, d // h, device=dev)
+        n = len(self.layers.layers)
+        return LmState([empty] * n, [empty] * n, 0)
+
+    def step(self, state: LmState, tokens: torch.Tensor) -> tuple[torch.Tensor, LmState]:
+        """``(log p(. | prefix + tokens) [K, V], the new state)``: :meth:`forward`'s last
+        position (eval mode), computed for the new position only (cached keys / values)."""
+        if state.t >= self.max_len:
+            raise ValueError(f"prefix longer than the LM's max_len {self.max_len}")
+        x = self.embed(tokens.clamp(min=0))[:, None] + self.pos.weight[state.t]
+        ks, vs = [], []
+        for i, layer in enumerate(self.layers.layers):
+            sa = layer.self_attn
+            q, k, v = F.linear(layer.norm1(x), sa.in_proj_weight, sa.in_proj_bias).chunk(3, -1)
+            k = torch.cat([state.k[i], split_heads(k, sa.num_heads)], dim=2)
+            v = torch.cat([state.v[i], split_heads(v, sa.num_heads)], dim=2)
+            ks.append(k)
+            vs.append(v)
+            a = F.scaled_dot_product_attention(split_heads(q, sa.num_heads), k, v)
+            x = x + sa.out_proj(merge_heads(a))
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
+        lp = self.output(self.norm(x))[:, 0].float().log_softmax(-1)
+        return lp, LmState(ks, vs, state.t + 1)
 
     def next_log_probs(self, ys: torch.Tensor) -> torch.Tensor:
         """``[K, V]``: ``log p(. | ys)`` after prefixes ``ys [K, L]`` (each ``<sos>`` +
