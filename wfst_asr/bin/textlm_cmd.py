@@ -26,12 +26,10 @@ def _table(tokens: str) -> dict[str, int]:
     return token_table(tokens)
 
 
-def _tokens_checksum(tokens: str) -> str:
-    import hashlib
+def _tokens_checksum(tokens: str) -> str | None:
+    from wfst_asr.decode.lattice_io import symbol_table_checksum
 
-    from wfst_asr.graphs.lang import read_token_list
-
-    return hashlib.sha256("\n".join(read_token_list(tokens)).encode()).hexdigest()
+    return symbol_table_checksum(tokens)
 
 
 def cmd_train_mlm(args: argparse.Namespace) -> int:

@@ -26,8 +26,8 @@ from torch import nn
 
 from wfst_asr.models.encoders import Blstm, Encoder, register_model
 
-__all__ = ["SOS_EOS", "AttentionDecoder", "BlstmAttention", "DecoderState", "decoder_io",
-           "merge_heads", "split_heads"]
+__all__ = ["SOS_EOS", "AttentionDecoder", "BlstmAttention", "DecoderState",
+           "cached_self_attention", "decoder_io", "merge_heads", "split_heads"]
 
 #: the decoder's start and end symbol (the CTC blank id, never a decoder target otherwise)
 SOS_EOS = 0
@@ -90,6 +90,19 @@ def split_heads(x: torch.Tensor, h: int) -> torch.Tensor:
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """``[K, h, L, dh] -> [K, L, h * dh]``."""
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+
+
+def cached_self_attention(sa: nn.MultiheadAttention, h: torch.Tensor, k_cache: torch.Tensor,
+                          v_cache: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One new position through a causal self-attention with cached keys / values:
+    ``(output [K, 1, d], keys, values [K, H, t + 1, dh])`` for its normalised input
+    ``h [K, 1, d]`` and the caches ``[K, H, t, dh]`` of the earlier positions (eval mode)."""
+    q, k, v = F.linear(h, sa.in_proj_weight, sa.in_proj_bias).chunk(3, -1)
+    k = torch.cat([k_cache, split_heads(k, sa.num_heads)], dim=2)
+    v = torch.cat([v_cache, split_heads(v, sa.num_heads)], dim=2)
+    a = F.scaled_dot_product_attention(split_heads(q, sa.num_heads), k, v)
+    return sa.out_proj(merge_heads(a)), k, v
 
 
 class AttentionDecoder(nn.Module):
@@ -171,14 +184,12 @@ class AttentionDecoder(nn.Module):
         x = x + _positions(state.t + 1, d, x.device, x.dtype)[state.t]
         sk, sv = [], []
         for i, layer in enumerate(self.layers.layers):
-            sa, ca = layer.self_attn, layer.multihead_attn
-            q, k, v = F.linear(layer.norm1(x), sa.in_proj_weight, sa.in_proj_bias).chunk(3, -1)
-            k = torch.cat([state.self_k[i], split_heads(k, sa.num_heads)], dim=2)
-            v = torch.cat([state.self_v[i], split_heads(v, sa.num_heads)], dim=2)
+            ca = layer.multihead_attn
+            a, k, v = cached_self_attention(layer.self_attn, layer.norm1(x), state.self_k[i],
+                                            state.self_v[i])
             sk.append(k)
             sv.append(v)
-            a = F.scaled_dot_product_attention(split_heads(q, sa.num_heads), k, v)
-            x = x + sa.out_proj(merge_heads(a))
+            x = x + a
             q = F.linear(layer.norm2(x), ca.in_proj_weight[:d], ca.in_proj_bias[:d])
             a = F.scaled_dot_product_attention(split_heads(q, ca.num_heads), state.cross_k[i],
                                                state.cross_v[i], attn_mask=state.mem_ok)

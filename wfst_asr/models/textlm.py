@@ -26,10 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from wfst_asr.models.attention import merge_heads, split_heads
+from wfst_asr.models.attention import cached_self_attention
 
 __all__ = ["LmState", "MaskedLm", "TextTransformer", "TransformerLm", "mlm_input"]
 
@@ -136,14 +135,11 @@ class TransformerLm(TextTransformer):
         x = self.embed(tokens.clamp(min=0))[:, None] + self.pos.weight[state.t]
         ks, vs = [], []
         for i, layer in enumerate(self.layers.layers):
-            sa = layer.self_attn
-            q, k, v = F.linear(layer.norm1(x), sa.in_proj_weight, sa.in_proj_bias).chunk(3, -1)
-            k = torch.cat([state.k[i], split_heads(k, sa.num_heads)], dim=2)
-            v = torch.cat([state.v[i], split_heads(v, sa.num_heads)], dim=2)
+            a, k, v = cached_self_attention(layer.self_attn, layer.norm1(x), state.k[i],
+                                            state.v[i])
             ks.append(k)
             vs.append(v)
-            a = F.scaled_dot_product_attention(split_heads(q, sa.num_heads), k, v)
-            x = x + sa.out_proj(merge_heads(a))
+            x = x + a
             x = x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
         lp = self.output(self.norm(x))[:, 0].float().log_softmax(-1)
         return lp, LmState(ks, vs, state.t + 1)
