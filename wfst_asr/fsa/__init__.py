@@ -5,7 +5,7 @@ Main entry points:
 * :class:`Fsa` (one FSA or an FsaVec), :func:`create_fsa_vec`, :func:`linear_fsa`
 * :class:`SymbolTable`, text and OpenFst/kaldifst I/O, :func:`to_dot` / :func:`draw`
 * :class:`DenseFsaVec` (topologies and training graphs are in :mod:`wfst_asr.graphs`)
-* :func:`intersect_dense`, :func:`intersect_dense_pruned`
+* :func:`intersect_dense`, :func:`intersect_dense_pruned`, :func:`intersect_sequences`
 * :func:`get_tot_scores`, :func:`get_forward_scores`, :func:`get_backward_scores`,
   :func:`get_arc_post`, :func:`shortest_path`
 * static graph algorithms through OpenFst (kaldifst): :mod:`wfst_asr.fsa.ops`
@@ -35,6 +35,7 @@ from .io import (
     write_fst,
 )
 from .pruned import intersect_dense_pruned
+from .sequences import intersect_sequences
 from .shortest_path import shortest_path
 from .symbol_table import SymbolTable
 
@@ -56,6 +57,7 @@ __all__ = [
     "get_tot_scores",
     "intersect_dense",
     "intersect_dense_pruned",
+    "intersect_sequences",
     "linear_fsa",
     "load",
     "ops",

@@ -1,0 +1,250 @@
+"""Differentiable beam-search decoding (``wfst_asr.losses.dbd``) and the sequence restriction it
+rests on (``wfst_asr.fsa.sequences``), against brute-force enumeration of every path of a tiny
+cyclic graph over every frame, finite differences in float64, and the exact full-sum value.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from wfst_asr.fsa import DenseFsaVec, Fsa, get_tot_scores, intersect_dense
+from wfst_asr.fsa.sequences import intersect_sequences
+from wfst_asr.losses.dbd import dbd_totals
+
+V = 3  # network outputs (0 = blank)
+
+
+def _graph(seed: int, dtype=torch.float64) -> Fsa:
+    """A small cyclic graph: 4 states + final, labels 0..V-1 consume a frame, words 0..2 on
+    ``aux_labels`` (0: none), random scores; final arcs from states 2 and 3."""
+    g = torch.Generator().manual_seed(seed)
+    arcs = [(0, 0, 0, 0), (0, 1, 1, 1), (0, 2, 2, 2), (1, 1, 1, 0), (1, 2, 0, 0),
+            (1, 3, 2, 1), (2, 2, 0, 0), (2, 0, 1, 2), (2, 3, 1, 0), (3, 3, 2, 0),
+            (3, 1, 1, 2), (2, 4, -1, -1), (3, 4, -1, -1)]
+    t = torch.tensor(arcs)
+    scores = (torch.randn(len(arcs), generator=g) * 0.5).to(dtype)
+    return Fsa(t[:, :3].to(torch.int32), scores, aux_labels=t[:, 3].to(torch.int32))
+
+
+def _dense(T: list[int], seed: int, dtype=torch.float64) -> DenseFsaVec:
+    g = torch.Generator().manual_seed(seed)
+    lp = (torch.randn(len(T), max(T), V, generator=g) * 1.5).to(dtype).log_softmax(-1)
+    seg = torch.tensor([[b, 0, t] for b, t in enumerate(T)], dtype=torch.int32)
+    return DenseFsaVec(lp, seg)
+
+
+def _paths(graph: Fsa, T: int):
+    """Every path of exactly ``T`` frame arcs then a final arc: (arc list, words)."""
+    arcs = graph.arcs.long().tolist()
+    out = {}
+    for a, (s, _d, _l) in enumerate(arcs):
+        out.setdefault(s, []).append(a)
+
+    def walk(state, t, acc):
+        for a in out.get(state, []):
+            _s, d, lab = arcs[a]
+            if lab == -1:
+                if t == T:
+                    yield acc + [a]
+            elif t < T:
+                yield from walk(d, t + 1, acc + [a])
+
+    aux = graph.aux_labels.long().tolist()
+    for p in walk(0, 0, []):
+        yield p, tuple(aux[a] for a in p[:-1] if aux[a] != 0)
+
+
+def _brute(graph: Fsa, lp: torch.Tensor, T: int, words=None) -> float:
+    """log-sum over the paths of ``graph`` on ``lp[:T]`` (those spelling ``words`` if given)."""
+    labels = graph.labels.long().tolist()
+    vals = [sum(float(graph.scores[a]) for a in p)
+            + sum(float(lp[t, labels[a]]) for t, a in enumerate(p[:-1]))
+            for p, w in _paths(graph, T) if words is None or w == tuple(words)]
+    return torch.logsumexp(torch.tensor(vals, dtype=torch.float64), 0).item() if vals \
+        else -math.inf
+
+
+REFS = [[1], [1, 2], [2, 1], [2, 2, 1], [], [1, 1]]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_intersect_sequences_matches_enumeration(seed):
+    """``intersect_sequences`` of a cyclic graph, intersected with the frames: the total of
+    every reference equals the log-sum over the enumerated paths spelling it (a reference no
+    path spells gives an empty FSA, total -inf); every arc carries its source arc's label,
+    score and attributes through ``arc_map``."""
+    graph = _graph(seed)
+    T = [5, 4, 6, 5, 3, 4]
+    dense = _dense(T, seed)
+    restricted = intersect_sequences(graph, REFS)
+    assert restricted.num_fsas == len(REFS)
+    src = restricted.arc_map
+    assert torch.equal(restricted.labels, graph.labels[src])
+    assert torch.equal(restricted.aux_labels, graph.aux_labels[src])
+    assert torch.equal(restricted.scores, graph.scores[src])
+    got = get_tot_scores(intersect_dense(restricted, dense), log_semiring=True,
+                         use_double_scores=True)
+    for i, (ref, t) in enumerate(zip(REFS, T)):
+        want = _brute(graph, dense.log_probs[i], t, ref)
+        assert (got[i].item() == want == -math.inf) or got[i].item() == pytest.approx(want,
+                                                                                       abs=1e-9)
+    assert any(math.isfinite(v) for v in got.tolist())
+
+
+def test_intersect_sequences_on_a_lattice_and_errors():
+    """On an acyclic lattice (one per sequence) the restriction keeps exactly the lattice
+    paths that spell the sequence (enumerated here); bad arguments are refused."""
+    graph = _graph(3)
+    dense = _dense([5, 5, 5], 3)
+    lat = intersect_dense(graph, dense, output_beam=1e9)  # a materialised, unpruned lattice
+    refs = [[1, 2], [2], [1]]
+    got = get_tot_scores(intersect_sequences(lat, refs), log_semiring=True,
+                         use_double_scores=True)
+    for i, ref in enumerate(refs):
+        one = lat[i]
+        vals = []
+        for p, w in _paths_acyclic(one):
+            if w == tuple(ref):
+                vals.append(sum(float(one.scores[a]) for a in p))
+        want = torch.logsumexp(torch.tensor(vals, dtype=torch.float64), 0).item() \
+            if vals else -math.inf
+        assert got[i].item() == pytest.approx(want, abs=1e-9)
+    with pytest.raises(ValueError, match="2 FSAs for 3 sequences"):
+        intersect_sequences(_two(lat), refs)
+    with pytest.raises(ValueError, match="no per-arc attribute 'words'"):
+        intersect_sequences(graph, refs, attr="words")
+    with pytest.raises(ValueError, match=">= 1"):
+        intersect_sequences(graph, [[0]])
+
+
+def _two(lat: Fsa) -> Fsa:
+    from wfst_asr.fsa import create_fsa_vec
+    return create_fsa_vec([lat[0], lat[1]])
+
+
+def _paths_acyclic(fsa: Fsa):
+    arcs = fsa.arcs.long().tolist()
+    aux = fsa.aux_labels.long().tolist()
+    out = {}
+    for a, (s, _d, _l) in enumerate(arcs):
+        out.setdefault(s, []).append(a)
+
+    def walk(state, acc):
+        for a in out.get(state, []):
+            _s, d, lab = arcs[a]
+            if lab == -1:
+                yield acc + [a]
+            else:
+                yield from walk(d, acc + [a])
+
+    for p in walk(0, []):
+        yield p, tuple(aux[a] for a in p[:-1] if aux[a] > 0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dbd_with_infinite_beams_is_the_exact_full_sum(seed):
+    """Beams that keep every path: the loss is ``log sum_graph - log sum_{graph o ref}``
+    computed by enumeration; every reference is inside the beam."""
+    graph = _graph(seed)
+    T = [5, 4, 6, 5]
+    refs = [[1], [1, 2], [2, 1], [2, 2, 1]]
+    dense = _dense(T, seed + 10)
+    tot = dbd_totals(graph, dense, refs, search_beam=1e9, output_beam=1e9,
+                     max_active_states=1000)
+    for i, (ref, t) in enumerate(zip(refs, T)):
+        den = _brute(graph, dense.log_probs[i], t)
+        num = _brute(graph, dense.log_probs[i], t, ref)
+        if not math.isfinite(num):
+            continue
+        assert tot.loss[i].item() == pytest.approx(den - num, abs=1e-9)
+        assert tot.beam[i].item() == pytest.approx(den, abs=1e-9)
+        assert tot.in_beam[i].item() == pytest.approx(num, abs=1e-9)
+
+
+def test_dbd_union_and_monotone_convergence():
+    """As the search beam grows, the union's total and the loss rise monotonically to the
+    exact values; a narrow beam that misses the reference still counts all its paths (the
+    forced reference), so ``den >= num`` and ``loss >= 0`` always."""
+    graph = _graph(4)
+    T = [8, 7]
+    refs = [[2, 1, 2], [1, 2]]
+    dense = _dense(T, 14)
+    exact = [(_brute(graph, dense.log_probs[i], t) - _brute(graph, dense.log_probs[i], t, r))
+             for i, (r, t) in enumerate(zip(refs, T))]
+    prev = None
+    losses = []
+    for beam in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 1e9):
+        tot = dbd_totals(graph, dense, refs, search_beam=beam, output_beam=beam,
+                         max_active_states=1000)
+        loss = tot.loss
+        assert bool((loss >= -1e-9).all()) and bool((tot.den >= tot.num - 1e-9).all())
+        if prev is not None:
+            assert bool((loss >= prev - 1e-9).all()), (beam, loss, prev)
+        prev = loss
+        losses.append(loss)
+    assert losses[-1].tolist() == pytest.approx(exact, abs=1e-9)
+    assert bool((losses[0] < losses[-1] - 1e-3).any())  # the narrow beam did prune
+
+
+def test_dbd_gradients_finite_differences_and_zero_outside():
+    """float64 finite differences w.r.t. the log-probs and the graph scores at a finite beam
+    (the pruning decisions do not move under the perturbation); graph arcs on no path of the
+    lattice and of the reference graph get exactly zero gradient."""
+    graph = _graph(5)
+    T = [6, 5]
+    refs = [[1, 2], [1, 1]]
+    dense = _dense(T, 15)
+    lp0 = dense.log_probs.detach().clone()
+    sc0 = graph.scores.detach().clone()
+    # at this beam the first reference is entirely out of the beam, the second partly in
+    tot = dbd_totals(graph, dense, refs, search_beam=2.0, output_beam=2.0,
+                     max_active_states=1000)
+    assert tot.in_beam[0].item() == -math.inf and math.isfinite(tot.num[0].item())
+    assert -math.inf < tot.in_beam[1].item() < tot.num[1].item() - 0.1
+
+    def f(lp, sc):
+        g = Fsa(graph.arcs, sc, aux_labels=graph.aux_labels)
+        d = DenseFsaVec(lp, dense.segments)
+        return dbd_totals(g, d, refs, search_beam=2.0, output_beam=2.0,
+                          max_active_states=1000).loss.sum()
+
+    lp = lp0.clone().requires_grad_(True)
+    sc = sc0.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(f, (lp, sc), eps=1e-6, atol=1e-6)
+    # a detour the search prunes: 0 -> 5 (word 3, score -30), a loop on 5, 5 -> 2; the final
+    # state becomes 6. Reachable, on no reference path, outside the beam: zero gradient (with
+    # beams that keep everything its gradient is tiny but not zero)
+    arcs = graph.arcs.clone()
+    arcs[:, 1] = torch.where(arcs[:, 1] == 4, 6, arcs[:, 1])
+    arcs = torch.cat([arcs, torch.tensor([[0, 5, 1], [5, 5, 0], [5, 2, 2]], dtype=torch.int32)])
+    aux = torch.cat([graph.aux_labels, torch.tensor([3, 0, 0], dtype=torch.int32)])
+    extra = torch.tensor([-30.0, 0.0, 0.0], dtype=torch.float64)
+    for beam, zero in ((2.0, True), (1e9, False)):
+        scx = torch.cat([sc0, extra]).requires_grad_(True)
+        gx = Fsa(arcs, scx, aux_labels=aux)
+        lpx = lp0.clone().requires_grad_(True)
+        loss = dbd_totals(gx, DenseFsaVec(lpx, dense.segments), refs, search_beam=beam,
+                          output_beam=beam, max_active_states=1000).loss.sum()
+        loss.backward()
+        grad = scx.grad
+        assert bool(torch.isfinite(grad).all()) and bool(torch.isfinite(lpx.grad).all())
+        assert (grad[-3:].abs().max().item() == 0.0) == zero, (beam, grad[-3:])
+        assert grad[:-3].abs().max().item() > 0.0
+
+
+def test_dbd_empty_beam_and_infeasible():
+    """A segment too short for any path gives an empty lattice and a -inf reference total;
+    a reference no path spells: -inf numerator (the caller drops it); the other segment's
+    loss is untouched by either."""
+    graph = _graph(6)
+    T = [1, 5]
+    dense = _dense(T, 16)
+    tot = dbd_totals(graph, dense, [[1, 2, 1, 2, 1], [1, 2]], search_beam=1e9,
+                     output_beam=1e9)
+    assert tot.num[0].item() == -math.inf
+    alone = dbd_totals(graph, DenseFsaVec(dense.log_probs[1:], torch.tensor(
+        [[0, 0, 5]], dtype=torch.int32)), [[1, 2]], search_beam=1e9, output_beam=1e9)
+    assert tot.loss[1].item() == pytest.approx(alone.loss[0].item(), abs=1e-12)
