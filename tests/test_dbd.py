@@ -248,3 +248,87 @@ def test_dbd_empty_beam_and_infeasible():
     alone = dbd_totals(graph, DenseFsaVec(dense.log_probs[1:], torch.tensor(
         [[0, 0, 5]], dtype=torch.int32)), [[1, 2]], search_beam=1e9, output_beam=1e9)
     assert tot.loss[1].item() == pytest.approx(alone.loss[0].item(), abs=1e-12)
+
+
+def _token_lm():
+    from wfst_asr.graphs.lm import make_token_lm
+    texts = [[1, 2, 3], [1, 2], [2, 3, 3], [3, 1], [1, 1, 2]]
+    return make_token_lm(texts, order=2, vocab=["1", "2", "3"])
+
+
+def test_trainable_ngram_terms_and_graph():
+    """``ngram_acceptor(terms=True)``: each arc's ``lm_terms`` sum (NgramScores) to its score,
+    a back-off weight is one shared parameter (several arcs index it); the CTC graph over the
+    token bigram keeps, on every arc that holds a G score, that arc's terms, so
+    ``TrainableGraph`` reproduces the graph's scores at the start."""
+    from wfst_asr.graphs.lm import ngram_acceptor
+    from wfst_asr.graphs.trainable import NgramScores, TrainableGraph, ctc_lm_graph
+    model = _token_lm()
+    table = {"1": 1, "2": 2, "3": 3}
+    G = ngram_acceptor(model, table, terms=True)
+    lm = NgramScores(model, dtype=torch.float64)
+    assert torch.allclose(lm(G.lm_terms).float(), G.scores, atol=1e-5)
+    _, bow_first = model.param_offsets()
+    uses = torch.bincount(G.lm_terms[G.lm_terms >= 0].flatten(), minlength=lm.weight.numel())
+    assert int(uses[bow_first[0]:].max()) > 1  # a unigram history's back-off weight, shared
+    H = ctc_lm_graph(G)
+    tg = TrainableGraph(H, lm)
+    assert torch.allclose(tg().scores.float(), H.scores, atol=1e-6)
+    assert torch.equal(H.aux_labels[H.lm_terms[:, 0] >= 0] > 0,
+                       H.labels[H.lm_terms[:, 0] >= 0] > 0)  # token-starting arcs
+    with pytest.raises(ValueError, match="lm_terms"):
+        TrainableGraph(ngram_acceptor(model, table), lm)
+    with pytest.raises(ValueError, match="not in the symbol table"):
+        ngram_acceptor(model, {"1": 1, "2": 2}, terms=True)
+
+
+def test_dbd_lm_parameters_gradients():
+    """The criterion on ``H o G`` with trainable bigram weights: exact at infinite beams
+    (enumeration over the graph), and float64 finite differences w.r.t. the LM parameters
+    and the log-probs at a finite beam; LM parameters that no arc of the lattice or of the
+    reference graph uses get zero gradient."""
+    from wfst_asr.graphs.lm import ngram_acceptor
+    from wfst_asr.graphs.trainable import NgramScores, TrainableGraph, ctc_lm_graph
+    model = _token_lm()
+    G = ngram_acceptor(model, {"1": 1, "2": 2, "3": 3}, terms=True)
+    lm = NgramScores(model, dtype=torch.float64)
+    tg = TrainableGraph(ctc_lm_graph(G), lm, lm_scale=0.7)
+    g = torch.Generator().manual_seed(7)
+    T = [5, 6]
+    lp0 = (torch.randn(2, 6, 4, generator=g, dtype=torch.float64) * 2).log_softmax(-1)
+    seg = torch.tensor([[0, 0, 5], [1, 0, 6]], dtype=torch.int32)
+    refs = [[1, 2], [2, 3, 1]]
+    graph = tg()
+    tot = dbd_totals(graph, DenseFsaVec(lp0, seg), refs, search_beam=1e9, output_beam=1e9)
+    for i, (ref, t) in enumerate(zip(refs, T)):
+        den = _brute(graph.detach(), lp0[i], t)
+        num = _brute(graph.detach(), lp0[i], t, ref)
+        assert tot.loss[i].item() == pytest.approx(den - num, abs=1e-9)
+
+    def f(weight, lp):
+        with torch.no_grad():
+            lm.weight.copy_(weight)
+        lm.weight.grad = None
+        return dbd_totals(tg(), DenseFsaVec(lp, seg), refs, search_beam=2.0,
+                          output_beam=2.0).loss.sum()
+
+    w0 = lm.weight.detach().clone()
+    lp = lp0.clone().requires_grad_(True)
+    loss = f(w0, lp)
+    loss.backward()
+    grad = lm.weight.grad.clone()
+    eps = 1e-6
+    for k in range(w0.numel()):
+        e = torch.zeros_like(w0)
+        e[k] = eps
+        with torch.no_grad():
+            fd = (f(w0 + e, lp0) - f(w0 - e, lp0)).item() / (2 * eps)
+        assert grad[k].item() == pytest.approx(fd, abs=1e-6), k
+    with torch.no_grad():
+        lm.weight.copy_(w0)
+    assert torch.autograd.gradcheck(lambda x: f(w0, x), (lp0.clone().requires_grad_(True),),
+                                    eps=1e-6, atol=1e-6)
+    # parameters on no arc at all (the back-off weights of histories with none) stay at zero
+    used = torch.zeros(w0.numel(), dtype=torch.bool)
+    used[G.lm_terms[G.lm_terms >= 0]] = True
+    assert bool((grad[~used] == 0).all()) and bool((grad[used] != 0).any())

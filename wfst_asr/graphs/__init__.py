@@ -7,6 +7,7 @@
   transducer's trivial graph, and the pdf maps between them
 * :mod:`.compile`: LG / HLG / TLG / HCLG compilation with OpenFst (kaldifst), cached on disk
 * :mod:`.training`: batched per-utterance training graphs (CTC, LF-MMI num/den, HMM)
+* :mod:`.trainable`: graphs whose n-gram log-weights are parameters (back-off kept)
 """
 
 from .compile import (

@@ -227,7 +227,7 @@ def make_token_lm(transcripts: Iterable[Sequence[str | int]], order: int,
 
 
 def ngram_acceptor(lm: NgramModel | PathLike, symbols: SymbolTable | Mapping[str, int] | PathLike,
-                   ) -> Fsa:
+                   terms: bool = False) -> Fsa:
     """A back-off n-gram LM as a deterministic, epsilon-free acceptor over ``symbols``' ids.
 
     Unlike G (:func:`arpa_to_fst`, back-off arcs ``#0``), every back-off is resolved: each state
@@ -253,6 +253,10 @@ def ngram_acceptor(lm: NgramModel | PathLike, symbols: SymbolTable | Mapping[str
       symbols: ``word -> id`` (a :class:`SymbolTable`, a dict, or a ``tokens.txt`` /
         ``words.txt`` path); every LM word other than ``<s>`` / ``</s>`` must be in it, with an
         id >= 1.
+      terms: also give every arc the model's values its score sums (attribute ``lm_terms``,
+        int64 ``[A, order]``: indices into :meth:`NgramModel.param_values`, back-off weights
+        then the probability, -1 padded), for LM weights that train
+        (:class:`~wfst_asr.graphs.trainable.NgramScores`).
 
     Returns:
       the acceptor (``labels`` = ids of ``symbols``, scores = natural-log probabilities).
@@ -290,8 +294,15 @@ def ngram_acceptor(lm: NgramModel | PathLike, symbols: SymbolTable | Mapping[str
     start = context((bos,))
     state_id = {start: 0}
     queue = [start]
-    src, dst, lab, sc = [], [], [], []
-    fin_src, fin_sc = [], []
+    values = model.param_values()
+    src, dst, lab, sc, tm = [], [], [], [], []
+    fin_src, fin_sc, fin_tm = [], [], []
+
+    def arc_terms(w: int, h: tuple[int, ...], out: list) -> float:
+        t = model.backoff_terms(w, h)
+        if terms:
+            out.append(t + [-1] * (model.order - len(t)))
+        return ln10 * sum(float(values[k]) for k in t)
     while queue:
         h = queue.pop(0)
         s = state_id[h]
@@ -303,12 +314,13 @@ def ngram_acceptor(lm: NgramModel | PathLike, symbols: SymbolTable | Mapping[str
             src.append(s)
             dst.append(state_id[nxt])
             lab.append(label[w])
-            sc.append(ln10 * model._log10_prob_ids(w, h))
+            sc.append(arc_terms(w, h, tm))
         fin_src.append(s)
-        fin_sc.append(ln10 * model._log10_prob_ids(eos, h))
+        fin_sc.append(arc_terms(eos, h, fin_tm))
     final = len(state_id)
     arcs = torch.tensor([src + fin_src, dst + [final] * len(fin_src), lab + [-1] * len(fin_src)],
                         dtype=torch.int64).T
     order = torch.argsort(arcs[:, 0], stable=True)
     scores = torch.tensor(sc + fin_sc, dtype=torch.float32)[order]
-    return Fsa(arcs[order].to(torch.int32), scores, num_states=final + 1)
+    extra = {"lm_terms": torch.tensor(tm + fin_tm, dtype=torch.int64)[order]} if terms else {}
+    return Fsa(arcs[order].to(torch.int32), scores, num_states=final + 1, **extra)

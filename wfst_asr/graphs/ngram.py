@@ -90,6 +90,7 @@ class NgramModel:
     discounts: list[tuple[float, float, float]] = field(default_factory=list)
     _index: list[dict[tuple[int, ...], int]] | None = field(default=None, repr=False)
     _word_ids: dict[str, int] | None = field(default=None, repr=False)
+    _values: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def order(self) -> int:
@@ -121,16 +122,42 @@ class NgramModel:
         return self._log10_prob_ids(self.word_id(word), tuple(ids))
 
     def _log10_prob_ids(self, w: int, hist: tuple[int, ...]) -> float:
+        values = self.param_values()
+        total = 0.0
+        for k in self.backoff_terms(w, hist):
+            total += float(values[k])
+        return total
+
+    def param_offsets(self) -> tuple[list[int], list[int]]:
+        """Where each order's values start in :meth:`param_values`: (log10 probs of order
+        ``n`` at ``[0][n-1]``, back-off weights of order ``n`` at ``[1][n-1]``)."""
+        counts = self.counts
+        prob_first = [sum(counts[:n]) for n in range(self.order)]
+        bow_first = [sum(counts) + p for p in prob_first]
+        return prob_first, bow_first
+
+    def param_values(self) -> np.ndarray:
+        """Every log10 value of the model, float64 ``[2 * sum(counts)]``: the probabilities of
+        all orders, then the back-off weights of all orders (NaN where there is none)."""
+        if self._values is None:
+            self._values = np.concatenate(list(self.log10_probs) + list(self.backoffs))
+        return self._values
+
+    def backoff_terms(self, w: int, hist: tuple[int, ...]) -> list[int]:
+        """The ARPA back-off rule for ``log10 P(w | hist)`` as indices into
+        :meth:`param_values` whose sum it is: the back-off weights of the histories left,
+        longest first, then the probability of the n-gram found."""
         index = self._lookup()
-        bow = 0.0
+        prob_first, bow_first = self.param_offsets()
+        terms = []
         for start in range(len(hist) + 1):
             h = hist[start:]
             row = index[len(h)].get(h + (w,))
             if row is not None:
-                return bow + float(self.log10_probs[len(h)][row])
+                return terms + [prob_first[len(h)] + row]
             hrow = index[len(h) - 1].get(h) if h else None
             if hrow is not None and not math.isnan(self.backoffs[len(h) - 1][hrow]):
-                bow += float(self.backoffs[len(h) - 1][hrow])
+                terms.append(bow_first[len(h) - 1] + hrow)
         raise KeyError(f"{self.vocab[w]!r} has no unigram")  # pragma: no cover
 
     def sentence_log10_prob(self, words: Sequence[str], eos: bool = True) -> float:

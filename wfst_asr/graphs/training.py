@@ -74,8 +74,10 @@ def _expand(starts: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def _assemble(fsa_idx: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, lab: torch.Tensor,
-              aux: torch.Tensor, scores: torch.Tensor, num_states: torch.Tensor) -> Fsa:
-    """An FsaVec from per-arc columns (FSA index, local src/dst, label, aux, score)."""
+              aux: torch.Tensor, scores: torch.Tensor, num_states: torch.Tensor,
+              **extra: torch.Tensor) -> Fsa:
+    """An FsaVec from per-arc columns (FSA index, local src/dst, label, aux, score, and any
+    ``extra`` per-arc attributes)."""
     n = num_states.numel()
     key = fsa_idx * (int(num_states.max()) + 1 if n else 1) + src
     order = torch.argsort(key, stable=True)
@@ -84,7 +86,7 @@ def _assemble(fsa_idx: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, lab: 
     splits[1:] = counts.cumsum(0)
     arcs = torch.stack([src[order], dst[order], lab[order]], 1).to(torch.int32)
     return Fsa(arcs, scores[order], num_states=num_states, arc_splits=splits, validate=False,
-               aux_labels=aux[order].to(torch.int32))
+               aux_labels=aux[order].to(torch.int32), **{k: v[order] for k, v in extra.items()})
 
 
 # ---------------------------------------------------------------------------- H o linear
@@ -257,7 +259,7 @@ def compose_linear(topo: Fsa, texts: Texts, arc_scores: Sequence[Sequence[float]
 
 # ---------------------------------------------------------------------------- CTC o acceptor
 def ctc_graph_from_acceptors(acceptors: Fsa, modified: bool = False,
-                             device: Device = None) -> Fsa:
+                             device: Device = None, arc_map: bool = False) -> Fsa:
     """``ctc_topo o G_i`` for each epsilon-free token acceptor ``G_i`` of an FsaVec, vectorised.
 
     ``G_i``: labels are tokens >= 1 (-1 on final arcs), scores are kept (added to the arcs that
@@ -270,7 +272,9 @@ def ctc_graph_from_acceptors(acceptors: Fsa, modified: bool = False,
     (CTC alignment, path of ``G``) with the same scores, as in the composition (which would merge
     token states of arcs with the same token entering the same state). If ``G`` is unambiguous
     (e.g. deterministic), every alignment of every accepted token string has one path.
-    Standard CTC (``modified=False``) needs a blank between two equal tokens.
+    Standard CTC (``modified=False``) needs a blank between two equal tokens. With
+    ``arc_map``, attribute ``arc_map`` (int64): the arc of ``acceptors`` whose score an arc
+    carries, -1 for none.
     """
     G = acceptors.as_vec().to("cpu").detach()
     arcs = G.arcs.long()
@@ -302,14 +306,16 @@ def ctc_graph_from_acceptors(acceptors: Fsa, modified: bool = False,
     st = torch.arange(G.num_states)
     nonfinal = st != G.final_states[st_fsa]
     bs, bf = loc(st[nonfinal]), st_fsa[nonfinal]
+    none = torch.full((bs.numel(),), -1, dtype=torch.int64)
     parts.append((bf, bs, bs, zeros(bs.numel(), dtype=torch.int64),
-                  zeros(bs.numel(), dtype=torch.int64), zeros(bs.numel())))
+                  zeros(bs.numel(), dtype=torch.int64), zeros(bs.numel()), none))
     # blank(src) -> tok(a); tok(a) self-loop; tok(a) -> blank(dst)
     ts, sc = tok_state[real], G.scores.detach()[real].to(torch.float32)
     z = zeros(real.numel(), dtype=torch.int64)
-    parts.append((fsa[real], loc(gsrc[real]), ts, lab[real], out_aux[real], sc))
-    parts.append((fsa[real], ts, ts, lab[real], z, zeros(real.numel())))
-    parts.append((fsa[real], ts, loc(gdst[real]), z, z, zeros(real.numel())))
+    none = torch.full_like(z, -1)
+    parts.append((fsa[real], loc(gsrc[real]), ts, lab[real], out_aux[real], sc, real))
+    parts.append((fsa[real], ts, ts, lab[real], z, zeros(real.numel()), none))
+    parts.append((fsa[real], ts, loc(gdst[real]), z, z, zeros(real.numel()), none))
     # tok(a) -> tok(b) for b leaving dst(a); tok(a) -> final for final arcs leaving dst(a)
     order, off = _csr(gsrc, G.num_states)
     a_run, pos = _expand(off[gdst[real]], off[gdst[real] + 1] - off[gdst[real]])
@@ -319,12 +325,13 @@ def ctc_graph_from_acceptors(acceptors: Fsa, modified: bool = False,
     b_fin = lab[b] == -1
     dst = torch.where(b_fin, final_local[fsa[a]], tok_state[b].clamp(min=0))
     parts.append((fsa[a], tok_state[a], dst, lab[b], torch.where(b_fin, -1, out_aux[b]),
-                  G.scores.detach()[b].to(torch.float32)))
+                  G.scores.detach()[b].to(torch.float32), b))
     # blank(q) -> final
     parts.append((fsa[fin], loc(gsrc[fin]), final_local[fsa[fin]], lab[fin],
-                  torch.full_like(fin, -1), G.scores.detach()[fin].to(torch.float32)))
+                  torch.full_like(fin, -1), G.scores.detach()[fin].to(torch.float32), fin))
     cols = [torch.cat(c) for c in zip(*parts)]
-    out = _assemble(*cols, num_states=final_local + 1)
+    out = _assemble(*cols[:6], num_states=final_local + 1,
+                    **({"arc_map": cols[6]} if arc_map else {}))
     return out.to(device) if device is not None else out
 
 
