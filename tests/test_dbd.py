@@ -332,3 +332,39 @@ def test_dbd_lm_parameters_gradients():
     used = torch.zeros(w0.numel(), dtype=torch.bool)
     used[G.lm_terms[G.lm_terms >= 0]] = True
     assert bool((grad[~used] == 0).all()) and bool((grad[used] != 0).any())
+
+
+def test_dbd_loss_module_excludes_bad_utterances():
+    """``DbdLoss``: a NaN in one utterance's frames and a reference no path spells exclude
+    those two (counted, zero gradient), the others' losses are those of ``dbd_totals`` on
+    them alone; the LM parameters of a ``TrainableGraph`` are the module's parameters and get
+    a gradient; the forced references are counted."""
+    from wfst_asr.graphs.lm import ngram_acceptor
+    from wfst_asr.graphs.trainable import NgramScores, TrainableGraph, ctc_lm_graph
+    from wfst_asr.losses.dbd import DbdLoss
+    model = _token_lm()
+    G = ngram_acceptor(model, {"1": 1, "2": 2, "3": 3}, terms=True)
+    tg = TrainableGraph(ctc_lm_graph(G), NgramScores(model, dtype=torch.float64))
+    crit = DbdLoss(tg, search_beam=1.0, output_beam=1.0, reduction="none")
+    assert [n for n, _ in crit.named_parameters()] == ["graph.lm.weight"]
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(4, 6, 4, generator=g, dtype=torch.float64) * 2).log_softmax(-1)
+    x[1, 2, 1] = float("nan")
+    x.requires_grad_(True)
+    lens = torch.tensor([6, 6, 2, 5])
+    refs = [[1, 2], [2], [1, 2, 3, 1], [3, 1]]  # utterance 2: 4 tokens in 2 frames
+    loss, info = crit(x, lens, refs)
+    assert info["excluded"] == [1, 2] and info["nonfinite_input"] == [1]
+    assert info["num_nonfinite"] == 1
+    alone = dbd_totals(tg(), DenseFsaVec(x.detach()[[0, 3]], torch.tensor(
+        [[0, 0, 6], [1, 0, 5]], dtype=torch.int32)), [refs[0], refs[3]], search_beam=1.0,
+        output_beam=1.0)
+    assert loss[[0, 3]].tolist() == pytest.approx(alone.loss.tolist(), abs=1e-12)
+    assert loss[1].item() == 0.0 and loss[2].item() == 0.0
+    assert info["out_of_beam"] + info["partial"] >= 1  # the narrow beam missed a reference
+    loss.sum().backward()
+    assert bool(torch.isfinite(x.grad).all())
+    assert x.grad[1].abs().max().item() == 0.0 and x.grad[2].abs().max().item() == 0.0
+    assert tg.lm.weight.grad is not None and tg.lm.weight.grad.abs().max().item() > 0
+    with pytest.raises(ValueError, match="outputs"):
+        crit(torch.zeros(1, 3, 5).log_softmax(-1), torch.tensor([3]), [[1]])

@@ -28,9 +28,11 @@ path of ``D`` spells in ``T_b`` frames is dropped and counted (``infeasible``).
 
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
 
 import torch
+from torch import nn
 
 from wfst_asr.fsa import (
     DenseFsaVec,
@@ -40,8 +42,24 @@ from wfst_asr.fsa import (
     intersect_dense_pruned,
     intersect_sequences,
 )
+from wfst_asr.graphs.trainable import TrainableGraph
+from wfst_asr.losses.common import (
+    _as_token_lists,
+    check_batch,
+    check_outputs,
+    drop_nonfinite,
+    exclusion_info,
+    frame_mask,
+    isolate_nonfinite,
+    num_outputs,
+    reduce_loss,
+    segments,
+)
 
-__all__ = ["DbdTotals", "dbd_totals"]
+__all__ = ["DbdLoss", "DbdTotals", "dbd_totals"]
+
+log = logging.getLogger(__name__)
+_REDUCTIONS = ("none", "sum", "mean")
 
 #: relative tolerance under which the in-beam reference mass counts as all of it
 _FULL = 1e-9
@@ -99,3 +117,87 @@ def dbd_totals(graph: Fsa, dense: DenseFsaVec, refs: list[list[int]], *, search_
                          use_double_scores=True)
     in_beam = torch.minimum(in_beam, num)  # the same paths, summed in another order
     return DbdTotals(beam, num, in_beam, _union(beam, num, in_beam))
+
+
+class DbdLoss(nn.Module):
+    """The criterion as a module: ``forward(x [B, T, V], out_lens [B], word_seqs)`` ->
+    ``(loss, info)``.
+
+    Args:
+      graph: a :class:`~wfst_asr.graphs.trainable.TrainableGraph` (its LM parameters are this
+        module's: an optimiser over ``parameters()`` trains them) or a fixed
+        :class:`~wfst_asr.fsa.Fsa`; labels = network outputs, ``attr`` = words.
+      search_beam, output_beam, min_active_states, max_active_states: the beam search
+        (training and decoding use the same).
+      reduction: ``"sum"`` over the kept utterances, ``"mean"`` over their frames, ``"none"``.
+
+    ``word_seqs``: word ids >= 1 per utterance. An utterance is excluded, counted and named
+    in the log, with zero gradient, when its output is non-finite (NaN/+inf) or no path of
+    the graph spells its words in its frames. ``info``: as every loss
+    (:func:`~wfst_asr.losses.common.exclusion_info`) plus ``out_of_beam`` (kept utterances
+    whose reference had no path in the beam: the forced reference), ``partial`` (part of its
+    mass in the beam), ``empty_beam`` (no complete path in the beam), and the detached sums
+    ``num``, ``den``, ``beam``, ``dbd``.
+    """
+
+    def __init__(self, graph: TrainableGraph | Fsa, search_beam: float = 20.0,
+                 output_beam: float = 8.0, min_active_states: int = 1,
+                 max_active_states: int = 10_000, reduction: str = "sum",
+                 attr: str = "aux_labels") -> None:
+        super().__init__()
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        if isinstance(graph, TrainableGraph):
+            self.graph = graph
+        else:
+            self._fixed = graph.detach()
+        self.search_beam, self.output_beam = float(search_beam), float(output_beam)
+        self.min_active, self.max_active = int(min_active_states), int(max_active_states)
+        self.reduction, self.attr = reduction, attr
+        self.num_outputs = num_outputs(self.decoding_graph().detach())
+
+    def decoding_graph(self) -> Fsa:
+        """The graph with the current scores (differentiable w.r.t. the LM parameters)."""
+        return self.graph() if hasattr(self, "graph") else self._fixed
+
+    def forward(self, x: torch.Tensor, out_lens: torch.Tensor, word_seqs
+                ) -> tuple[torch.Tensor, dict]:
+        seqs = _as_token_lists(word_seqs)
+        lens = check_batch(x, out_lens, len(seqs))
+        B, T, V = x.shape
+        check_outputs(V, self.num_outputs, "the decoding graph")
+        x, bad_input = isolate_nonfinite(x, frame_mask(lens, T), "log_probs", "DbdLoss")
+        ok = ~bad_input & (lens > 0)
+        keep = ok.nonzero().squeeze(1)
+        dtype = torch.float64
+        zero = x.new_zeros(B, dtype=dtype)
+        parts = {k: zero for k in ("num", "den", "beam", "dbd")}
+        counts = {"out_of_beam": 0, "partial": 0, "empty_beam": 0}
+        num_infeasible = 0
+        if keep.numel():
+            graph = self.decoding_graph().to(x.device)
+            dense = DenseFsaVec(x, segments(keep, lens))
+            tot = dbd_totals(graph, dense, [seqs[i] for i in keep.tolist()],
+                             search_beam=self.search_beam, output_beam=self.output_beam,
+                             min_active_states=self.min_active,
+                             max_active_states=self.max_active, attr=self.attr)
+            fin, num_infeasible = drop_nonfinite(tot.num, keep, ok, "DbdLoss",
+                                                 "have no path spelling their words")
+            beam_ok = torch.isfinite(tot.beam)
+            counts["empty_beam"] = int((fin & ~beam_ok).sum())
+            counts["out_of_beam"] = int((fin & beam_ok & ~torch.isfinite(tot.in_beam)).sum())
+            counts["partial"] = int((fin & torch.isfinite(tot.in_beam)
+                                     & (tot.in_beam < tot.num - 1e-6)).sum())
+            kd = keep.to(x.device)
+
+            def put(v: torch.Tensor) -> torch.Tensor:
+                v = torch.where(fin, v, torch.zeros_like(v)).to(dtype)
+                return zero.index_put((kd,), v)
+
+            parts = {"num": put(tot.num), "den": put(tot.den), "beam": put(tot.beam),
+                     "dbd": put(tot.loss)}
+        info = exclusion_info(B, ok, int(lens[ok].sum()), num_infeasible, bad_input)
+        info.update(counts)
+        info.update({k: float(v.detach().sum()) for k, v in parts.items()})
+        return reduce_loss(parts["dbd"], info["frames"], self.reduction,
+                           () if bool(ok.any()) else (x,)), info
