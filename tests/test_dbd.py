@@ -368,3 +368,61 @@ def test_dbd_loss_module_excludes_bad_utterances():
     assert tg.lm.weight.grad is not None and tg.lm.weight.grad.abs().max().item() > 0
     with pytest.raises(ValueError, match="outputs"):
         crit(torch.zeros(1, 3, 5).log_softmax(-1), torch.tensor([3]), [[1]])
+
+
+_ARPA = """\\data\\
+ngram 1=4
+ngram 2=3
+
+\\1-grams:
+-99 <s> -0.3
+-0.5 a -0.2
+-0.6 b -0.25
+-0.7 </s>
+
+\\2-grams:
+-0.1 <s> a
+-0.2 a b
+-0.3 b </s>
+
+\\end\\
+"""
+
+
+def test_lexicon_lm_graph_scores_by_hand(tmp_path):
+    """``lexicon_lm_graph``: the total over the paths spelling a word sequence is the ARPA
+    back-off log-probability of the sentence, worked out by hand here, plus the log of the
+    summed pronunciation weights of each word; the trainable scores reproduce it and a word
+    of the LM without a pronunciation is refused at build time."""
+    from wfst_asr.graphs.lm import ngram_acceptor
+    from wfst_asr.graphs.ngram import read_arpa
+    from wfst_asr.graphs.trainable import (
+        NgramScores,
+        TrainableGraph,
+        ctc_lm_graph,
+        lexicon_lm_graph,
+    )
+    (tmp_path / "lm.arpa").write_text(_ARPA)
+    model = read_arpa(tmp_path / "lm.arpa")
+    G = ngram_acceptor(model, {"a": 1, "b": 2}, terms=True)
+    lex = [(1, [1, 2], math.log(0.5)), (1, [3], math.log(0.25)), (2, [2], 0.0)]
+    LG = lexicon_lm_graph(G, lex)
+    ln10 = math.log(10.0)
+    by_hand = {  # log10 P(sentence </s>) with the back-off rule
+        (1, 2): -0.1 - 0.2 - 0.3,
+        (2, 1): (-0.3 - 0.6) + (-0.25 - 0.5) + (-0.2 - 0.7),
+        (1,): -0.1 + (-0.2 - 0.7),
+        (2, 2): (-0.3 - 0.6) + (-0.25 - 0.6) - 0.3,
+    }
+    seqs = [list(k) for k in by_hand]
+    got = get_tot_scores(intersect_sequences(LG, seqs), log_semiring=True,
+                         use_double_scores=True)
+    for i, (ws, lp10) in enumerate(by_hand.items()):
+        want = ln10 * lp10 + sum(math.log(0.75) if w == 1 else 0.0 for w in ws)
+        assert got[i].item() == pytest.approx(want, abs=1e-5), ws
+    H = ctc_lm_graph(LG)
+    tg = TrainableGraph(H, NgramScores(model, dtype=torch.float64))
+    assert torch.allclose(tg().scores.float(), H.scores, atol=1e-6)
+    assert int((H.lm_terms[:, 0] >= 0).sum()) > 0
+    with pytest.raises(ValueError, match="no pronunciation"):
+        lexicon_lm_graph(G, lex[:2])
