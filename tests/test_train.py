@@ -290,6 +290,56 @@ def test_resume_matches_uninterrupted(data, tmp_path):
         assert all(torch.equal(x[k], y[k]) for k in x)
 
 
+class _ScaledLoss(torch.nn.Module):
+    """A criterion with a parameter of its own: ``loss + frames * (b - 1)^2``."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.reduction = getattr(inner, "reduction", "sum")
+        self.b = torch.nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, x, lens, targets):
+        loss, info = self.inner(x, lens, targets)
+        return loss + info["frames"] * (self.b - 1.0) ** 2, info
+
+
+def _trainer_own_params(cfg) -> Trainer:
+    seed_everything(cfg.seed)
+    model, loss, train_dl, dev_dl, table = build(cfg)
+    return Trainer(cfg, model, _ScaledLoss(loss), train_dl, dev_dl, "cpu", token_table=table)
+
+
+def test_criterion_parameters_train_checkpoint_resume_average(data, tmp_path):
+    """A criterion's own parameters train with the model's (here towards 1), are saved under
+    ``criterion`` in every checkpoint, restored by a resume (the resumed run ends equal to the
+    uninterrupted one, parameters and criterion alike) and averaged into ``averaged.pt`` (the
+    mean of the last epochs' values, computed here); a checkpoint without them is refused on
+    resume with one line naming it."""
+    full = _trainer_own_params(_cfg(data, tmp_path / "full", "test.tiny_blstm",
+                                    "average_last=2"))
+    full.fit()
+    b = float(full.loss_fn.b.detach())
+    assert 0.0 < b <= 1.5
+    part = tmp_path / "part"
+    _trainer_own_params(_cfg(data, part, "test.tiny_blstm", "num_epochs=1",
+                             "average_last=2")).fit()
+    second = _trainer_own_params(_cfg(data, part, "test.tiny_blstm", "average_last=2"))
+    second.fit(resume=True)
+    assert float(second.loss_fn.b.detach()) == b
+    for k, p in full.raw_model.state_dict().items():
+        assert torch.equal(p, second.raw_model.state_dict()[k]), k
+    epochs = sorted(int(p.stem.split("-")[1]) for p in (tmp_path / "full").glob("epoch-*.pt"))
+    vals = [float(load_checkpoint(tmp_path / "full" / f"epoch-{e}.pt")["criterion"]["b"])
+            for e in epochs[-2:]]
+    avg = load_checkpoint(tmp_path / "full" / "averaged.pt")["criterion"]["b"]
+    assert float(avg) == pytest.approx(sum(vals) / 2, abs=1e-7)
+    plain = tmp_path / "plain"
+    _trainer(_cfg(data, plain, "test.tiny_blstm", "num_epochs=1")).fit()
+    with pytest.raises(CheckpointError, match="no 'criterion' entry"):
+        _trainer_own_params(_cfg(data, plain)).fit(resume=True)
+
+
 def _cli_args(data, exp: Path, *extra: str) -> list[str]:
     sets = {**data, "token_field": "phones", "num_features": F, "model.hidden": 16,
             "model.num_layers": 1, "subsampling": 1, "spec_augment": "false", "cmvn": "",
@@ -465,3 +515,37 @@ def test_init_from_copies_matching_parameters(data, tmp_path):
     save_checkpoint(tmp_path / "x.pt", {"model": {"nothing.weight": torch.zeros(2)}})
     with pytest.raises(CheckpointError, match="no parameter matches"):
         init_model_from(other, tmp_path / "x.pt")
+
+
+def test_init_from_rules_rename(tmp_path):
+    """``init_from_rules``: an attention model's ``encoder.layers.*`` from a CTC BLSTM's
+    ``layers.*`` (the first matching rule wins; other names as they are), so the encoder's
+    LSTMs equal the source's tensor for tensor and everything else keeps its initialisation;
+    a rule without ``->`` or with a bad regex is refused, naming the rule; the override
+    ``init_from_rules=...`` parses to the list."""
+    from wfst_asr.models import Blstm
+    from wfst_asr.models.attention import BlstmAttention
+    from wfst_asr.train.checkpoint import init_model_from, save_checkpoint
+    src = Blstm(F, 7, hidden=16, num_layers=2)
+    save_checkpoint(tmp_path / "ctc.pt", {"model": src.state_dict()})
+    att = BlstmAttention(F, 7, hidden=16, num_layers=2, d_model=32, nhead=2, decoder_layers=1,
+                         dim_feedforward=32)
+    before = {k: v.clone() for k, v in att.state_dict().items()}
+    with pytest.raises(CheckpointError, match="no parameter matches"):
+        init_model_from(att, tmp_path / "ctc.pt")  # without the rule nothing has the same name
+    copied, kept = init_model_from(att, tmp_path / "ctc.pt",
+                                   [r"decoder\.nothing->x", r"encoder\.(layers\..*)->\1"])
+    want = {f"encoder.{k}": v for k, v in src.state_dict().items() if k.startswith("layers.")}
+    assert sorted(copied) == sorted(want) and len(copied) == 16  # 2 layers x 8
+    after = att.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in want.items())
+    assert all(torch.equal(after[k], before[k]) for k in kept)
+    assert "encoder.output.weight" in kept and "ctc_output.weight" in kept
+    for bad, why in (("encoder.layers", "expected 'REGEX->TEMPLATE'"),
+                     ("encoder.(layers->x", "bad regular expression")):
+        with pytest.raises(ValueError, match=why) as e:
+            init_model_from(att, tmp_path / "ctc.pt", [bad])
+        assert bad in str(e.value)
+    cfg = apply_overrides(get_config("test.tiny_blstm"),
+                          [r"init_from_rules=encoder\.(layers\..*)->\1"])
+    assert cfg.init_from_rules == [r"encoder\.(layers\..*)->\1"]

@@ -72,8 +72,9 @@ class TrainableGraph(nn.Module):
         self._graph = graph.detach()
         with torch.no_grad():
             lm_part = lm(graph.lm_terms).to(torch.float64)
+        # derived from the graph, rebuilt with it: not part of a checkpoint
         self.register_buffer("base", graph.scores.detach().to(torch.float64)
-                             - self.lm_scale * lm_part)
+                             - self.lm_scale * lm_part, persistent=False)
 
     def forward(self) -> Fsa:
         """The graph with the current LM scores (differentiable w.r.t. ``lm.weight``)."""

@@ -111,18 +111,42 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def init_model_from(model: torch.nn.Module, path: str | os.PathLike
-                    ) -> tuple[list[str], list[str]]:
+def init_model_from(model: torch.nn.Module, path: str | os.PathLike,
+                    rules: Sequence[str] = ()) -> tuple[list[str], list[str]]:
     """Copy into ``model`` every parameter and buffer of checkpoint ``path`` (an ``epoch-N.pt``,
     ``best.pt`` or ``averaged.pt``) whose name and shape match; the others keep their values.
 
     This is a warm start (e.g. a BPE model from a phone model's encoder: the output layer
-    differs). Returns ``(copied names, names of the model left as they were)``;
-    :class:`CheckpointError` for an unreadable file or when nothing matches.
+    differs). ``rules`` rename on the way, as Lingvo's ``init_from_checkpoint_rules``: each is
+    ``"REGEX->TEMPLATE"``; a name of ``model`` that ``REGEX`` matches in full is looked up in the
+    checkpoint as ``TEMPLATE`` with the groups filled in (``re.Match.expand``: ``\\1``), the
+    first rule that matches wins, other names are looked up as they are. E.g. a CTC BLSTM's
+    ``layers.*`` into an attention model's ``encoder.layers.*``:
+    ``["encoder\\.(layers\\..*)->\\1"]``.
+
+    Returns ``(copied names of model, names of model left as they were)``; ``ValueError`` for a
+    malformed rule, :class:`CheckpointError` for an unreadable file or when nothing matches.
     """
+    compiled = []
+    for rule in rules:
+        pattern, sep, template = str(rule).partition("->")
+        if not sep or not pattern:
+            raise ValueError(f"init_from rule {rule!r}: expected 'REGEX->TEMPLATE'")
+        try:
+            compiled.append((re.compile(pattern), template))
+        except re.error as e:
+            raise ValueError(f"init_from rule {rule!r}: bad regular expression: {e}") from None
+
+    def source(name: str) -> str:
+        for regex, template in compiled:
+            if m := regex.fullmatch(name):
+                return m.expand(template)
+        return name
+
     state = load_checkpoint(path)["model"]
     own = model.state_dict()
-    take = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    take = {k: state[src] for k in own if (src := source(k)) in state
+            and tuple(state[src].shape) == tuple(own[k].shape)}
     if not take:
         raise CheckpointError(f"{os.fspath(path)}: no parameter matches the model in name and "
                               "shape: nothing to initialise from")
@@ -164,16 +188,17 @@ def average_checkpoints(paths: Sequence[str | os.PathLike]) -> dict[str, torch.T
     return avg
 
 
-def average_readable_checkpoints(paths: Sequence[str | os.PathLike]
+def average_readable_checkpoints(paths: Sequence[str | os.PathLike], key: str = "model"
                                  ) -> tuple[dict[str, torch.Tensor] | None,
                                             list[tuple[Path, int | None]]]:
     """:func:`average_checkpoints` over the readable ones of ``paths``: each unreadable one is
     skipped with a warning (as :func:`latest_checkpoint` does). Returns ``(averaged state_dict
-    or None when none is readable, [(path, its "epoch" or None)] of those averaged)``."""
-    return _average(paths, skip_unreadable=True)
+    or None when none is readable, [(path, its "epoch" or None)] of those averaged)``. ``key``:
+    the state dict averaged (``"criterion"``: a criterion's own parameters)."""
+    return _average(paths, skip_unreadable=True, key=key)
 
 
-def _average(paths: Sequence[str | os.PathLike], skip_unreadable: bool
+def _average(paths: Sequence[str | os.PathLike], skip_unreadable: bool, key: str = "model"
              ) -> tuple[dict[str, torch.Tensor] | None, list[tuple[Path, int | None]]]:
     sums: dict[str, torch.Tensor] = {}
     last: dict[str, torch.Tensor] = {}
@@ -186,9 +211,11 @@ def _average(paths: Sequence[str | os.PathLike], skip_unreadable: bool
                 raise
             log.warning("averaging: skipping unreadable checkpoint: %s", e)
             continue
-        model = state["model"]
+        if key not in state:
+            raise CheckpointError(f"{path}: no {key!r} entry to average")
+        model = state[key]
         if used and set(model) != set(last):
-            raise CheckpointError(f"{path}: its model entries differ from those of "
+            raise CheckpointError(f"{path}: its {key} entries differ from those of "
                                   f"{used[0][0]}: cannot average them")
         last = model
         used.append((Path(path), int(state["epoch"]) if "epoch" in state else None))

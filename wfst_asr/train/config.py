@@ -115,6 +115,7 @@ class ExperimentConfig:
     early_stop: int = 0          # stop after N epochs without a dev-loss improvement; 0: never
     seed: int = 42
     init_from: str = ""          # a checkpoint whose matching parameters start a fresh run
+    init_from_rules: list[str] = field(default_factory=list)  # "REGEX->TEMPLATE" renames
     average_last: int = 5        # checkpoints averaged into averaged.pt at the end
     # -- output --
     exp_dir: str = "exp"

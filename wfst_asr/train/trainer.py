@@ -229,7 +229,11 @@ class Trainer:
         self.is_main = self.rank == 0
         self.model = self._wrap(self.raw_model)
         self.targets = targets or (lambda b: batch_targets(b, cfg.token_field, token_table))
-        self.optimizer = build_optimizer(cfg, self.raw_model.parameters())
+        # a criterion's own parameters (e.g. the LM weights of a trainable decoding graph)
+        # train with the model's, are checkpointed under "criterion" and averaged with it
+        self.criterion_params = [p for p in loss_fn.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(cfg, [*self.raw_model.parameters(),
+                                               *self.criterion_params])
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self.exp_dir = Path(cfg.exp_dir)
         self.global_step = 0
@@ -293,7 +297,8 @@ class Trainer:
     def _fresh_start(self) -> int:
         seed_everything(self.cfg.seed + self.rank)
         if self.cfg.init_from:  # a warm start: the matching parameters of another model
-            copied, kept = init_model_from(self.raw_model, self.cfg.init_from)
+            copied, kept = init_model_from(self.raw_model, self.cfg.init_from,
+                                           self.cfg.init_from_rules)
             log.info("initialised %d tensors from %s; %d keep their initialisation%s",
                      len(copied), self.cfg.init_from, len(kept),
                      f" ({', '.join(kept[:6])}{' ...' if len(kept) > 6 else ''})" if kept else "")
@@ -395,12 +400,27 @@ class Trainer:
         self._step(loss)
         return (float(loss.detach()), float(frames)) if usable else None
 
+    def _params(self) -> list[nn.Parameter]:
+        return [*self.raw_model.parameters(), *self.criterion_params]
+
+    def _reduce_criterion_grads(self) -> None:
+        """DDP averages the model's gradients; the criterion's are averaged here."""
+        if not (_distributed() and self.criterion_params):
+            return
+        world = dist.get_world_size()
+        for p in self.criterion_params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
     def _step(self, loss: torch.Tensor) -> None:
-        ok = nan_guard(loss, self.raw_model.parameters(), zero_grad=False)
+        self._reduce_criterion_grads()
+        ok = nan_guard(loss, self._params(), zero_grad=False)
         ok = _all_reduce([float(ok)], dist.ReduceOp.MIN if _distributed() else None)[0] > 0
         if ok:
             if self.cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg.grad_clip)
+                nn.utils.clip_grad_norm_(self._params(), self.cfg.grad_clip)
             self.optimizer.step()
             self.global_step += 1
             if self.cfg.schedule == "noam":
@@ -496,7 +516,7 @@ class Trainer:
             "best_dev_loss": self.best_dev_loss, "history": self.history,
             "skipped_batches": self.skipped_batches, "skipped_steps": self.skipped_steps,
             "rng": get_rng_state(), "config": self.cfg.to_dict(),
-        }
+        } | ({"criterion": self.loss_fn.state_dict()} if self.criterion_params else {})
 
     def save(self, epoch: int, is_best: bool = False) -> Path:
         """Write ``epoch-N.pt`` (and ``best.pt``), atomically."""
@@ -517,6 +537,11 @@ class Trainer:
         self._check_config(state.get("config", {}))
         self._check_sampler(state.get("sampler"))
         self.raw_model.load_state_dict(state["model"])
+        if self.criterion_params:
+            if "criterion" not in state:
+                raise CheckpointError(f"{path}: no 'criterion' entry for the criterion's own "
+                                      "parameters (a checkpoint of another loss?)")
+            self.loss_fn.load_state_dict(state["criterion"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -575,7 +600,11 @@ class Trainer:
             out.unlink(missing_ok=True)
             return None
         names = [p.name for p, _ in used]
-        save_checkpoint(out, {"model": avg, "averaged": names,
+        extra = {}
+        if self.criterion_params:
+            extra["criterion"] = average_readable_checkpoints([p for p, _ in used],
+                                                              key="criterion")[0]
+        save_checkpoint(out, extra | {"model": avg, "averaged": names,
                               "averaged_from": [{"file": p.name, "epoch": e} for p, e in used],
                               "config": self.cfg.to_dict()})
         log.info("averaged %s into %s", ", ".join(names), out)
