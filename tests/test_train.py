@@ -11,6 +11,7 @@ The models are a 1-layer BLSTM of 16 cells, so an epoch takes a fraction of a se
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -338,6 +339,38 @@ def test_criterion_parameters_train_checkpoint_resume_average(data, tmp_path):
     _trainer(_cfg(data, plain, "test.tiny_blstm", "num_epochs=1")).fit()
     with pytest.raises(CheckpointError, match="no 'criterion' entry"):
         _trainer_own_params(_cfg(data, plain)).fit(resume=True)
+
+
+def test_dbd_criterion_trains_the_lm(data, tmp_path):
+    """``loss=dbd`` through the registry: a phone bigram of the training transcripts as G, the
+    network and G's log-weights trained together for 2 epochs (the weights move, and are the
+    checkpoints' ``criterion``); with ``loss.train_lm=false`` G stays the ARPA's and no
+    criterion entry is written; an LM over symbols the token table lacks is refused at build
+    time."""
+    from lhotse import load_manifest_lazy
+
+    from wfst_asr.graphs.lm import make_token_lm
+    texts = [s.custom["phones"].split() for c in load_manifest_lazy(data["train_cuts"])
+             for s in c.supervisions]
+    make_token_lm(texts, order=2, out_arpa=tmp_path / "lm.arpa", vocab=PHONES)
+    sets = ("loss=dbd", f"lang_dir={tmp_path}", "loss.search_beam=6",
+            "loss.output_beam=4", "loss.lm_scale=0.5", "num_epochs=2")
+    tr = _trainer(_cfg(data, tmp_path / "exp", "test.tiny_blstm", *sets))
+    w0 = tr.loss_fn.graph.lm.weight.detach().clone()
+    hist = tr.fit()
+    assert all(math.isfinite(h["train_loss"]) and h["train_loss"] >= 0 for h in hist)
+    w = tr.loss_fn.graph.lm.weight.detach()
+    assert not torch.equal(w, w0)
+    ck = load_checkpoint(tmp_path / "exp" / "epoch-2.pt")
+    assert torch.equal(ck["criterion"]["graph.lm.weight"], w)
+    fixed = _trainer(_cfg(data, tmp_path / "fixed", "test.tiny_blstm", *sets,
+                          "loss.train_lm=false", "num_epochs=1"))
+    fixed.fit()
+    assert torch.equal(fixed.loss_fn.graph.lm.weight, w0)
+    assert "criterion" not in load_checkpoint(tmp_path / "fixed" / "epoch-1.pt")
+    make_token_lm(texts + [["zz"]], order=2, out_arpa=tmp_path / "bad.arpa")
+    with pytest.raises(ValueError, match="not in the symbol table"):
+        _trainer(_cfg(data, tmp_path / "bad", "test.tiny_blstm", *sets, "loss.lm=bad.arpa"))
 
 
 def _cli_args(data, exp: Path, *extra: str) -> list[str]:

@@ -22,6 +22,7 @@ name           class (``loss.KEY`` = its arguments)     extras
                SegmentalLoss`
 ``attention``  :class:`~wfst_asr.losses.attention.
                AttentionLoss`
+``dbd``        :class:`~wfst_asr.losses.dbd.DbdLoss`    lm, lm_scale, train_lm, lexicon
 =============  =======================================  ==================================
 
 ``reduction`` defaults to ``"sum"`` for every loss (the trainer divides by frames).
@@ -45,6 +46,7 @@ or as the ``dict`` saved in ``config.json`` (decoding rebuilds the matching grap
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +62,7 @@ from wfst_asr.graphs.topo import TOPOLOGIES, Topology, make_topology, pdf_map, p
 from wfst_asr.graphs.training import CtcTrainingGraphCompiler, MmiTrainingGraphCompiler
 from wfst_asr.losses import CtcLoss, HmmLoss, MmiLoss, TransducerLoss
 from wfst_asr.losses.attention import AttentionLoss
+from wfst_asr.losses.dbd import DbdLoss
 from wfst_asr.losses.hmm import AlignmentCeLoss
 from wfst_asr.losses.segmental import SegmentalLoss
 from wfst_asr.models import check_output_dim
@@ -220,7 +223,7 @@ def target_table(cfg: Any) -> dict[str, int] | None:
     takes: the word table of the lang dir for CTC on words (``loss.lexicon``), else the token
     table (``cfg.tokens``, ids from 1), or None."""
     c = _cfg_dict(cfg)
-    if c["loss"] == "ctc" and loss_options(c)["lexicon"]:
+    if c["loss"] in ("ctc", "dbd") and loss_options(c)["lexicon"]:
         return _word_table(c)
     if c.get("tokens"):
         return {t: i for i, t in enumerate(read_token_list(c["tokens"]), start=1)}
@@ -234,20 +237,31 @@ def _build_ctc(c: dict[str, Any], model: nn.Module, opts: dict[str, Any]) -> nn.
     lexicon = opts.pop("lexicon")
     if not lexicon:
         return CtcLoss(**opts)
+    prons: dict[int, list[list[int]]] = {}
+    for word, toks, _logp in _lexicon_ids(c, lexicon):
+        prons.setdefault(word, []).append(toks)
+    compiler = CtcTrainingGraphCompiler(prons, modified=opts["modified"])
+    return CtcLoss(**opts, compiler=compiler)
+
+
+def _lexicon_ids(c: dict[str, Any], lexicon: str) -> list[tuple[int, list[int], float]]:
+    """``(word id, token ids, log-probability)`` per entry of the lexicon file ``lexicon``
+    (relative to ``lang_dir``), through ``words.txt`` and the token table; a word or token
+    outside them is a ValueError naming the file and the word."""
     path = _in_lang_dir(c, lexicon)
     tokens = {t: i for i, t in enumerate(read_token_list(_tokens_file(c)), start=1)}
     words = _word_table(c)
-    prons: dict[int, list[list[int]]] = {}
-    for word, _prob, toks in read_lexicon(path):
+    out = []
+    for word, prob, toks in read_lexicon(path):
         if word not in words:
             raise ValueError(f"{path}: word {word!r} is not in {c['lang_dir']}/words.txt")
         missing = [t for t in toks if t not in tokens]
         if missing:
             raise ValueError(f"{path}: word {word!r}: tokens {missing} are not in the token "
                              "table")
-        prons.setdefault(words[word], []).append([tokens[t] for t in toks])
-    compiler = CtcTrainingGraphCompiler(prons, modified=opts["modified"])
-    return CtcLoss(**opts, compiler=compiler)
+        out.append((words[word], [tokens[t] for t in toks],
+                    math.log(prob) if prob is not None else 0.0))
+    return out
 
 
 # --------------------------------------------------------------------------- hmm
@@ -545,3 +559,43 @@ def _build_attention(c: dict[str, Any], model: nn.Module, opts: dict[str, Any]) 
                              f"got {k}")
     return AttentionCriterion(model, AttentionLoss(**kwargs), labels,
                               int(k) if k is not None else None)
+
+
+# --------------------------------------------------------------------------- dbd
+@register_loss("dbd", DbdLoss, supplied=("graph",),
+               extra={"lm": "lm.arpa", "lm_scale": 1.0, "train_lm": True, "lexicon": ""})
+def _build_dbd(c: dict[str, Any], model: nn.Module, opts: dict[str, Any]) -> nn.Module:
+    """Differentiable beam-search decoding (Collobert et al. 2019) over ``H o G`` (CTC
+    topology): G is the ARPA n-gram ``loss.lm`` (relative to ``lang_dir``) with exact back-off,
+    over the tokens, or with ``loss.lexicon`` over words (``L o G`` through that lexicon; the
+    transcripts are then words). ``loss.lm_scale`` weights G; with ``loss.train_lm`` its
+    log-weights (n-gram probabilities and back-off weights) train with the network and are
+    saved as the criterion's parameters. ``search_beam`` / ``output_beam`` /
+    ``max_active_states``: the beam search."""
+    from wfst_asr.graphs.lm import ngram_acceptor
+    from wfst_asr.graphs.ngram import read_arpa
+    from wfst_asr.graphs.trainable import (
+        NgramScores,
+        TrainableGraph,
+        ctc_lm_graph,
+        lexicon_lm_graph,
+    )
+
+    kwargs = dict(opts)
+    lm_name, lm_scale = kwargs.pop("lm"), kwargs.pop("lm_scale")
+    train_lm, lexicon = kwargs.pop("train_lm"), kwargs.pop("lexicon")
+    arpa = _in_lang_dir(c, lm_name)
+    if not arpa.is_file():
+        raise FileNotFoundError(f"loss 'dbd': the LM {arpa} is not there (loss.lm: an ARPA "
+                                "file, relative to lang_dir)")
+    ngram = read_arpa(arpa)
+    if lexicon:
+        G = ngram_acceptor(ngram, _word_table(c), terms=True)
+        G = lexicon_lm_graph(G, _lexicon_ids(c, lexicon))
+    else:
+        G = ngram_acceptor(ngram, _tokens_file(c), terms=True)
+    lm = NgramScores(ngram)
+    lm.weight.requires_grad_(bool(train_lm))
+    loss = DbdLoss(TrainableGraph(ctc_lm_graph(G), lm, lm_scale), **kwargs)
+    check_num_classes(c, model, loss.num_outputs, "the CTC decoding graph (blank + tokens)")
+    return loss
