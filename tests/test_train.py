@@ -368,6 +368,26 @@ def test_dbd_criterion_trains_the_lm(data, tmp_path):
     fixed.fit()
     assert torch.equal(fixed.loss_fn.graph.lm.weight, w0)
     assert "criterion" not in load_checkpoint(tmp_path / "fixed" / "epoch-1.pt")
+    # the decoder job: method dbd searches the criterion's graph with the averaged trained
+    # weights (the same best paths as one_best in that graph, built here from the checkpoint)
+    from wfst_asr.decode import one_best
+    from wfst_asr.train.decoder import DecodeOptions, Decoder
+    from wfst_asr.train.inference import run_model
+    dec = Decoder(tmp_path / "exp", options=DecodeOptions(methods=["dbd", "greedy"],
+                                                          metric="PER"), log=None)
+    assert "trained LM weights" in dec.methods["dbd"].how
+    dec.run({"dev": data["dev_cuts"]}, tmp_path / "decode")
+    hyps = (tmp_path / "decode" / "dbd" / "dev.hyp").read_text().splitlines()
+    crit = tr.loss_fn
+    crit.load_state_dict(load_checkpoint(tmp_path / "exp" / "averaged.pt")["criterion"])
+    g = crit.decoding_graph().detach()
+    outs = run_model(dec.model, data["dev_cuts"], dec.cfg, "cpu", 100.0)
+    want = {}
+    for o in outs:
+        for i, seq in zip(o.ids, one_best(g, o.log_probs, o.lens, search_beam=6.0)):
+            want[i] = " ".join(PHONES[t - 1] for t in seq)
+    got = dict((ln.split(maxsplit=1) + [""])[:2] for ln in hyps)
+    assert got == want and len(got) == 6
     make_token_lm(texts + [["zz"]], order=2, out_arpa=tmp_path / "bad.arpa")
     with pytest.raises(ValueError, match="not in the symbol table"):
         _trainer(_cfg(data, tmp_path / "bad", "test.tiny_blstm", *sets, "loss.lm=bad.arpa"))

@@ -23,6 +23,9 @@
                  (n-best of ``beam`` + LM), with ``mlm``: ``rescore_mlm`` (+ the MLM's
                  pseudo-log-likelihood); these three are tuned: lm_scale = the LM's weight,
                  word_penalty = a penalty per token
+  dbd            ``greedy``, ``hlg``, ``kaldi`` (as ctc: the lang dir's HLG) and ``dbd``: the
+                 best path in the criterion's own graph with its trained LM weights
+                 (the checkpoint's ``criterion`` entry) and the beams of training, untuned
   transducer     ``greedy``, ``beam`` (modified beam search), ``fast_beam`` (trivial graph),
                  ``fast_beam_lg`` (the lang dir's LG), ``aux_ctc`` (greedy on the auxiliary
                  CTC output, when the model has one)
@@ -247,7 +250,8 @@ class Decoder:
             raise DecodeError(str(e)) from e
         self.kind = "nnet"
         self.loss = str(self.cfg.get("loss", "ctc"))
-        if self.loss not in ("ctc", "hmm", "mmi", "transducer", "segmental", "attention"):
+        if self.loss not in ("ctc", "hmm", "mmi", "transducer", "segmental", "attention",
+                             "dbd"):
             raise DecodeError(f"{self.exp_dir}: no decoding methods for loss {self.loss!r}")
         tokens_file = self.cfg.get("tokens") or (
             Path(self.cfg["lang_dir"]) / "tokens.txt" if self.cfg.get("lang_dir") else None)
@@ -552,6 +556,8 @@ class Decoder:
             kg = kaldi_ctc_graph(self.graph, lm_scale=s, word_penalty=wp)
             return lambda lp, n: kaldi_one_best(kg, lp, n, beam=beam, max_active=max_active)
 
+        if self.loss == "dbd":
+            out["dbd"] = self._dbd_method()
         out[graph_method] = Method(graph_method, engine_at, self.word_str,
                                    f"engine one_best in the {self._graph_name} (search beam "
                                    f"{beam:g}, max active {max_active})", True)
@@ -560,6 +566,31 @@ class Decoder:
                               f"{beam:g}, max active {max_active})", True, follows=graph_method,
                               info={"compare_with": graph_method})
         return out
+
+    def _dbd_method(self) -> Method:
+        """The criterion's graph, its LM weights as trained, the beams of training."""
+        from wfst_asr.train.checkpoint import load_checkpoint
+        from wfst_asr.train.criteria import build_loss
+
+        try:
+            crit = build_loss(self.cfg, self.model)
+            state = load_checkpoint(self.checkpoint)
+            if "criterion" in state:
+                crit.load_state_dict(state["criterion"])
+        except (OSError, ValueError, RuntimeError, CheckpointError) as e:
+            raise DecodeError(f"the dbd graph of {self.exp_dir}: {e}") from e
+        with torch.no_grad():
+            g = crit.decoding_graph().detach()
+        trained = "trained" if "criterion" in state else "fixed"
+        beam, act = crit.search_beam, crit.max_active
+        words = bool(self.loss_opts.get("lexicon"))
+
+        def fn(lp: torch.Tensor, n: torch.Tensor) -> list[list[int]]:
+            return one_best(g, lp, n, search_beam=beam, max_active_states=act)
+
+        return Method("dbd", lambda _s, _wp: fn, self.word_str if words else self.token_symbols,
+                      f"engine one_best in the criterion's graph ({trained} LM weights, search "
+                      f"beam {beam:g}, max active {act})")
 
     def _text_lm(self, path: str, kind: str):
         from wfst_asr.train.textlm import load_text_lm
