@@ -557,6 +557,22 @@ class AttentionBlstm(CtcBlstm):
     exp_dir: str = "exp/attention_blstm"
 
 
+@register("dbd_blstm")
+class DbdBlstm(CtcBlstm):
+    """Differentiable beam-search decoding (Collobert et al. 2019) over ``H o G``, G the lang
+    dir's n-gram (``loss.lm``, default ``lm.arpa``) with trainable log-weights, search beam 8,
+    lattice beam 6, at most 1000 active states; meant to fine-tune a CTC model (``init_from``)
+    at a lower learning rate. Required: ``train_cuts``, ``token_field``, ``lang_dir``."""
+
+    REQUIRED = (*_DATA_KEYS, "lang_dir")
+    loss: str = "dbd"
+    loss_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"lm": "lm.arpa", "lm_scale": 1.0, "search_beam": 8.0,
+                                 "output_beam": 6.0, "max_active_states": 1000})
+    lr: float = 1e-4
+    exp_dir: str = "exp/dbd_blstm"
+
+
 #: The corpus-free bases the library registers.
 BASES = ("ctc_blstm", "tdnn_lstm", "hmm_blstm", "mmi_blstm", "transducer_blstm",
-         "segmental_blstm", "attention_blstm")
+         "segmental_blstm", "attention_blstm", "dbd_blstm")
