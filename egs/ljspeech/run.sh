@@ -36,8 +36,9 @@
 #      LM with the previous / next sentences of the chapter as context; their top-8 soft
 #      labels of the training transcripts (wfst-asr soft-labels)
 #                                  -> data/fbank/*.pieces.jsonl.gz, data/lm/text_lm, *.soft_*.pt
-#  10  train conf/attention_bpe.yaml as it is and distilled from each teacher
-#      (--distill-weight), decode dev/test: greedy, beam, joint CTC beam, greedy CTC; the
+#  10  train conf/attention_bpe.yaml as it is (--distill none) and distilled from each teacher
+#      (--distill-weight), all from the CTC BPE model's encoder (stage 5; --att-init), decode
+#      dev/test: greedy, beam, joint CTC beam, greedy CTC; the
 #      baseline also with shallow fusion / n-best rescoring with the LM and n-best rescoring
 #      with the MLM (weight x per-token penalty tuned on dev)
 #                                                  -> exp/attention_bpe{,_distill_<teacher>}
@@ -74,15 +75,17 @@ nnlm_dim=128
 nnlm_text=lm_text  # data/manifests/<this> (quick: text_train, 305 lines)
 g2p_args=""
 teachers="lm mlm mlm_ctx"  # stage 9: the text teachers (lm and mlm also decode, stage 10)
-distill="lm mlm mlm_ctx"   # stage 10: a model distilled from each of these teachers
+distill="none lm mlm mlm_ctx"  # stage 10: the baseline (none), one distilled per teacher
+att_init=true  # stage 10: the attention encoder's BLSTM starts from exp/ctc_bpe (stage 5)
 att_methods=greedy,beam,beam_ctc,aux_ctc  # stage 10's decoding (the baseline adds the LMs')
 att_lm_methods=fusion,rescore_lm,rescore_mlm
 att_max_len_ratio=0.5  # at most 0.5 pieces per 30 ms encoder frame (speech: ~0.1-0.2)
 distill_weight=0.3
 context_tokens=32    # mlm_ctx: tokens of the previous and of the next sentences
 teacher_text=lm_text_utt  # data/manifests/<this>: the teachers' text (quick: text_train)
-tlm_args="--epochs 6 --d-model 128 --num-layers 2 --dim-feedforward 512 --lr 1e-3 --batch-size 64"
-mlm_args="--epochs 6 --d-model 128 --num-layers 2 --dim-feedforward 512 --lr 1e-3 --batch-size 64"
+# every teacher 20 epochs (the masked LMs leave the unigram plateau only after 7-10 of them)
+tlm_args="--epochs 20 --d-model 128 --num-layers 2 --dim-feedforward 512 --lr 1e-3 --batch-size 64"
+mlm_args="--epochs 20 --d-model 128 --num-layers 2 --dim-feedforward 512 --lr 1e-3 --batch-size 64"
 att_lm_scales=0,0.2,0.4
 att_word_penalties=0,1
 forced_best=false  # stage 6: score each wrong utterance's reference in the HLG (decode --forced-best)
@@ -103,7 +106,7 @@ if [[ $quick == true ]]; then  # CI: every stage, tiny settings
     max_active_bpe=200 nnlm_text=text_train prune_bpe=1e-4 prune_phone=1e-4
     tlm_args="--epochs 1 --d-model 16 --nhead 2 --num-layers 1 --dim-feedforward 32"
     mlm_args=$tlm_args att_lm_scales=0,0.3 att_word_penalties=0 teacher_text=text_train
-    distill=mlm_ctx att_methods=beam att_max_len_ratio=0.05
+    distill="none mlm_ctx" att_methods=beam att_max_len_ratio=0.05
     g2p_args="--order 3 --iters 2"
     set=(num_epochs=1 model.hidden=32 model.num_layers=1 ${set[@]+"${set[@]}"})
 fi
@@ -286,13 +289,15 @@ stage10() {
     local bpe t_dir=$lm_dir/text_lm name teacher exp
     local -a args
     bpe=$(lang_dir_of bpe)
-    for teacher in none $distill; do
+    for teacher in $distill; do
         name=attention_bpe args=()
         if [[ $teacher != none ]]; then
             name+=_distill_$teacher
             args=(--set "loss.soft_labels=$fbank/${corpus}_cuts_train.soft_$teacher.pt"
                   --set "loss.distill_weight=$distill_weight" --set "loss.distill_k=8")
         fi
+        [[ $att_init == true && -f $exp_dir/ctc_bpe/averaged.pt ]] \
+            && args+=(--set "init_from=$exp_dir/ctc_bpe/averaged.pt")
         exp=$exp_dir/$name
         # shellcheck disable=SC2046
         timed "${wfst_asr[@]}" train --config conf/attention_bpe.yaml --exp-dir "$exp" --resume \
