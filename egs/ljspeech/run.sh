@@ -29,7 +29,7 @@
 #   8  lattices, 4-gram whole-lattice and LSTM-LM n-best rescoring, oracle (tuned on dev)
 #                                                                    -> exp/ctc_<model>/rescore
 # Attention encoder-decoder with BERT distillation (Futami et al. 2020), after the main job
-# (--stage 9 --stop-stage 10; about an hour on 2 cores):
+# (--stage 9 --stop-stage 10; about 2.5 hours on 2 cores):
 #   9  the transcripts spelled in the BPE pieces (wfst-asr spell, field pieces); on the LM
 #      text in pieces (with clip ids: chapter and order), three text teachers (wfst-asr
 #      train-mlm): a left-to-right transformer LM, a masked LM on the sentence alone, a masked
