@@ -319,6 +319,8 @@ def test_criterion_parameters_train_checkpoint_resume_average(data, tmp_path):
     resume with one line naming it."""
     full = _trainer_own_params(_cfg(data, tmp_path / "full", "test.tiny_blstm",
                                     "average_last=2"))
+    # the criterion's own parameters are a second group at cfg.lr x its lr_scale (default 1)
+    assert [g["lr"] for g in full.optimizer.param_groups] == [full.cfg.lr] * 2
     full.fit()
     b = float(full.loss_fn.b.detach())
     assert 0.0 < b <= 1.5
@@ -363,6 +365,12 @@ def test_dbd_criterion_trains_the_lm(data, tmp_path):
     assert not torch.equal(w, w0)
     ck = load_checkpoint(tmp_path / "exp" / "epoch-2.pt")
     assert torch.equal(ck["criterion"]["graph.lm.weight"], w)
+    fast = _trainer(_cfg(data, tmp_path / "fast", "test.tiny_blstm", *sets,
+                         "loss.lr_scale=20"))
+    assert fast.optimizer.param_groups[1]["lr"] == pytest.approx(20 * fast.cfg.lr)
+    fast.fit()
+    moved = (fast.loss_fn.graph.lm.weight.detach() - w0).abs().mean()
+    assert moved > 5 * (w - w0).abs().mean()  # the LM's own rate moves it further
     fixed = _trainer(_cfg(data, tmp_path / "fixed", "test.tiny_blstm", *sets,
                           "loss.train_lm=false", "num_epochs=1"))
     fixed.fit()

@@ -130,6 +130,8 @@ class DbdLoss(nn.Module):
       search_beam, output_beam, min_active_states, max_active_states: the beam search
         (training and decoding use the same).
       reduction: ``"sum"`` over the kept utterances, ``"mean"`` over their frames, ``"none"``.
+      lr_scale: the learning rate of the graph's LM weights, as a multiple of the network's
+        (the trainer reads it: the LM's values move in nats, the network's weights do not).
 
     ``word_seqs``: word ids >= 1 per utterance. An utterance is excluded, counted and named
     in the log, with zero gradient, when its output is non-finite (NaN/+inf) or no path of
@@ -143,7 +145,7 @@ class DbdLoss(nn.Module):
     def __init__(self, graph: TrainableGraph | Fsa, search_beam: float = 20.0,
                  output_beam: float = 8.0, min_active_states: int = 1,
                  max_active_states: int = 10_000, reduction: str = "sum",
-                 attr: str = "aux_labels") -> None:
+                 attr: str = "aux_labels", lr_scale: float = 1.0) -> None:
         super().__init__()
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
@@ -154,6 +156,9 @@ class DbdLoss(nn.Module):
         self.search_beam, self.output_beam = float(search_beam), float(output_beam)
         self.min_active, self.max_active = int(min_active_states), int(max_active_states)
         self.reduction, self.attr = reduction, attr
+        if lr_scale <= 0:
+            raise ValueError(f"lr_scale must be > 0, got {lr_scale}")
+        self.lr_scale = float(lr_scale)
         self.num_outputs = num_outputs(self.decoding_graph().detach())
 
     def decoding_graph(self) -> Fsa:

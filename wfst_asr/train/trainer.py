@@ -231,9 +231,13 @@ class Trainer:
         self.targets = targets or (lambda b: batch_targets(b, cfg.token_field, token_table))
         # a criterion's own parameters (e.g. the LM weights of a trainable decoding graph)
         # train with the model's, are checkpointed under "criterion" and averaged with it
+        # (their learning rate: cfg.lr times the criterion's ``lr_scale``, default 1)
         self.criterion_params = [p for p in loss_fn.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(cfg, [*self.raw_model.parameters(),
-                                               *self.criterion_params])
+        groups: list[dict[str, Any]] = [{"params": list(self.raw_model.parameters())}]
+        if self.criterion_params:
+            groups.append({"params": self.criterion_params,
+                           "lr": cfg.lr * float(getattr(loss_fn, "lr_scale", 1.0))})
+        self.optimizer = build_optimizer(cfg, groups)
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self.exp_dir = Path(cfg.exp_dir)
         self.global_step = 0
