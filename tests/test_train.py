@@ -377,7 +377,8 @@ def test_dbd_criterion_trains_the_lm(data, tmp_path):
     assert torch.equal(fixed.loss_fn.graph.lm.weight, w0)
     assert "criterion" not in load_checkpoint(tmp_path / "fixed" / "epoch-1.pt")
     # the decoder job: method dbd searches the criterion's graph with the averaged trained
-    # weights (the same best paths as one_best in that graph, built here from the checkpoint)
+    # weights and the training beams, min_active_states included (the same best paths as
+    # one_best in that graph, built here from the checkpoint)
     from wfst_asr.decode import one_best
     from wfst_asr.train.decoder import DecodeOptions, Decoder
     from wfst_asr.train.inference import run_model
@@ -392,7 +393,8 @@ def test_dbd_criterion_trains_the_lm(data, tmp_path):
     outs = run_model(dec.model, data["dev_cuts"], dec.cfg, "cpu", 100.0)
     want = {}
     for o in outs:
-        for i, seq in zip(o.ids, one_best(g, o.log_probs, o.lens, search_beam=6.0)):
+        for i, seq in zip(o.ids, one_best(g, o.log_probs, o.lens, search_beam=6.0,
+                                          min_active_states=1)):
             want[i] = " ".join(PHONES[t - 1] for t in seq)
     got = dict((ln.split(maxsplit=1) + [""])[:2] for ln in hyps)
     assert got == want and len(got) == 6

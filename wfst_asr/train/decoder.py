@@ -582,15 +582,16 @@ class Decoder:
         with torch.no_grad():
             g = crit.decoding_graph().detach()
         trained = "trained" if "criterion" in state else "fixed"
-        beam, act = crit.search_beam, crit.max_active
+        beam, low, act = crit.search_beam, crit.min_active, crit.max_active
         words = bool(self.loss_opts.get("lexicon"))
 
         def fn(lp: torch.Tensor, n: torch.Tensor) -> list[list[int]]:
-            return one_best(g, lp, n, search_beam=beam, max_active_states=act)
+            return one_best(g, lp, n, search_beam=beam, min_active_states=low,
+                            max_active_states=act)
 
         return Method("dbd", lambda _s, _wp: fn, self.word_str if words else self.token_symbols,
                       f"engine one_best in the criterion's graph ({trained} LM weights, search "
-                      f"beam {beam:g}, max active {act})")
+                      f"beam {beam:g}, active states {low}..{act})")
 
     def _text_lm(self, path: str, kind: str):
         from wfst_asr.train.textlm import load_text_lm
