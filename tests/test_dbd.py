@@ -36,8 +36,9 @@ def _dense(T: list[int], seed: int, dtype=torch.float64) -> DenseFsaVec:
     return DenseFsaVec(lp, seg)
 
 
-def _paths(graph: Fsa, T: int):
-    """Every path of exactly ``T`` frame arcs then a final arc: (arc list, words)."""
+def _paths(graph: Fsa, T: int | None = None):
+    """Every path of exactly ``T`` frame arcs then a final arc (any length for ``T=None``:
+    an acyclic FSA): (arc list, words)."""
     arcs = graph.arcs.long().tolist()
     out = {}
     for a, (s, _d, _l) in enumerate(arcs):
@@ -47,9 +48,9 @@ def _paths(graph: Fsa, T: int):
         for a in out.get(state, []):
             _s, d, lab = arcs[a]
             if lab == -1:
-                if t == T:
+                if T is None or t == T:
                     yield acc + [a]
-            elif t < T:
+            elif T is None or t < T:
                 yield from walk(d, t + 1, acc + [a])
 
     aux = graph.aux_labels.long().tolist()
@@ -106,7 +107,7 @@ def test_intersect_sequences_on_a_lattice_and_errors():
     for i, ref in enumerate(refs):
         one = lat[i]
         vals = []
-        for p, w in _paths_acyclic(one):
+        for p, w in _paths(one):
             if w == tuple(ref):
                 vals.append(sum(float(one.scores[a]) for a in p))
         want = torch.logsumexp(torch.tensor(vals, dtype=torch.float64), 0).item() \
@@ -123,25 +124,6 @@ def test_intersect_sequences_on_a_lattice_and_errors():
 def _two(lat: Fsa) -> Fsa:
     from wfst_asr.fsa import create_fsa_vec
     return create_fsa_vec([lat[0], lat[1]])
-
-
-def _paths_acyclic(fsa: Fsa):
-    arcs = fsa.arcs.long().tolist()
-    aux = fsa.aux_labels.long().tolist()
-    out = {}
-    for a, (s, _d, _l) in enumerate(arcs):
-        out.setdefault(s, []).append(a)
-
-    def walk(state, acc):
-        for a in out.get(state, []):
-            _s, d, lab = arcs[a]
-            if lab == -1:
-                yield acc + [a]
-            else:
-                yield from walk(d, acc + [a])
-
-    for p in walk(0, []):
-        yield p, tuple(aux[a] for a in p[:-1] if aux[a] > 0)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

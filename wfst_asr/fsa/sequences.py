@@ -129,14 +129,12 @@ def intersect_sequences(fsas: Fsa, seqs: Sequence[Sequence[int]],
     # number the kept states per sequence in key order: (start, 0) has the smallest key
     inner = r_dst >= 0
     keys, inv = torch.unique(torch.cat([r_src, r_dst[inner]]), return_inverse=True)
-    key_seq = torch.cat([r_i, r_i[inner]])
-    per_seq = torch.bincount(key_seq.new_zeros(keys.numel()).scatter_(0, inv, key_seq),
-                             minlength=N) if keys.numel() else torch.zeros(N, dtype=torch.int64,
-                                                                           device=dev)
-    seq_first = torch.cumsum(per_seq, 0) - per_seq
-    loc = inv - seq_first[key_seq]
+    # sequence i's keys lie in [base_i, base_i + size_i), and the keys are sorted
+    seq_first = torch.searchsorted(keys, base)
+    per_seq = torch.searchsorted(keys, base + size) - seq_first
+    loc = inv - seq_first[torch.cat([r_i, r_i[inner]])]
     src = loc[:r_src.numel()]
-    dst = torch.full_like(r_src, 0)
+    dst = torch.empty_like(r_src)
     dst[inner] = loc[r_src.numel():]
     dst[~inner] = per_seq[r_i[~inner]]
     num_states = torch.where(per_seq > 0, per_seq + 1, per_seq)

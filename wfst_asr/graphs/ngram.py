@@ -91,6 +91,7 @@ class NgramModel:
     _index: list[dict[tuple[int, ...], int]] | None = field(default=None, repr=False)
     _word_ids: dict[str, int] | None = field(default=None, repr=False)
     _values: np.ndarray | None = field(default=None, repr=False)
+    _offsets: tuple[list[int], list[int]] | None = field(default=None, repr=False)
 
     @property
     def order(self) -> int:
@@ -131,10 +132,11 @@ class NgramModel:
     def param_offsets(self) -> tuple[list[int], list[int]]:
         """Where each order's values start in :meth:`param_values`: (log10 probs of order
         ``n`` at ``[0][n-1]``, back-off weights of order ``n`` at ``[1][n-1]``)."""
-        counts = self.counts
-        prob_first = [sum(counts[:n]) for n in range(self.order)]
-        bow_first = [sum(counts) + p for p in prob_first]
-        return prob_first, bow_first
+        if self._offsets is None:  # cached: every back-off look-up needs them
+            counts = self.counts
+            prob_first = [sum(counts[:n]) for n in range(self.order)]
+            self._offsets = (prob_first, [sum(counts) + p for p in prob_first])
+        return self._offsets
 
     def param_values(self) -> np.ndarray:
         """Every log10 value of the model, float64 ``[2 * sum(counts)]``: the probabilities of

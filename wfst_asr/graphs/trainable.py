@@ -78,11 +78,9 @@ class TrainableGraph(nn.Module):
 
     def forward(self) -> Fsa:
         """The graph with the current LM scores (differentiable w.r.t. ``lm.weight``)."""
-        g = self._graph
-        scores = self.base.to(self.lm.weight.dtype) + self.lm_scale * self.lm(g.lm_terms)
-        return g.index_arcs(torch.arange(g.num_arcs), g.arcs, g.arc_splits if g.is_vec
-                            else None, g.num_states_per_fsa if g.is_vec else g.num_states,
-                            scores=scores)
+        g = self._graph.detach()  # a view: arcs and attributes shared, new scores
+        g.scores = self.base.to(self.lm.weight.dtype) + self.lm_scale * self.lm(g.lm_terms)
+        return g
 
 
 def ctc_lm_graph(G: Fsa, modified: bool = False) -> Fsa:

@@ -80,9 +80,14 @@ class DbdTotals(NamedTuple):
         return self.den - self.num
 
 
+def _all_in_beam(num: torch.Tensor, in_beam: torch.Tensor) -> torch.Tensor:
+    """bool ``[N]``: the lattice holds all of the reference's mass (up to rounding)."""
+    return in_beam >= num - _FULL * num.abs().clamp(min=1.0)
+
+
 def _union(beam: torch.Tensor, num: torch.Tensor, in_beam: torch.Tensor) -> torch.Tensor:
     """``log(e^beam + e^num - e^in_beam)`` with ``in_beam <= num``, finite gradients."""
-    full = in_beam >= num - _FULL * num.abs().clamp(min=1.0)
+    full = _all_in_beam(num, in_beam)
     gap = torch.where(full | ~torch.isfinite(num), torch.full_like(num, -1.0), in_beam - num)
     gap = gap.clamp(max=-_FULL)
     rest = num + torch.log(-torch.expm1(gap))  # log(e^num - e^in_beam)
@@ -192,7 +197,7 @@ class DbdLoss(nn.Module):
             counts["empty_beam"] = int((fin & ~beam_ok).sum())
             counts["out_of_beam"] = int((fin & beam_ok & ~torch.isfinite(tot.in_beam)).sum())
             counts["partial"] = int((fin & torch.isfinite(tot.in_beam)
-                                     & (tot.in_beam < tot.num - 1e-6)).sum())
+                                     & ~_all_in_beam(tot.num, tot.in_beam)).sum())
             kd = keep.to(x.device)
 
             def put(v: torch.Tensor) -> torch.Tensor:

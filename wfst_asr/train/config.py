@@ -13,7 +13,8 @@ In the spirit of Lingvo's ``Params`` + model registry: an experiment is a subcla
         model: str = "tdnn_lstm"
 
 The library registers only corpus-free bases (:data:`BASES`: ``ctc_blstm``, ``tdnn_lstm``,
-``hmm_blstm``, ``mmi_blstm``, ``transducer_blstm``); their data paths and token field are
+``hmm_blstm``, ``mmi_blstm``, ``transducer_blstm``, ``segmental_blstm``, ``attention_blstm``,
+``dbd_blstm``); their data paths and token field are
 required keys (:meth:`ExperimentConfig.check_required`). Recipes own their settings as config
 files (``egs/<corpus>/conf/*.yaml``) that name a base and override it::
 

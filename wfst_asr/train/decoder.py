@@ -91,8 +91,13 @@ from wfst_asr.scoring.decode_dir import (
     utt2spk_path,
     write_settings,
 )
-from wfst_asr.train.checkpoint import CheckpointError
-from wfst_asr.train.criteria import alignment_criterion, loss_options, loss_topology
+from wfst_asr.train.checkpoint import CheckpointError, load_checkpoint
+from wfst_asr.train.criteria import (
+    alignment_criterion,
+    build_loss,
+    loss_options,
+    loss_topology,
+)
 from wfst_asr.train.inference import CHECKPOINT_NAMES, ModelOutputs, load_model, run_model
 
 __all__ = ["GRAPH_METHODS", "DecodeError", "DecodeOptions", "Decoder", "Method"]
@@ -569,9 +574,6 @@ class Decoder:
 
     def _dbd_method(self) -> Method:
         """The criterion's graph, its LM weights as trained, the beams of training."""
-        from wfst_asr.train.checkpoint import load_checkpoint
-        from wfst_asr.train.criteria import build_loss
-
         try:
             crit = build_loss(self.cfg, self.model)
             state = load_checkpoint(self.checkpoint)
