@@ -144,6 +144,10 @@ def test_dbd_with_infinite_beams_is_the_exact_full_sum(seed):
         assert tot.loss[i].item() == pytest.approx(den - num, abs=1e-9)
         assert tot.beam[i].item() == pytest.approx(den, abs=1e-9)
         assert tot.in_beam[i].item() == pytest.approx(num, abs=1e-9)
+    # search_beam = inf: no search, the exact sum (intersect_dense), same values
+    exact = dbd_totals(graph, dense, refs, search_beam=math.inf, output_beam=0.0)
+    fin = torch.isfinite(tot.num)
+    torch.testing.assert_close(exact.loss[fin], tot.loss[fin], rtol=0, atol=1e-9)
 
 
 def test_dbd_union_and_monotone_convergence():
@@ -256,6 +260,12 @@ def test_trainable_ngram_terms_and_graph():
     H = ctc_lm_graph(G)
     tg = TrainableGraph(H, lm)
     assert torch.allclose(tg().scores.float(), H.scores, atol=1e-6)
+    # lm_scale weights the LM part only: arcs without terms keep their scores
+    has = H.lm_terms[:, 0] >= 0
+    scaled = TrainableGraph(H, lm, lm_scale=0.3)().scores.detach()
+    want = H.scores.double() - 0.7 * lm(H.lm_terms).detach()
+    assert torch.allclose(scaled, want.to(scaled.dtype), atol=1e-5)
+    assert torch.equal(scaled[~has].float(), H.scores[~has]) and bool(has.any())
     assert torch.equal(H.aux_labels[H.lm_terms[:, 0] >= 0] > 0,
                        H.labels[H.lm_terms[:, 0] >= 0] > 0)  # token-starting arcs
     with pytest.raises(ValueError, match="lm_terms"):
@@ -371,12 +381,84 @@ ngram 2=3
 """
 
 
-def test_lexicon_lm_graph_scores_by_hand(tmp_path):
-    """``lexicon_lm_graph``: the total over the paths spelling a word sequence is the ARPA
-    back-off log-probability of the sentence, worked out by hand here, plus the log of the
-    summed pronunciation weights of each word; the trainable scores reproduce it and a word
-    of the LM without a pronunciation is refused at build time."""
-    from wfst_asr.graphs.lm import ngram_acceptor
+_ARPA3 = """\\data\\
+ngram 1=5
+ngram 2=5
+ngram 3=2
+
+\\1-grams:
+-99 <s> -0.3
+-0.5 a -0.2
+-0.6 b -0.25
+-0.8 c
+-0.7 </s>
+
+\\2-grams:
+-0.1 <s> a -0.15
+-0.35 <s> b
+-0.2 a b -0.05
+-0.4 b a
+-0.3 b </s>
+
+\\3-grams:
+-0.05 <s> a b
+-0.12 a b </s>
+
+\\end\\
+"""
+
+
+def _backoff_arc_total(arpa: str, sentence: list[str], pron_mass: dict[str, float]) -> float:
+    """ln of the summed probability of every path of G with back-off arcs (Kaldi's G, log
+    semiring) spelling ``sentence </s>``: at each word, the direct n-gram of the history and
+    of each suffix reached through back-off weights; ``</s>`` with the ARPA rule. The ARPA
+    is read here, line by line; each word's pronunciation weights multiply in."""
+    prob, bow, n = {}, {}, 0
+    for line in arpa.splitlines():
+        f = line.split()
+        if line.endswith("-grams:"):
+            n = int(line[1])
+        elif n and f and not line.startswith("\\"):
+            gram = tuple(f[1:1 + n])
+            prob[gram] = 10 ** float(f[0])
+            if len(f) == n + 2:
+                bow[gram] = 10 ** float(f[-1])
+    order = n
+    contexts = {()} | {g[:k] for g in prob for k in range(1, len(g))} | set(bow)
+
+    def context(h):
+        h = h[len(h) - (order - 1):]
+        while h not in contexts:
+            h = h[1:]
+        return h
+
+    def p_end(h):  # the ARPA back-off rule
+        w = 1.0
+        while h + ("</s>",) not in prob:
+            w *= bow.get(h, 1.0)
+            h = h[1:]
+        return w * prob[h + ("</s>",)]
+
+    def total(h, i):
+        if i == len(sentence):
+            return p_end(h)
+        w, out, b, cur = sentence[i], 0.0, 1.0, h
+        while True:
+            if cur + (w,) in prob:
+                out += b * prob[cur + (w,)] * pron_mass[w] * total(context(cur + (w,)), i + 1)
+            if not cur:
+                return out
+            b *= bow.get(cur, 1.0)
+            cur = context(cur[1:])
+    return math.log(total(context(("<s>",)), 0))
+
+
+def test_lexicon_lm_graph_against_backoff_paths(tmp_path):
+    """``lexicon_lm_graph`` on a 3-gram with two-level back-off and a lexicon whose
+    pronunciations share prefixes: the total over the paths spelling each sentence is the sum
+    over G's back-off paths (worked out by the enumeration above from the ARPA text), times
+    each word's summed pronunciation weights; the trainable scores reproduce the graph's; an
+    LM word without pronunciation or outside the word table is refused at build time."""
     from wfst_asr.graphs.ngram import read_arpa
     from wfst_asr.graphs.trainable import (
         NgramScores,
@@ -384,27 +466,29 @@ def test_lexicon_lm_graph_scores_by_hand(tmp_path):
         ctc_lm_graph,
         lexicon_lm_graph,
     )
-    (tmp_path / "lm.arpa").write_text(_ARPA)
+    (tmp_path / "lm.arpa").write_text(_ARPA3)
     model = read_arpa(tmp_path / "lm.arpa")
-    G = ngram_acceptor(model, {"a": 1, "b": 2}, terms=True)
-    lex = [(1, [1, 2], math.log(0.5)), (1, [3], math.log(0.25)), (2, [2], 0.0)]
-    LG = lexicon_lm_graph(G, lex)
-    ln10 = math.log(10.0)
-    by_hand = {  # log10 P(sentence </s>) with the back-off rule
-        (1, 2): -0.1 - 0.2 - 0.3,
-        (2, 1): (-0.3 - 0.6) + (-0.25 - 0.5) + (-0.2 - 0.7),
-        (1,): -0.1 + (-0.2 - 0.7),
-        (2, 2): (-0.3 - 0.6) + (-0.25 - 0.6) - 0.3,
-    }
-    seqs = [list(k) for k in by_hand]
-    got = get_tot_scores(intersect_sequences(LG, seqs), log_semiring=True,
-                         use_double_scores=True)
-    for i, (ws, lp10) in enumerate(by_hand.items()):
-        want = ln10 * lp10 + sum(math.log(0.75) if w == 1 else 0.0 for w in ws)
-        assert got[i].item() == pytest.approx(want, abs=1e-5), ws
+    words = {"a": 1, "b": 2, "c": 3}
+    lex = [(1, [1, 2], math.log(0.5)), (1, [1, 3], math.log(0.25)), (2, [1], 0.0),
+           (3, [2, 3], math.log(0.9))]
+    LG = lexicon_lm_graph(model, words, lex)
+    mass = {"a": 0.75, "b": 1.0, "c": 0.9}
+    sentences = [["a", "b"], ["b", "a"], ["a", "b", "c"], ["c"], ["c", "c", "b"], [],
+                 ["b", "a", "b", "a"], ["a", "c", "a", "b"]]
+    got = get_tot_scores(intersect_sequences(LG, [[words[w] for w in s] for s in sentences]),
+                         log_semiring=True, use_double_scores=True)
+    for i, sent in enumerate(sentences):
+        want = _backoff_arc_total(_ARPA3, sent, mass)
+        assert got[i].item() == pytest.approx(want, abs=1e-5), sent
+    # one tree per context: the root <s> has one arc per first token of its words, plus the
+    # copies of the unigram tree's first arcs (tokens 1 and 2), and the final arc
+    start_arcs = LG.arcs[LG.arcs[:, 0] == 0]
+    assert int((start_arcs[:, 2] == 1).sum()) <= 2 + 2  # <s> a/b share "1", plus copies
     H = ctc_lm_graph(LG)
     tg = TrainableGraph(H, NgramScores(model, dtype=torch.float64))
     assert torch.allclose(tg().scores.float(), H.scores, atol=1e-6)
     assert int((H.lm_terms[:, 0] >= 0).sum()) > 0
     with pytest.raises(ValueError, match="no pronunciation"):
-        lexicon_lm_graph(G, lex[:2])
+        lexicon_lm_graph(model, words, lex[:3])
+    with pytest.raises(ValueError, match="not in the word table"):
+        lexicon_lm_graph(model, {"a": 1, "b": 2}, lex)

@@ -380,7 +380,7 @@ def test_dbd_criterion_trains_the_lm(data, tmp_path):
     # weights and the training beams, min_active_states included (the same best paths as
     # one_best in that graph, built here from the checkpoint)
     from wfst_asr.decode import one_best
-    from wfst_asr.train.decoder import DecodeOptions, Decoder
+    from wfst_asr.train.decoder import DecodeError, DecodeOptions, Decoder
     from wfst_asr.train.inference import run_model
     dec = Decoder(tmp_path / "exp", options=DecodeOptions(methods=["dbd", "greedy"],
                                                           metric="PER"), log=None)
@@ -398,6 +398,31 @@ def test_dbd_criterion_trains_the_lm(data, tmp_path):
             want[i] = " ".join(PHONES[t - 1] for t in seq)
     got = dict((ln.split(maxsplit=1) + [""])[:2] for ln in hyps)
     assert got == want and len(got) == 6
+    # a CTC model in the graph of a DBD config (the ARPA's weights), and the beam sweep:
+    # dbd_K = at most K active states
+    ctc = _trainer(_cfg(data, tmp_path / "ctc", "test.tiny_blstm", "num_epochs=1"))
+    ctc.fit()
+    conf = tmp_path / "dbd.yaml"
+    conf.write_text(f"base: test.tiny_blstm\nloss: dbd\nlang_dir: {tmp_path}\n"
+                    f"tokens: {data['tokens']}\nloss_kwargs:\n  search_beam: 6\n"
+                    "  output_beam: 4\n  lm_scale: 0.5\n")
+    dec = Decoder(tmp_path / "ctc", options=DecodeOptions(
+        methods=["dbd"], metric="PER", dbd_config=str(conf), dbd_max_active=[2]), log=None)
+    assert list(dec.methods) == ["dbd", "dbd_2"] and "fixed LM" in dec.methods["dbd"].how
+    dec.run({"dev": data["dev_cuts"]}, tmp_path / "decode_ctc")
+    g = fixed.loss_fn.decoding_graph().detach()  # the same graph: ARPA weights, scale 0.5
+    outs = run_model(dec.model, data["dev_cuts"], dec.cfg, "cpu", 100.0)
+    for name, k in (("dbd", 10000), ("dbd_2", 2)):
+        want = {}
+        for o in outs:
+            for i, seq in zip(o.ids, one_best(g, o.log_probs, o.lens, search_beam=6.0,
+                                              min_active_states=1, max_active_states=k)):
+                want[i] = " ".join(PHONES[t - 1] for t in seq)
+        hyps = (tmp_path / "decode_ctc" / name / "dev.hyp").read_text().splitlines()
+        assert dict((ln.split(maxsplit=1) + [""])[:2] for ln in hyps) == want, name
+    with pytest.raises(DecodeError, match="not 'dbd'"):
+        Decoder(tmp_path / "ctc", options=DecodeOptions(
+            methods=["dbd"], dbd_config=timit_conf("ctc_blstm")), log=None)
     make_token_lm(texts + [["zz"]], order=2, out_arpa=tmp_path / "bad.arpa")
     with pytest.raises(ValueError, match="not in the symbol table"):
         _trainer(_cfg(data, tmp_path / "bad", "test.tiny_blstm", *sets, "loss.lm=bad.arpa"))
@@ -524,9 +549,11 @@ def test_early_stop_rule():
     assert not stops(3, [5, 4, 3])
 
 
-def test_cuts_with_unmappable_symbols_are_skipped_and_counted(caplog, monkeypatch):
+@pytest.mark.parametrize("loss", ["ctc", "dbd"])
+def test_cuts_with_unmappable_symbols_are_skipped_and_counted(caplog, monkeypatch, loss):
     """A cut whose transcript has a word outside the lexicon's words (e.g. a dev OOV) is left
-    out of the loader with one warning naming it; the others are kept; none left: an error."""
+    out of the loader with one warning counting them and naming the words and the table; the
+    others are kept; none left: an error. (CTC on words and DBD alike.)"""
     import logging
     from types import SimpleNamespace
 
@@ -541,7 +568,7 @@ def test_cuts_with_unmappable_symbols_are_skipped_and_counted(caplog, monkeypatc
         c = dummy_cut(i)
         c.supervisions = [dummy_supervision(i, text=text)]
         cuts.append(c)
-    cfg = SimpleNamespace(token_field="text", loss="ctc", loss_kwargs={"lexicon": "lexicon.txt"},
+    cfg = SimpleNamespace(token_field="text", loss=loss, loss_kwargs={"lexicon": "lexicon.txt"},
                           lang_dir="data/lang", tokens="")
     from wfst_asr.train import build
 
@@ -551,6 +578,7 @@ def test_cuts_with_unmappable_symbols_are_skipped_and_counted(caplog, monkeypatc
     assert [c.id for c in kept] == [cuts[0].id, cuts[2].id]
     msg = caplog.text
     assert "dev.jsonl.gz: 2 of 4 cuts skipped" in msg and "'zz'" in msg and "'yy'" in msg
+    assert "words of data/lang/words.txt" in msg
     with pytest.raises(ValueError, match="dev.jsonl.gz: every cut has"):
         _usable_cuts(CutSet.from_cuts(cuts[1:2] + cuts[3:]), cfg, "dev.jsonl.gz")
 
@@ -612,3 +640,33 @@ def test_init_from_rules_rename(tmp_path):
     cfg = apply_overrides(get_config("test.tiny_blstm"),
                           [r"init_from_rules=encoder\.(layers\..*)->\1"])
     assert cfg.init_from_rules == [r"encoder\.(layers\..*)->\1"]
+
+
+def _reduce_worker(rank: int, world: int, store: str, out: str) -> None:
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        a = torch.nn.Parameter(torch.zeros(3))
+        b = torch.nn.Parameter(torch.zeros(2))
+        a.grad = torch.tensor([1.0, 2.0, 3.0]) * (rank + 1)
+        if rank == 0:  # a parameter without gradient on one rank (not in its beam)
+            b.grad = torch.tensor([4.0, -2.0])
+        Trainer._reduce_criterion_grads(SimpleNamespace(criterion_params=[a, b]))
+        torch.save({"a": a.grad, "b": b.grad}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_criterion_gradients_are_averaged_over_ranks(tmp_path):
+    """DDP averages the model's gradients; the criterion's own (a trainable graph's LM
+    weights) are all-reduced by the trainer: every rank ends with the mean over ranks, a rank
+    where a parameter got no gradient counting as zero."""
+    import torch.multiprocessing as mp
+    mp.spawn(_reduce_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "g")), nprocs=2,
+             join=True)
+    for rank in range(2):
+        g = torch.load(tmp_path / f"g.{rank}", weights_only=True)
+        assert torch.allclose(g["a"], torch.tensor([1.5, 3.0, 4.5]))
+        assert torch.allclose(g["b"], torch.tensor([2.0, -1.0]))

@@ -125,6 +125,34 @@ def test_ctc_graph_variants_same_totals(modified):
     torch.testing.assert_close(a, c)
 
 
+@pytest.mark.parametrize("modified", [False, True])
+def test_ctc_graph_shared_token_states_same_paths(modified):
+    """``share_token_states``: one token state per (destination, token) keeps every path of
+    the per-arc construction with its labels, words and score (enumerated over 5 frames, on a
+    cyclic acceptor whose states are entered by several arcs with the same token, parallel
+    arcs included), with fewer states."""
+    rows = [(0, 1, 1, 7), (0, 1, 1, 8), (2, 1, 1, 0), (0, 2, 2, 9), (1, 2, 2, 0),
+            (2, 2, 1, 9), (1, 0, 2, 7), (1, 3, -1, -1), (2, 3, -1, -1)]
+    t = torch.tensor(rows, dtype=torch.int32)
+    scores = torch.tensor([-0.1, -0.7, -0.2, -0.3, -0.4, -0.5, -0.6, -0.8, -0.9])
+    G = Fsa(t[:, :3].contiguous(), scores, aux_labels=t[:, 3].contiguous()).as_vec()
+    lp = torch.randn(5, 3, generator=torch.Generator().manual_seed(1),
+                     dtype=torch.float64).log_softmax(-1)
+
+    def paths(g):
+        out = []
+        for arcs, score in ref.enumerate_dense_paths(g, lp):
+            out.append((tuple(int(g.labels[a]) for a in arcs),
+                        tuple(int(g.aux_labels[a]) for a in arcs), round(score, 9)))
+        return sorted(out)
+
+    a = ctc_graph_from_acceptors(G, modified)
+    b = ctc_graph_from_acceptors(G, modified, share_token_states=True)
+    assert b.num_states < a.num_states
+    assert paths(b[0]) == paths(a[0]) != []
+    torch.testing.assert_close(tot(b, lp[None]), tot(a, lp[None]))
+
+
 def test_ctc_compiler_single_pronunciation_words():
     lexicon = {1: [1, 2], 2: [[3]], 3: [2, 2]}
     comp = CtcTrainingGraphCompiler(lexicon)

@@ -82,7 +82,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
                              prior_scale=args.prior_scale, acoustic_scale=args.acoustic_scale,
                              device=args.device, forced_best=args.forced_best,
                              text_lm=args.text_lm, mlm=args.mlm, ctc_weight=args.ctc_weight,
-                             max_len_ratio=args.max_len_ratio)
+                             max_len_ratio=args.max_len_ratio, dbd_config=args.dbd_config,
+                             dbd_max_active=[int(k) for k in parse_grid(args.dbd_max_active)])
         sets = _sets(args)
         out_dir = Path(args.out_dir) if args.out_dir else Path(args.exp_dir) / "decode"
         dec = Decoder(args.exp_dir, args.lang_dir, args.graph, opts)
@@ -167,6 +168,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "reference and 1-best in the graph: search errors (the reference scores "
                    "higher) vs model errors, per set in settings.json and "
                    "METHOD/forced_best_SET.tsv")
+    p.add_argument("--dbd-config", metavar="YAML",
+                   help="method dbd for a CTC model: the decoding graph and beams of this "
+                   "config of loss dbd (its LM with the ARPA's weights)")
+    p.add_argument("--dbd-max-active", default="", metavar="K,K,...",
+                   help="method dbd also with at most K active states each (methods dbd_K): "
+                   "the error rate against the beam")
     p.add_argument("--text-lm", metavar="TEXTLM_PT",
                    help="attention models: a left-to-right LM over the model's tokens "
                    "(wfst-asr train-mlm --objective causal) for methods fusion and rescore_lm")

@@ -65,31 +65,16 @@ class OnDemandNgram:
         #: lattice word id -> LM word id (-1: no arc)
         self.lm_of: list[int] = lm_of.tolist()
         self._eos = model.word_id(EOS)
-        contexts: set[tuple[int, ...]] = {()}
-        for n, (grams, bows) in enumerate(zip(model.ngrams, model.backoffs), start=1):
-            for k in range(1, min(n, model.order)):
-                contexts.update(map(tuple, np.unique(grams[:, :k], axis=0).tolist()))
-            if n < model.order:
-                keep = ~np.isnan(bows) & (bows != 0.0)
-                contexts.update(map(tuple, grams[keep].tolist()))
-        self._contexts = contexts
-        self._keep = max(model.order - 1, 0)
         self._ctx: list[tuple[int, ...]] = []
         self._ctx_id: dict[tuple[int, ...], int] = {}
         self._arcs: dict[tuple[int, int], tuple[int, float]] = {}
         self._final: dict[int, float] = {}
-        self.start = self._state(self._context((model.word_id(BOS),)))
+        self.start = self._state(self.model.context((model.word_id(BOS),)))
 
     @property
     def num_contexts(self) -> int:
         """Number of contexts of the model (the states an expanded acceptor could have)."""
-        return len(self._contexts)
-
-    def _context(self, hist: tuple[int, ...]) -> tuple[int, ...]:
-        hist = hist[len(hist) - self._keep:] if self._keep else ()
-        while hist not in self._contexts:
-            hist = hist[1:]
-        return hist
+        return len(self.model.contexts())
 
     def _state(self, ctx: tuple[int, ...]) -> int:
         s = self._ctx_id.get(ctx)
@@ -109,7 +94,7 @@ class OnDemandNgram:
             return None
         h = self._ctx[state]
         score = math.log(10.0) * self.model._log10_prob_ids(w, h)
-        got = self._arcs[(state, word)] = (self._state(self._context(h + (w,))), score)
+        got = self._arcs[(state, word)] = (self._state(self.model.context(h + (w,))), score)
         return got
 
     def final(self, state: int) -> float:

@@ -34,6 +34,43 @@ def _first_of_each(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return uniq, idx
 
 
+def _useful_arcs(G: Fsa, sym: torch.Tensor, lab: torch.Tensor, y: torch.Tensor
+                 ) -> torch.Tensor:
+    """bool ``[A]``: the arcs from which some symbol of ``y`` or the end is reachable without
+    passing another symbol (the arcs with such a symbol, the final arcs, and the symbol-free
+    arcs into a state one of these leaves from). No path spelling a sequence over ``y`` leaves
+    them; in a graph whose symbols sit at the end of long symbol-free paths (a lexicon tree)
+    the search would otherwise walk every tree at every position."""
+    dev = sym.device
+    wanted = torch.zeros(int(max(int(sym.max()), int(y.max()) if y.numel() else 0)) + 1,
+                         dtype=torch.bool, device=dev)
+    wanted[y] = True
+    good = (lab == -1) | ((sym > 0) & wanted[sym.clamp(min=0)])
+    src, dst = G.src_global, G.dst_global
+    free = (sym == 0) & (lab != -1)
+    ok = _reaching(src[free], dst[free], src[good], G.num_states)
+    return good | (free & ok[dst])
+
+
+def _reaching(src: torch.Tensor, dst: torch.Tensor, targets: torch.Tensor,
+              num_states: int) -> torch.Tensor:
+    """bool ``[num_states]``: the states from which the arcs ``src -> dst`` reach one of
+    ``targets`` (the targets included), by a breadth-first search backwards."""
+    ok = torch.zeros(num_states, dtype=torch.bool, device=src.device)
+    frontier = torch.unique(targets)
+    ok[frontier] = True
+    order = torch.argsort(dst, stable=True)
+    sorted_dst = dst[order]
+    while frontier.numel():
+        lo = torch.searchsorted(sorted_dst, frontier)
+        hi = torch.searchsorted(sorted_dst, frontier, right=True)
+        _, k = _expand(lo, hi - lo, torch.arange(lo.numel(), device=src.device))
+        srcs = torch.unique(src[order[k]])
+        frontier = srcs[~ok[srcs]]
+        ok[frontier] = True
+    return ok
+
+
 def intersect_sequences(fsas: Fsa, seqs: Sequence[Sequence[int]],
                         attr: str = "aux_labels") -> Fsa:
     """The paths of ``fsas`` whose non-zero ``attr`` labels spell each sequence of ``seqs``.
@@ -79,6 +116,7 @@ def intersect_sequences(fsas: Fsa, seqs: Sequence[Sequence[int]],
     visited = torch.zeros(int(size.sum()), dtype=torch.bool, device=dev)
     first, count = _out_arcs(G)
     dst_g = G.dst_global
+    useful = _useful_arcs(G, sym, lab, y)
     # frontier: (sequence, local state, position, key)
     f_i = (n_states > 0).nonzero().squeeze(1)
     f_s = torch.zeros_like(f_i)
@@ -93,7 +131,7 @@ def intersect_sequences(fsas: Fsa, seqs: Sequence[Sequence[int]],
         at = y[(y_first[i] + j).clamp(max=max(y.numel() - 1, 0))] if y.numel() else \
             torch.zeros_like(j)
         word = ~is_fin & (w != 0) & (j < lens[i]) & (at == w)
-        ok = (is_fin & (j == lens[i])) | (~is_fin & (w == 0)) | word
+        ok = ((is_fin & (j == lens[i])) | (~is_fin & (w == 0)) | word) & useful[arc]
         nj = j + word.long()
         d_loc = dst_g[arc] - g_off[i]
         d_key = torch.where(is_fin, torch.full_like(nj, -1), base[i] + d_loc * rows[i] + nj)
@@ -110,20 +148,9 @@ def intersect_sequences(fsas: Fsa, seqs: Sequence[Sequence[int]],
     empty = torch.zeros(0, dtype=torch.int64, device=dev)
     r_i, r_src, r_dst, r_arc = ([torch.cat(c) for c in zip(*rec)] if rec else [empty] * 4)
     # coaccessible product states: backwards from the sources of final arcs
-    coacc = torch.zeros_like(visited)
     fin = r_dst < 0
-    frontier = torch.unique(r_src[fin])
-    coacc[frontier] = True
     inner = (~fin).nonzero().squeeze(1)
-    by_dst = inner[torch.argsort(r_dst[inner], stable=True)]
-    sorted_dst = r_dst[by_dst]
-    while frontier.numel():
-        lo = torch.searchsorted(sorted_dst, frontier)
-        hi = torch.searchsorted(sorted_dst, frontier, right=True)
-        _, k = _expand(lo, hi - lo, torch.arange(lo.numel(), device=dev))
-        srcs = torch.unique(r_src[by_dst[k]])
-        frontier = srcs[~coacc[srcs]]
-        coacc[frontier] = True
+    coacc = _reaching(r_src[inner], r_dst[inner], r_src[fin], visited.numel())
     keep = coacc[r_src] & (fin | coacc[r_dst.clamp(min=0)])
     r_i, r_src, r_dst, r_arc = r_i[keep], r_src[keep], r_dst[keep], r_arc[keep]
     # number the kept states per sequence in key order: (start, 0) has the smallest key

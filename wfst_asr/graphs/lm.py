@@ -274,24 +274,8 @@ def ngram_acceptor(lm: NgramModel | PathLike, symbols: SymbolTable | Mapping[str
     if any(v < 1 for v in label.values()):
         raise ValueError("ngram_acceptor: LM words need ids >= 1 (0 is epsilon)")
     bos, eos = model.word_id(BOS), model.word_id(EOS)
-    contexts: set[tuple[int, ...]] = {()}
-    for n, (grams, bows) in enumerate(zip(model.ngrams, model.backoffs), start=1):
-        rows = grams.tolist()
-        for k in range(1, min(n, model.order)):
-            contexts.update(tuple(r[:k]) for r in rows)
-        if n < model.order:
-            contexts.update(tuple(r) for r, b in zip(rows, bows.tolist())
-                            if not math.isnan(b) and b != 0.0)
-    keep = max(model.order - 1, 0)
-
-    def context(hist: tuple[int, ...]) -> tuple[int, ...]:
-        hist = hist[len(hist) - keep:] if keep else ()
-        while hist not in contexts:
-            hist = hist[1:]
-        return hist
-
     ln10 = math.log(10.0)
-    start = context((bos,))
+    start = model.context((bos,))
     state_id = {start: 0}
     queue = [start]
     values = model.param_values()
@@ -307,7 +291,7 @@ def ngram_acceptor(lm: NgramModel | PathLike, symbols: SymbolTable | Mapping[str
         h = queue.pop(0)
         s = state_id[h]
         for w in words:
-            nxt = context(h + (w,))
+            nxt = model.context(h + (w,))
             if nxt not in state_id:
                 state_id[nxt] = len(state_id)
                 queue.append(nxt)

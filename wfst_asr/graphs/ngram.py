@@ -92,6 +92,7 @@ class NgramModel:
     _word_ids: dict[str, int] | None = field(default=None, repr=False)
     _values: np.ndarray | None = field(default=None, repr=False)
     _offsets: tuple[list[int], list[int]] | None = field(default=None, repr=False)
+    _contexts: set[tuple[int, ...]] | None = field(default=None, repr=False)
 
     @property
     def order(self) -> int:
@@ -108,6 +109,31 @@ class NgramModel:
         if self._word_ids is None:
             self._word_ids = {w: i for i, w in enumerate(self.vocab)}
         return self._word_ids[word]
+
+    def contexts(self) -> set[tuple[int, ...]]:
+        """The histories that can change a prediction (tuples of word ids): the empty one, every
+        proper prefix of an n-gram, and every n-gram below the top order with a non-zero
+        back-off weight. Any other history predicts as its longest suffix in this set."""
+        if self._contexts is None:
+            contexts: set[tuple[int, ...]] = {()}
+            for n, (grams, bows) in enumerate(zip(self.ngrams, self.backoffs), start=1):
+                for k in range(1, min(n, self.order)):
+                    contexts.update(map(tuple, np.unique(grams[:, :k], axis=0).tolist()))
+                if n < self.order:
+                    keep = ~np.isnan(bows) & (bows != 0.0)
+                    contexts.update(map(tuple, grams[keep].tolist()))
+            self._contexts = contexts
+        return self._contexts
+
+    def context(self, hist: Sequence[int]) -> tuple[int, ...]:
+        """The state of history ``hist`` (word ids): its longest suffix of at most
+        ``order - 1`` words that is one of :meth:`contexts`."""
+        contexts, keep = self.contexts(), max(self.order - 1, 0)
+        h = tuple(hist)
+        h = h[len(h) - keep:] if keep else ()
+        while h not in contexts:
+            h = h[1:]
+        return h
 
     def _lookup(self) -> list[dict[tuple[int, ...], int]]:
         if self._index is None:

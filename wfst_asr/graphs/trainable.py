@@ -20,14 +20,14 @@ so every arc keeps the one G arc it comes from.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from wfst_asr.fsa import Fsa
 
-from .ngram import NgramModel
+from .ngram import BOS, EOS, NgramModel
 from .training import ctc_graph_from_acceptors
 
 __all__ = ["NgramScores", "TrainableGraph", "ctc_lm_graph", "lexicon_lm_graph"]
@@ -55,11 +55,11 @@ class TrainableGraph(nn.Module):
     """A graph with fixed structure whose scores are ``base + lm_scale * lm(lm_terms)``.
 
     Args:
-      graph: an Fsa (or FsaVec) with the per-arc attribute ``lm_terms`` ``[A, K]``; its
-        current scores are taken to be ``base + lm_scale * lm(lm_terms)`` with ``lm``'s initial
-        values, which fixes ``base`` (e.g. the topology's or the lexicon's scores).
+      graph: an Fsa (or FsaVec) with the per-arc attribute ``lm_terms`` ``[A, K]`` whose
+        scores hold the LM at scale 1, as the builders here give them: ``base + lm(lm_terms)``
+        with ``lm``'s initial values, which fixes ``base`` (the topology's, the lexicon's).
       lm: the LM's parameters.
-      lm_scale: the LM weight (as at decoding).
+      lm_scale: the LM weight (as at decoding): ``forward`` scales the LM part by it.
     """
 
     def __init__(self, graph: Fsa, lm: NgramScores, lm_scale: float = 1.0) -> None:
@@ -73,8 +73,8 @@ class TrainableGraph(nn.Module):
         with torch.no_grad():
             lm_part = lm(graph.lm_terms).to(torch.float64)
         # derived from the graph, rebuilt with it: not part of a checkpoint
-        self.register_buffer("base", graph.scores.detach().to(torch.float64)
-                             - self.lm_scale * lm_part, persistent=False)
+        self.register_buffer("base", graph.scores.detach().to(torch.float64) - lm_part,
+                             persistent=False)
 
     def forward(self) -> Fsa:
         """The graph with the current LM scores (differentiable w.r.t. ``lm.weight``)."""
@@ -90,84 +90,156 @@ def ctc_lm_graph(G: Fsa, modified: bool = False) -> Fsa:
     if not G.has_attr("lm_terms"):
         raise ValueError("G has no lm_terms (ngram_acceptor(..., terms=True))")
     g = ctc_graph_from_acceptors(G.as_vec() if not G.is_vec else G, modified=modified,
-                                 arc_map=True)
+                                 arc_map=True, share_token_states=True)
     src = g.arc_map
     terms = G.lm_terms[src.clamp(min=0)]
     g.lm_terms = torch.where((src >= 0).unsqueeze(1), terms, torch.full_like(terms, -1))
     return g[0] if not G.is_vec else g
 
 
-def lexicon_lm_graph(G: Fsa, lexicon: Sequence[tuple[int, Sequence[int], float]]) -> Fsa:
-    """``L o G`` as an epsilon-free token acceptor (for :func:`ctc_lm_graph`).
+def lexicon_lm_graph(lm: NgramModel, words: Mapping[str, int],
+                     lexicon: Sequence[tuple[int, Sequence[int], float]]) -> Fsa:
+    """``L o G`` of a back-off word n-gram as an epsilon-free token acceptor with ``lm_terms``
+    (for :func:`ctc_lm_graph`), of a size that grows with the n-grams, not the vocabulary.
+
+    One state per context of ``lm`` (:meth:`NgramModel.contexts`; the start is ``<s>``'s), the
+    root of a prefix tree of the pronunciations of the words seen after it: the last arc of a
+    word's pronunciation holds the word (``aux_labels``), the n-gram's probability
+    (``lm_terms``) and the pronunciation's log-probability, and goes to the context of the
+    history plus that word. Back-off, as G's epsilon arcs to the lower-order state, without
+    epsilons: every context also has a copy of the first arcs of each lower-order context's
+    tree (of its suffixes), with the back-off weights passed on its ``lm_terms``. Final arcs:
+    ``</s>`` with the exact back-off rule.
+
+    LM look-ahead: a tree node's potential is the best score of the words below it (0 at the
+    context states); every tree arc's score is shifted by the potential of its end minus that
+    of its start, so along a whole word the shifts cancel and every path keeps its score, while
+    a pruned search sees a word's LM cost from its first token on (without it, a search beam
+    below the LM costs of the words ends mid-word).
+
+    Semiring: as G with back-off arcs (Kaldi's), a word seen after a history keeps its backed-off
+    paths too, so in the log semiring the graph's total for a sentence exceeds the LM's
+    probability by those paths' mass (the back-off weight times the lower-order probability);
+    the best path (tropical) is the ARPA score when the direct n-gram is the larger, as it is
+    for smoothed models. Back-off weights stay one parameter each, shared by every copy.
 
     Args:
-      G: a word acceptor with ``lm_terms`` (:func:`~wfst_asr.graphs.lm.ngram_acceptor` with
-        ``terms=True``): labels = word ids, -1 on final arcs.
+      lm: the word n-gram.
+      words: ``word -> id`` of the graph's ``aux_labels`` (ids >= 1).
       lexicon: ``(word id, token ids (>= 1), log-probability)`` per pronunciation.
 
     Returns:
-      A single Fsa: the states of ``G`` (its final state last), plus ``len(p) - 1`` new
-      states per (word arc, pronunciation ``p``). Arc ``k`` of a chain has label ``p[k]``;
-      the first one holds the word (``aux_labels``, 0 on the others), the G arc's score plus
-      the pronunciation's log-probability, and the G arc's ``lm_terms`` (-1 rows on the
-      others). Final arcs are G's.
+      A single Fsa (its final state last): labels = tokens, ``aux_labels`` = word ids or 0,
+      ``lm_terms`` ``[A, lm.order]`` (indices into :meth:`NgramModel.param_values`, -1 pad).
 
     Raises:
-      ValueError: a word of G with no pronunciation (the LM's vocabulary must be the
-        lexicon's), or a pronunciation with a token < 1.
+      ValueError: an LM word outside ``words`` or without a pronunciation (the LM's
+        vocabulary must be the lexicon's), or a pronunciation with a token < 1.
     """
-    if G.is_vec:
-        raise ValueError("G must be a single Fsa")
-    if not G.has_attr("lm_terms"):
-        raise ValueError("G has no lm_terms (ngram_acceptor(..., terms=True))")
-    words = torch.tensor([int(w) for w, _p, _s in lexicon], dtype=torch.int64)
-    plen = torch.tensor([len(p) for _w, p, _s in lexicon], dtype=torch.int64)
-    if bool((plen < 1).any()):
-        raise ValueError("every pronunciation needs at least one token")
-    toks = torch.tensor([int(t) for _w, p, _s in lexicon for t in p], dtype=torch.int64)
-    if toks.numel() and int(toks.min()) < 1:
-        raise ValueError("pronunciation tokens must be >= 1 (0 is blank)")
-    plogp = torch.tensor([float(s) for _w, _p, s in lexicon], dtype=torch.float64)
-    arcs = G.arcs.long()
-    src, dst, lab = arcs[:, 0], arcs[:, 1], arcs[:, 2]
-    fin = lab == -1
-    word_arcs = (~fin).nonzero().squeeze(1)
-    W = int(max(int(words.max()) if words.numel() else 0, int(lab.max()))) + 1
-    # pronunciations of each word, by word (CSR)
-    order = torch.argsort(words, stable=True)
-    per_word = torch.bincount(words, minlength=W)
-    first = torch.cumsum(per_word, 0) - per_word
-    n_pron = per_word[lab[word_arcs]]
-    if bool((n_pron == 0).any()):
-        missing = sorted(set(lab[word_arcs][n_pron == 0].tolist()))
-        raise ValueError(f"{len(missing)} word id(s) of G have no pronunciation in the "
-                         f"lexicon: {missing[:10]}")
-    pair_arc = torch.repeat_interleave(word_arcs, n_pron)
-    pair_pos = torch.arange(pair_arc.numel()) - torch.repeat_interleave(
-        torch.cumsum(n_pron, 0) - n_pron, n_pron)
-    pron = order[first[lab[pair_arc]] + pair_pos]
-    L = plen[pron]
-    S = G.num_states  # G's final state is S - 1; new states from S - 1, the final moves last
-    inter_base = (S - 1) + torch.cumsum(L - 1, 0) - (L - 1)
-    final = (S - 1) + int((L - 1).sum())
-    pair = torch.repeat_interleave(torch.arange(pron.numel()), L)
-    k = torch.arange(pair.numel()) - torch.repeat_interleave(torch.cumsum(L, 0) - L, L)
-    tok_first = torch.cumsum(plen, 0) - plen
-    a = pair_arc[pair]
-    is_first, is_last = k == 0, k == L[pair] - 1
-    c_src = torch.where(is_first, src[a], inter_base[pair] + k - 1)
-    c_dst = torch.where(is_last, torch.where(dst[a] == S - 1, final, dst[a]),
-                        inter_base[pair] + k)
-    c_lab = toks[tok_first[pron[pair]] + k]
-    c_aux = torch.where(is_first, lab[a], 0)
-    g_scores = G.scores.detach().to(torch.float64)
-    c_sc = torch.where(is_first, g_scores[a] + plogp[pron[pair]], 0.0)
-    terms = G.lm_terms.long()
-    c_terms = torch.where(is_first.unsqueeze(1), terms[a], torch.full_like(terms[a], -1))
-    f = fin.nonzero().squeeze(1)
-    out_arcs = torch.stack([torch.cat([c_src, src[f]]),
-                            torch.cat([c_dst, torch.full_like(f, final)]),
-                            torch.cat([c_lab, lab[f]])], 1).to(torch.int32)
-    return Fsa(out_arcs, torch.cat([c_sc, g_scores[f]]).to(G.scores.dtype),
-               num_states=final + 1, aux_labels=torch.cat([c_aux, lab[f]]).to(torch.int32),
-               lm_terms=torch.cat([c_terms, terms[f]]))
+    prons: dict[int, list[tuple[tuple[int, ...], float]]] = {}
+    for w, p, lp in lexicon:
+        toks = tuple(int(t) for t in p)
+        if not toks or min(toks) < 1:
+            raise ValueError(f"word id {w}: a pronunciation needs tokens >= 1 (0 is blank), "
+                             f"got {list(toks)}")
+        prons.setdefault(int(w), []).append((toks, float(lp)))
+    bos, eos = lm.word_id(BOS), lm.word_id(EOS)
+    wid = [0] * len(lm.vocab)
+    no_id, no_pron = [], []
+    for i, w in enumerate(lm.vocab):
+        if i in (bos, eos):
+            continue
+        if w not in words or int(words[w]) < 1:
+            no_id.append(w)
+        elif int(words[w]) not in prons:
+            no_pron.append(w)
+        else:
+            wid[i] = int(words[w])
+    if no_id:
+        raise ValueError(f"{len(no_id)} LM word(s) are not in the word table: {no_id[:10]}")
+    if no_pron:
+        raise ValueError(f"{len(no_pron)} LM word(s) have no pronunciation in the lexicon: "
+                         f"{no_pron[:10]}")
+    values = lm.param_values()
+    prob_first, bow_first = lm.param_offsets()
+    index = lm._lookup()
+    ln10, K = math.log(10.0), lm.order
+    state: dict[tuple[int, ...], int] = {lm.context((bos,)): 0}
+    for h in sorted(lm.contexts(), key=lambda c: (len(c), c)):
+        state.setdefault(h, len(state))
+    num_states = len(state)
+    src, dst, lab, aux, sc, tm = [], [], [], [], [], []
+    pad = [-1] * K
+
+    def arc(s: int, d: int, t: int, w: int, score: float, terms: list[int]) -> None:
+        src.append(s)
+        dst.append(d)
+        lab.append(t)
+        aux.append(w)
+        sc.append(score)
+        tm.append(terms + pad[len(terms):])
+
+    first_arcs: dict[int, list[int]] = {}  # context state -> its tree's first arcs
+    child: dict[tuple[int, int], int] = {}  # (tree node, token) -> tree node
+    for n, grams in enumerate(lm.ngrams):
+        for row, g in enumerate(grams.tolist()):
+            h, w = tuple(g[:-1]), g[-1]
+            if w in (bos, eos) or h not in state:
+                continue
+            root, nxt = state[h], state[lm.context(g)]
+            lp = ln10 * float(values[prob_first[n] + row])
+            for toks, plp in prons[wid[w]]:
+                node = root
+                for t in toks[:-1]:
+                    key = (node, t)
+                    if key not in child:  # a prefix tree per context: shared by its words
+                        child[key] = num_states
+                        num_states += 1
+                        if node == root:
+                            first_arcs.setdefault(root, []).append(len(src))
+                        arc(node, child[key], t, 0, 0.0, [])
+                    node = child[key]
+                if node == root:
+                    first_arcs.setdefault(root, []).append(len(src))
+                arc(node, nxt, toks[-1], wid[w], lp + plp, [prob_first[n] + row])
+    _look_ahead(src, dst, aux, sc, len(state))
+    # back-off: the first arcs of every lower-order context, through the back-off weights
+    for h, s in state.items():
+        chain, cur = [], h
+        while cur:
+            row = index[len(cur) - 1].get(cur)
+            if row is not None and not math.isnan(lm.backoffs[len(cur) - 1][row]):
+                chain.append(bow_first[len(cur) - 1] + row)
+            cur = lm.context(cur[1:])
+            bw = ln10 * sum(float(values[k]) for k in chain)
+            for a in first_arcs.get(state[cur], []):
+                arc(s, dst[a], lab[a], aux[a], sc[a] + bw, chain + [k for k in tm[a] if k >= 0])
+    final = num_states
+    for h, s in state.items():
+        terms = lm.backoff_terms(eos, h)
+        arc(s, final, -1, -1, ln10 * sum(float(values[k]) for k in terms), terms)
+    arcs = torch.tensor([src, dst, lab], dtype=torch.int64).T
+    order = torch.argsort(arcs[:, 0], stable=True)
+    return Fsa(arcs[order].to(torch.int32),
+               torch.tensor(sc, dtype=torch.float64)[order].to(torch.float32),
+               num_states=final + 1,
+               aux_labels=torch.tensor(aux, dtype=torch.int32)[order],
+               lm_terms=torch.tensor(tm, dtype=torch.int64)[order])
+
+
+def _look_ahead(src: list[int], dst: list[int], aux: list[int], sc: list[float],
+                num_roots: int) -> None:
+    """Shift the scores ``sc`` of the tree arcs (in place) by ``phi(dst) - phi(src)``: ``phi``
+    = 0 at the roots (states ``< num_roots``), else the best score of a word-final arc below
+    (children are numbered after their parents, arcs made parent first)."""
+    best: dict[int, float] = {}
+    for a in range(len(src)):  # word-final arcs
+        if aux[a] > 0 and src[a] >= num_roots:
+            best[src[a]] = max(best.get(src[a], -math.inf), sc[a])
+    for a in reversed(range(len(src))):  # inner arcs, deepest first
+        if aux[a] == 0:
+            best[src[a]] = max(best.get(src[a], -math.inf), best[dst[a]])
+    for a in range(len(src)):
+        phi_src = best[src[a]] if src[a] >= num_roots else 0.0
+        phi_dst = best[dst[a]] if dst[a] >= num_roots else 0.0
+        sc[a] += phi_dst - phi_src

@@ -259,7 +259,8 @@ def compose_linear(topo: Fsa, texts: Texts, arc_scores: Sequence[Sequence[float]
 
 # ---------------------------------------------------------------------------- CTC o acceptor
 def ctc_graph_from_acceptors(acceptors: Fsa, modified: bool = False,
-                             device: Device = None, arc_map: bool = False) -> Fsa:
+                             device: Device = None, arc_map: bool = False,
+                             share_token_states: bool = False) -> Fsa:
     """``ctc_topo o G_i`` for each epsilon-free token acceptor ``G_i`` of an FsaVec, vectorised.
 
     ``G_i``: labels are tokens >= 1 (-1 on final arcs), scores are kept (added to the arcs that
@@ -275,6 +276,13 @@ def ctc_graph_from_acceptors(acceptors: Fsa, modified: bool = False,
     Standard CTC (``modified=False``) needs a blank between two equal tokens. With
     ``arc_map``, attribute ``arc_map`` (int64): the arc of ``acceptors`` whose score an arc
     carries, -1 for none.
+
+    ``share_token_states``: one token state per (destination state, token) of ``G`` instead of
+    one per arc, as the composition has: the arcs entering it still come one per arc of ``G``
+    (its score and aux label), so the paths and their scores are the same, but the arcs leaving
+    a token state are made once, not once per arc entering it. For graphs where many arcs enter
+    the states with many arcs leaving (a lexicon tree whose first arcs are copied into every
+    LM state).
     """
     G = acceptors.as_vec().to("cpu").detach()
     arcs = G.arcs.long()
@@ -289,12 +297,20 @@ def ctc_graph_from_acceptors(acceptors: Fsa, modified: bool = False,
     is_fin = lab == -1
     real = (~is_fin).nonzero().squeeze(1)
     fin = is_fin.nonzero().squeeze(1)
-    # local numbering: blanks 0..ns-2, token state of real arc j: ns-1 + (rank of j in its FSA)
-    n_real = torch.bincount(fsa[real], minlength=N)
-    real_first = torch.cumsum(n_real, 0) - n_real
-    tok_state = torch.full((G.num_arcs,), -1, dtype=torch.int64)
-    tok_state[real] = (ns - 1)[fsa[real]] + torch.arange(real.numel()) - real_first[fsa[real]]
-    final_local = ns - 1 + n_real
+    # token states ("units"): one per real arc, or per (dst, token); units[u]: an arc of unit u
+    if share_token_states:
+        _keys, unit_of = torch.unique(gdst[real] * (int(lab.max()) + 1) + lab[real],
+                                      return_inverse=True)
+        units = torch.empty(_keys.numel(), dtype=torch.int64).scatter_(0, unit_of, real)
+    else:
+        units, unit_of = real, torch.arange(real.numel())
+    # local numbering: blanks 0..ns-2, token state of unit u: ns-1 + (rank of u in its FSA)
+    n_units = torch.bincount(fsa[units], minlength=N)
+    units_first = torch.cumsum(n_units, 0) - n_units
+    unit_state = (ns - 1)[fsa[units]] + torch.arange(units.numel()) - units_first[fsa[units]]
+    tok_state = torch.full((G.num_arcs,), -1, dtype=torch.int64)  # per real arc: its unit's
+    tok_state[real] = unit_state[unit_of]
+    final_local = ns - 1 + n_units
     offsets, st_fsa = G.state_offsets[:-1], G.state_fsa()
 
     def loc(g: torch.Tensor) -> torch.Tensor:  # global state -> local state
@@ -311,15 +327,16 @@ def ctc_graph_from_acceptors(acceptors: Fsa, modified: bool = False,
                   zeros(bs.numel(), dtype=torch.int64), zeros(bs.numel()), none))
     # blank(src) -> tok(a); tok(a) self-loop; tok(a) -> blank(dst)
     ts, sc = tok_state[real], G.scores.detach()[real].to(torch.float32)
-    z = zeros(real.numel(), dtype=torch.int64)
-    none = torch.full_like(z, -1)
     parts.append((fsa[real], loc(gsrc[real]), ts, lab[real], out_aux[real], sc, real))
-    parts.append((fsa[real], ts, ts, lab[real], z, zeros(real.numel()), none))
-    parts.append((fsa[real], ts, loc(gdst[real]), z, z, zeros(real.numel()), none))
+    z = zeros(units.numel(), dtype=torch.int64)
+    none = torch.full_like(z, -1)
+    us = tok_state[units]
+    parts.append((fsa[units], us, us, lab[units], z, zeros(units.numel()), none))
+    parts.append((fsa[units], us, loc(gdst[units]), z, z, zeros(units.numel()), none))
     # tok(a) -> tok(b) for b leaving dst(a); tok(a) -> final for final arcs leaving dst(a)
     order, off = _csr(gsrc, G.num_states)
-    a_run, pos = _expand(off[gdst[real]], off[gdst[real] + 1] - off[gdst[real]])
-    a, b = real[a_run], order[pos]
+    a_run, pos = _expand(off[gdst[units]], off[gdst[units] + 1] - off[gdst[units]])
+    a, b = units[a_run], order[pos]
     keep = (lab[b] == -1) | modified | (lab[b] != lab[a])
     a, b = a[keep], b[keep]
     b_fin = lab[b] == -1

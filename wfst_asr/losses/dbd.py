@@ -29,6 +29,7 @@ path of ``D`` spells in ``T_b`` frames is dropped and counted (``infeasible``).
 from __future__ import annotations
 
 import logging
+import math
 from typing import NamedTuple
 
 import torch
@@ -105,21 +106,27 @@ def dbd_totals(graph: Fsa, dense: DenseFsaVec, refs: list[list[int]], *, search_
       dense: the network output, one segment per reference.
       refs: the reference word ids (>= 1) of every segment.
       search_beam, output_beam, min_active_states, max_active_states: the beam search's
-        settings (:func:`wfst_asr.fsa.intersect_dense_pruned`).
+        settings (:func:`wfst_asr.fsa.intersect_dense_pruned`); ``search_beam = inf``: no
+        search at all, the exact full sum over the graph (:func:`~wfst_asr.fsa.intersect_dense`,
+        the MMI counterpart: memory grows with arcs x frames).
 
     Returns:
       :class:`DbdTotals`; ``.loss`` is the per-segment loss.
     """
     if len(refs) != dense.num_segments:
         raise ValueError(f"{len(refs)} references for {dense.num_segments} segments")
+    ref_graphs = intersect_sequences(graph, refs, attr)
+    num = get_tot_scores(intersect_dense(ref_graphs, dense), log_semiring=True,
+                         use_double_scores=True)
+    if math.isinf(search_beam):  # no pruning: the exact full sum (LF-MMI on this graph)
+        beam = get_tot_scores(intersect_dense(graph, dense), log_semiring=True,
+                              use_double_scores=True)
+        return DbdTotals(beam, num, num, beam)
     lattice = intersect_dense_pruned(graph, dense, search_beam, output_beam, min_active_states,
                                      max_active_states)
     beam = get_tot_scores(lattice, log_semiring=True, use_double_scores=True)
     in_beam = get_tot_scores(intersect_sequences(lattice, refs, attr), log_semiring=True,
                              use_double_scores=True)
-    ref_graphs = intersect_sequences(graph, refs, attr)
-    num = get_tot_scores(intersect_dense(ref_graphs, dense), log_semiring=True,
-                         use_double_scores=True)
     in_beam = torch.minimum(in_beam, num)  # the same paths, summed in another order
     return DbdTotals(beam, num, in_beam, _union(beam, num, in_beam))
 
@@ -133,7 +140,7 @@ class DbdLoss(nn.Module):
         module's: an optimiser over ``parameters()`` trains them) or a fixed
         :class:`~wfst_asr.fsa.Fsa`; labels = network outputs, ``attr`` = words.
       search_beam, output_beam, min_active_states, max_active_states: the beam search
-        (training and decoding use the same).
+        (training and decoding use the same); ``search_beam = inf``: the exact full sum.
       reduction: ``"sum"`` over the kept utterances, ``"mean"`` over their frames, ``"none"``.
       lr_scale: the learning rate of the graph's LM weights, as a multiple of the network's
         (the trainer reads it: the LM's values move in nats, the network's weights do not).

@@ -173,5 +173,5 @@ def _usable_cuts(cuts: CutSet, cfg: ExperimentConfig, path: str) -> CutSet:
 
 
 def _table_name(cfg: ExperimentConfig) -> str:
-    lexicon = cfg.loss == "ctc" and (cfg.loss_kwargs or {}).get("lexicon")
+    lexicon = cfg.loss in ("ctc", "dbd") and (cfg.loss_kwargs or {}).get("lexicon")
     return f"words of {cfg.lang_dir}/words.txt" if lexicon else f"tokens of {cfg.tokens}"

@@ -590,8 +590,7 @@ def _build_dbd(c: dict[str, Any], model: nn.Module, opts: dict[str, Any]) -> nn.
                                 "file, relative to lang_dir)")
     ngram = read_arpa(arpa)
     if lexicon:
-        G = ngram_acceptor(ngram, _word_table(c), terms=True)
-        G = lexicon_lm_graph(G, _lexicon_ids(c, lexicon))
+        G = lexicon_lm_graph(ngram, _word_table(c), _lexicon_ids(c, lexicon))
     else:
         G = ngram_acceptor(ngram, _tokens_file(c), terms=True)
     lm = NgramScores(ngram)

@@ -25,7 +25,10 @@
                  word_penalty = a penalty per token
   dbd            ``greedy``, ``hlg``, ``kaldi`` (as ctc: the lang dir's HLG) and ``dbd``: the
                  best path in the criterion's own graph with its trained LM weights
-                 (the checkpoint's ``criterion`` entry) and the beams of training, untuned
+                 (the checkpoint's ``criterion`` entry) and the beams of training, untuned;
+                 ``dbd_K`` (``dbd_max_active``): the same at most K active states
+  ctc + a DBD    ``dbd`` / ``dbd_K`` for a CTC model: the graph and beams of that DBD
+  config         config (``dbd_config``) with the ARPA's LM weights
   transducer     ``greedy``, ``beam`` (modified beam search), ``fast_beam`` (trivial graph),
                  ``fast_beam_lg`` (the lang dir's LG), ``aux_ctc`` (greedy on the auxiliary
                  CTC output, when the model has one)
@@ -92,6 +95,7 @@ from wfst_asr.scoring.decode_dir import (
     write_settings,
 )
 from wfst_asr.train.checkpoint import CheckpointError, load_checkpoint
+from wfst_asr.train.config import load_config
 from wfst_asr.train.criteria import (
     alignment_criterion,
     build_loss,
@@ -162,6 +166,13 @@ class DecodeOptions:
     forced_best: bool = False
     """After the engine's graph method: score each wrong utterance's reference and hypothesis
     in the graph (:mod:`wfst_asr.decode.forced`) and count search and model errors."""
+    dbd_config: str | None = None
+    """Method ``dbd`` for a model of another loss (CTC): the decoding graph and beams of this
+    config of loss ``dbd`` (its LM with the ARPA's weights; over the decoder's lang dir when
+    one is given)."""
+    dbd_max_active: Sequence[int] = ()
+    """Method ``dbd`` also with at most K active states, for each K here (methods ``dbd_K``,
+    the search beam unchanged): error rate against the beam."""
 
 
 @dataclass
@@ -561,8 +572,8 @@ class Decoder:
             kg = kaldi_ctc_graph(self.graph, lm_scale=s, word_penalty=wp)
             return lambda lp, n: kaldi_one_best(kg, lp, n, beam=beam, max_active=max_active)
 
-        if self.loss == "dbd":
-            out["dbd"] = self._dbd_method()
+        if self.loss == "dbd" or self.opts.dbd_config:
+            out.update(self._dbd_methods())
         out[graph_method] = Method(graph_method, engine_at, self.word_str,
                                    f"engine one_best in the {self._graph_name} (search beam "
                                    f"{beam:g}, max active {max_active})", True)
@@ -572,28 +583,48 @@ class Decoder:
                               info={"compare_with": graph_method})
         return out
 
-    def _dbd_method(self) -> Method:
-        """The criterion's graph, its LM weights as trained, the beams of training."""
+    def _dbd_methods(self) -> dict[str, Method]:
+        """``dbd`` (and ``dbd_K``): the criterion's graph, its LM weights as trained, the
+        beams of training (or of ``dbd_config``, with the ARPA's weights)."""
         try:
-            crit = build_loss(self.cfg, self.model)
-            state = load_checkpoint(self.checkpoint)
-            if "criterion" in state:
-                crit.load_state_dict(state["criterion"])
+            if self.opts.dbd_config:
+                cfg = load_config(self.opts.dbd_config)
+                if cfg.loss != "dbd":
+                    raise ValueError(f"{self.opts.dbd_config} is a config of loss "
+                                     f"{cfg.loss!r}, not 'dbd'")
+                if self.lang_dir is not None:  # the graph over --lang-dir
+                    cfg.lang_dir = str(self.lang_dir)
+                    cfg.tokens = str(Path(self.lang_dir) / "tokens.txt")
+                cfg.num_classes = int(self.cfg["num_classes"])  # the model's
+                crit, state = build_loss(cfg, self.model), {}
+            else:
+                cfg = self.cfg
+                crit, state = build_loss(cfg, self.model), load_checkpoint(self.checkpoint)
+                if "criterion" in state:
+                    crit.load_state_dict(state["criterion"])
         except (OSError, ValueError, RuntimeError, CheckpointError) as e:
-            raise DecodeError(f"the dbd graph of {self.exp_dir}: {e}") from e
+            raise DecodeError(f"the dbd graph of {self.opts.dbd_config or self.exp_dir}: "
+                              f"{e}") from e
         with torch.no_grad():
             g = crit.decoding_graph().detach()
         trained = "trained" if "criterion" in state else "fixed"
-        beam, low, act = crit.search_beam, crit.min_active, crit.max_active
-        words = bool(self.loss_opts.get("lexicon"))
+        beam, low = crit.search_beam, crit.min_active
+        words = bool(loss_options(cfg).get("lexicon"))
+        symbols = self.word_str if words else self.token_symbols
 
-        def fn(lp: torch.Tensor, n: torch.Tensor) -> list[list[int]]:
-            return one_best(g, lp, n, search_beam=beam, min_active_states=low,
-                            max_active_states=act)
+        def method(name: str, act: int) -> Method:
+            def fn(lp: torch.Tensor, n: torch.Tensor) -> list[list[int]]:
+                return one_best(g, lp, n, search_beam=beam, min_active_states=min(low, act),
+                                max_active_states=act)
 
-        return Method("dbd", lambda _s, _wp: fn, self.word_str if words else self.token_symbols,
-                      f"engine one_best in the criterion's graph ({trained} LM weights, search "
-                      f"beam {beam:g}, active states {low}..{act})")
+            return Method(name, lambda _s, _wp: fn, symbols,
+                          f"engine one_best in the criterion's graph ({trained} LM weights, "
+                          f"search beam {beam:g}, active states {min(low, act)}..{act})")
+
+        out = {"dbd": method("dbd", crit.max_active)}
+        for k in self.opts.dbd_max_active:
+            out[f"dbd_{int(k)}"] = method(f"dbd_{int(k)}", int(k))
+        return out
 
     def _text_lm(self, path: str, kind: str):
         from wfst_asr.train.textlm import load_text_lm
@@ -695,6 +726,8 @@ class Decoder:
                 names = [n for n in names if not avail[n].tuned or n in TEXT_LM_METHODS]
         else:
             names = list(dict.fromkeys(self.opts.methods))
+            if "dbd" in names:  # and its beam sweep
+                names += [n for n in avail if n.startswith("dbd_") and n not in names]
             bad = [n for n in names if n not in avail]
             if bad:
                 raise DecodeError(f"method(s) {', '.join(bad)} do not apply to this model "
