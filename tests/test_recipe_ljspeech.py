@@ -20,7 +20,7 @@ RECIPE = ROOT / "egs" / "ljspeech" / "run.sh"
 MODELS = ("bpe", "phone")
 #: the last stage the test runs (8: lattices, on-demand 4-gram and LSTM-LM rescoring, oracle;
 #: 10: the attention models, baseline and distilled from each text teacher)
-STOP = 10
+STOP = 11
 TEACHERS = ("lm", "mlm", "mlm_ctx")
 
 
@@ -85,6 +85,17 @@ def test_every_stage_runs(quick_run) -> None:
                 assert 0 <= recipe_wer(res, method, "test") <= 1000
         cfg = (exp / "attention_bpe_distill_mlm_ctx" / "config.json").read_text()
         assert "soft_mlm_ctx.pt" in cfg and '"distill_weight": 0.3' in cfg
+    if STOP >= 11:  # DBD: the CTC model in the DBD graph, fine-tuned with G fixed / trained
+        import torch
+
+        # quick: G trained only, no decode of the CTC model in the DBD graph (CI time)
+        for method in ("dbd", "dbd_4", "hlg"):
+            for split in ("dev", "test"):
+                assert 0 <= recipe_wer(exp / "dbd_phone" / "decode" / "results.txt", method,
+                                       split) <= 200
+        trained = torch.load(exp / "dbd_phone" / "averaged.pt", weights_only=False)
+        assert "graph.lm.weight" in trained["criterion"]  # G's log-weights, trained
+        assert not (exp / "dbd_phone_fixed").exists()
 
 
 def test_every_lm_word_is_spelled_or_listed(quick_run) -> None:

@@ -42,6 +42,13 @@
 #      baseline also with shallow fusion / n-best rescoring with the LM and n-best rescoring
 #      with the MLM (weight x per-token penalty tuned on dev)
 #                                                  -> exp/attention_bpe{,_distill_<teacher>}
+# Differentiable beam-search decoding (Collobert et al. 2019), after stage 6 (--stage 11
+# --stop-stage 11; about an hour on 2 cores):
+#  11  fine-tune the phone CTC model with conf/dbd_phone.yaml (H o L o G, G the pruned 3-gram
+#      as a trainable back-off graph), G's log-weights fixed and trained; decode dev/test by
+#      the best path in that graph at the training beams and at fewer active states
+#      ($dbd_max_active), the CTC model too; the HLG as in stage 6
+#                                             -> exp/dbd_phone{_fixed,}, exp/ctc_phone/decode_dbd
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 root=${WFST_ASR_ROOT:-$(cd ../.. && pwd)}  # the checkout (its local/ and .venv)
@@ -88,6 +95,10 @@ tlm_args="--epochs 20 --d-model 128 --num-layers 2 --dim-feedforward 512 --lr 1e
 mlm_args="--epochs 20 --d-model 128 --num-layers 2 --dim-feedforward 512 --lr 1e-3 --batch-size 64"
 att_lm_scales=0,0.2,0.4
 att_word_penalties=0,1
+dbd_max_active=4,16,64  # stage 11: the beam sweep (the training beam: conf/dbd_phone.yaml)
+dbd_set=()              # stage 11: more --set of the DBD trainings
+dbd_models="dbd_phone_fixed dbd_phone"  # stage 11: G's log-weights fixed / trained
+dbd_ctc=true            # stage 11: also the CTC model in the DBD graph
 forced_best=false  # stage 6: score each wrong utterance's reference in the HLG (decode --forced-best)
 set=()
 . "$root/local/parse_options.sh"
@@ -107,7 +118,8 @@ if [[ $quick == true ]]; then  # CI: every stage, tiny settings
     tlm_args="--epochs 1 --d-model 16 --nhead 2 --num-layers 1 --dim-feedforward 32"
     mlm_args=$tlm_args att_lm_scales=0,0.3 att_word_penalties=0 teacher_text=text_train
     distill="none mlm_ctx" att_methods=beam att_max_len_ratio=0.05
-    g2p_args="--order 3 --iters 2"
+    g2p_args="--order 3 --iters 2" dbd_max_active=4 dbd_models=dbd_phone dbd_ctc=false
+    dbd_set=(--set loss.max_active_states=16 --set loss.search_beam=8)
     set=(num_epochs=1 model.hidden=32 model.num_layers=1 ${set[@]+"${set[@]}"})
 fi
 timing_log=$exp_dir/stage_times.tsv
@@ -316,6 +328,34 @@ stage10() {
         "${wfst_asr[@]}" score --decode-dir "$exp/decode" --metric WER
     done
 }
+stage11() {
+    local phone name train_lm exp
+    phone=$(lang_dir_of phone)
+    local -a dec=(--lang-dir "$phone" --dev-cuts "$fbank/${corpus}_cuts_dev.jsonl.gz"
+                  --test-cuts "$fbank/${corpus}_cuts_test.jsonl.gz" --ref-field text
+                  --metric WER --dbd-max-active "$dbd_max_active")
+    # the CTC model in the DBD graph (the ARPA's weights), at the same beams
+    if [[ $dbd_ctc == true ]]; then
+        timed "${wfst_asr[@]}" decode --exp-dir "$exp_dir/ctc_phone" --methods dbd \
+            --dbd-config conf/dbd_phone.yaml "${dec[@]}" --out-dir "$exp_dir/ctc_phone/decode_dbd"
+        "${wfst_asr[@]}" score --decode-dir "$exp_dir/ctc_phone/decode_dbd" --metric WER
+    fi
+    local scales penalties beam active
+    read -r scales penalties <<< "$(grid_of phone)"
+    read -r beam active <<< "$(search_of phone)"
+    for name in $dbd_models; do
+        train_lm=true exp=$exp_dir/$name
+        [[ $name == *_fixed ]] && train_lm=false
+        # shellcheck disable=SC2046
+        timed "${wfst_asr[@]}" train --config conf/dbd_phone.yaml --exp-dir "$exp" --resume \
+            $(sets phone) --set "init_from=$exp_dir/ctc_phone/averaged.pt" \
+            --set "loss.train_lm=$train_lm" ${dbd_set[@]+"${dbd_set[@]}"}
+        timed "${wfst_asr[@]}" decode --exp-dir "$exp" --methods dbd,hlg "${dec[@]}" \
+            --search-beam "$beam" --max-active "$active" --lm-scales "$scales" \
+            --word-penalties="$penalties" --out-dir "$exp/decode"
+        "${wfst_asr[@]}" score --decode-dir "$exp/decode" --metric WER
+    done
+}
 
 run_stage 0 "$data_dir/.stage0.done" "manifests and LM text of $corpus_dir -> $manifests" stage0
 run_stage 1 "$data_dir/.stage1.done" "fbank + CMVN -> $fbank" stage1
@@ -330,3 +370,5 @@ run_stage 9 "$data_dir/.stage9.done" "pieces, text teachers (LM, MLM, MLM + cont
     stage9
 run_stage 10 "$exp_dir/.stage10.done" "attention models: baseline and distilled ($distill)" \
     stage10
+run_stage 11 "$exp_dir/.stage11.done" "DBD: the phone model fine-tuned through its decoder" \
+    stage11

@@ -3,14 +3,14 @@
 # its own folder (egs/timit: data/ and exp/ are written there, as Kaldi and icefall recipes do).
 #
 #   egs/timit/run.sh [--stage N] [--stop-stage M] [--timit-dir DIR] [--data-dir DIR]
-#                    [--exp-dir DIR] [--loss ctc|hmm|mmi|transducer|segmental|attention]
+#                    [--exp-dir DIR] [--loss ctc|hmm|mmi|transducer|segmental|attention|dbd]
 #                    [--config FILE|NAME]
 #                    [--lm-scales 0.1,0.3,...] [--word-penalties -1,0,1] [--set k=v ...]
 #                    [--gmm-dir DIR] [--gmm-args "ARGS"] [--gmm-lm-scales 0.2,...]
 #                    [--gmm-word-penalties -1,0,...] [--nnlm-epochs N]
 #                    [--lattice-args "ARGS"] [--rescore-args "ARGS"]
 #                    [--distill none|lm|mlm] [--distill-weight W] [--mlm-args "ARGS"]
-#                    [--tlm-args "ARGS"]
+#                    [--tlm-args "ARGS"] [--dbd-max-active K,K,...]
 #
 # --loss picks the criterion and, unless --config names another config file (e.g.
 # conf/ctc_tdnn_lstm.yaml) or a registered base, the recipe's settings conf/<loss>_blstm.yaml;
@@ -34,6 +34,9 @@
 #      --distill lm|mlm trains the attention model with (1 - W) CE + W KL(teacher || model),
 #      W = --distill-weight (EXP_DIR default exp/attention_blstm_distill_<teacher>)
 #   4  train (wfst-asr train ... --resume: a rerun continues)   -> EXP_DIR (exp/ctc_blstm)
+#      (--loss dbd: differentiable beam-search decoding over H o G, G the bigram with trainable
+#      log-weights, fine-tuning the CTC model EXP_ROOT/ctc_blstm/averaged.pt: run --loss ctc
+#      first; its decode adds method dbd, at --dbd-max-active K,... active states too)
 #   5  decode dev and test (wfst-asr decode): greedy, HLG / HCLG / LG (lm_scale x phone
 #      insertion penalty tuned on dev), Kaldi's decoder at that setting; a segmental model:
 #      the segment lattice's best path; an attention model: greedy, beam, joint CTC/attention
@@ -80,6 +83,7 @@ gmm_lm_scales=0.2,0.3,0.5,0.7,1.0
 gmm_word_penalties=-1,0,1,2
 distill=none
 distill_weight=0.3
+dbd_max_active=2,4,16  # --loss dbd: method dbd also at these active states (the beam sweep)
 # the text models of stage 3 (--loss attention), tuned on the dev text's (pseudo-)perplexity
 mlm_args="--epochs 300 --d-model 128 --num-layers 2 --dim-feedforward 512 --lr 1e-3 --dropout 0.1"
 tlm_args="--epochs 60 --d-model 128 --num-layers 2 --dim-feedforward 512 --lr 1e-3 --dropout 0.1"
@@ -92,8 +96,8 @@ if (( $# )); then
 fi
 
 case "$loss" in
-    ctc|hmm|mmi|transducer|segmental|attention) ;;
-    *) echo "error: --loss must be ctc, hmm, mmi, transducer, segmental or attention," \
+    ctc|hmm|mmi|transducer|segmental|attention|dbd) ;;
+    *) echo "error: --loss must be ctc, hmm, mmi, transducer, segmental, attention or dbd," \
             "got '$loss'" >&2
        exit 1 ;;
 esac
@@ -220,6 +224,12 @@ stage4() {
     elif [[ "$distill" != none ]]; then
         args+=(--set "loss.soft_labels=$fbank_dir/timit_cuts_train.soft_$distill.pt"
                --set "loss.distill_weight=$distill_weight" --set "loss.distill_k=8")
+    elif [[ "$loss" == dbd ]]; then  # fine-tunes the CTC model of the same exp root
+        local init
+        init=$(dirname "$exp_dir")/ctc_blstm/averaged.pt
+        [[ -f $init ]] || { echo "$0: --loss dbd fine-tunes $init: run --loss ctc first" >&2
+                            return 1; }
+        args+=(--set "init_from=$init")
     fi
     local s
     for s in ${set[@]+"${set[@]}"}; do args+=(--set "$s"); done
@@ -236,6 +246,7 @@ stage5() {  # the methods of the model's loss, lm_scale x penalty tuned on dev
         scales=$att_lm_scales penalties=$att_word_penalties
         ref+=(--text-lm "$text_lm_dir/lm/textlm.pt" --mlm "$text_lm_dir/mlm/textlm.pt")
     fi
+    [[ "$loss" == dbd ]] && ref+=(--dbd-max-active "$dbd_max_active")
     timed "${wfst_asr[@]}" decode --exp-dir "$exp_dir" --lang-dir "$lang_dir" \
         --dev-cuts "$fbank_dir/timit_cuts_dev.jsonl.gz" \
         --test-cuts "$fbank_dir/timit_cuts_test.jsonl.gz" --lm-scales="$scales" \
@@ -244,7 +255,7 @@ stage5() {  # the methods of the model's loss, lm_scale x penalty tuned on dev
 }
 stage6() {
     "${wfst_asr[@]}" score --decode-dir "$exp_dir/decode"
-    [[ "$loss" == transducer || "$loss" == attention ]] && return 0
+    [[ "$loss" == transducer || "$loss" == attention || "$loss" == dbd ]] && return 0
     # forced alignments of the transcripts; boundary accuracy against the .phn boundaries
     "${wfst_asr[@]}" align --exp-dir "$exp_dir" --ref-field phones_48 \
         --cuts "dev=$fbank_dir/timit_cuts_dev.jsonl.gz" \

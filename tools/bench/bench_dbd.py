@@ -14,7 +14,13 @@ estimated on 2,000 sequences of the same chain (same size: 49 x 49 G arcs). The 
 go to the outputs and to the LM's weights. Each case runs in a fresh subprocess (its peak RSS
 growth is its own, :mod:`_children`), median of ``--rounds``.
 
-    python tools/bench/bench_dbd.py [--arpa PATH] [--threads 2] [--rounds 3]
+``--config FILE`` (a recipe's DBD config, run from its folder, e.g. ``egs/ljspeech`` with
+``conf/dbd_phone.yaml``): the recipe's graph as the criterion builds it (``H o L o G``, G the
+word 3-gram), its search and lattice beams; the batch is the first B training transcripts
+that fit (words, spelled by their first pronunciation for the peaky outputs), the outputs
+the config's tokens + blank.
+
+    python tools/bench/bench_dbd.py [--arpa PATH | --config FILE] [--threads 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -47,10 +53,40 @@ def _arpa() -> str | None:
     return os.environ.get("BENCH_DBD_ARPA") or None
 
 
-def batch() -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+def _config() -> str | None:
+    return os.environ.get("BENCH_DBD_CONFIG") or None
+
+
+def _recipe() -> tuple[DbdLoss, list[list[int]], list[list[int]], int]:
+    """The criterion of ``--config``, B training transcripts (word ids) that fit in T frames,
+    their first pronunciations (token ids) and the number of outputs."""
+    from lhotse import load_manifest_lazy
+
+    from wfst_asr.train import build_model_and_loss, load_config
+    from wfst_asr.train.criteria import _lexicon_ids, target_table
+    cfg = load_config(_config())
+    crit = build_model_and_loss(cfg)[1]
+    table = target_table(cfg)
+    pron: dict[int, list[int]] = {}
+    for w, toks, _ in _lexicon_ids(cfg.to_dict(), cfg.loss_kwargs["lexicon"]):
+        pron.setdefault(w, toks)
+    words, spelled = [], []
+    for cut in load_manifest_lazy(cfg.train_cuts):
+        ids = [table[w] for sup in cut.supervisions for w in sup.text.split()]
+        toks = [t for w in ids for t in pron[w]]
+        if len(toks) <= T // 3:
+            words.append(ids)
+            spelled.append(toks)
+        if len(words) == B:
+            break
+    return crit, words, spelled, crit.num_outputs
+
+
+def batch(spelled: list[list[int]] | None = None, num_outputs: int = NUM_PHONES + 1
+          ) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
     g = torch.Generator().manual_seed(1)
-    texts = [s[:T // 4] for s in phone_sequences(B, seed=101, mean_len=T // 3)]
-    x = torch.randn(B, T, NUM_PHONES + 1, generator=g)
+    texts = spelled or [s[:T // 4] for s in phone_sequences(B, seed=101, mean_len=T // 3)]
+    x = torch.randn(B, T, num_outputs, generator=g)
     for b, s in enumerate(texts):
         for t in range(T):
             k = t * len(s) // T
@@ -77,7 +113,11 @@ def _graph() -> TrainableGraph:
 def child(name: str, rounds: int, threads: int) -> dict:
     if name == "torch_ctc_ref":
         return measure(case_torch_ctc(16, 500, 500, 100), rounds, threads)
-    x, lens, texts = batch()
+    if _config():
+        crit, words, spelled, v = _recipe()
+        x, lens, texts = batch(spelled, v)
+    else:
+        x, lens, texts = batch()
     if name == "ctc":
         loss_fn = CtcLoss()
 
@@ -86,8 +126,12 @@ def child(name: str, rounds: int, threads: int) -> dict:
             loss_fn(x.log_softmax(-1), lens, texts)[0].backward()
         return measure(run, rounds, threads)
     beam = int(name.split("_")[1])
-    graph = _graph()
-    crit = DbdLoss(graph, search_beam=20.0, output_beam=8.0, max_active_states=beam)
+    if _config():  # the recipe's criterion (its beams), the words as references
+        crit.max_active, texts = beam, words
+        graph = crit.graph
+    else:
+        graph = _graph()
+        crit = DbdLoss(graph, search_beam=20.0, output_beam=8.0, max_active_states=beam)
     info: dict = {}
 
     def run_dbd() -> None:
@@ -102,18 +146,20 @@ def child(name: str, rounds: int, threads: int) -> dict:
 
 
 def main() -> None:
-    if "--arpa" in sys.argv:  # passed to the children through the environment
-        i = sys.argv.index("--arpa")
-        os.environ["BENCH_DBD_ARPA"] = sys.argv[i + 1]
-        del sys.argv[i:i + 2]
+    for opt, env in (("--arpa", "BENCH_DBD_ARPA"), ("--config", "BENCH_DBD_CONFIG")):
+        if opt in sys.argv:  # passed to the children through the environment
+            i = sys.argv.index(opt)
+            os.environ[env] = sys.argv[i + 1]
+            del sys.argv[i:i + 2]
     got = parent_or_child(__doc__, __file__, CASES, child, rounds=3)
     if got is None:
         return
     res, args = got
     ref, ctc = res["torch_ctc_ref"]["seconds"], res["ctc"]["seconds"]
-    print(f"B={B} T={T} V={NUM_PHONES + 1}, {args.threads} threads, median of {args.rounds}; "
-          f"graph: H o G ({res['dbd_4']['graph_arcs']} arcs, G "
-          f"{'from ' + _arpa() if _arpa() else 'synthetic phone bigram'})")
+    what = (f"the criterion of {_config()}" if _config() else
+            f"H o G, G {'from ' + _arpa() if _arpa() else 'synthetic phone bigram'}")
+    print(f"B={B} T={T}, {args.threads} threads, median of {args.rounds}; graph: {what} "
+          f"({res['dbd_4']['graph_arcs']} arcs)")
     print(f"{'case':14s} {'seconds':>8s} {'x CtcLoss':>9s} {'x ref':>7s} {'peak MiB':>9s} "
           f"{'loss':>9s} {'out of beam':>11s} {'partial':>8s}")
     for name, r in res.items():

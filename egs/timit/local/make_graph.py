@@ -76,6 +76,7 @@ EXTRA_GRAPHS: dict[str, Callable[[Path], None] | None] = {
     "transducer": transducer_graphs,
     "segmental": None,  # decoded by the segment lattice's best path (no graph of its own)
     "attention": None,  # decoded by its own searches
+    "dbd": None,  # its trainable H o G is built with the criterion, from lm.arpa
 }
 
 
