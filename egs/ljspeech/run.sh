@@ -99,6 +99,7 @@ dbd_max_active=4,16,64  # stage 11: the beam sweep (the training beam: conf/dbd_
 dbd_set=()              # stage 11: more --set of the DBD trainings
 dbd_models="dbd_phone_fixed dbd_phone"  # stage 11: G's log-weights fixed / trained
 dbd_ctc=true            # stage 11: also the CTC model in the DBD graph
+dbd_lm_scales=0.8,1.0,1.2,1.5,2.0  # stage 11: the HLG's grid for the DBD models (they lean on G)
 forced_best=false  # stage 6: score each wrong utterance's reference in the HLG (decode --forced-best)
 set=()
 . "$root/local/parse_options.sh"
@@ -119,6 +120,7 @@ if [[ $quick == true ]]; then  # CI: every stage, tiny settings
     mlm_args=$tlm_args att_lm_scales=0,0.3 att_word_penalties=0 teacher_text=text_train
     distill="none mlm_ctx" att_methods=beam att_max_len_ratio=0.05
     g2p_args="--order 3 --iters 2" dbd_max_active=4 dbd_models=dbd_phone dbd_ctc=false
+    dbd_lm_scales=1.0
     dbd_set=(--set loss.max_active_states=16 --set loss.search_beam=8)
     set=(num_epochs=1 model.hidden=32 model.num_layers=1 ${set[@]+"${set[@]}"})
 fi
@@ -340,8 +342,8 @@ stage11() {
             --dbd-config conf/dbd_phone.yaml "${dec[@]}" --out-dir "$exp_dir/ctc_phone/decode_dbd"
         "${wfst_asr[@]}" score --decode-dir "$exp_dir/ctc_phone/decode_dbd" --metric WER
     fi
-    local scales penalties beam active
-    read -r scales penalties <<< "$(grid_of phone)"
+    local penalties beam active
+    read -r _ penalties <<< "$(grid_of phone)"
     read -r beam active <<< "$(search_of phone)"
     for name in $dbd_models; do
         train_lm=true exp=$exp_dir/$name
@@ -351,7 +353,7 @@ stage11() {
             $(sets phone) --set "init_from=$exp_dir/ctc_phone/averaged.pt" \
             --set "loss.train_lm=$train_lm" ${dbd_set[@]+"${dbd_set[@]}"}
         timed "${wfst_asr[@]}" decode --exp-dir "$exp" --methods dbd,hlg "${dec[@]}" \
-            --search-beam "$beam" --max-active "$active" --lm-scales "$scales" \
+            --search-beam "$beam" --max-active "$active" --lm-scales "$dbd_lm_scales" \
             --word-penalties="$penalties" --out-dir "$exp/decode"
         "${wfst_asr[@]}" score --decode-dir "$exp/decode" --metric WER
     done

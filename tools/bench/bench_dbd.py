@@ -10,7 +10,8 @@ path alike and the beam meaningless). Graph: ``H o G`` for CTC, G a phone bigram
 back-off and trainable log-weights (:func:`wfst_asr.graphs.trainable.ctc_lm_graph`): the
 recipe's graph when ``--arpa`` gives TIMIT's ``data/lang_phone/lm.arpa``, else a bigram
 estimated on 2,000 sequences of the same chain (same size: 49 x 49 G arcs). The beam size is
-``max_active_states`` (hypotheses kept per frame), search beam 20, lattice beam 8; gradients
+``max_active_states`` (hypotheses kept per frame), search beam 20, lattice beam 8
+(``dbd_exact``: no search, the exact sum over the graph, as LF-MMI on it); gradients
 go to the outputs and to the LM's weights. Each case runs in a fresh subprocess (its peak RSS
 growth is its own, :mod:`_children`), median of ``--rounds``.
 
@@ -25,6 +26,7 @@ the config's tokens + blank.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -46,7 +48,7 @@ from wfst_asr.losses.dbd import DbdLoss
 
 B, T = 8, 300
 BEAMS = (4, 16, 64, 256)
-CASES = ("torch_ctc_ref", "ctc", *(f"dbd_{k}" for k in BEAMS))
+CASES = ("torch_ctc_ref", "ctc", *(f"dbd_{k}" for k in BEAMS), "dbd_exact")
 
 
 def _arpa() -> str | None:
@@ -125,13 +127,17 @@ def child(name: str, rounds: int, threads: int) -> dict:
             x.grad = None
             loss_fn(x.log_softmax(-1), lens, texts)[0].backward()
         return measure(run, rounds, threads)
-    beam = int(name.split("_")[1])
+    exact = name == "dbd_exact"  # search_beam = inf: the exact sum over the graph (LF-MMI)
+    if exact and _config():
+        return {"skipped": "the exact sum over a recipe's word graph: see docs/benchmarks.md"}
+    beam = 0 if exact else int(name.split("_")[1])
     if _config():  # the recipe's criterion (its beams), the words as references
         crit.max_active, texts = beam, words
         graph = crit.graph
     else:
         graph = _graph()
-        crit = DbdLoss(graph, search_beam=20.0, output_beam=8.0, max_active_states=beam)
+        crit = DbdLoss(graph, search_beam=math.inf if exact else 20.0, output_beam=8.0,
+                       max_active_states=beam or 10_000)
     info: dict = {}
 
     def run_dbd() -> None:
@@ -163,6 +169,9 @@ def main() -> None:
     print(f"{'case':14s} {'seconds':>8s} {'x CtcLoss':>9s} {'x ref':>7s} {'peak MiB':>9s} "
           f"{'loss':>9s} {'out of beam':>11s} {'partial':>8s}")
     for name, r in res.items():
+        if "skipped" in r:
+            print(f"{name:14s} skipped: {r['skipped']}")
+            continue
         extra = (f"{r['loss']:9.1f} {r['out_of_beam']:11d} {r['partial']:8d}"
                  if name.startswith("dbd") else "")
         print(f"{name:14s} {r['seconds']:8.3f} {r['seconds'] / ctc:9.2f} "
