@@ -555,7 +555,6 @@ def test_cuts_with_unmappable_symbols_are_skipped_and_counted(caplog, monkeypatc
     out of the loader with one warning counting them and naming the words and the table; the
     others are kept; none left: an error. (CTC on words and DBD alike.)"""
     import logging
-    from types import SimpleNamespace
 
     from lhotse import CutSet
     from lhotse.testing.dummies import dummy_cut, dummy_supervision
@@ -568,8 +567,8 @@ def test_cuts_with_unmappable_symbols_are_skipped_and_counted(caplog, monkeypatc
         c = dummy_cut(i)
         c.supervisions = [dummy_supervision(i, text=text)]
         cuts.append(c)
-    cfg = SimpleNamespace(token_field="text", loss=loss, loss_kwargs={"lexicon": "lexicon.txt"},
-                          lang_dir="data/lang", tokens="")
+    cfg = apply_overrides(get_config(f"{loss}_blstm"), [
+        "token_field=text", "loss.lexicon=lexicon.txt", "lang_dir=data/lang", "tokens="])
     from wfst_asr.train import build
 
     monkeypatch.setattr(build, "target_table", lambda c: table)

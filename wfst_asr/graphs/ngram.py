@@ -171,21 +171,29 @@ class NgramModel:
             self._values = np.concatenate(list(self.log10_probs) + list(self.backoffs))
         return self._values
 
+    def backoff_index(self, hist: tuple[int, ...]) -> int | None:
+        """Where the back-off weight of history ``hist`` (word ids, non-empty) is in
+        :meth:`param_values`; None when the ARPA file gives it none (weight 1)."""
+        row = self._lookup()[len(hist) - 1].get(hist)
+        if row is None or math.isnan(self.backoffs[len(hist) - 1][row]):
+            return None
+        return self.param_offsets()[1][len(hist) - 1] + row
+
     def backoff_terms(self, w: int, hist: tuple[int, ...]) -> list[int]:
         """The ARPA back-off rule for ``log10 P(w | hist)`` as indices into
         :meth:`param_values` whose sum it is: the back-off weights of the histories left,
         longest first, then the probability of the n-gram found."""
         index = self._lookup()
-        prob_first, bow_first = self.param_offsets()
+        prob_first = self.param_offsets()[0]
         terms = []
         for start in range(len(hist) + 1):
             h = hist[start:]
             row = index[len(h)].get(h + (w,))
             if row is not None:
                 return terms + [prob_first[len(h)] + row]
-            hrow = index[len(h) - 1].get(h) if h else None
-            if hrow is not None and not math.isnan(self.backoffs[len(h) - 1][hrow]):
-                terms.append(bow_first[len(h) - 1] + hrow)
+            bow = self.backoff_index(h) if h else None
+            if bow is not None:
+                terms.append(bow)
         raise KeyError(f"{self.vocab[w]!r} has no unigram")  # pragma: no cover
 
     def sentence_log10_prob(self, words: Sequence[str], eos: bool = True) -> float:

@@ -11,10 +11,10 @@ back-off weight shared by many arcs is one parameter.
 gives the :class:`~wfst_asr.fsa.Fsa` with ``scores = base + lm_scale * LM(lm_terms)``, whose
 gradients reach the LM's parameters through every arc the criterion uses.
 
-Graphs: :func:`lexicon_lm_graph` is ``L o G`` as a token acceptor (each G arc becomes one
-chain of tokens per pronunciation of its word: the word and the G terms on the chain's first
-arc); :func:`ctc_lm_graph` is ``H o G`` (or ``H o L o G``) for CTC. Neither is determinized,
-so every arc keeps the one G arc it comes from.
+Graphs: :func:`lexicon_lm_graph` is ``L o G`` of a word n-gram as a token acceptor (a prefix
+tree of pronunciations per LM context, the word and its n-gram term on the last arc, back-off
+through copies of the lower-order trees' first arcs); :func:`ctc_lm_graph` is ``H o G`` (or
+``H o L o G``) for CTC. Neither is determinized, so every arc keeps the LM terms it sums.
 """
 
 from __future__ import annotations
@@ -161,8 +161,7 @@ def lexicon_lm_graph(lm: NgramModel, words: Mapping[str, int],
         raise ValueError(f"{len(no_pron)} LM word(s) have no pronunciation in the lexicon: "
                          f"{no_pron[:10]}")
     values = lm.param_values()
-    prob_first, bow_first = lm.param_offsets()
-    index = lm._lookup()
+    prob_first = lm.param_offsets()[0]
     ln10, K = math.log(10.0), lm.order
     state: dict[tuple[int, ...], int] = {lm.context((bos,)): 0}
     for h in sorted(lm.contexts(), key=lambda c: (len(c), c)):
@@ -207,9 +206,9 @@ def lexicon_lm_graph(lm: NgramModel, words: Mapping[str, int],
     for h, s in state.items():
         chain, cur = [], h
         while cur:
-            row = index[len(cur) - 1].get(cur)
-            if row is not None and not math.isnan(lm.backoffs[len(cur) - 1][row]):
-                chain.append(bow_first[len(cur) - 1] + row)
+            bow = lm.backoff_index(cur)
+            if bow is not None:
+                chain.append(bow)
             cur = lm.context(cur[1:])
             bw = ln10 * sum(float(values[k]) for k in chain)
             for a in first_arcs.get(state[cur], []):

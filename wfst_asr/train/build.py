@@ -32,6 +32,7 @@ from wfst_asr.train.criteria import (
     check_num_classes,
     get_loss,
     num_outputs,
+    on_words,
     target_table,
 )
 
@@ -173,5 +174,4 @@ def _usable_cuts(cuts: CutSet, cfg: ExperimentConfig, path: str) -> CutSet:
 
 
 def _table_name(cfg: ExperimentConfig) -> str:
-    lexicon = cfg.loss in ("ctc", "dbd") and (cfg.loss_kwargs or {}).get("lexicon")
-    return f"words of {cfg.lang_dir}/words.txt" if lexicon else f"tokens of {cfg.tokens}"
+    return f"words of {cfg.lang_dir}/words.txt" if on_words(cfg) else f"tokens of {cfg.tokens}"

@@ -218,12 +218,19 @@ def _word_table(c: dict[str, Any]) -> dict[str, int]:
     return {str(s): int(i) for s, i in words.items()}
 
 
+def on_words(cfg: Any) -> bool:
+    """The loss takes word transcripts through a lexicon (``ctc`` / ``dbd`` with
+    ``loss.lexicon``): they map through the lang dir's ``words.txt``."""
+    c = _cfg_dict(cfg)
+    return c["loss"] in ("ctc", "dbd") and bool(loss_options(c)["lexicon"])
+
+
 def target_table(cfg: Any) -> dict[str, int] | None:
     """``{symbol: id}`` that maps the transcripts (``cfg.token_field``) to the ids the loss
-    takes: the word table of the lang dir for CTC on words (``loss.lexicon``), else the token
-    table (``cfg.tokens``, ids from 1), or None."""
+    takes: the word table of the lang dir for words (:func:`on_words`), else the token table
+    (``cfg.tokens``, ids from 1), or None."""
     c = _cfg_dict(cfg)
-    if c["loss"] in ("ctc", "dbd") and loss_options(c)["lexicon"]:
+    if on_words(c):
         return _word_table(c)
     if c.get("tokens"):
         return {t: i for i, t in enumerate(read_token_list(c["tokens"]), start=1)}
