@@ -336,7 +336,8 @@ def test_fresh_start_sets_aside_an_earlier_run(data, tmp_path):  # noqa: F811
     # --resume now continues this run (from its epoch 1), not the earlier run's epoch 2
     kept = sorted(exp.glob("earlier-run-*"))
     assert len(kept) == 1
-    assert sorted(p.name for p in kept[0].iterdir()) == ["best.pt", "epoch-1.pt", "epoch-2.pt"]
+    names = ["best.pt", "epoch-1.pt", "epoch-2.pt"]  # with their completion markers
+    assert sorted(p.name for p in kept[0].iterdir()) == sorted(names + [f"{n}.done" for n in names])
     assert sorted(p.name for p in exp.glob("epoch-*.pt")) == ["epoch-1.pt"]
     assert main(_train_args(data, exp, "num_epochs=2", "dev_cuts=", "average_last=1")
                 + ["--resume"]) == 0

@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="timed steps after 2 warm-up steps")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--synthetic", action="store_true", help="random batches, not TIMIT")
+    p.add_argument("--batch", type=int, default=SYNTH_B, help="--synthetic: utterances per batch")
+    p.add_argument("--frames", type=int, default=SYNTH_T, help="--synthetic: input frames each")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: 3 steps, overrides {' '.join(QUICK_SETS)} first")
     p.add_argument("--json", help="write the results (with every step) to this file")
@@ -231,12 +233,13 @@ def main(argv: list[str] | None = None) -> None:
     seed_everything(cfg.seed)
     model, loss_fn, train_dl, table = build(cfg, real)
     n = WARMUP + steps
-    batches = real_batches(cfg, train_dl, table, n) if real else synthetic_batches(cfg, n)
+    batches = (real_batches(cfg, train_dl, table, n) if real
+               else synthetic_batches(cfg, n, a.batch, a.frames))
     trainer = Trainer(cfg, model, loss_fn, None)
     rows = run_steps(trainer, batches, case_torch_ctc(**REF))
     med = medians(rows[WARMUP:])
     params = sum(p.numel() for p in model.parameters())
-    data = f"TIMIT {cfg.train_cuts}" if real else f"synthetic B={SYNTH_B} T={SYNTH_T}"
+    data = f"TIMIT {cfg.train_cuts}" if real else f"synthetic B={a.batch} T={a.frames}"
     print(f"torch {torch.__version__}, {a.threads} threads; config {cfg.name} "
           f"{' '.join(overrides)}; model {cfg.model} {cfg.model_kwargs}, {params:,} params, "
           f"subsampling {cfg.subsampling}, {cfg.num_classes} classes; data: {data}")
@@ -251,6 +254,9 @@ def main(argv: list[str] | None = None) -> None:
                "threads": a.threads, "torch": torch.__version__, "params": params,
                "warmup": WARMUP, "steps": steps, "reference": REF, "median": med,
                "aggregate": agg}
+    import resource
+    summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak resident memory of the process: {summary['peak_rss_mb']:.0f} MB")
     print(json.dumps(summary))
     if a.json:
         full = {**summary, "config_values": cfg.to_dict(), "per_step": rows}

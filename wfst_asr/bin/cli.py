@@ -39,7 +39,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 #: adds its sub-parsers (with ``set_defaults(func=...)``) to the ``wfst-asr`` command.
 COMMAND_MODULES = ("data_cmd", "lang_cmd", "lm_cmd", "graph_cmd", "fst_cmd", "train_cmd",
                    "lattice_cmd", "nnlm_cmd", "decode_cmd", "gmm_cmd", "rescore_cmd", "g2p_cmd",
-                   "align_cmd", "textlm_cmd")
+                   "align_cmd", "textlm_cmd", "export_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,13 +1,17 @@
-"""``wfst-asr compute-features``, ``wfst-asr lexicon`` and ``wfst-asr frame-labels``: data
-preparation for any corpus."""
+"""``wfst-asr compute-features``, ``wfst-asr lexicon``, ``wfst-asr frame-labels`` and
+``wfst-asr export-shar``: data preparation for any corpus."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 FEATURES_DESCRIPTION = """\
@@ -43,6 +47,18 @@ the alignment is dropped with its cut, named and counted; the output is written 
   wfst-asr frame-labels --cuts data/fbank/timit_cuts_train.jsonl.gz --alignment phone \\
       --map local/phones.60-48-39.map --map-from 61 --map-to 48 --field phones_48_frames \\
       --out data/fbank/timit_cuts_train.jsonl.gz"""
+
+SHAR_DESCRIPTION = """\
+Write the cuts of a manifest as lhotse Shar shards in OUT: cuts.NNNNNN.jsonl.gz and, for each
+--fields, one tar file per shard of SHARD_SIZE cuts (features as lilcom or numpy arrays,
+recordings as flac). Training and decoding read such a directory as they read a manifest
+(train_cuts=OUT, or shar:OUT), shard by shard with the data inside: a few large sequential
+files instead of one small file per cut. The cuts are read lazily, written in a staging folder
+and renamed to OUT when complete (a failure leaves nothing); an existing OUT is replaced only
+when it is a Shar directory or empty. A cut without a requested field is an error naming it.
+
+  wfst-asr export-shar --cuts data/fbank/cuts_train.jsonl.gz --out data/shar/train \\
+      --fields features --shard-size 1000"""
 
 _MANIFEST_SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json")
 
@@ -324,9 +340,86 @@ def cmd_frame_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_shar(args: argparse.Namespace) -> int:
+    """``--cuts`` as Shar shards in ``--out`` (atomically). Bad arguments, an unreadable
+    manifest or a cut without a requested field raise (one line, exit code 2, through
+    :func:`wfst_asr.bin.cli.main`)."""
+    from wfst_asr.data.dataset import open_cuts
+
+    if args.shard_size < 1:
+        raise ValueError(f"--shard-size {args.shard_size}: expected a positive number of cuts")
+    cuts = open_cuts(args.cuts)
+    first = next(iter(cuts), None)
+    if first is None:
+        raise ValueError(f"{args.cuts}: no cuts")
+    fields = _shar_fields(args, first)
+    checked = cuts.map(_FieldCheck(args.cuts, list(fields)))
+    t0 = time.perf_counter()
+    with _staged_dir(Path(args.out)) as stage:
+        written = checked.to_shar(stage, fields=fields, shard_size=args.shard_size,
+                                  warn_unused_fields=False)
+    n = sum(1 for _ in open_cuts(args.out, metadata_only=True))
+    print(f"export-shar: {n} cuts in {len(written['cuts'])} shards of at most "
+          f"{args.shard_size} ({', '.join(f'{k} as {v}' for k, v in fields.items())}) -> "
+          f"{args.out} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def _shar_fields(args: argparse.Namespace, first) -> dict[str, str]:
+    """``{field: format}`` for ``to_shar``: ``--fields``, or the features when the first cut
+    has them, else the recording."""
+    names = args.fields or ["features" if first.has_features else "recording"]
+    fmt = {"features": args.features_format, "recording": args.audio_format}
+    return {name: fmt[name] for name in dict.fromkeys(names)}
+
+
+class _FieldCheck:
+    """``cut`` unchanged, or a ValueError naming the manifest and the cut when it lacks one
+    of ``fields`` (lhotse would write a shard with a hole)."""
+
+    def __init__(self, path: str, fields: list[str]) -> None:
+        self.path, self.fields = path, fields
+
+    def __call__(self, cut):
+        for name in self.fields:
+            if not getattr(cut, f"has_{name}"):
+                raise ValueError(f"{self.path}: cut {cut.id} has no {name} (--fields)")
+        return cut
+
+
+@contextmanager
+def _staged_dir(out: Path) -> Iterator[Path]:
+    """A new staging folder next to ``out``, renamed to ``out`` when the block succeeds (an
+    existing ``out``, a Shar directory or empty, is replaced); removed on an exception."""
+    from wfst_asr.atomic import _umask
+    from wfst_asr.data.dataset import shar_dir
+
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        raise FileNotFoundError(2, "no such directory", str(parent))
+    if out.exists() and not (out.is_dir() and (shar_dir(out) or not any(out.iterdir()))):
+        raise ValueError(f"{out}: exists and is not a Shar directory (not replaced)")
+    stage = Path(tempfile.mkdtemp(dir=parent, prefix=f".tmp-shar-{os.getpid()}-"))
+    try:
+        yield stage
+        os.chmod(stage, 0o777 & ~_umask())
+        old = parent / f".old-shar-{os.getpid()}-{out.name}"
+        if out.exists():
+            os.replace(out, old)
+        try:
+            os.replace(stage, out)
+        except BaseException:
+            if old.exists():
+                os.replace(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``compute-features``, ``lexicon`` and ``frame-labels`` to the ``wfst-asr``
-    sub-commands."""
+    """Add ``compute-features``, ``lexicon``, ``frame-labels`` and ``export-shar`` to the
+    ``wfst-asr`` sub-commands."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("compute-features", help="fbank/MFCC features + global CMVN of cuts",
                        description=FEATURES_DESCRIPTION, formatter_class=fmt)
@@ -387,3 +480,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--map-from", default=None, help="the map's column of the alignment symbols")
     p.add_argument("--map-to", default=None, help="the map's column of the labels")
     p.set_defaults(func=cmd_frame_labels)
+
+    p = sub.add_parser("export-shar", help="lhotse Shar shards of a cut manifest",
+                       description=SHAR_DESCRIPTION, formatter_class=fmt)
+    p.add_argument("--cuts", required=True, help="a cut manifest (or a Shar directory)")
+    p.add_argument("--out", required=True, help="the Shar directory to write")
+    p.add_argument("--shard-size", type=int, default=1000, help="cuts per shard (default 1000)")
+    p.add_argument("--fields", nargs="+", choices=("features", "recording"), default=None,
+                   help="what to store with the cuts (default: features when the cuts have "
+                        "them, else recording)")
+    p.add_argument("--features-format", choices=("lilcom", "numpy"), default="lilcom",
+                   help="features as lilcom (lossy, compact; default) or numpy (lossless)")
+    p.add_argument("--audio-format", choices=("flac", "wav"), default="flac",
+                   help="recordings as flac (lossless, compact; default) or wav")
+    p.set_defaults(func=cmd_export_shar)

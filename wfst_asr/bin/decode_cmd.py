@@ -52,8 +52,12 @@ def _sets(args: argparse.Namespace) -> dict[str, str]:
     pairs = [("dev", args.dev_cuts), ("test", args.test_cuts)]
     for item in args.cuts or []:
         name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--cuts takes NAME=PATH, got {item!r}")
+        if not sep:  # a bare path: named after the file (cuts_test.jsonl.gz: cuts_test)
+            from wfst_asr.train.jobs import set_name
+
+            name, path = set_name(item), item
+        if not name or not path:
+            raise ValueError(f"--cuts takes PATH or NAME=PATH, got {item!r}")
         pairs.append((name, path))
     for name, path in pairs:
         if path is None:
@@ -83,8 +87,11 @@ def cmd_decode(args: argparse.Namespace) -> int:
                              device=args.device, forced_best=args.forced_best,
                              text_lm=args.text_lm, mlm=args.mlm, ctc_weight=args.ctc_weight,
                              max_len_ratio=args.max_len_ratio, dbd_config=args.dbd_config,
-                             dbd_max_active=[int(k) for k in parse_grid(args.dbd_max_active)])
+                             dbd_max_active=[int(k) for k in parse_grid(args.dbd_max_active)],
+                             checkpoint=args.checkpoint)
         sets = _sets(args)
+        if args.watch:
+            return _watch(args, opts, sets)
         out_dir = Path(args.out_dir) if args.out_dir else Path(args.exp_dir) / "decode"
         dec = Decoder(args.exp_dir, args.lang_dir, args.graph, opts)
         settings = dec.run(sets, out_dir)
@@ -94,6 +101,31 @@ def cmd_decode(args: argparse.Namespace) -> int:
               for m, i in settings["methods"].items() if i.get("setting")]
     print(f"decoded {', '.join(sets)} with {', '.join(settings['methods'])} -> {out_dir}"
           + (f" ({'; '.join(chosen)})" if chosen else ""))
+    return 0
+
+
+def _watch(args: argparse.Namespace, opts, sets: dict[str, str]) -> int:
+    """``decode --watch``: every new checkpoint of the exp dir (:mod:`wfst_asr.train.jobs`)."""
+    import dataclasses
+    import logging
+
+    from wfst_asr.train.decoder import DecodeError, Decoder
+    from wfst_asr.train.jobs import run_decode_job
+
+    if args.checkpoint:
+        raise DecodeError("--watch decodes every checkpoint: no --checkpoint with it")
+    if not sets:
+        raise DecodeError("no cuts to decode (give --dev-cuts / --test-cuts / --cuts)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    out_dir = Path(args.out_dir) if args.out_dir else Path(args.exp_dir) / "decode_watch"
+
+    def make(path: Path) -> Decoder:
+        return Decoder(args.exp_dir, args.lang_dir, args.graph,
+                       dataclasses.replace(opts, checkpoint=str(path)))
+
+    table = run_decode_job(args.exp_dir, sets, out_dir, make, watch=True, poll=args.poll,
+                           max_wait=args.max_wait)
+    print(f"results per checkpoint in {table}")
     return 0
 
 
@@ -135,8 +167,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "with gmm.pt")
     p.add_argument("--dev-cuts", help="the dev set (name 'dev', the default tune set)")
     p.add_argument("--test-cuts", help="the test set (name 'test')")
-    p.add_argument("--cuts", action="append", metavar="NAME=PATH",
-                   help="another set (repeatable)")
+    p.add_argument("--cuts", action="append", metavar="[NAME=]PATH",
+                   help="another set (repeatable; named after the file without NAME=)")
     p.add_argument("--lang-dir", help="lang dir of the graphs (its tokens must be the model's)")
     p.add_argument("--graph", metavar="FILE",
                    help="a compiled HLG / HCLG / LG (.pt or .fst) instead of the lang dir's")
@@ -184,7 +216,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="attention method beam_ctc: weight of the CTC prefix score")
     p.add_argument("--max-len-ratio", type=float, default=1.0,
                    help="attention methods: at most this many tokens per encoder frame")
-    p.add_argument("--out-dir", help="the decode directory (default EXP/decode)")
+    p.add_argument("--out-dir", help="the decode directory (default EXP/decode; with --watch "
+                   "EXP/decode_watch, one folder per checkpoint and results.tsv)")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="decode with this checkpoint of the run (epoch-N.pt, step-G.pt) "
+                   "instead of averaged.pt / best.pt")
+    p.add_argument("--watch", action="store_true",
+                   help="a decoder job: decode every new complete checkpoint of the exp dir "
+                   "as training writes them, until the trainer's training-done; error rates "
+                   "per checkpoint step in OUT/results.tsv and TensorBoard OUT/tensorboard")
+    p.add_argument("--poll", type=float, default=30.0, help="--watch: seconds between looks")
+    p.add_argument("--max-wait", type=float,
+                   help="--watch: stop after this many seconds without a new checkpoint")
     p.add_argument("--device", help="where the model runs (default: cuda if available)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.set_defaults(func=cmd_decode)

@@ -1,10 +1,12 @@
-"""``wfst-asr train``: train a registered experiment or a config file (:mod:`wfst_asr.train`).
+"""``wfst-asr train``: train a registered experiment or a config file (:mod:`wfst_asr.train`);
+``wfst-asr eval``: the evaler job that follows it (:mod:`wfst_asr.train.jobs`).
 
 ::
 
     wfst-asr train --config egs/timit/conf/ctc_blstm.yaml --set lr=5e-4 --set model.hidden=128 \\
         --exp-dir exp/ctc_blstm [--resume]
     wfst-asr train --config ctc_blstm --set train_cuts=... --set tokens=... --set token_field=...
+    wfst-asr train --config egs/timit/conf/distill_ctc_blstm.yaml --set tasks.phones.weight=2
     torchrun --nproc_per_node 4 -m wfst_asr.bin.cli train --config ...   # data-parallel
 
 A configuration that cannot be used (an unknown name or key, a required key left empty, a
@@ -21,9 +23,16 @@ from pathlib import Path
 
 
 def build(cfg, rank: int = 0, world: int = 1):
-    """(model, loss, train_dl, dev_dl, token_table) for ``cfg``."""
+    """(model, loss, train_dl, dev_dl, token_table) for ``cfg``. A configuration with
+    ``tasks`` builds the multi-task model, criterion and loaders
+    (:func:`wfst_asr.train.multitask.build_multitask`; token table None: give the trainer
+    ``targets=loss.batch_targets``)."""
     from wfst_asr.train.build import build_model_and_loss, make_loader
 
+    if cfg.tasks:
+        from wfst_asr.train.multitask import build_multitask
+
+        return (*build_multitask(cfg, rank, world), None)
     model, loss, table = build_model_and_loss(cfg)
     train_dl = make_loader(cfg, cfg.train_cuts, True, rank, world)
     dev_dl = make_loader(cfg, cfg.dev_cuts, False, rank, world) if cfg.dev_cuts else None
@@ -36,10 +45,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from wfst_asr.train import Trainer, apply_overrides, init_distributed, load_config
     from wfst_asr.train.lock import ExpDirLock
+    from wfst_asr.train.multitask import apply_task_overrides
     from wfst_asr.train.trainer import seed_everything
 
     # a bad configuration or input raises: wfst_asr.bin.cli.main reports it in one line (exit 2)
-    cfg = apply_overrides(load_config(args.config), args.set or [])
+    cfg = load_config(args.config)
+    cfg = apply_overrides(cfg, apply_task_overrides(cfg, args.set or []))
     if args.exp_dir:
         cfg.exp_dir = args.exp_dir
     cfg.check_required()
@@ -53,9 +64,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         model, loss, train_dl, dev_dl, table = build(cfg, rank, world)
         device = (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
                   else torch.device("cpu"))
-        Trainer(cfg, model, loss, train_dl, dev_dl, device, token_table=table).fit(args.resume)
+        Trainer(cfg, model, loss, train_dl, dev_dl, device, token_table=table,
+                targets=getattr(loss, "batch_targets", None)).fit(args.resume)
     if world > 1:
         torch.distributed.destroy_process_group()
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """The evaler job (:func:`wfst_asr.train.jobs.run_eval_job`)."""
+    from wfst_asr.train.jobs import run_eval_job
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        force=True)
+    table = run_eval_job(args.exp_dir, args.cuts, args.name, args.out_dir, args.watch,
+                         args.poll, args.max_wait, args.device, args.max_duration)
+    print(f"results per checkpoint in {table}")
     return 0
 
 
@@ -87,3 +111,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="continue from the newest checkpoint in the exp dir")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.set_defaults(func=cmd_train)
+
+    e = sub.add_parser(
+        "eval", help="the loss of a run's checkpoints on a data set (an evaler job)",
+        description="Compute the experiment's loss per output frame on --cuts with its newest "
+        "complete checkpoint, or, with --watch, with every new complete checkpoint as "
+        "training writes them, until the trainer writes training-done. Results per "
+        "checkpoint step in OUT/results.tsv (a restarted job skips those done) and "
+        "TensorBoard OUT/tensorboard.")
+    e.add_argument("--exp-dir", required=True, help="the trainer's experiment folder")
+    e.add_argument("--cuts", required=True, help="the data set (a cuts manifest)")
+    e.add_argument("--name", help="the set's name (default: the file name without suffixes)")
+    e.add_argument("--out-dir", help="default EXP/eval_NAME")
+    e.add_argument("--watch", action="store_true", help="evaluate every new checkpoint")
+    e.add_argument("--poll", type=float, default=30.0, help="seconds between looks")
+    e.add_argument("--max-wait", type=float,
+                   help="--watch: stop after this many seconds without a new checkpoint")
+    e.add_argument("--device", help="default: cuda if available")
+    e.add_argument("--max-duration", type=float, help="seconds per batch (default: the "
+                   "config's)")
+    e.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    e.set_defaults(func=cmd_eval)

@@ -11,19 +11,30 @@ frame rate of the network output::
         log_probs, out_lens = model(batch["features"], batch["feature_lens"])  # [B, T', V]
         segs = supervision_segments(batch, model)  # the model's own frame-rate rule
         dense = DenseFsaVec(log_probs, segs)
+
+Large corpora: :func:`open_cuts` opens a manifest lazily (``.jsonl``/``.jsonl.gz`` read cut by
+cut, a lhotse Shar directory shard by shard), so memory does not grow with the corpus; read
+errors name the file (the shard, the manifest line). ``DynamicBucketingSampler`` then holds a
+bounded buffer of cuts, estimates its buckets from the first cuts only, and starts in a time
+that does not depend on the corpus size.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import random
+import tarfile
+from collections.abc import Iterator, Sequence
+from itertools import islice
+from pathlib import Path
 from typing import Protocol
 
 import torch
 from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler, OnTheFlyFeatures, SimpleCutSampler
-from lhotse.dataset.sampling.base import CutSampler
+from lhotse.dataset.sampling.base import CutSampler, TimeConstraint
+from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
 from lhotse.features.base import FeatureExtractor
 from lhotse.utils import compute_num_frames
 
@@ -39,6 +50,8 @@ __all__ = [
     "TimeFreqMask",
     "make_dataloader",
     "make_sampler",
+    "open_cuts",
+    "shar_dir",
     "supervision_segments",
 ]
 
@@ -244,24 +257,244 @@ def _collect_supervisions(cuts: Sequence, lens: list[int], frame_shift: float | 
     return out
 
 
+# --------------------------------------------------------------------------- manifests
+
+#: Prefix that marks a lhotse Shar directory explicitly (``shar:DIR``); a directory holding
+#: ``cuts.NNNNNN.jsonl[.gz]`` files is taken for one without it.
+SHAR_PREFIX = "shar:"
+
+#: Suffixes of the manifests read lazily, line by line.
+LAZY_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+#: Cuts the bucketing sampler reads to estimate its duration bins (lhotse's default).
+NUM_CUTS_FOR_BINS = 10000
+
+_READ_ERRORS = (ValueError, KeyError, TypeError, AttributeError, AssertionError, OSError,
+                EOFError, tarfile.TarError, RuntimeError)
+
+
+def shar_dir(path: str | os.PathLike) -> Path | None:
+    """The lhotse Shar directory ``path`` names (``shar:DIR``, or a directory with
+    ``cuts.NNNNNN.jsonl[.gz]`` shards), else None. ValueError naming ``path`` for a
+    ``shar:`` path that is not such a directory."""
+    name = os.fspath(path)
+    explicit = name.startswith(SHAR_PREFIX)
+    folder = Path(name[len(SHAR_PREFIX):] if explicit else name)
+    if folder.is_dir() and any(folder.glob("cuts.*.jsonl*")):
+        return folder
+    if explicit:
+        raise ValueError(f"{folder}: not a lhotse Shar directory (no cuts.NNNNNN.jsonl.gz)")
+    return None
+
+
+def open_cuts(path: str | os.PathLike, *, metadata_only: bool = False,
+              shuffle_shards: bool = False, seed: int = 0) -> CutSet:
+    """The cuts of a manifest as a lazy ``CutSet`` whatever the format.
+
+    * ``.jsonl`` / ``.jsonl.gz``: read cut by cut (``CutSet.from_jsonl_lazy``);
+    * a lhotse Shar directory (``shar:DIR`` or a directory of ``cuts.NNNNNN.jsonl.gz`` and
+      field shards, as ``wfst-asr export-shar`` writes): read shard by shard, the fields'
+      data (features, audio) attached in memory; ``metadata_only`` reads the cuts shards
+      alone; ``shuffle_shards`` shuffles the shard order, anew on every full pass (seed
+      ``seed + pass``);
+    * any other lhotse manifest (``.json``, ``.json.gz``, ...): read whole, iterated lazily.
+
+    The samplers thus treat every format alike (same seed, same batches). A missing path is a
+    ValueError naming it; a read error while iterating is a ValueError naming the file (the
+    manifest and its line, or the Shar shard file that is truncated or corrupt).
+    """
+    folder = shar_dir(path)
+    if folder is not None:
+        return CutSet(SharCuts.from_dir(folder, metadata_only, shuffle_shards, seed))
+    name = os.fspath(path)
+    if not Path(name).is_file():
+        raise ValueError(f"{name}: no such cuts manifest"
+                         + (" (a directory without Shar shards)" if Path(name).is_dir() else ""))
+    if name.endswith(LAZY_SUFFIXES):
+        return CutSet(JsonlCuts(name))
+    try:
+        cuts = CutSet.from_file(name).to_eager()
+    except _READ_ERRORS as e:
+        raise ValueError(f"{name}: {type(e).__name__}: {_first_line(e)} (not a readable "
+                         "lhotse cut manifest)") from None
+    return CutSet(ListCuts(list(cuts), name))
+
+
+class ListCuts:
+    """A list of cuts seen as a lazy source (one code path for every manifest format)."""
+
+    def __init__(self, cuts: list, path: str) -> None:
+        self.cuts, self.path = cuts, path
+
+    def __iter__(self) -> Iterator:
+        return iter(self.cuts)
+
+    def __len__(self) -> int:
+        return len(self.cuts)
+
+
+class JsonlCuts:
+    """The cuts of a JSON-lines manifest, read lazily; a read error is a ValueError naming
+    the file and the line."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __iter__(self) -> Iterator:
+        line = 0
+        try:
+            for cut in CutSet.from_jsonl_lazy(self.path):
+                line += 1
+                yield cut
+        except _READ_ERRORS as e:
+            raise ValueError(f"{self.path}:{line + 1}: {type(e).__name__}: {_first_line(e)} "
+                             "(not a readable lhotse cut manifest)") from None
+
+    def __len__(self) -> int:
+        return _count_lines(self.path)
+
+
+class SharCuts:
+    """The cuts of lhotse Shar shards, read shard by shard with lhotse's reader.
+
+    lhotse stops silently at the end of a field's tar file that is shorter than the shard's
+    cuts manifest, and its errors on a damaged tar or gzip file do not say which file: here
+    either is a ValueError naming the shard file that is truncated or corrupt.
+
+    Args:
+      shards: one ``{field: path}`` per shard, ``"cuts"`` in each (the reader's ``shards``).
+      shuffle_shards: shuffle the shard order, with seed ``seed + epoch``: the epoch of
+        ``sampler`` when set (:meth:`follow`; a resumed run then reads the shards in the order
+        of an uninterrupted one), else the number of full passes so far.
+    """
+
+    def __init__(self, shards: list[dict[str, Path]], shuffle_shards: bool = False,
+                 seed: int = 0) -> None:
+        self.shards, self.shuffle_shards, self.seed = shards, shuffle_shards, seed
+        self.epoch = 0
+        self.sampler: CutSampler | None = None
+
+    def follow(self, sampler: CutSampler) -> None:
+        """Take the shard order's epoch from ``sampler.epoch`` (``sampler.set_epoch``)."""
+        self.sampler = sampler
+
+    @classmethod
+    def from_dir(cls, folder: Path, metadata_only: bool = False, shuffle_shards: bool = False,
+                 seed: int = 0) -> SharCuts:
+        """The shards of a Shar directory (written by ``CutSet.to_shar``)."""
+        from lhotse.shar.readers.lazy import LazySharIterator
+
+        try:
+            shards = LazySharIterator(in_dir=folder).shards
+        except AssertionError as e:
+            raise ValueError(f"{folder}: not a complete lhotse Shar directory "
+                             f"({_first_line(e) or 'no cuts shards'})") from None
+        if metadata_only:
+            shards = [{"cuts": s["cuts"]} for s in shards]
+        return cls(shards, shuffle_shards, seed)
+
+    def __iter__(self) -> Iterator:
+        shards = list(self.shards)
+        if self.shuffle_shards:
+            epoch = self.sampler.epoch if self.sampler is not None else self.epoch
+            random.Random(self.seed + epoch).shuffle(shards)
+        for shard in shards:
+            yield from _read_shard(shard)
+        self.epoch += 1
+
+    def __len__(self) -> int:
+        return sum(_count_lines(s["cuts"]) for s in self.shards)
+
+
+def _count_lines(path: str | os.PathLike) -> int:
+    """Lines of a (gzipped) manifest; a read error is a ValueError naming it."""
+    from lhotse.lazy import count_newlines_fast
+
+    try:
+        return count_newlines_fast(path)
+    except _READ_ERRORS as e:
+        raise ValueError(f"{path}: {type(e).__name__}: {_first_line(e)} (unreadable "
+                         "manifest)") from None
+
+
+def _read_shard(shard: dict[str, Path]) -> Iterator:
+    """The cuts of one shard; a damaged or short file of it is a ValueError naming it."""
+    from lhotse.shar.readers.lazy import LazySharIterator
+
+    n = 0
+    try:
+        for cut in LazySharIterator(fields={k: [v] for k, v in shard.items()}):
+            n += 1
+            yield cut
+        expected = _count_lines(shard["cuts"])
+    except _READ_ERRORS as e:
+        raise ValueError(_shard_problem(shard, None)
+                         or f"{shard['cuts']}: {type(e).__name__}: {_first_line(e)} "
+                            "(unreadable Shar shard)") from None
+    if n != expected:
+        raise ValueError(_shard_problem(shard, expected)
+                         or f"{shard['cuts']}: {n} of {expected} cuts read (truncated Shar shard)")
+
+
+def _shard_problem(shard: dict[str, Path], expected: int | None) -> str | None:
+    """``"FILE: what"`` for the first file of ``shard`` that cannot be read whole (or, for a
+    tar file, holds fewer than ``expected`` items), else None."""
+    import gzip
+
+    for field in ["cuts"] + sorted(k for k in shard if k != "cuts"):
+        path = shard[field]
+        try:
+            if str(path).endswith(".tar"):
+                with tarfile.open(path, mode="r|*") as tar:
+                    items = sum(1 for m in tar if not m.name.endswith((".json", ".nometa")))
+                if expected is not None and items < expected:
+                    return f"{path}: {items} of {expected} items (truncated Shar shard)"
+            else:
+                opener = gzip.open if str(path).endswith(".gz") else open
+                with opener(path, "rb") as f:
+                    while f.read(1 << 20):
+                        pass
+        except (OSError, EOFError, tarfile.TarError) as e:
+            return f"{path}: {type(e).__name__}: {_first_line(e)} (truncated or corrupt Shar shard)"
+    return None
+
+
+def duration_bins(cuts: CutSet, num_buckets: int, max_duration: float,
+                  max_cuts: int | None = None) -> list[float]:
+    """The bucket bins ``DynamicBucketingSampler`` would estimate from the first
+    :data:`NUM_CUTS_FOR_BINS` of ``cuts`` (e.g. a Shar directory's metadata alone: no
+    audio or features read)."""
+    constraint = TimeConstraint(max_duration=max_duration, max_cuts=max_cuts)
+    return estimate_duration_buckets(islice(cuts, NUM_CUTS_FOR_BINS), num_buckets=num_buckets,
+                                     constraint=constraint)
+
+
 # --------------------------------------------------------------------------- samplers
 
 
 def make_sampler(cuts: CutSet, max_duration: float, shuffle: bool = False,
                  bucketing: bool = True, num_buckets: int = 10, drop_last: bool = False,
                  seed: int = 0, world_size: int | None = None, rank: int | None = None,
-                 max_cuts: int | None = None) -> CutSampler:
+                 max_cuts: int | None = None, buffer_size: int = 20000,
+                 bins: list[float] | None = None) -> CutSampler:
     """A lhotse sampler of ``CutSet`` mini-batches of at most ``max_duration`` seconds.
 
     ``bucketing=True``: ``DynamicBucketingSampler`` (cuts of similar duration batched together,
-    little padding; ``num_buckets`` buckets). ``bucketing=False``: ``SimpleCutSampler``. Call
-    ``sampler.set_epoch(epoch)`` each epoch for a new shuffle.
+    little padding; ``num_buckets`` buckets). It reads ``cuts`` as a stream (give a lazy
+    ``CutSet``, :func:`open_cuts`): the bucket bins come from the first
+    :data:`NUM_CUTS_FOR_BINS` cuts (or ``bins``, e.g. :func:`duration_bins` of a Shar
+    directory's metadata), at most ``buffer_size`` cuts are held at a time, and ``shuffle``
+    picks each batch at random from that buffer; memory and the time to the first batch do not
+    grow with the corpus. ``bucketing=False``: ``SimpleCutSampler`` (a lazy ``CutSet`` is
+    shuffled through a buffer of 10,000 cuts). Call ``sampler.set_epoch(epoch)`` each epoch for
+    a new shuffle.
     """
     if bucketing:
         return DynamicBucketingSampler(cuts, max_duration=max_duration, max_cuts=max_cuts,
                                        shuffle=shuffle, num_buckets=num_buckets,
                                        drop_last=drop_last, seed=seed, world_size=world_size,
-                                       rank=rank)
+                                       rank=rank, buffer_size=buffer_size, duration_bins=bins,
+                                       num_cuts_for_bins_estimate=NUM_CUTS_FOR_BINS)
     return SimpleCutSampler(cuts, max_duration=max_duration, max_cuts=max_cuts,
                             shuffle=shuffle, drop_last=drop_last, seed=seed,
                             world_size=world_size, rank=rank)

@@ -16,6 +16,7 @@ benchmarks:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,14 @@ from lhotse import CutSet
 from torch import nn
 
 from wfst_asr.data import AsrDataset, make_dataloader, make_sampler
-from wfst_asr.data.dataset import SpecAugment, TimeFreqMask
+from wfst_asr.data.dataset import (
+    SharCuts,
+    SpecAugment,
+    TimeFreqMask,
+    duration_bins,
+    open_cuts,
+    shar_dir,
+)
 from wfst_asr.graphs.lang import read_token_list
 from wfst_asr.models import build_model
 from wfst_asr.train.config import ExperimentConfig
@@ -63,12 +71,11 @@ def build_model_from_config(cfg: ExperimentConfig | dict[str, Any]) -> nn.Module
 
 def data_feature_dim(cuts_path: str) -> int:
     """The feature dimension of the first cut of ``cuts_path`` (a lhotse cuts manifest with
-    features attached); ValueError naming the file when it is missing or has no features."""
-    if not Path(cuts_path).is_file():
+    features attached, or a Shar directory: its metadata only is read); ValueError naming the
+    file when it is missing or has no features."""
+    if not Path(cuts_path).is_file() and shar_dir(cuts_path) is None:
         raise ValueError(f"{cuts_path}: no such cuts file (train_cuts)")
-    name = str(cuts_path)
-    lazy = name.endswith((".jsonl", ".jsonl.gz"))  # only the first cut is read
-    for cut in (CutSet.from_jsonl_lazy(name) if lazy else CutSet.from_file(name)):
+    for cut in open_cuts(cuts_path, metadata_only=True):  # only the first cut is read
         if not cut.has_features:
             raise ValueError(f"{cuts_path}: cut {cut.id} has no features (run "
                              "`wfst-asr compute-features` first)")
@@ -129,13 +136,32 @@ def _spec_augment(cfg: ExperimentConfig):
 def make_loader(cfg: ExperimentConfig, cuts_path: str, train: bool, rank: int = 0,
                 world: int = 1):
     """A ``DataLoader`` over ``cuts_path`` with the configuration's batching (bucketing,
-    ``max_duration``, shuffling and SpecAugment only when ``train``; one shard per rank)."""
-    cuts = _usable_cuts(CutSet.from_file(cuts_path), cfg, cuts_path)
+    ``max_duration``, shuffling and SpecAugment only when ``train``; one shard per rank).
+
+    The manifest is read lazily (:func:`~wfst_asr.data.dataset.open_cuts`: ``.jsonl[.gz]``
+    cut by cut, a Shar directory shard by shard, its shards shuffled when ``train``), through
+    the lazy :func:`_usable_cuts` filter, so memory and start-up time do not grow with the
+    corpus; the bucketing sampler holds ``cfg.bucket_buffer_size`` cuts."""
+    source = open_cuts(cuts_path, shuffle_shards=train, seed=cfg.seed)
+    cuts = _usable_cuts(source, cfg, cuts_path)
     sampler = make_sampler(cuts, cfg.max_duration, shuffle=train, bucketing=cfg.bucketing,
                            num_buckets=cfg.num_buckets, seed=cfg.seed, world_size=world,
-                           rank=rank, max_cuts=cfg.max_cuts)
+                           rank=rank, max_cuts=cfg.max_cuts, buffer_size=cfg.bucket_buffer_size,
+                           bins=_shar_bins(cfg, cuts_path))
+    if isinstance(source.data, SharCuts):  # shard order by the sampler's epoch (resume)
+        source.data.follow(sampler)
     dataset = AsrDataset(cmvn=cfg.cmvn or None, spec_augment=_spec_augment(cfg) if train else None)
     return make_dataloader(dataset, sampler, num_workers=cfg.num_workers)
+
+
+def _shar_bins(cfg: ExperimentConfig, cuts_path: str) -> list[float] | None:
+    """The bucket bins of a Shar directory from its cuts shards alone (the sampler would read
+    the first cuts' audio/features to estimate them), the same as from the whole cuts; None
+    for other manifests or without bucketing."""
+    if not cfg.bucketing or shar_dir(cuts_path) is None:
+        return None
+    meta = _usable_cuts(open_cuts(cuts_path, metadata_only=True), cfg, cuts_path, quiet=True)
+    return duration_bins(meta, cfg.num_buckets, cfg.max_duration, cfg.max_cuts)
 
 
 def _unknown_symbols(cut, field: str, table: dict[str, int]) -> list[str]:
@@ -149,28 +175,70 @@ def _unknown_symbols(cut, field: str, table: dict[str, int]) -> list[str]:
     return out
 
 
-def _usable_cuts(cuts: CutSet, cfg: ExperimentConfig, path: str) -> CutSet:
+def _usable_cuts(cuts: CutSet, cfg: ExperimentConfig, path: str, quiet: bool = False
+                 ) -> CutSet:
     """``cuts`` without those whose transcript (``cfg.token_field``) has a symbol the loss
-    cannot map (e.g. a dev word outside the lexicon): skipped with one warning that counts
-    them and names a few; a ValueError naming ``path`` when none is left."""
+    cannot map (e.g. a dev word outside the lexicon); a ValueError naming ``path`` when none
+    is left.
+
+    An eager ``cuts`` is filtered at once, with one warning that counts the skipped cuts and
+    names a few. A lazy one is filtered on the fly (:class:`UsableCuts`: the first few
+    skipped cuts are named as they come, the count once a pass is complete); its first usable
+    cut is looked for here, so a manifest with none fails now. ``quiet``: no warnings.
+    """
     table = target_table(cfg)
     if table is None:
         return cuts
-    keep, bad = [], []
-    for cut in cuts:
-        unknown = _unknown_symbols(cut, cfg.token_field, table)
-        if unknown:
-            bad.append(f"{cut.id} ({', '.join(repr(t) for t in unknown[:3])})")
-        else:
-            keep.append(cut)
-    if not bad:
-        return cuts
     what = f"a symbol of {cfg.token_field!r} outside the {_table_name(cfg)}"
-    if not keep:
-        raise ValueError(f"{path}: every cut has {what}, e.g. {bad[0]}")
-    log.warning("%s: %d of %d cuts skipped, with %s: %s%s", path, len(bad), len(bad) + len(keep),
-                what, "; ".join(bad[:5]), " ..." if len(bad) > 5 else "")
-    return CutSet.from_cuts(keep)
+    usable = UsableCuts(cuts, table, cfg.token_field, path, what, quiet=quiet)
+    if not cuts.is_lazy:
+        usable.early_warnings = 0
+        kept = list(usable)
+        return cuts if len(kept) == len(cuts) else CutSet.from_cuts(kept)
+    next(iter(usable), None)  # raises when no cut is usable
+    return CutSet(usable)
+
+
+class UsableCuts:
+    """A lazy filter of the cuts whose transcript maps through ``table`` (see
+    :func:`_usable_cuts`). Until the first complete pass, the first ``early_warnings``
+    skipped cuts are named in warnings as they come; at its end, one warning counts them
+    (``PATH: S of N cuts skipped, with WHAT: ...``). A complete pass that skipped cuts and
+    kept none raises ValueError naming ``path``."""
+
+    def __init__(self, cuts: CutSet, table: dict[str, int], field: str, path: str, what: str,
+                 quiet: bool = False, early_warnings: int = 5) -> None:
+        self.cuts, self.table, self.field, self.path, self.what = cuts, table, field, path, what
+        self.quiet, self.early_warnings = quiet, early_warnings
+        self.warned = 0
+        self.summarised = False
+
+    def __iter__(self) -> Iterator:
+        kept = skipped = 0
+        bad: list[str] = []  # the first five skipped cuts
+        for cut in self.cuts:
+            unknown = _unknown_symbols(cut, self.field, self.table)
+            if not unknown:
+                kept += 1
+                yield cut
+                continue
+            skipped += 1
+            what = f"{cut.id} ({', '.join(repr(t) for t in unknown[:3])})"
+            if len(bad) < 5:
+                bad.append(what)
+            if not (self.quiet or self.summarised) and self.warned < self.early_warnings:
+                self.warned += 1
+                log.warning("%s: skipped cut %s, with %s", self.path, what, self.what)
+        self._end_of_pass(kept, skipped, bad)
+
+    def _end_of_pass(self, kept: int, skipped: int, bad: list[str]) -> None:
+        if skipped and not kept:
+            raise ValueError(f"{self.path}: every cut has {self.what}, e.g. {bad[0]}")
+        if skipped and not self.quiet and not self.summarised:
+            self.summarised = True
+            log.warning("%s: %d of %d cuts skipped, with %s: %s%s", self.path, skipped,
+                        skipped + kept, self.what, "; ".join(bad[:5]),
+                        " ..." if skipped > 5 else "")
 
 
 def _table_name(cfg: ExperimentConfig) -> str:

@@ -7,10 +7,21 @@ numbers, strings, lists and dicts only (RNG states are stored as tensors and lis
      "epoch": completed epochs, "step_in_epoch": batches done in that epoch,
      "global_step": optimizer steps so far, "best_dev_loss": float, "history": [per epoch],
      "rng": {"torch", "cuda", "python", "numpy"}, "config": cfg.to_dict()}
+
+A mid-epoch checkpoint (``step-G.pt``, G the global step) has ``"mid_epoch": True``, ``epoch``
+the epoch in progress, ``step_in_epoch`` the batches of it done and ``epoch_sums`` the loss
+sums of those batches (:func:`progress_key` orders both kinds).
+
+Every checkpoint the trainer writes (:func:`save_checkpoint` with ``marker=True``) gets a
+completion marker ``NAME.done`` (JSON: size, SHA-256, epoch, global step) written after the
+checkpoint itself: a reader on another machine (``wfst-asr eval --watch``) takes a checkpoint only when its marker is there
+and matches the file (:func:`checkpoint_complete`), never a half-copied one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import random
@@ -22,18 +33,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from wfst_asr.atomic import atomic_output
+from wfst_asr.atomic import atomic_output, atomic_write_text
 from wfst_asr.fsa.io import torch_load_reason
 
 __all__ = [
     "CheckpointError",
     "average_checkpoints",
     "average_readable_checkpoints",
+    "checkpoint_complete",
     "find_checkpoints",
+    "find_step_checkpoints",
     "get_rng_state",
     "init_model_from",
     "latest_checkpoint",
     "load_checkpoint",
+    "marker_path",
+    "progress_key",
+    "remove_checkpoint",
     "sampler_state",
     "save_checkpoint",
     "set_rng_state",
@@ -42,6 +58,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _EPOCH_RE = re.compile(r"^epoch-(\d+)\.pt$")
+_STEP_RE = re.compile(r"^step-(\d+)\.pt$")
 
 
 class CheckpointError(RuntimeError):
@@ -87,11 +104,56 @@ def _plain(x: Any) -> Any:
     return x
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+def marker_path(path: str | os.PathLike) -> Path:
+    """The completion marker of checkpoint ``path``: ``path`` + ``.done``."""
+    return Path(os.fspath(path) + ".done")
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], marker: bool = False
+                    ) -> None:
     """``torch.save(state, path)`` atomically (:func:`~wfst_asr.atomic.atomic_output`: a
-    temporary file, fsync'd, renamed over ``path``)."""
+    temporary file, fsync'd, renamed over ``path``); with ``marker`` (the trainer's
+    checkpoints, which other jobs watch) then its completion marker (:func:`marker_path`; an
+    earlier marker of ``path`` is removed first)."""
+    done = marker_path(path)
+    done.unlink(missing_ok=True)
     with atomic_output(path) as tmp:
         torch.save(state, tmp)
+    if not marker:
+        return
+    info = {"file": Path(path).name, "bytes": os.path.getsize(path), "sha256": _sha256(path),
+            "epoch": state.get("epoch"), "global_step": state.get("global_step"),
+            "mid_epoch": bool(state.get("mid_epoch", False))}
+    atomic_write_text(done, json.dumps(info) + "\n")
+
+
+def checkpoint_complete(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The marker of checkpoint ``path`` when the checkpoint is complete: the marker exists and
+    the file's size and SHA-256 are the marker's; None otherwise (no marker yet, a file being
+    copied or replaced, a corrupted file)."""
+    marker = marker_path(path)
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        if os.path.getsize(path) != info["bytes"] or _sha256(path) != info["sha256"]:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info
+
+
+def remove_checkpoint(path: str | os.PathLike) -> None:
+    """Remove checkpoint ``path`` and its marker (the marker first: a reader never sees a
+    marker without its file)."""
+    marker_path(path).unlink(missing_ok=True)
+    Path(path).unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
@@ -162,15 +224,39 @@ def find_checkpoints(exp_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(exp_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
-    """The newest readable ``epoch-N.pt`` and its contents (unreadable ones are skipped with a
-    warning), or None."""
-    for path in reversed(find_checkpoints(exp_dir)):
-        try:
-            return path, load_checkpoint(path)
-        except CheckpointError as e:
-            log.warning("skipping unreadable checkpoint: %s", e)
-    return None
+def find_step_checkpoints(exp_dir: str | os.PathLike) -> list[Path]:
+    """``exp_dir/step-G.pt`` files (mid-epoch checkpoints), by increasing global step G."""
+    found = [(int(m.group(1)), p) for p in Path(exp_dir).glob("step-*.pt")
+             if (m := _STEP_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def progress_key(state: dict[str, Any]) -> tuple[int, int]:
+    """How far training had got when ``state`` was saved: ``(completed epochs, batches of the
+    next epoch done)``; orders epoch-end and mid-epoch checkpoints together."""
+    epoch = int(state.get("epoch", 0))
+    if state.get("mid_epoch"):
+        return epoch - 1, int(state.get("step_in_epoch", 0))
+    return epoch, 0
+
+
+def latest_checkpoint(exp_dir: str | os.PathLike, mid_epoch: bool = True
+                      ) -> tuple[Path, dict[str, Any]] | None:
+    """The readable checkpoint that got furthest (:func:`progress_key`) among the newest
+    readable ``epoch-N.pt`` and, with ``mid_epoch``, the ``step-G.pt`` files, and its contents;
+    unreadable ones are skipped with a warning. None when there is none."""
+    best: tuple[Path, dict[str, Any]] | None = None
+    for group in (find_checkpoints(exp_dir), find_step_checkpoints(exp_dir) if mid_epoch else []):
+        for path in reversed(group):
+            try:
+                state = load_checkpoint(path)
+            except CheckpointError as e:
+                log.warning("skipping unreadable checkpoint: %s", e)
+                continue
+            if best is None or progress_key(state) > progress_key(best[1]):
+                best = path, state
+            break
+    return best
 
 
 # --------------------------------------------------------------------------- averaging

@@ -94,6 +94,8 @@ class ExperimentConfig:
     bucketing: bool = True
     num_buckets: int = 10
     num_workers: int = 0
+    bucket_buffer_size: int = 20000  # cuts the bucketing sampler holds (its shuffle window);
+    #   lower it for Shar data whose audio/features ride in memory with the cuts
     spec_augment: bool = False
     spec_augment_kwargs: dict[str, Any] = field(default_factory=dict)  # lhotse SpecAugment args
     # -- model and loss --
@@ -102,6 +104,8 @@ class ExperimentConfig:
     subsampling: int = 1
     loss: str = "ctc"
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    tasks: list[dict[str, Any]] = field(default_factory=list)  # multi-task: shared encoder, a
+    #   head + loss + data per task, sampling weights, distillation (wfst_asr.train.multitask)
     # -- optimisation --
     optimizer: str = "adam"      # adam | sgd
     lr: float = 1e-3
@@ -112,12 +116,16 @@ class ExperimentConfig:
     warmup_steps: int = 1000     # noam
     decay: float = 0.5           # plateau factor / exponential gamma
     patience: int = 1            # plateau
+    accum_grad: int = 1          # batches whose gradients are summed into one optimizer step
+    amp: str = "none"            # none | bf16 | fp16: autocast of the network (losses in fp32)
     num_epochs: int = 20
     early_stop: int = 0          # stop after N epochs without a dev-loss improvement; 0: never
     seed: int = 42
     init_from: str = ""          # a checkpoint whose matching parameters start a fresh run
     init_from_rules: list[str] = field(default_factory=list)  # "REGEX->TEMPLATE" renames
     average_last: int = 5        # checkpoints averaged into averaged.pt at the end
+    save_every_n: int = 0        # batches between mid-epoch checkpoints step-G.pt; 0: none
+    keep_last_n: int = 3         # mid-epoch checkpoints kept (older ones removed); 0: all
     # -- output --
     exp_dir: str = "exp"
     tensorboard: bool = True
@@ -133,7 +141,7 @@ class ExperimentConfig:
     def check_required(self) -> None:
         """:class:`ConfigError` naming the first required key left empty."""
         for key in self.REQUIRED:
-            if getattr(self, key) in ("", None):
+            if getattr(self, key) in ("", None, []):
                 raise ConfigError(f"config {self.name!r}: required key {key!r} is not set (set "
                                   f"it in the config file or with --set {key}=...)")
 
@@ -286,6 +294,10 @@ def _typed(value: Any, typ: Any) -> Any:
     """``value`` from a config file as type ``typ`` (YAML reads ``2e-3`` as a string)."""
     if value is None:
         return parse_value("none", typ)
+    if typ == list[dict[str, Any]]:  # ``tasks``: a list of mappings, kept as they are
+        if not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+            raise ValueError(f"expected a list of mappings, got {value!r}")
+        return [dict(v) for v in value]
     if isinstance(value, (list, tuple)):
         return parse_value(",".join(str(v) for v in value), typ)
     if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -574,6 +586,17 @@ class DbdBlstm(CtcBlstm):
     exp_dir: str = "exp/dbd_blstm"
 
 
+@register("multitask_ctc_blstm")
+class MultitaskCtcBlstm(CtcBlstm):
+    """Several tasks sharing the :class:`CtcBlstm` encoder, each with its own output head,
+    loss and data, sampled by weight; a task with a ``teacher`` is a distillation task
+    (:mod:`wfst_asr.train.multitask`). The top-level data keys are the tasks' defaults.
+    Required: ``tasks``."""
+
+    REQUIRED = ("tasks",)
+    exp_dir: str = "exp/multitask_ctc_blstm"
+
+
 #: The corpus-free bases the library registers.
 BASES = ("ctc_blstm", "tdnn_lstm", "hmm_blstm", "mmi_blstm", "transducer_blstm",
-         "segmental_blstm", "attention_blstm", "dbd_blstm")
+         "segmental_blstm", "attention_blstm", "dbd_blstm", "multitask_ctc_blstm")

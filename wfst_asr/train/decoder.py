@@ -173,6 +173,9 @@ class DecodeOptions:
     dbd_max_active: Sequence[int] = ()
     """Method ``dbd`` also with at most K active states, for each K here (methods ``dbd_K``,
     the search beam unchanged): error rate against the beam."""
+    checkpoint: str | None = None
+    """The weights to decode with (an ``epoch-N.pt`` / ``step-G.pt`` of the experiment, e.g.
+    from ``wfst-asr decode --watch``) instead of ``averaged.pt`` / ``best.pt``."""
 
 
 @dataclass
@@ -245,7 +248,8 @@ class Decoder:
             raise DecodeError(f"{self.graph_file}: no such graph file")
         self.prior_note = ""
         self._prior: torch.Tensor | None = None
-        has_ckpt = any((self.exp_dir / n).is_file() for n in CHECKPOINT_NAMES)
+        has_ckpt = self.opts.checkpoint is not None or any(
+            (self.exp_dir / n).is_file() for n in CHECKPOINT_NAMES)
         if not has_ckpt and (self.exp_dir / "gmm.pt").is_file():
             self._init_gmm()
         else:
@@ -261,7 +265,8 @@ class Decoder:
     # ------------------------------------------------------------------ model
     def _init_nnet(self) -> None:
         try:
-            self.model, self.cfg, self.checkpoint = load_model(self.exp_dir, self.device)
+            self.model, self.cfg, self.checkpoint = load_model(self.exp_dir, self.device,
+                                                               self.opts.checkpoint)
         except (OSError, ValueError, CheckpointError) as e:
             raise DecodeError(str(e)) from e
         self.kind = "nnet"

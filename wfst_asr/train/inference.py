@@ -51,11 +51,13 @@ class ModelOutputs(NamedTuple):
     """int64 ``[B]`` on the CPU: the number of valid output frames of each row."""
 
 
-def load_model(exp_dir: PathLike, device: torch.device | str = "cpu"
+def load_model(exp_dir: PathLike, device: torch.device | str = "cpu",
+               checkpoint: PathLike | None = None
                ) -> tuple[torch.nn.Module, dict[str, Any], Path]:
     """The trained model of an experiment directory, in eval mode on ``device``.
 
-    The weights come from ``<exp_dir>/averaged.pt``, else ``<exp_dir>/best.pt``; the network is
+    The weights come from ``checkpoint`` when given (any checkpoint of the run, e.g.
+    ``epoch-3.pt``), else ``<exp_dir>/averaged.pt``, else ``<exp_dir>/best.pt``; the network is
     rebuilt (:func:`~wfst_asr.train.build.build_model_from_config`) from
     ``<exp_dir>/config.json``, else from the checkpoint's ``config`` entry.
 
@@ -69,7 +71,10 @@ def load_model(exp_dir: PathLike, device: torch.device | str = "cpu"
         network.
     """
     exp = Path(exp_dir)
-    ckpt = next((exp / n for n in CHECKPOINT_NAMES if (exp / n).is_file()), None)
+    if checkpoint is not None:
+        ckpt: Path | None = Path(checkpoint)
+    else:
+        ckpt = next((exp / n for n in CHECKPOINT_NAMES if (exp / n).is_file()), None)
     if ckpt is None:
         raise FileNotFoundError(f"no {' or '.join(CHECKPOINT_NAMES)} in {exp}")
     state = load_checkpoint(ckpt)
@@ -115,7 +120,8 @@ def run_model(model: torch.nn.Module, cuts_path: PathLike, cfg: dict[str, Any],
     Args:
       model: ``model(features [B, T, F], feature_lens [B]) -> (out [B, T', V], lens [B])``
         (e.g. :func:`load_model`'s, in eval mode).
-      cuts_path: a lhotse cut manifest with features, one supervision per cut.
+      cuts_path: a lhotse cut manifest with features (or a Shar directory of them, see
+        :func:`~wfst_asr.data.dataset.open_cuts`), one supervision per cut.
       cfg: the model's configuration (``cmvn``, ``token_field``).
       device: where the model runs.
       max_duration: seconds of audio per batch.
@@ -128,12 +134,11 @@ def run_model(model: torch.nn.Module, cuts_path: PathLike, cfg: dict[str, Any],
     Raises:
       ValueError: no ``token_field``, or a supervision without it (naming the manifest).
     """
-    from lhotse import CutSet
-
     from wfst_asr.data import AsrDataset, make_dataloader, make_sampler
+    from wfst_asr.data.dataset import open_cuts
 
     field = _token_field(cfg, token_field)
-    cuts = CutSet.from_file(cuts_path)
+    cuts = open_cuts(cuts_path)  # lazy: .jsonl[.gz] cut by cut, a Shar directory by shard
     sampler = make_sampler(cuts, max_duration, shuffle=False, bucketing=False)
     dataset = AsrDataset(cmvn=cfg.get("cmvn") or None, spec_augment=False)
     out: list[ModelOutputs] = []
@@ -163,11 +168,11 @@ def read_references(cuts_path: PathLike, field: str
     Raises:
       ValueError: a supervision without ``field`` (naming the manifest).
     """
-    from lhotse import CutSet
+    from wfst_asr.data.dataset import open_cuts
 
     refs: dict[str, list] = {}
     spk: dict[str, str | None] = {}
-    for cut in CutSet.from_file(cuts_path):
+    for cut in open_cuts(cuts_path, metadata_only=True):
         for sup in cut.supervisions:
             ref = (sup.custom or {}).get(field)
             if ref is None:

@@ -13,7 +13,23 @@ readable checkpoints among the last ``cfg.average_last`` epochs are averaged int
 ``averaged.pt`` (an unreadable one is skipped with a warning; ``averaged_from`` lists the files
 and epochs used). ``fit(resume=True)`` continues after the newest readable ``epoch-N.pt`` with
 the model, optimizer, scheduler and RNG states restored, so the result equals an uninterrupted
-run (same seed, deterministic kernels); a run killed mid-epoch loses that epoch only.
+run (same seed, deterministic kernels).
+
+Mid-epoch checkpoints: with ``cfg.save_every_n`` = N > 0, ``step-G.pt`` (G: the global step) is
+written every N batches (at the first optimizer-step boundary after them, with
+``cfg.accum_grad``), the last ``cfg.keep_last_n`` kept. It holds the batches done in the epoch
+and their loss sums; a resume from it fast-forwards the sampler over those batches (without
+loading them) and restores the RNG state after the data loader's iterator is made, so a run
+killed at any point loses at most N batches and, with ``num_workers=0``, ends equal to an
+uninterrupted run (with workers the batches are the same; the workers' augmentation draws are
+not). Every checkpoint has a completion marker (:func:`~.checkpoint.save_checkpoint`), and
+``exp_dir/training-done`` (JSON: last epoch and step) is written when ``fit`` ends: what the
+watching jobs (``wfst-asr eval --watch``) wait for.
+
+``cfg.accum_grad`` = K sums the gradients of K batches (each batch's per-frame loss divided by
+K) into one optimizer step; ``cfg.amp`` (``bf16``, ``fp16``) runs the network under
+``torch.autocast`` (fp16 with a gradient scaler, checkpointed) while the losses, and so the
+graph sums, stay in float32 or float64.
 
 ``fit`` holds an exclusive lock on the experiment directory (:class:`~.lock.ExpDirLock`,
 ``exp_dir/.lock``) from start to end: a second run into the same directory fails at once with
@@ -38,6 +54,8 @@ wrapped in ``DistributedDataParallel``, the samplers shard by rank (build them w
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import os
@@ -53,16 +71,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from wfst_asr.atomic import atomic_write_text
 from wfst_asr.losses import nan_guard
 from wfst_asr.progress import progress
 from wfst_asr.train.checkpoint import (
     CheckpointError,
     average_readable_checkpoints,
     find_checkpoints,
+    find_step_checkpoints,
     get_rng_state,
     init_model_from,
     latest_checkpoint,
     load_checkpoint,
+    marker_path,
+    remove_checkpoint,
     sampler_state,
     save_checkpoint,
     set_rng_state,
@@ -81,6 +103,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: written into the experiment directory when :meth:`Trainer.fit` ends
+TRAINING_DONE = "training-done"
+
+_AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -92,17 +119,65 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def init_distributed() -> tuple[int, int]:
+#: environment variable: seconds :func:`init_distributed` waits for the process group
+DIST_TIMEOUT_ENV = "WFST_ASR_DIST_TIMEOUT"
+
+
+class DistributedInitError(RuntimeError):
+    """The process group could not be started (a peer that never came, an unreachable
+    ``MASTER_ADDR:MASTER_PORT``, a timeout); the message is one line naming the endpoint."""
+
+
+def _dist_timeout(timeout: float | None) -> float | None:
+    """``timeout`` if given, else :data:`DIST_TIMEOUT_ENV` (seconds), else None (torch's
+    default); a ValueError naming the variable when it is not a positive number."""
+    if timeout is None:
+        raw = os.environ.get(DIST_TIMEOUT_ENV, "").strip()
+        if not raw:
+            return None
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise ValueError(f"{DIST_TIMEOUT_ENV}={raw!r}: not a number of seconds") from None
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise ValueError(f"{DIST_TIMEOUT_ENV}={raw!r}: must be a positive number of seconds")
+    elif not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"init_distributed: timeout must be positive seconds, got {timeout}")
+    return timeout
+
+
+def init_distributed(timeout: float | None = None) -> tuple[int, int]:
     """``(rank, world_size)``; with ``WORLD_SIZE`` > 1 (torchrun) also start the process
-    group: nccl when CUDA is available (and select ``cuda:LOCAL_RANK``), else gloo."""
+    group: nccl when CUDA is available (and select ``cuda:LOCAL_RANK``), else gloo.
+
+    ``timeout`` (seconds; default ``$WFST_ASR_DIST_TIMEOUT``, else torch's default) bounds the
+    wait for the other processes and is the process group's timeout for every collective
+    afterwards. A timeout or connection failure raises :class:`DistributedInitError`, one line
+    naming the backend, the rank and ``MASTER_ADDR:MASTER_PORT``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
     if not dist.is_initialized():
+        import datetime
+
+        seconds = _dist_timeout(timeout)
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo")
+        backend = "nccl" if cuda else "gloo"
+        kwargs = {} if seconds is None else {"timeout": datetime.timedelta(seconds=seconds)}
+        try:
+            dist.init_process_group(backend, **kwargs)
+        except (RuntimeError, TimeoutError, ConnectionError) as e:
+            endpoint = (f"{os.environ.get('MASTER_ADDR', '?')}:"
+                        f"{os.environ.get('MASTER_PORT', '?')}")
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()),
+                         type(e).__name__)
+            wait = f"{seconds:g} s" if seconds is not None else "torch's default timeout"
+            raise DistributedInitError(
+                f"could not start the {backend} process group (rank "
+                f"{os.environ.get('RANK', '?')} of {world}, MASTER_ADDR:MASTER_PORT {endpoint}, "
+                f"waited up to {wait}; set {DIST_TIMEOUT_ENV} to change): {first}") from e
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -204,10 +279,43 @@ def _all_reduce(values: Sequence[float], op=None) -> list[float]:
     return t.tolist()
 
 
+def _average_grads(params: Sequence[nn.Parameter]) -> None:
+    """Average the gradients of ``params`` over the ranks, a missing one counting as zeros
+    (DDP does the model's, except for an accumulation window cut short by an epoch's end)."""
+    if not (_distributed() and params):
+        return
+    world = dist.get_world_size()
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= world
+
+
 def _set_epoch(dl, epoch: int) -> None:
     sampler = getattr(dl, "sampler", None)
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
+
+
+def _fast_forward(sampler: Any, epoch: int, batches: int) -> None:
+    """Put a lhotse sampler where it was after yielding ``batches`` batches of ``epoch``: the
+    epoch's order is re-drawn (``set_epoch``) and that many batches are drawn and dropped
+    (cut manifests only: no feature or audio is read). The next ``iter(sampler)`` (the data
+    loader's) continues from there (lhotse's ``_just_restored_state``, as its own
+    ``load_state_dict`` leaves it)."""
+    if sampler is None or not hasattr(sampler, "set_epoch"):
+        raise ValueError("a mid-epoch resume needs a lhotse sampler (train_dl.sampler)")
+    sampler.set_epoch(epoch)
+    it = iter(sampler)
+    for i in range(batches):
+        try:
+            next(it)
+        except StopIteration:
+            raise CheckpointError(f"the sampler of epoch {epoch} has {i} batches, fewer than "
+                                  f"the {batches} the checkpoint has done (other data or "
+                                  "batch settings than the run resumed?)") from None
+    sampler._just_restored_state = True
 
 
 # --------------------------------------------------------------------------- trainer
@@ -240,6 +348,17 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, groups)
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self.exp_dir = Path(cfg.exp_dir)
+        if cfg.accum_grad < 1:
+            raise ValueError(f"accum_grad must be >= 1, got {cfg.accum_grad}")
+        if cfg.amp not in _AMP:
+            raise ValueError(f"unknown amp {cfg.amp!r} ({', '.join(_AMP)})")
+        if cfg.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("amp=fp16 needs CUDA (on CPU, use amp=bf16 or none)")
+        self.amp_dtype = _AMP[cfg.amp]
+        self.scaler = (torch.amp.GradScaler(self.device.type) if cfg.amp == "fp16" else None)
+        self._pending = 0            # batches whose gradients wait for the optimizer step
+        self._window_ok = True       # their losses were all finite
+        self._mid_resume: dict[str, Any] | None = None
         self.global_step = 0
         self.best_dev_loss = math.inf
         self.history: list[dict[str, Any]] = []
@@ -280,6 +399,7 @@ class Trainer:
         start = self.resume() if resume else self._fresh_start()
         if self.is_main:
             self.exp_dir.mkdir(parents=True, exist_ok=True)
+            (self.exp_dir / TRAINING_DONE).unlink(missing_ok=True)
             self._remove_stale_outputs(start - 1)
             self.cfg.log(log)
             self.cfg.save(self.exp_dir / "config.json")
@@ -293,6 +413,9 @@ class Trainer:
                     break
             if self.is_main:
                 self.average()
+                done = {"epoch": self.history[-1]["epoch"] if self.history else start - 1,
+                        "global_step": self.global_step, "time": time.time()}
+                atomic_write_text(self.exp_dir / TRAINING_DONE, json.dumps(done) + "\n")
         finally:
             if self._tb is not None:
                 self._tb.close()
@@ -315,19 +438,23 @@ class Trainer:
         ``earlier-run-TIME/`` (kept, but never mistaken for this run's, e.g. by a later
         ``--resume`` or averaging); on a resume, a ``best.pt`` that is unreadable or from a
         later epoch than ``done`` is removed."""
-        (self.exp_dir / "averaged.pt").unlink(missing_ok=True)
-        for name in ("epoch-*.pt", "best.pt", "averaged.pt", "config.json"):
+        remove_checkpoint(self.exp_dir / "averaged.pt")
+        for name in ("epoch-*.pt", "step-*.pt", "best.pt", "averaged.pt", "config.json",
+                     "*.pt.done", TRAINING_DONE):
             for tmp in self.exp_dir.glob(f".tmp-*-{name}"):  # a killed run's (we hold the lock)
                 tmp.unlink(missing_ok=True)
         best = self.exp_dir / "best.pt"
         if done == 0:
-            old = find_checkpoints(self.exp_dir) + ([best] if best.exists() else [])
+            old = (find_checkpoints(self.exp_dir) + find_step_checkpoints(self.exp_dir)
+                   + ([best] if best.exists() else []))
             if old:
                 stamp, k = time.strftime("earlier-run-%Y%m%d-%H%M%S"), 0
                 while (keep := self.exp_dir / (stamp + (f"-{k}" if k else ""))).exists():
                     k += 1
                 keep.mkdir()
                 for path in old:
+                    if marker_path(path).exists():
+                        os.replace(marker_path(path), keep / marker_path(path).name)
                     os.replace(path, keep / path.name)
                 log.warning("fresh start in %s: %s of an earlier run moved to %s (pass --resume "
                             "/ resume=True to continue that run instead)", self.exp_dir,
@@ -345,32 +472,64 @@ class Trainer:
                 why = f"it is from epoch {epoch}, after epoch {done} resumed from"
         if why:
             log.warning("removing %s of an earlier run (%s)", best, why)
-            best.unlink(missing_ok=True)
+            remove_checkpoint(best)
 
     # ------------------------------------------------------------------ one epoch
 
     def train_epoch(self, epoch: int) -> float:
-        """One pass over ``train_dl``; the loss per output frame (over all ranks)."""
+        """One pass over ``train_dl`` (the rest of it after a mid-epoch resume); the loss per
+        output frame over the whole epoch (over all ranks)."""
         self.model.train()
-        _set_epoch(self.train_dl, epoch)
         tot_loss = tot_frames = 0.0
-        bar = progress(self.train_dl, desc=f"epoch {epoch}", unit="batch",
-                       disable=not self.is_main, leave=False)
         self.step_in_epoch = 0
+        mid, self._mid_resume = self._mid_resume, None
+        if mid is not None and mid["epoch"] == epoch:
+            _fast_forward(getattr(self.train_dl, "sampler", None), epoch,
+                                 mid["step_in_epoch"])
+            self.step_in_epoch = mid["step_in_epoch"]
+            tot_loss, tot_frames = mid["sums"] if self.is_main else (0.0, 0.0)
+        else:
+            mid = None
+            _set_epoch(self.train_dl, epoch)
+        batches = iter(self.train_dl)
+        if mid is not None:  # the state saved after the batch the run was killed past
+            set_rng_state(mid["rng"])
+            if self.rank:
+                seed_everything(self.cfg.seed + self.rank + 7919 * self.global_step)
+        bar = progress(batches, desc=f"epoch {epoch}", unit="batch",
+                       disable=not self.is_main, leave=False, initial=self.step_in_epoch)
+        since_save = 0
         for batch in bar:
             self.step_in_epoch += 1
+            since_save += 1
             stats = self.train_step(batch)
-            if stats is None:
-                continue
-            tot_loss += stats[0]
-            tot_frames += stats[1]
-            bar.set_postfix(loss=f"{tot_loss / max(tot_frames, 1):.4f}")
-            if self.global_step % max(self.cfg.log_every, 1) == 0:
-                self._scalar("train/batch_loss", stats[0] / max(stats[1], 1))
+            if stats is not None:
+                tot_loss += stats[0]
+                tot_frames += stats[1]
+                bar.set_postfix(loss=f"{tot_loss / max(tot_frames, 1):.4f}")
+                if self.global_step % max(self.cfg.log_every, 1) == 0:
+                    self._scalar("train/batch_loss", stats[0] / max(stats[1], 1))
+            n = self.cfg.save_every_n
+            if n > 0 and since_save >= n and self._pending == 0:
+                self.save_mid_epoch(epoch, _all_reduce([tot_loss, tot_frames]))
+                since_save = 0
+        if self._pending:  # the last, partial accumulation window
+            self._step()
         tot_loss, tot_frames = _all_reduce([tot_loss, tot_frames])
         return tot_loss / max(tot_frames, 1)
 
+    def _select_task(self, batch: dict) -> None:
+        """A multi-task batch (``batch["task"]``, :mod:`wfst_asr.train.multitask`): tell the
+        model and the criterion which task it is (their ``set_task(name)``)."""
+        task = batch.get("task")
+        if task is None:
+            return
+        for part in (self.raw_model, self.loss_fn):
+            if hasattr(part, "set_task"):
+                part.set_task(task)
+
     def _inputs(self, batch: dict):
+        self._select_task(batch)
         feats, lens = batch["features"], batch["feature_lens"]
         targets = self.targets(batch) if feats.shape[0] else []
         dummy = feats.shape[0] == 0 and _distributed()
@@ -380,28 +539,48 @@ class Trainer:
             lens, targets = torch.tensor([n]), [[]]
         return feats.to(self.device), lens.to(self.device), targets, dummy
 
+    def forward(self, feats: torch.Tensor, lens: torch.Tensor, model: nn.Module | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's ``(output [B, T', V], lens [B])``, under autocast with ``cfg.amp``;
+        a floating output is returned in float32 (the losses' graph sums never run in 16 bits).
+        """
+        model = model or self.model
+        if self.amp_dtype is None:
+            return model(feats, lens)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype):
+            out, out_lens = model(feats, lens)
+        return (out.float() if out.is_floating_point() else out), out_lens
+
     def train_step(self, batch: dict) -> tuple[float, float] | None:
-        """Forward, backward, guarded optimizer step; ``(loss sum, frames)`` or None if the
-        batch was skipped."""
+        """Forward and backward of one batch; the (guarded) optimizer step once ``accum_grad``
+        batches are in. ``(loss sum, frames)``, or None if the batch was skipped."""
         feats, lens, targets, dummy = self._inputs(batch)
         if feats.shape[0] == 0:
             self.skipped_batches += 1
             return None
-        log_probs, out_lens = self.model(feats, lens)
-        loss, info = self.loss_fn(log_probs, out_lens, targets)
-        usable = info["num_utts"] > info["num_excluded"] and not dummy
-        if not usable and not dummy and info["num_utts"]:
-            log.warning("a batch with nothing to train on, skipped: %s",
-                        _excluded_names(batch, info))
-        if not usable:
-            self.skipped_batches += 1
-            if not _distributed():
-                return None
-            loss = loss * 0.0
-        frames = max(int(info["frames"]), 1) if usable else 1
-        scale = frames if getattr(self.loss_fn, "reduction", "sum") == "sum" else 1
-        (loss / scale).backward()
-        self._step(loss)
+        last = self._pending + 1 >= self.cfg.accum_grad
+        sync = (last or not _distributed() or not hasattr(self.model, "no_sync"))
+        with contextlib.nullcontext() if sync else self.model.no_sync():
+            log_probs, out_lens = self.forward(feats, lens)
+            loss, info = self.loss_fn(log_probs, out_lens, targets)
+            usable = info["num_utts"] > info["num_excluded"] and not dummy
+            if not usable and not dummy and info["num_utts"]:
+                log.warning("a batch with nothing to train on, skipped: %s",
+                            _excluded_names(batch, info))
+            if not usable:
+                self.skipped_batches += 1
+                if not _distributed():
+                    return None
+                loss = loss * 0.0
+            frames = max(int(info["frames"]), 1) if usable else 1
+            scale = frames if getattr(self.loss_fn, "reduction", "sum") == "sum" else 1
+            if not bool(torch.isfinite(loss.detach()).all()):
+                self._window_ok = False
+            obj = loss / (scale * self.cfg.accum_grad)
+            (self.scaler.scale(obj) if self.scaler is not None else obj).backward()
+        self._pending += 1
+        if last:
+            self._step(loss)
         return (float(loss.detach()), float(frames)) if usable else None
 
     def _params(self) -> list[nn.Parameter]:
@@ -409,29 +588,35 @@ class Trainer:
 
     def _reduce_criterion_grads(self) -> None:
         """DDP averages the model's gradients; the criterion's are averaged here."""
-        if not (_distributed() and self.criterion_params):
-            return
-        world = dist.get_world_size()
-        for p in self.criterion_params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad)
-            p.grad /= world
+        _average_grads(self.criterion_params)
 
-    def _step(self, loss: torch.Tensor) -> None:
+    def _step(self, loss: torch.Tensor | None = None) -> None:
+        """The optimizer step of the accumulated gradients, on every rank or on none: skipped
+        (counted) when a loss or a gradient is not finite on any rank."""
+        if loss is None:  # an epoch's last window, shorter than accum_grad: DDP did not sync
+            _average_grads(list(self.raw_model.parameters()))
         self._reduce_criterion_grads()
-        ok = nan_guard(loss, self._params(), zero_grad=False)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        ok = self._window_ok and nan_guard(loss if loss is not None else torch.zeros(()),
+                                           self._params(), zero_grad=False)
         ok = _all_reduce([float(ok)], dist.ReduceOp.MIN if _distributed() else None)[0] > 0
         if ok:
             if self.cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(self._params(), self.cfg.grad_clip)
-            self.optimizer.step()
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
             self.global_step += 1
             if self.cfg.schedule == "noam":
                 self.scheduler.step()
         else:
             self.skipped_steps += 1
+        if self.scaler is not None:
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self._pending, self._window_ok = 0, True
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -443,8 +628,9 @@ class Trainer:
         for batch in self.dev_dl:
             if batch["features"].shape[0] == 0:
                 continue
+            self._select_task(batch)
             feats, lens = batch["features"].to(self.device), batch["feature_lens"].to(self.device)
-            log_probs, out_lens = self.raw_model(feats, lens)
+            log_probs, out_lens = self.forward(feats, lens, self.raw_model)
             loss, info = self.loss_fn(log_probs, out_lens, self.targets(batch))
             if info["frames"] > 0:
                 mean = getattr(self.loss_fn, "reduction", "sum") == "mean"
@@ -520,15 +706,32 @@ class Trainer:
             "best_dev_loss": self.best_dev_loss, "history": self.history,
             "skipped_batches": self.skipped_batches, "skipped_steps": self.skipped_steps,
             "rng": get_rng_state(), "config": self.cfg.to_dict(),
-        } | ({"criterion": self.loss_fn.state_dict()} if self.criterion_params else {})
+        } | ({"criterion": self.loss_fn.state_dict()} if self.criterion_params else {}) | (
+            {"scaler": self.scaler.state_dict()} if self.scaler is not None else {})
 
     def save(self, epoch: int, is_best: bool = False) -> Path:
         """Write ``epoch-N.pt`` (and ``best.pt``), atomically."""
         state = self.state_dict(epoch, self.step_in_epoch)
         path = self.exp_dir / f"epoch-{epoch}.pt"
-        save_checkpoint(path, state)
+        save_checkpoint(path, state, marker=True)
         if is_best:
-            save_checkpoint(self.exp_dir / "best.pt", state)
+            save_checkpoint(self.exp_dir / "best.pt", state, marker=True)
+        return path
+
+    def save_mid_epoch(self, epoch: int, sums: Sequence[float]) -> Path | None:
+        """Write ``step-G.pt`` (rank 0): the state after ``step_in_epoch`` batches of
+        ``epoch``, with the loss ``sums`` (over all ranks) of those batches; then remove the
+        mid-epoch checkpoints beyond the last ``cfg.keep_last_n``."""
+        if not self.is_main:
+            return None
+        state = self.state_dict(epoch, self.step_in_epoch) | {
+            "mid_epoch": True, "epoch_sums": [float(x) for x in sums]}
+        path = self.exp_dir / f"step-{self.global_step}.pt"
+        save_checkpoint(path, state, marker=True)
+        keep = self.cfg.keep_last_n
+        if keep > 0:
+            for old in find_step_checkpoints(self.exp_dir)[:-keep]:
+                remove_checkpoint(old)
         return path
 
     def resume(self) -> int:
@@ -549,10 +752,19 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.global_step, self.best_dev_loss = state["global_step"], state["best_dev_loss"]
         self.history = list(state["history"])
         self.skipped_batches = state["skipped_batches"]
         self.skipped_steps = state["skipped_steps"]
+        if state.get("mid_epoch"):  # restored by train_epoch, after the loader's iterator
+            self._mid_resume = {"epoch": int(state["epoch"]), "rng": state["rng"],
+                                "step_in_epoch": int(state["step_in_epoch"]),
+                                "sums": tuple(state.get("epoch_sums", (0.0, 0.0)))}
+            log.info("resumed from %s (epoch %d, %d batches in, step %d)", path,
+                     state["epoch"], state["step_in_epoch"], self.global_step)
+            return int(state["epoch"])
         set_rng_state(state["rng"])
         if self.rank:  # the RNG state saved is rank 0's; give the others their own stream
             seed_everything(self.cfg.seed + self.rank + 1000003 * state["epoch"])
@@ -561,8 +773,8 @@ class Trainer:
         return state["epoch"] + 1
 
     def _check_sampler(self, saved: dict[str, Any] | None) -> None:
-        """Checkpoints are taken at epoch ends, where a lhotse sampler's order depends only on
-        (seed, epoch, world size): ``set_epoch`` restores it; warn if those differ."""
+        """A lhotse sampler's order depends only on (seed, epoch, world size): ``set_epoch``
+        (and the fast-forward of a mid-epoch resume) restores it; warn if those differ."""
         now = sampler_state(getattr(self.train_dl, "sampler", None))
         if saved is None or now is None:
             return
@@ -610,6 +822,6 @@ class Trainer:
                                                               key="criterion")[0]
         save_checkpoint(out, extra | {"model": avg, "averaged": names,
                               "averaged_from": [{"file": p.name, "epoch": e} for p, e in used],
-                              "config": self.cfg.to_dict()})
+                              "config": self.cfg.to_dict()}, marker=True)
         log.info("averaged %s into %s", ", ".join(names), out)
         return out
