@@ -198,3 +198,28 @@ def test_jobs_bad_input_is_one_line(data, tmp_path):
     out = _cli("decode", "--exp-dir", str(exp), "--cuts", data["dev_cuts"], "--watch",
                "--checkpoint", str(exp / "epoch-1.pt"))
     assert out.returncode == 2 and "no --checkpoint with it" in out.stderr
+
+
+def test_checkpoint_removed_before_processing_is_passed_over(tmp_path, caplog):
+    """keep_last_n removes old step checkpoints: one gone before the job reads it is passed
+    over without retries or warnings; the others are processed."""
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    for g in (2, 4):
+        save_checkpoint(exp / f"step-{g}.pt", {"model": {}, "epoch": 1, "global_step": g,
+                                               "mid_epoch": True}, marker=True)
+    (exp / TRAINING_DONE).write_text(json.dumps({"epoch": 1, "global_step": 4}))
+    from wfst_asr.train.checkpoint import load_checkpoint, remove_checkpoint
+
+    def fn(c):
+        if c.step == 2:
+            remove_checkpoint(c.path)  # as the trainer's keep_last_n, just before the read
+        load_checkpoint(c.path)
+        return [{"loss": 0.5}]
+
+    table = ResultsTable(tmp_path / "results.tsv", ["loss"])
+    with caplog.at_level(logging.WARNING):
+        n = process_checkpoints(exp, table, fn, watch=True, poll=0.0, max_wait=None,
+                                sleep=lambda _s: None)
+    assert n == 1 and [r["checkpoint"] for r in _rows(table.path)] == ["step-4.pt"]
+    assert "WARNING" not in caplog.text

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from test_train import (  # noqa: F401
     REPO,
@@ -33,12 +35,19 @@ from test_train import (  # noqa: F401
     _write_cuts,
     data,
 )
+from test_train import F as F_DIM
 from torch import nn
 
 from wfst_asr.bin.train_cmd import build
+from wfst_asr.models import BlstmAttention, BlstmTransducer
 from wfst_asr.train import ConfigError, Trainer, load_checkpoint, seed_everything
 from wfst_asr.train.checkpoint import find_step_checkpoints
+from wfst_asr.train.criteria import AttentionCriterion, TransducerCriterion, build_loss
+from wfst_asr.train.decoder import DecodeOptions, Decoder
+from wfst_asr.train.inference import load_model
+from wfst_asr.train.jobs import Evaler
 from wfst_asr.train.multitask import (
+    HEAD_KINDS,
     DistillLoss,
     TaskSampler,
     apply_task_overrides,
@@ -86,6 +95,34 @@ def _mt_trainer(cfg) -> Trainer:
     return Trainer(cfg, model, loss, train_dl, dev_dl, "cpu", targets=loss.batch_targets)
 
 
+#: a transducer task and an attention task on the top-level data, with tiny decoder heads
+TRANSDUCER = {"name": "t", "loss": "transducer", "loss_kwargs": {"s_range": 3},
+              "head": {"kind": "transducer", "encoder_dim": 12, "decoder_dim": 8,
+                       "joiner_dim": 8}}
+ATTENTION = {"name": "att", "loss": "attention",
+             "head": {"kind": "attention", "d_model": 16, "nhead": 2, "decoder_layers": 1,
+                      "dim_feedforward": 32}}
+
+
+def _single_model(model, name: str) -> nn.Module:
+    """The single-task model (``blstm_transducer`` / ``blstm_attention``) of task ``name`` of
+    the multi-task ``model``: the shared encoder and that task's head copied into it (the
+    head's ``proj`` is the single-task encoder's ``output``)."""
+    head = model.heads[name]
+    kw = {"hidden": 16, "num_layers": 1}
+    if head.kind == "transducer":
+        single = BlstmTransducer(F_DIM, head.num_classes, **kw, encoder_dim=12, decoder_dim=8,
+                                 joiner_dim=8)
+    else:
+        single = BlstmAttention(F_DIM, head.num_classes, **kw, d_model=16, nhead=2,
+                                decoder_layers=1, dim_feedforward=32)
+    state = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
+    for k, v in head.state_dict().items():
+        state[re.sub(r"^proj\.", "encoder.output.", k)] = v
+    single.load_state_dict(state)  # strict: every tensor copied
+    return single
+
+
 def _first_batches(loader) -> dict[str, dict]:
     loader.sampler.set_epoch(1)
     got: dict[str, dict] = {}
@@ -122,6 +159,127 @@ def test_two_ctc_tasks_share_the_encoder(data, data_b, tmp_path):
         assert all(float(p.grad.abs().sum()) > 0 for p in model.heads[task].parameters())
         assert all(p.grad is None for p in model.heads[other].parameters())
     assert sorted({b["task"] for b in dev_dl}) == ["a", "b"]
+
+
+@pytest.mark.parametrize("kind", [TRANSDUCER, ATTENTION], ids=["transducer", "attention"])
+def test_decoder_task_shares_the_encoder(data, tmp_path, kind):
+    cfg = _mt_cfg(data, tmp_path, [{"name": "a"}, kind])
+    model, loss, train_dl, _ = build_multitask(cfg)
+    name = kind["name"]
+    assert isinstance(model.heads[name], HEAD_KINDS[kind["loss"]])
+    assert isinstance(loss.losses[name], (TransducerCriterion, AttentionCriterion))
+    batches = _first_batches(train_dl)
+    for task, other in (("a", name), (name, "a")):
+        model.zero_grad(set_to_none=True)
+        model.set_task(task)
+        loss.set_task(task)
+        out, lens = model(batches[task]["features"], batches[task]["feature_lens"])
+        value, _ = loss(out, lens, loss.batch_targets(batches[task]))
+        value.backward()
+        enc = [p.grad for p in model.encoder.parameters()]
+        assert all(g is not None for g in enc) and any(float(g.abs().sum()) > 0 for g in enc)
+        own = list(model.heads[task].parameters())
+        assert all(p.grad is not None for p in own), task
+        assert all(float(p.grad.abs().sum()) > 0 for p in own if p.dim() > 1), task
+        assert all(p.grad is None for p in model.heads[other].parameters()), task
+    # the loss equals the single-task criterion's on the single-task model of the same weights
+    model.eval()
+    single = _single_model(model, name).eval()
+    spec = next(sp for sp in task_specs(cfg) if sp.name == name)
+    spec.cfg.num_classes = single.num_classes
+    crit = build_loss(spec.cfg, single)
+    assert type(crit) is type(loss.losses[name])
+    batch = batches[name]
+    model.set_task(name)
+    loss.set_task(name)
+    with torch.no_grad():
+        out, lens = model(batch["features"], batch["feature_lens"])
+        want_out, want_lens = single(batch["features"], batch["feature_lens"])
+        assert torch.equal(out, want_out) and torch.equal(lens, want_lens)
+        got, _ = loss(out, lens, loss.batch_targets(batch))
+        want, _ = crit(want_out, want_lens, loss.batch_targets(batch))
+    assert torch.equal(got, want), (got, want)
+
+
+def test_bad_decoder_head_one_line(data, tmp_path):
+    bad = dict(ATTENTION, head=dict(ATTENTION["head"], nhead=3))  # 16 % 3
+    with pytest.raises(ConfigError, match="task 'att': head: .*divisible") as e:
+        build_multitask(_mt_cfg(data, tmp_path, [{"name": "a"}, bad]))
+    assert "\n" not in str(e.value)
+
+
+def test_every_parameter_gets_a_gradient_under_ddp(data, tmp_path):
+    """DDP (a 1-process gloo group): each task's step gives every parameter a gradient, zero
+    for the other tasks' heads, decoder heads included."""
+    model, loss, train_dl, _ = build_multitask(
+        _mt_cfg(data, tmp_path, [{"name": "a"}, TRANSDUCER, ATTENTION]))
+    batches = _first_batches(train_dl)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
+                            world_size=1)
+    try:
+        for task in ("a", "t", "att"):
+            model.zero_grad(set_to_none=True)
+            model.set_task(task)
+            loss.set_task(task)
+            out, lens = model(batches[task]["features"], batches[task]["feature_lens"])
+            loss(out, lens, loss.batch_targets(batches[task]))[0].backward()
+            missing = [n for n, p in model.named_parameters() if p.grad is None]
+            assert not missing, (task, missing)
+            others = [p for n, h in model.heads.items() if n != task for p in h.parameters()]
+            assert all(float(p.grad.abs().sum()) == 0 for p in others), task
+    finally:
+        dist.destroy_process_group()
+
+
+@torch.no_grad()
+def _task_dev_losses(model, crit, dev_dl) -> dict[str, float]:
+    """Each task's loss per output frame on its dev batches, in eval mode."""
+    model.eval()
+    tot: Counter = Counter()
+    frames: Counter = Counter()
+    for batch in dev_dl:
+        name = batch["task"]
+        model.set_task(name)
+        crit.set_task(name)
+        out, lens = model(batch["features"], batch["feature_lens"])
+        tot[name] += float(crit(out, lens, crit.batch_targets(batch))[0])
+        frames[name] += int(lens.sum())
+    return {k: tot[k] / frames[k] for k in tot}
+
+
+def test_ctc_transducer_attention_tasks_train(data, tmp_path):
+    cfg = _mt_cfg(data, tmp_path, [{"name": "a"}, TRANSDUCER, ATTENTION], "spec_augment=false",
+                  "average_last=0")
+    trainer = _mt_trainer(cfg)
+    before = _task_dev_losses(trainer.raw_model, trainer.loss_fn, trainer.dev_dl)
+    trainer.fit()
+    after = _task_dev_losses(trainer.raw_model, trainer.loss_fn, trainer.dev_dl)
+    assert set(before) == {"a", "t", "att"}
+    assert all(after[k] < before[k] for k in before), (before, after)
+    # load_model(task=...) builds the same heads: the trained network, with the decoder's pieces
+    batch = next(iter(trainer.dev_dl))
+    for task in ("a", "t", "att"):
+        model, tcfg, _ = load_model(tmp_path, "cpu", checkpoint=tmp_path / "epoch-2.pt",
+                                    task=task)
+        trainer.raw_model.set_task(task)
+        with torch.no_grad():
+            got = model(batch["features"], batch["feature_lens"])[0]
+            want = trainer.raw_model(batch["features"], batch["feature_lens"])[0]
+        assert torch.equal(got, want) and tcfg["loss"] == {"a": "ctc", "t": "transducer",
+                                                      "att": "attention"}[task]
+        assert hasattr(model, "decoder") == (task != "a")
+        assert hasattr(model, "joiner") == (task == "t")
+    # the evaler gives a task's loss per frame (its own criterion on the trained weights)
+    for task in ("t", "att"):
+        evaler = Evaler(tmp_path, data["dev_cuts"], "cpu", task=task)
+        assert evaler(tmp_path / "epoch-2.pt")["loss"] == pytest.approx(after[task], rel=1e-4)
+    # and the decoder decodes each task with its own methods
+    for task in ("t", "att"):
+        opts = DecodeOptions(methods=["greedy"], task=task, metric="PER", max_duration=100.0)
+        Decoder(tmp_path, options=opts, log=None).run({"dev": data["dev_cuts"]},
+                                                      tmp_path / f"dec_{task}")
+        hyps = (tmp_path / f"dec_{task}" / "greedy" / "dev.hyp").read_text().splitlines()
+        assert len(hyps) == 6 and all(set(h.split()[1:]) <= set("abcd") for h in hyps), hyps
 
 
 # --------------------------------------------------------------------------- schedule
@@ -191,9 +349,10 @@ def test_same_task_sequence_on_every_rank(data, data_b, tmp_path):
     assert cuts[0] != cuts[1]
 
 
-def test_mid_epoch_resume_equals_uninterrupted(data, data_b, tmp_path):
+@pytest.mark.parametrize("kinds", ["ctc", "decoders"])
+def test_mid_epoch_resume_equals_uninterrupted(data, data_b, tmp_path, kinds):
     sets = ("save_every_n=2", "keep_last_n=0", "num_epochs=2")
-    tasks = _two_tasks(data_b)
+    tasks = _two_tasks(data_b) if kinds == "ctc" else [{"name": "a"}, TRANSDUCER, ATTENTION]
     full = _mt_trainer(_mt_cfg(data, tmp_path / "full", tasks, *sets))
     h_full = full.fit()
     steps = find_step_checkpoints(tmp_path / "full")
@@ -300,7 +459,22 @@ def test_teacher_with_another_vocabulary(data, data_b, teacher, tmp_path):
     ([{"name": "a", "colour": 1}], "task 'a': unknown key 'colour'"),
     ([{"name": "a", "weight": 0}], "task 'a': weight must be a number > 0"),
     ([{"name": "a", "weight": "x"}], "task 'a': weight must be"),
-    ([{"name": "a", "loss": "transducer"}], "task 'a': loss 'transducer' is not supported"),
+    ([{"name": "a", "loss": "segmental"}], "task 'a': loss 'segmental' is not supported"),
+    ([{"name": "a", "loss": "transducer"}],
+     r"task 'a': loss 'transducer' needs head \{kind: transducer"),
+    ([{"name": "a", "loss": "attention", "head": {"hidden": 4}}],
+     r"task 'a': loss 'attention' needs head \{kind: attention"),
+    ([{"name": "a", "head": {"kind": "transducer"}}],
+     "task 'a': head kind 'transducer' needs loss 'transducer', got 'ctc'"),
+    ([{"name": "a", "loss": "attention", "head": {"kind": "transducer"}}],
+     "task 'a': head kind 'transducer' needs loss 'transducer', got 'attention'"),
+    ([{"name": "a", "loss": "attention", "head": {"kind": "attention", "hidden": 4}}],
+     "task 'a': unknown key head.hidden of kind 'attention'"),
+    ([{"name": "a", "loss": "attention", "head": {"kind": "attention", "nhead": "x"}}],
+     "task 'a': head.nhead must be int >= 0"),
+    ([{"name": "a", "head": {"kind": "rnn"}}], "task 'a': head must be a mapping with key"),
+    ([{"name": "a", "loss": "transducer", "head": {"kind": "transducer"}, "teacher": "x"}],
+     "task 'a': a distillation task .* needs a plain head"),
     ([{"name": "a", "temperature": 2.0}], "task 'a': temperature is for a distillation task"),
     ([{"name": "a", "train_cuts": ""}], "task 'a': train_cuts is not set"),
     ([{"name": "a", "head": {"depth": 2}}], "task 'a': head must be"),

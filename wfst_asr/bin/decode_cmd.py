@@ -88,7 +88,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
                              text_lm=args.text_lm, mlm=args.mlm, ctc_weight=args.ctc_weight,
                              max_len_ratio=args.max_len_ratio, dbd_config=args.dbd_config,
                              dbd_max_active=[int(k) for k in parse_grid(args.dbd_max_active)],
-                             checkpoint=args.checkpoint)
+                             checkpoint=args.checkpoint, task=args.task)
         sets = _sets(args)
         if args.watch:
             return _watch(args, opts, sets)
@@ -218,6 +218,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="attention methods: at most this many tokens per encoder frame")
     p.add_argument("--out-dir", help="the decode directory (default EXP/decode; with --watch "
                    "EXP/decode_watch, one folder per checkpoint and results.tsv)")
+    p.add_argument("--task", help="a multi-task experiment: the task whose head decodes "
+                   "(default: its first task)")
     p.add_argument("--checkpoint", metavar="FILE",
                    help="decode with this checkpoint of the run (epoch-N.pt, step-G.pt) "
                    "instead of averaged.pt / best.pt")

@@ -22,7 +22,8 @@ import sys
 def cmd_export(args: argparse.Namespace) -> int:
     from wfst_asr.train.export import export_model
 
-    m = export_model(args.exp_dir, args.out, checkpoint=args.checkpoint, lang_dir=args.lang_dir,
+    m = export_model(args.exp_dir, args.out, checkpoint=args.checkpoint, task=args.task,
+                     lang_dir=args.lang_dir,
                      graph=args.graph, device=args.device, force=args.force,
                      lm_scale=args.lm_scale, word_penalty=args.word_penalty)
     extra = [x for x in ("lang dir" if m["lang"] else "", f"graph {m['graph']}" if m["graph"]
@@ -71,6 +72,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exp-dir", required=True, help="config.json + averaged.pt / best.pt")
     p.add_argument("--out", required=True, help="the export directory to write")
     p.add_argument("--checkpoint", help="this checkpoint instead of averaged.pt / best.pt")
+    p.add_argument("--task", help="a multi-task experiment: the task whose head is exported "
+                   "(default: its first task)")
     p.add_argument("--lang-dir", help="a lang dir of the model's tokens (its *.txt are copied)")
     p.add_argument("--graph", metavar="HLG.pt",
                    help="a decoding graph (.pt or .fst) that transcribe uses by default")

@@ -78,7 +78,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         force=True)
     table = run_eval_job(args.exp_dir, args.cuts, args.name, args.out_dir, args.watch,
-                         args.poll, args.max_wait, args.device, args.max_duration)
+                         args.poll, args.max_wait, args.device, args.max_duration,
+                         task=args.task)
     print(f"results per checkpoint in {table}")
     return 0
 
@@ -127,6 +128,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--poll", type=float, default=30.0, help="seconds between looks")
     e.add_argument("--max-wait", type=float,
                    help="--watch: stop after this many seconds without a new checkpoint")
+    e.add_argument("--task", help="a multi-task experiment: the task evaluated (its head and "
+                   "loss; default: the first task)")
     e.add_argument("--device", help="default: cuda if available")
     e.add_argument("--max-duration", type=float, help="seconds per batch (default: the "
                    "config's)")

@@ -173,6 +173,8 @@ class DecodeOptions:
     dbd_max_active: Sequence[int] = ()
     """Method ``dbd`` also with at most K active states, for each K here (methods ``dbd_K``,
     the search beam unchanged): error rate against the beam."""
+    task: str | None = None
+    """A multi-task experiment: the task whose head decodes (default: its first task)."""
     checkpoint: str | None = None
     """The weights to decode with (an ``epoch-N.pt`` / ``step-G.pt`` of the experiment, e.g.
     from ``wfst-asr decode --watch``) instead of ``averaged.pt`` / ``best.pt``."""
@@ -266,7 +268,8 @@ class Decoder:
     def _init_nnet(self) -> None:
         try:
             self.model, self.cfg, self.checkpoint = load_model(self.exp_dir, self.device,
-                                                               self.opts.checkpoint)
+                                                               self.opts.checkpoint,
+                                                               self.opts.task)
         except (OSError, ValueError, CheckpointError) as e:
             raise DecodeError(str(e)) from e
         self.kind = "nnet"

@@ -88,7 +88,8 @@ def _locate(path: str, exp: Path, what: str) -> Path:
     raise ExportError(f"{path}: no such file ({what} of {exp}/config.json)")
 
 
-def _load_network(exp: Path, checkpoint: PathLike | None) -> tuple[torch.nn.Module, dict, Path]:
+def _load_network(exp: Path, checkpoint: PathLike | None, task: str | None = None
+                  ) -> tuple[torch.nn.Module, dict, Path]:
     """``(model in eval mode on the CPU, config dict, checkpoint path)``
     (:func:`~wfst_asr.train.inference.load_model`)."""
     if checkpoint and not Path(checkpoint).is_file():
@@ -96,7 +97,7 @@ def _load_network(exp: Path, checkpoint: PathLike | None) -> tuple[torch.nn.Modu
     if not checkpoint and not any((exp / n).is_file() for n in CHECKPOINT_NAMES):
         raise ExportError(f"{exp}: no checkpoint ({' or '.join(CHECKPOINT_NAMES)}); train the "
                           "model first or give --checkpoint")
-    return load_model(exp, "cpu", checkpoint)
+    return load_model(exp, "cpu", checkpoint, task)
 
 
 def training_features(cfg: dict[str, Any], exp: PathLike, check: bool = True):
@@ -204,16 +205,17 @@ def _decoding(exp: Path, lm_scale: float | None, word_penalty: float | None) -> 
 def export_model(exp_dir: PathLike, out_dir: PathLike, checkpoint: PathLike | None = None,
                  lang_dir: PathLike | None = None, graph: PathLike | None = None,
                  device: str = "cpu", force: bool = False, lm_scale: float | None = None,
-                 word_penalty: float | None = None) -> dict[str, Any]:
+                 word_penalty: float | None = None, task: str | None = None) -> dict[str, Any]:
     """Write the export directory ``out_dir`` of ``exp_dir`` (see the module doc); return its
-    manifest. ``force`` replaces an existing ``out_dir``. ExportError / CheckpointError /
+    manifest. ``force`` replaces an existing ``out_dir``; ``task``: the head of a multi-task
+    experiment (default: its first task). ExportError / CheckpointError /
     OSError name the file at fault; on any error ``out_dir`` is as it was."""
     exp, out = Path(exp_dir), Path(out_dir)
     if not exp.is_dir():
         raise ExportError(f"{exp}: no such experiment directory")
     if out.exists() and not force:
         raise ExportError(f"{out}: exists (remove it or give --force)")
-    model, cfg, ckpt = _load_network(exp, checkpoint)
+    model, cfg, ckpt = _load_network(exp, checkpoint, task)
     loss = str(cfg.get("loss", "ctc"))
     if loss not in CTC_LOSSES:
         raise ExportError(f"{exp}: export handles CTC models (loss {' or '.join(CTC_LOSSES)}), "

@@ -52,7 +52,7 @@ class ModelOutputs(NamedTuple):
 
 
 def load_model(exp_dir: PathLike, device: torch.device | str = "cpu",
-               checkpoint: PathLike | None = None
+               checkpoint: PathLike | None = None, task: str | None = None
                ) -> tuple[torch.nn.Module, dict[str, Any], Path]:
     """The trained model of an experiment directory, in eval mode on ``device``.
 
@@ -60,6 +60,10 @@ def load_model(exp_dir: PathLike, device: torch.device | str = "cpu",
     ``epoch-3.pt``), else ``<exp_dir>/averaged.pt``, else ``<exp_dir>/best.pt``; the network is
     rebuilt (:func:`~wfst_asr.train.build.build_model_from_config`) from
     ``<exp_dir>/config.json``, else from the checkpoint's ``config`` entry.
+
+    A multi-task experiment (``tasks`` in its configuration) gives the shared encoder with the
+    head of ``task`` (default: its first task), and that task's configuration
+    (:func:`~wfst_asr.train.tasks.inference_model`).
 
     Returns:
       ``(model, config dict, checkpoint path)``.
@@ -88,7 +92,15 @@ def load_model(exp_dir: PathLike, device: torch.device | str = "cpu",
         cfg = state.get("config")
     if not isinstance(cfg, dict) or not cfg:
         raise ValueError(f"no config.json in {exp} and no configuration in {ckpt}")
-    model = build_model_from_config(cfg)
+    if cfg.get("tasks"):  # multi-task: the shared encoder with the task's head
+        from wfst_asr.train.tasks import inference_model
+
+        model, cfg = inference_model(cfg, task)
+    elif task is not None:
+        raise ValueError(f"{exp} is not a multi-task experiment (no tasks in its "
+                         f"configuration): no task {task!r}")
+    else:
+        model = build_model_from_config(cfg)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

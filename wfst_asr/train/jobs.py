@@ -156,6 +156,10 @@ def process_checkpoints(exp_dir: PathLike, table: ResultsTable,
         try:
             rows = fn(c)
         except CheckpointError as e:
+            if not c.path.exists():  # the trainer removed it (keep_last_n) meanwhile
+                log.info("%s: removed before it could be processed (keep_last_n)", c.path)
+                failures[c.path.name] = retries
+                continue
             failures[c.path.name] = failures.get(c.path.name, 0) + 1
             left = retries - failures[c.path.name]
             log.warning("%s: skipped (%s); %s", c.path, e,
@@ -256,18 +260,23 @@ class Evaler:
     checkpoint's weights (and criterion parameters) and returns the loss per output frame."""
 
     def __init__(self, exp_dir: PathLike, cuts: PathLike, device: str | None = None,
-                 max_duration: float | None = None) -> None:
+                 max_duration: float | None = None, task: str | None = None) -> None:
         from wfst_asr.train.build import build_model_and_loss, make_loader
         from wfst_asr.train.trainer import Trainer
 
         self.exp_dir = Path(exp_dir)
         cfg = _config(self.exp_dir)
-        if max_duration:
-            cfg.max_duration = max_duration
         if not Path(cuts).exists():
             raise ValueError(f"{cuts}: no such cuts file")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, loss, table = build_model_and_loss(cfg)
+        if cfg.tasks:  # multi-task: the task's head and its own loss (no distillation term)
+            model, loss, table, cfg = _task_model_and_loss(cfg, task)
+        elif task is not None:
+            raise ValueError(f"{self.exp_dir} is not a multi-task experiment: no task {task!r}")
+        else:
+            model, loss, table = build_model_and_loss(cfg)
+        if max_duration:
+            cfg.max_duration = max_duration
         dl = make_loader(cfg, str(cuts), False)
         self.trainer = Trainer(cfg, model, loss, None, dl, self.device, token_table=table)
 
@@ -286,21 +295,33 @@ class Evaler:
         return {"loss": loss, "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def _task_model_and_loss(cfg, task: str | None):
+    """``(model, loss, target table, the task's config)`` of a multi-task configuration."""
+    from wfst_asr.train.config import ExperimentConfig
+    from wfst_asr.train.criteria import build_loss, target_table
+    from wfst_asr.train.tasks import inference_model
+
+    model, tcd = inference_model(cfg.to_dict(), task)
+    tc = ExperimentConfig.from_dict({k: v for k, v in tcd.items() if k != "task"})
+    return model, build_loss(tc, model), target_table(tc), tc
+
+
 def run_eval_job(exp_dir: PathLike, cuts: PathLike, name: str | None = None,
                  out_dir: PathLike | None = None, watch: bool = False, poll: float = 30.0,
                  max_wait: float | None = None, device: str | None = None,
                  max_duration: float | None = None, tensorboard: bool = True,
-                 sleep: Callable[[float], None] = time.sleep) -> Path:
+                 sleep: Callable[[float], None] = time.sleep, task: str | None = None) -> Path:
     """``wfst-asr eval``: the loss on ``cuts`` of each new checkpoint of ``exp_dir`` (the
     newest only without ``watch``), into ``out_dir`` (default ``exp_dir/eval_<name>``, name:
     the cuts file's stem): ``results.tsv`` (step, epoch, checkpoint, loss, seconds) and
-    TensorBoard ``eval/<name>/loss``. Returns the table's path."""
+    TensorBoard ``eval/<name>/loss``. A multi-task experiment: the loss of ``task`` (default:
+    its first), its distillation term left out. Returns the table's path."""
     name = name or set_name(cuts)
     out = Path(out_dir) if out_dir else Path(exp_dir) / f"eval_{name}"
     table = ResultsTable(out / "results.tsv", ["loss", "seconds"])
     if watch:  # started with the trainer: its config.json comes first
         _wait_for(Path(exp_dir) / "config.json", poll, max_wait, sleep)
-    evaler = Evaler(exp_dir, cuts, device, max_duration)
+    evaler = Evaler(exp_dir, cuts, device, max_duration, task)
     tb = Summaries(out / "tensorboard", tensorboard)
 
     def one(c: WatchedCheckpoint) -> list[dict[str, Any]]:

@@ -1,36 +1,8 @@
-"""Multi-task training: tasks sharing one encoder, sampled by weight; frame-level distillation.
+"""Multi-task training: tasks sharing one encoder (:mod:`wfst_asr.train.tasks`: the
+configuration, the model and its heads), sampled by weight; frame-level distillation.
 
-In the spirit of Lingvo's ``MultiTaskModel`` and its task schedule. A configuration with
-``tasks`` (:class:`~wfst_asr.train.config.ExperimentConfig`, e.g. the registered base
-``multitask_ctc_blstm``) names several tasks::
+In the spirit of Lingvo's ``MultiTaskModel`` and its task schedule.
 
-    base: multitask_ctc_blstm
-    train_cuts: data/cuts_train.jsonl.gz      # the tasks' defaults
-    token_field: phones
-    tasks:
-      - {name: phones, weight: 2.0, tokens: data/lang/tokens.txt}
-      - {name: other, weight: 1.0, train_cuts: data/other_train.jsonl.gz,
-         tokens: data/other/tokens.txt, loss: ctc, head: {hidden: 128}}
-      - {name: kd, teacher: exp/big_ctc, temperature: 2.0, distill_weight: 0.5,
-         tokens: data/lang/tokens.txt}
-
-A task's own keys are ``name`` (letters, digits, ``_``), ``weight`` (its sampling weight,
-default 1), ``head`` (``{hidden: H}``: a hidden ReLU layer of H units before the output
-layer; default none), and for a distillation task ``teacher`` (an experiment directory, whose
-``averaged.pt`` / ``best.pt`` is used, or a checkpoint file), ``teacher_rules``, ``temperature``
-(default 1) and ``distill_weight`` (default 1). Its data and loss keys (:data:`INHERITED`:
-``train_cuts``, ``dev_cuts``, ``token_field``, ``tokens``, ``lang_dir``, ``loss``,
-``loss_kwargs``, ...) default to the top-level values; ``loss_kwargs`` is merged into the
-top-level one when the task keeps the top-level loss. A bad entry is a one-line
-:class:`~wfst_asr.train.config.ConfigError` naming the task and the key. ``--set
-tasks.NAME.KEY=VALUE`` sets a task's key from the command line (:func:`apply_task_overrides`).
-
-* Model (:class:`SharedEncoderModel`): the top-level ``model`` is the shared encoder; its final
-  ``output`` Linear is replaced by one head per task (a Linear to the task's outputs);
-  ``set_task(name)`` picks the head ``forward`` uses. Its state_dict is plain
-  (``encoder.*``, ``heads.NAME.*``): averaging, ``init_from`` and resume work as for one task.
-  Tasks whose criterion calls a model's own decoder (transducer, attention, segmental) are not
-  supported yet: a task loss must be one of :data:`SUPPORTED_LOSSES` (log-probs in, loss out).
 * Criterion (:class:`MultiTaskLoss`): one registered loss per task (``build_loss``),
   ``set_task(name)`` dispatches; :meth:`MultiTaskLoss.batch_targets` maps a batch through its
   task's ``token_field`` and token table (pass it to the Trainer as ``targets``).
@@ -56,272 +28,50 @@ The BERT distillation of the attention decoder (:mod:`wfst_asr.train.distill`) i
 and offline: its teacher's soft labels are a file, given to the ``attention`` loss
 (``loss.soft_labels``, ``loss.distill_weight``), e.g. ``base: attention_blstm`` with
 ``loss_kwargs: {soft_labels: exp/bert/soft_labels.pt, distill_weight: 0.5}``; ``distill_weight``
-has the same meaning here. An attention task inside ``tasks`` is not supported yet (above).
+has the same meaning here. An attention task inside ``tasks`` takes the same ``loss_kwargs``.
 """
+
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
-import re
-import typing
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-import yaml
 from torch import nn
 
 from wfst_asr.train.build import (
     build_model_from_config,
     data_feature_dim,
     make_loader,
-    token_table,
 )
 from wfst_asr.train.checkpoint import CheckpointError, init_model_from, sampler_state
-from wfst_asr.train.config import ConfigError, ExperimentConfig, parse_value
-from wfst_asr.train.criteria import build_loss, get_loss, num_outputs, target_table
+from wfst_asr.train.config import ConfigError, ExperimentConfig
+from wfst_asr.train.criteria import build_loss, target_table
+from wfst_asr.train.tasks import (
+    HEAD_KINDS,
+    INHERITED,
+    SUPPORTED_LOSSES,
+    AttentionHead,
+    SharedEncoderModel,
+    TaskSpec,
+    TransducerHead,
+    apply_task_overrides,
+    inference_model,
+    task_outputs,
+    task_specs,
+)
 from wfst_asr.train.trainer import TokenSeqs, batch_targets
 
-__all__ = ["INHERITED", "SUPPORTED_LOSSES", "DistillLoss", "MultiTaskLoader", "MultiTaskLoss",
-           "SharedEncoderModel", "TaskSampler", "TaskSpec", "apply_task_overrides",
-           "build_multitask", "frame_kl", "load_teacher", "task_specs"]
+__all__ = ["HEAD_KINDS", "INHERITED", "SUPPORTED_LOSSES", "AttentionHead", "DistillLoss",
+           "MultiTaskLoader", "MultiTaskLoss", "SharedEncoderModel", "TaskSampler", "TaskSpec",
+           "TransducerHead", "apply_task_overrides",
+           "build_multitask", "frame_kl", "inference_model", "load_teacher", "task_specs"]
 
 log = logging.getLogger(__name__)
-
-#: the losses a task may have: they score the network's output alone
-SUPPORTED_LOSSES = ("ctc", "hmm", "mmi", "dbd")
-#: task keys that default to the top-level configuration's
-INHERITED = ("train_cuts", "dev_cuts", "token_field", "tokens", "lang_dir", "loss", "loss_kwargs",
-             "num_classes", "cmvn", "max_duration", "max_cuts", "spec_augment")
-_OWN = ("name", "weight", "head", "teacher", "teacher_rules", "temperature", "distill_weight")
-_DISTILL_ONLY = ("teacher_rules", "temperature", "distill_weight")
-_NAME = re.compile(r"[A-Za-z0-9_]+")
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-@dataclass
-class TaskSpec:
-    """One validated task: its own keys and ``cfg``, the top-level configuration with the
-    task's data and loss keys (``tasks`` emptied): what ``make_loader`` / ``build_loss`` take."""
-
-    name: str
-    weight: float
-    cfg: ExperimentConfig
-    head: dict[str, Any] = field(default_factory=dict)
-    teacher: str = ""
-    teacher_rules: list[str] = field(default_factory=list)
-    temperature: float = 1.0
-    distill_weight: float = 1.0
-
-
-def _number(task: str, key: str, value: Any, low: float, high: float | None = None,
-            low_ok: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        value >= low if low_ok else value > low) and (high is None or value <= high)
-    if not ok:
-        bound = f"in [{low}, {high}]" if high is not None else f"{'>=' if low_ok else '>'} {low}"
-        raise ConfigError(f"task {task!r}: {key} must be a number {bound}, got {value!r}")
-    return float(value)
-
-
-def task_specs(cfg: ExperimentConfig) -> list[TaskSpec]:
-    """The validated tasks of ``cfg`` (a :class:`ConfigError`, one line naming the task and
-    the key, for a bad entry)."""
-    if not isinstance(cfg.tasks, list) or not cfg.tasks:
-        raise ConfigError(f"config {cfg.name!r}: tasks must be a non-empty list of mappings")
-    hints = typing.get_type_hints(ExperimentConfig)
-    specs: list[TaskSpec] = []
-    for i, entry in enumerate(cfg.tasks):
-        if not isinstance(entry, dict):
-            raise ConfigError(f"tasks[{i}]: expected a mapping of keys, got {entry!r}")
-        name = entry.get("name")
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ConfigError(f"tasks[{i}]: name must be letters, digits or '_', got {name!r}")
-        if name in (s.name for s in specs):
-            raise ConfigError(f"task {name!r}: the name is used twice")
-        bad = sorted(set(entry) - set(_OWN) - set(INHERITED))
-        if bad:
-            raise ConfigError(f"task {name!r}: unknown key {bad[0]!r}; valid: "
-                              f"{', '.join(_OWN + INHERITED)}")
-        teacher = entry.get("teacher") or ""
-        stray = [k for k in _DISTILL_ONLY if k in entry and not teacher]
-        if stray:
-            raise ConfigError(f"task {name!r}: {stray[0]} is for a distillation task (set "
-                              "teacher)")
-        spec = TaskSpec(name, _number(name, "weight", entry.get("weight", 1.0), 0.0),
-                        _task_config(cfg, name, entry, hints), teacher=str(teacher),
-                        temperature=_number(name, "temperature", entry.get("temperature", 1.0),
-                                            0.0),
-                        distill_weight=_number(name, "distill_weight",
-                                               entry.get("distill_weight", 1.0), 0.0, 1.0, True))
-        spec.head = _head_spec(name, entry.get("head") or {})
-        rules = entry.get("teacher_rules", [])
-        if not (isinstance(rules, list) and all(isinstance(r, str) for r in rules)):
-            raise ConfigError(f"task {name!r}: teacher_rules must be a list of "
-                              f"'REGEX->TEMPLATE' strings, got {rules!r}")
-        spec.teacher_rules = list(rules)
-        specs.append(spec)
-    return specs
-
-
-def _head_spec(task: str, head: Any) -> dict[str, Any]:
-    if not isinstance(head, dict) or set(head) - {"hidden"}:
-        raise ConfigError(f"task {task!r}: head must be a mapping with key 'hidden', got {head!r}")
-    hidden = head.get("hidden", 0)
-    if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 0:
-        raise ConfigError(f"task {task!r}: head.hidden must be an int >= 0, got {hidden!r}")
-    return {"hidden": hidden}
-
-
-def _task_config(cfg: ExperimentConfig, name: str, entry: dict[str, Any],
-                 hints: dict[str, Any]) -> ExperimentConfig:
-    """``cfg`` with the task's :data:`INHERITED` keys (``loss_kwargs`` merged when the task
-    keeps the top-level loss)."""
-    changes: dict[str, Any] = {}
-    for key in INHERITED:
-        if key not in entry or key == "loss_kwargs":
-            continue
-        try:
-            changes[key] = parse_value(str(entry[key]), hints[key]) if entry[key] is not None \
-                else parse_value("none", hints[key])
-        except ValueError as e:
-            raise ConfigError(f"task {name!r}: {key}: {e}") from None
-    loss = changes.get("loss", cfg.loss)
-    kwargs = entry.get("loss_kwargs", {})
-    if not isinstance(kwargs, dict):
-        raise ConfigError(f"task {name!r}: loss_kwargs must be a mapping, got {kwargs!r}")
-    base = dict(cfg.loss_kwargs) if loss == cfg.loss else {}
-    tc = dataclasses.replace(cfg, name=f"{cfg.name}.{name}", tasks=[],
-                             loss_kwargs={**base, **kwargs}, **changes)
-    if loss not in SUPPORTED_LOSSES:
-        raise ConfigError(f"task {name!r}: loss {loss!r} is not supported in a multi-task "
-                          f"config yet (supported: {', '.join(SUPPORTED_LOSSES)})")
-    try:
-        get_loss(loss)
-        target_table(tc)  # unknown loss options, a missing words.txt
-    except (ValueError, OSError) as e:
-        raise ConfigError(f"task {name!r}: {e}") from None
-    for key in ("train_cuts", "token_field"):
-        if not getattr(tc, key):
-            raise ConfigError(f"task {name!r}: {key} is not set (set it in the task or at the "
-                              "top level)")
-    return tc
-
-
-def apply_task_overrides(cfg: ExperimentConfig, overrides: list[str] | tuple[str, ...]
-                         ) -> list[str]:
-    """Apply the ``tasks.NAME.KEY=VALUE`` overrides to ``cfg.tasks`` in place (the value is
-    read as YAML: numbers, booleans, lists); return the other overrides. ValueError for an
-    unknown task or a malformed key."""
-    rest = []
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not (sep and key.strip().startswith("tasks.")):
-            rest.append(item)
-            continue
-        parts = key.strip().split(".")
-        if len(parts) != 3:
-            raise ValueError(f"override {key!r}: expected tasks.NAME.KEY=VALUE")
-        task = next((t for t in cfg.tasks if isinstance(t, dict) and t.get("name") == parts[1]),
-                    None)
-        if task is None:
-            names = [t.get("name") for t in cfg.tasks if isinstance(t, dict)]
-            raise ValueError(f"override {key!r}: no task {parts[1]!r} (tasks: {names})")
-        try:
-            task[parts[2]] = yaml.safe_load(text)
-        except yaml.YAMLError:
-            task[parts[2]] = text
-    return rest
-
-
-# --------------------------------------------------------------------------- model
-
-
-class _HeadTap(nn.Module):
-    """Stands in for the encoder's ``output`` layer: the selected task's head of the owner
-    (held by reference: no parameters of its own)."""
-
-    def __init__(self, owner: SharedEncoderModel) -> None:
-        super().__init__()
-        self.__dict__["_owner"] = owner
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        owner = self.__dict__["_owner"]
-        y = owner.heads[owner.task](h)
-        if self.training and dist.is_available() and dist.is_initialized():
-            # DDP needs a gradient for every parameter: zeros for the other tasks' heads
-            y = y + 0.0 * sum(p.sum() for n, head in owner.heads.items() if n != owner.task
-                              for p in head.parameters())
-        return y
-
-
-class SharedEncoderModel(nn.Module):
-    """A shared encoder with one output head per task.
-
-    ``forward(feats [B, T, F], lens [B]) -> (log-probs [B, T', V_task], out_lens [B])``: the
-    encoder's own forward, its final ``output`` Linear replaced by the head of the task
-    :meth:`set_task` selected (a Linear ``[D] -> [V_task]``, or Linear-ReLU-Linear with
-    ``hidden``). Parameters: ``encoder.*`` and ``heads.NAME.*``.
-    """
-
-    def __init__(self, encoder: nn.Module, outputs: dict[str, int],
-                 heads: dict[str, dict[str, Any]] | None = None) -> None:
-        super().__init__()
-        out = getattr(encoder, "output", None)
-        if not isinstance(out, nn.Linear):
-            raise ConfigError(f"multi-task: the model {type(encoder).__name__} has no final "
-                              "Linear 'output' layer to replace by the task heads (use an "
-                              "encoder such as blstm or tdnn_lstm)")
-        dim = out.in_features
-        del encoder.output
-        encoder.output = _HeadTap(self)
-        self.encoder = encoder
-        self.heads = nn.ModuleDict({n: _head(dim, v, **(heads or {}).get(n, {}))
-                                    for n, v in outputs.items()})
-        self.task = next(iter(outputs))
-
-    def set_task(self, name: str) -> None:
-        if name not in self.heads:
-            raise ValueError(f"unknown task {name!r}; tasks: {list(self.heads)}")
-        self.task = name
-
-    @property
-    def num_classes(self) -> int:
-        """The output dimension of the selected task's head."""
-        last = self.heads[self.task]
-        return (last[-1] if isinstance(last, nn.Sequential) else last).out_features
-
-    @property
-    def num_features(self) -> int:
-        return self.encoder.num_features
-
-    @property
-    def subsampling_factor(self) -> int:
-        return self.encoder.subsampling_factor
-
-    @property
-    def subsampling_mode(self) -> str:
-        return self.encoder.subsampling_mode
-
-    def output_lengths(self, lens: torch.Tensor) -> torch.Tensor:
-        return self.encoder.output_lengths(lens)
-
-    def forward(self, feats: torch.Tensor, lens: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder(feats, lens)
-
-
-def _head(dim: int, outputs: int, hidden: int = 0) -> nn.Module:
-    if hidden <= 0:
-        return nn.Linear(dim, outputs)
-    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
 
 
 # --------------------------------------------------------------------------- criteria
@@ -550,22 +300,6 @@ class DevLoader:
 # --------------------------------------------------------------------------- build
 
 
-def _outputs(spec: TaskSpec) -> int:
-    """The task's network outputs (its ``num_classes``, the loss topology's, or blank + the
-    tokens)."""
-    tc = spec.cfg
-    try:
-        fixed = num_outputs(tc)
-        if tc.num_classes > 0:
-            return tc.num_classes
-        if fixed is not None:
-            return fixed
-        if tc.tokens:
-            return max(token_table(tc.tokens).values()) + 1
-    except (ValueError, OSError) as e:
-        raise ConfigError(f"task {spec.name!r}: {e}") from None
-    raise ConfigError(f"task {spec.name!r}: set tokens (or num_classes)")
-
 
 def _num_features(cfg: ExperimentConfig, specs: list[TaskSpec]) -> int:
     dims = {}
@@ -591,7 +325,7 @@ def build_multitask(cfg: ExperimentConfig, rank: int = 0, world: int = 1
     ``tasks``; give the trainer ``targets=criterion.batch_targets``."""
     specs = task_specs(cfg)
     cfg.num_features = _num_features(cfg, specs)
-    outputs = {s.name: _outputs(s) for s in specs}
+    outputs = {s.name: task_outputs(s) for s in specs}
     for s in specs:
         s.cfg.num_features, s.cfg.num_classes = cfg.num_features, outputs[s.name]
     encoder = build_model_from_config(cfg.to_dict() | {"num_classes": outputs[specs[0].name]})
@@ -599,8 +333,10 @@ def build_multitask(cfg: ExperimentConfig, rank: int = 0, world: int = 1
     losses: dict[str, nn.Module] = {}
     for s in specs:
         model.set_task(s.name)
+        head = model.heads[s.name]  # a decoder head is its loss's model
         try:
-            hard = build_loss(s.cfg, model) if not s.teacher or s.distill_weight < 1 else None
+            hard = (build_loss(s.cfg, head if s.cfg.loss in HEAD_KINDS else model)
+                    if not s.teacher or s.distill_weight < 1 else None)
         except (ValueError, OSError) as e:
             raise ConfigError(f"task {s.name!r}: {e}") from None
         losses[s.name] = hard
