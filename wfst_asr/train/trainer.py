@@ -49,7 +49,9 @@ skipped by :func:`~wfst_asr.losses.nan_guard` (counted in ``skipped_steps``).
 Distributed data-parallel: launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment),
 :func:`init_distributed` starts the process group (gloo on CPU, nccl on CUDA), the model is
 wrapped in ``DistributedDataParallel``, the samplers shard by rank (build them with
-``world_size``/``rank``), losses are summed over ranks, and only rank 0 writes files.
+``world_size``/``rank``), losses are summed over ranks, and only rank 0 writes files; every
+checkpoint holds each rank's RNG state (``rng_ranks``), so a resume with the same world size
+continues every rank's stream as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -493,8 +495,9 @@ class Trainer:
             _set_epoch(self.train_dl, epoch)
         batches = iter(self.train_dl)
         if mid is not None:  # the state saved after the batch the run was killed past
-            set_rng_state(mid["rng"])
-            if self.rank:
+            if mid["rng"] is not None:
+                set_rng_state(mid["rng"])
+            else:  # no state saved for this rank (another world size): its own stream
                 seed_everything(self.cfg.seed + self.rank + 7919 * self.global_step)
         bar = progress(batches, desc=f"epoch {epoch}", unit="batch",
                        disable=not self.is_main, leave=False, initial=self.step_in_epoch)
@@ -652,6 +655,7 @@ class Trainer:
         is_best = dev_loss is not None and dev_loss < self.best_dev_loss
         if is_best:
             self.best_dev_loss = dev_loss
+        rngs = self._gather_rngs()
         if self.is_main:
             log.info("epoch %d: train loss %.4f, dev loss %s, lr %.3g, %d steps, skipped "
                      "%d batches / %d steps, %.1f s", epoch, train_loss,
@@ -660,7 +664,7 @@ class Trainer:
             for key in ("train_loss", "dev_loss", "lr", "skipped_steps"):
                 if record[key] is not None:
                     self._scalar(f"epoch/{key}", record[key], epoch)
-            self.save(epoch, is_best)
+            self.save(epoch, is_best, rngs)
         if _distributed():
             dist.barrier()
 
@@ -695,8 +699,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def state_dict(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
-        """Everything :meth:`resume` needs (``weights_only``-loadable)."""
+    def _gather_rngs(self) -> list[dict[str, Any]] | None:
+        """Every rank's RNG state, on rank 0 (a collective: all ranks call it); None when not
+        distributed. Saved as ``rng_ranks``, so that a resume restores each rank's stream."""
+        if not _distributed():
+            return None
+        out: list[Any] | None = [None] * dist.get_world_size() if self.is_main else None
+        dist.gather_object(get_rng_state(), out, dst=0)
+        return out
+
+    def state_dict(self, epoch: int, step_in_epoch: int,
+                   rng_ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Everything :meth:`resume` needs (``weights_only``-loadable); ``rng_ranks``: every
+        rank's RNG state (:meth:`_gather_rngs`)."""
         return {
             "model": self.raw_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -706,12 +721,13 @@ class Trainer:
             "best_dev_loss": self.best_dev_loss, "history": self.history,
             "skipped_batches": self.skipped_batches, "skipped_steps": self.skipped_steps,
             "rng": get_rng_state(), "config": self.cfg.to_dict(),
-        } | ({"criterion": self.loss_fn.state_dict()} if self.criterion_params else {}) | (
+        } | ({"rng_ranks": rng_ranks} if rng_ranks else {}) | ({"criterion": self.loss_fn.state_dict()} if self.criterion_params else {}) | (
             {"scaler": self.scaler.state_dict()} if self.scaler is not None else {})
 
-    def save(self, epoch: int, is_best: bool = False) -> Path:
+    def save(self, epoch: int, is_best: bool = False,
+             rng_ranks: list[dict[str, Any]] | None = None) -> Path:
         """Write ``epoch-N.pt`` (and ``best.pt``), atomically."""
-        state = self.state_dict(epoch, self.step_in_epoch)
+        state = self.state_dict(epoch, self.step_in_epoch, rng_ranks)
         path = self.exp_dir / f"epoch-{epoch}.pt"
         save_checkpoint(path, state, marker=True)
         if is_best:
@@ -722,9 +738,10 @@ class Trainer:
         """Write ``step-G.pt`` (rank 0): the state after ``step_in_epoch`` batches of
         ``epoch``, with the loss ``sums`` (over all ranks) of those batches; then remove the
         mid-epoch checkpoints beyond the last ``cfg.keep_last_n``."""
+        rngs = self._gather_rngs()
         if not self.is_main:
             return None
-        state = self.state_dict(epoch, self.step_in_epoch) | {
+        state = self.state_dict(epoch, self.step_in_epoch, rngs) | {
             "mid_epoch": True, "epoch_sums": [float(x) for x in sums]}
         path = self.exp_dir / f"step-{self.global_step}.pt"
         save_checkpoint(path, state, marker=True)
@@ -758,15 +775,19 @@ class Trainer:
         self.history = list(state["history"])
         self.skipped_batches = state["skipped_batches"]
         self.skipped_steps = state["skipped_steps"]
+        rngs = state.get("rng_ranks") or []
+        world = dist.get_world_size() if _distributed() else 1
+        rng = rngs[self.rank] if len(rngs) == world else (None if self.rank else state["rng"])
         if state.get("mid_epoch"):  # restored by train_epoch, after the loader's iterator
-            self._mid_resume = {"epoch": int(state["epoch"]), "rng": state["rng"],
+            self._mid_resume = {"epoch": int(state["epoch"]), "rng": rng,
                                 "step_in_epoch": int(state["step_in_epoch"]),
                                 "sums": tuple(state.get("epoch_sums", (0.0, 0.0)))}
             log.info("resumed from %s (epoch %d, %d batches in, step %d)", path,
                      state["epoch"], state["step_in_epoch"], self.global_step)
             return int(state["epoch"])
-        set_rng_state(state["rng"])
-        if self.rank:  # the RNG state saved is rank 0's; give the others their own stream
+        if rng is not None:
+            set_rng_state(rng)
+        else:  # no state saved for this rank (another world size): its own stream
             seed_everything(self.cfg.seed + self.rank + 1000003 * state["epoch"])
         log.info("resumed from %s (epoch %d done, step %d)", path, state["epoch"],
                  self.global_step)
