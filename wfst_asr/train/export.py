@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 
+from wfst_asr.data.dataset import open_cuts
 from wfst_asr.data.features import apply_cmvn, check_audio_length, load_cmvn, make_extractor
 from wfst_asr.decode.lattice import WordSpan, best_paths, ctm_lines, get_lattice, word_alignment
 from wfst_asr.fsa import Fsa, SymbolTable
@@ -107,16 +108,11 @@ def training_features(cfg: dict[str, Any], exp: PathLike, check: bool = True):
     the stored ones (:data:`FEATURE_TOLERANCE`); ExportError when they differ; ``note`` says
     whether the check ran.
     """
-    from lhotse import CutSet
-
     exp = Path(exp)
     if not cfg.get("train_cuts"):
         raise ExportError(f"{exp}/config.json has no train_cuts (the features' settings)")
     path = _locate(str(cfg["train_cuts"]), exp, "train_cuts")
-    name = str(path)
-    cuts = CutSet.from_jsonl_lazy(name) if name.endswith((".jsonl", ".jsonl.gz")) \
-        else CutSet.from_file(name)
-    cut = next((c for c in cuts if c.has_features), None)
+    cut = next((c for c in open_cuts(path) if c.has_features), None)
     if cut is None:
         raise ExportError(f"{path}: no cut with features")
     f = cut.features

@@ -47,6 +47,7 @@ from wfst_asr.train.checkpoint import (
     find_checkpoints,
     find_step_checkpoints,
     load_checkpoint,
+    marker_path,
 )
 from wfst_asr.train.trainer import TRAINING_DONE
 
@@ -74,9 +75,14 @@ class WatchedCheckpoint:
         return self.step, int(not self.mid_epoch), self.path.name
 
 
-def _complete(path: Path) -> WatchedCheckpoint | None:
-    info = checkpoint_complete(path)
-    if info is None:
+def _announced(path: Path) -> WatchedCheckpoint | None:
+    """What the completion marker of ``path`` says (not yet checked against the file: see
+    :func:`~.checkpoint.checkpoint_complete`), or None without a readable marker."""
+    try:
+        info = json.loads(marker_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict):
         return None
     return WatchedCheckpoint(path, int(info.get("global_step") or 0),
                              int(info.get("epoch") or 0), bool(info.get("mid_epoch")))
@@ -110,24 +116,33 @@ def watch_checkpoints(exp_dir: PathLike, skip: Callable[[Path], bool] = lambda _
         for path in find_checkpoints(exp) + find_step_checkpoints(exp):
             if skip(path):
                 continue
-            c = _complete(path)
+            c = _announced(path)
             if c is None:
                 waiting.append(path)
             else:
                 ready.append(c)
+        # in training order; once: the newest first, and only the first complete one is taken
+        # (the checksum is computed only for the checkpoint about to be processed)
+        ready.sort(key=lambda c: c.order, reverse=not watch)
+        taken = []
+        for c in ready:
+            if checkpoint_complete(c.path) is None:
+                waiting.append(c.path)
+                continue
+            incomplete.discard(c.path.name)
+            last_new = time.monotonic()
+            taken.append(c)
+            yield c
+            if not watch:
+                break
         for path in waiting:
             if path.name in incomplete:  # a second poll and still no (matching) marker
                 log.warning("%s: not complete (no completion marker, or its size/checksum "
                             "does not match): skipped, retried at the next poll", path)
             incomplete.add(path.name)
-        ready.sort(key=lambda c: c.order)
-        for c in ready[-1:] if not watch else ready:
-            incomplete.discard(c.path.name)
-            last_new = time.monotonic()
-            yield c
         if not watch:
             return
-        if done is not None and not ready and not waiting:
+        if done is not None and not taken and not waiting:
             log.info("%s: training done (epoch %s, step %s), every checkpoint processed",
                      exp, done.get("epoch"), done.get("global_step"))
             return

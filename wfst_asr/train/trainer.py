@@ -577,8 +577,8 @@ class Trainer:
                 loss = loss * 0.0
             frames = max(int(info["frames"]), 1) if usable else 1
             scale = frames if getattr(self.loss_fn, "reduction", "sum") == "sum" else 1
-            if not bool(torch.isfinite(loss.detach()).all()):
-                self._window_ok = False
+            if not last and not bool(torch.isfinite(loss.detach()).all()):
+                self._window_ok = False  # (the window's last loss: nan_guard checks it)
             obj = loss / (scale * self.cfg.accum_grad)
             (self.scaler.scale(obj) if self.scaler is not None else obj).backward()
         self._pending += 1
