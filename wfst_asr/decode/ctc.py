@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from wfst_asr.fsa import DenseFsaVec, Fsa, intersect_dense_pruned, shortest_path
+from wfst_asr.fsa import DenseFsaVec, Fsa
+from wfst_asr.fsa.viterbi import best_path_arcs
 
 __all__ = ["aux_label_sequences", "greedy_ctc", "one_best", "scale_graph"]
 
@@ -100,8 +101,10 @@ def one_best(graph: Fsa, log_probs: torch.Tensor, lens: torch.Tensor | Sequence[
     """1-best decoding of a batch with a decoding graph (icefall's ``1best`` method).
 
     Each utterance ``b`` is the segment ``(b, 0, lens[b])`` of a :class:`DenseFsaVec`; the whole
-    batch goes through one :func:`intersect_dense_pruned` call with the shared ``graph``, then
-    :func:`shortest_path` picks each lattice's best path.
+    batch goes through one beam search with the shared ``graph``
+    (:func:`~wfst_asr.fsa.viterbi.best_path_arcs`: the search of
+    :func:`~wfst_asr.fsa.intersect_dense_pruned` with back-pointers instead of a lattice), and
+    each utterance's best path is read back from them.
 
     Args:
       graph: a single decoding graph with ``aux_labels`` (HLG / TLG: word ids; ``ctc_topo``:
@@ -109,10 +112,8 @@ def one_best(graph: Fsa, log_probs: torch.Tensor, lens: torch.Tensor | Sequence[
       log_probs: ``[B, T, V]`` network log-probs.
       lens: ``[B]`` valid frames per utterance.
       search_beam, min_active_states, max_active_states: see :func:`intersect_dense_pruned`.
-      output_beam: beam of the lattice searched for the best path. The default 0 keeps only
-        the best arc into each (frame, state), i.e. Viterbi back-pointers: the same best path
-        as any larger beam, with a lattice the size of the search (a larger beam, as icefall's
-        default 8, builds a real lattice first and only costs time here).
+      output_beam: kept for compatibility; the best path does not depend on a lattice beam, so
+        no lattice is built whatever its value.
       lm_scale: the graph's scores are multiplied by ``lm_scale`` (the acoustic log-probs are
         not scaled), as icefall scales LM scores. Same best path as ``log_probs / lm_scale``
         with unscaled graph scores, but the beams are in the units of the scaled total.
@@ -128,9 +129,15 @@ def one_best(graph: Fsa, log_probs: torch.Tensor, lens: torch.Tensor | Sequence[
         return []
     if graph.is_vec and graph.num_fsas != 1:
         raise ValueError(f"one_best takes one shared graph, got an FsaVec of {graph.num_fsas}")
-    g = scale_graph(graph, lm_scale, word_penalty).to(log_probs.device)
+    graph = single_graph(graph, "one_best").to(log_probs.device)
+    scores = scale_graph(graph, lm_scale, word_penalty).scores
     segs = torch.stack([torch.arange(B), torch.zeros(B, dtype=torch.int64), lens_t], dim=1)
     dense = DenseFsaVec(log_probs.detach(), segs.to(torch.int32))
-    lattice = intersect_dense_pruned(g, dense, search_beam, output_beam, min_active_states,
-                                     max_active_states)
-    return aux_label_sequences(shortest_path(lattice))
+    paths = best_path_arcs(graph, dense, search_beam, min_active_states, max_active_states,
+                           scores=scores)
+    aux = graph.aux_labels.detach()
+    out = []
+    for arcs in paths:
+        a = aux.index_select(0, arcs).cpu()
+        out.append(a[(a != 0) & (a != -1)].tolist())
+    return out

@@ -5,7 +5,8 @@ Main entry points:
 * :class:`Fsa` (one FSA or an FsaVec), :func:`create_fsa_vec`, :func:`linear_fsa`
 * :class:`SymbolTable`, text and OpenFst/kaldifst I/O, :func:`to_dot` / :func:`draw`
 * :class:`DenseFsaVec` (topologies and training graphs are in :mod:`wfst_asr.graphs`)
-* :func:`intersect_dense`, :func:`intersect_dense_pruned`, :func:`intersect_sequences`
+* :func:`intersect_dense`, :func:`intersect_dense_pruned`, :func:`intersect_sequences`,
+  :func:`best_path_arcs` (beam search with back-pointers: 1-best without a lattice)
 * :func:`get_tot_scores`, :func:`get_forward_scores`, :func:`get_backward_scores`,
   :func:`get_arc_post`, :func:`shortest_path`
 * static graph algorithms through OpenFst (kaldifst): :mod:`wfst_asr.fsa.ops`
@@ -38,12 +39,14 @@ from .pruned import intersect_dense_pruned
 from .sequences import intersect_sequences
 from .shortest_path import shortest_path
 from .symbol_table import SymbolTable
+from .viterbi import best_path_arcs
 
 __all__ = [
     "DenseFsaVec",
     "DenseLattice",
     "Fsa",
     "SymbolTable",
+    "best_path_arcs",
     "create_fsa_vec",
     "draw",
     "from_file",

@@ -3,9 +3,12 @@
 A frame-synchronous Viterbi beam search over all segments at once: each frame expands the
 active (segment, graph state) tokens along their leaving arcs, keeps the best score per new
 token, and prunes tokens outside ``search_beam`` of the segment's best (keeping at least
-``min_active_states`` and at most ``max_active_states`` per segment). Every expanded arc whose
-destination survives is recorded; the recorded arcs are then pruned again with
-``output_beam`` by a forward-backward pass and returned as a lattice.
+``min_active_states`` and at most ``max_active_states`` per segment); the search itself is
+:mod:`.viterbi`'s. Every expanded arc whose destination survives and that is within
+``output_beam`` of the destination's best is recorded, frame by frame, with the indices of its
+tokens; a tropical forward-backward over these per-frame records (in double) then keeps the arcs
+on complete paths within ``output_beam`` of the best, and only those are assembled into the
+lattice.
 """
 
 from __future__ import annotations
@@ -13,14 +16,11 @@ from __future__ import annotations
 import torch
 
 from .dense import DenseFsaVec
-from .dense_plan import _check_graphs
-from .forward_backward import get_arc_post
 from .fsa import Fsa
 from .intersect import assemble_lattice
+from .viterbi import _Search
 
 NEG_INF = float("-inf")
-#: segment x state key spaces up to this size use a dense table per frame instead of a sort
-DENSE_KEYS = 1 << 20
 
 
 def _out_arcs(graphs: Fsa) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,28 +44,6 @@ def _expand(first: torch.Tensor, count: torch.Tensor, tok_state: torch.Tensor
     return tok, first[tok_state][tok] + offs
 
 
-def _prune(seg: torch.Tensor, score: torch.Tensor, N: int, beam: float, min_active: int,
-           max_active: int) -> torch.Tensor:
-    """Mask of tokens to keep: within ``beam`` of their segment's best and among its
-    ``max_active`` best, or among its ``min_active`` best."""
-    best = torch.full((N,), NEG_INF, dtype=score.dtype, device=score.device)
-    best = best.scatter_reduce(0, seg, score, "amax", include_self=True)
-    in_beam = (score >= best[seg] - beam) & torch.isfinite(score)
-    n_beam = torch.bincount(seg[in_beam], minlength=N)
-    n_all = torch.bincount(seg, minlength=N)
-    if bool(((n_beam <= max_active) & ((n_beam >= min_active) | (n_beam == n_all))).all()):
-        return in_beam  # no segment needs ranks: the beam alone decides
-    order = torch.argsort(score, descending=True, stable=True)
-    order = order[torch.argsort(seg[order], stable=True)]
-    s_seg = seg[order]
-    first = torch.searchsorted(s_seg, torch.arange(N, device=seg.device))
-    rank_sorted = torch.arange(seg.numel(), device=seg.device) - first[s_seg]
-    rank = torch.empty_like(rank_sorted)
-    rank[order] = rank_sorted
-    keep = (score >= best[seg] - beam) & (rank < max_active)
-    return (keep | (rank < min_active)) & torch.isfinite(score)
-
-
 def intersect_dense_pruned(graph: Fsa, dense: DenseFsaVec, search_beam: float,
                            output_beam: float, min_active_states: int,
                            max_active_states: int) -> Fsa:
@@ -86,116 +64,168 @@ def intersect_dense_pruned(graph: Fsa, dense: DenseFsaVec, search_beam: float,
       (:meth:`DenseFsaVec.finite`); the beams are per segment, so the other segments'
       lattices are those of the batch without them.
     """
-    graphs = _check_graphs(graph, dense)
-    dense, bad = dense.finite()
-    device = dense.device
-    N = dense.num_segments
-    seg_tab = dense.segments.to(device)
-    lens = seg_tab[:, 2]
-    gi = torch.zeros(N, dtype=torch.int64, device=device) if graphs.num_fsas == 1 else \
-        torch.arange(N, device=device)
-    lp = dense.log_probs.detach()
-    _B, T, V = lp.shape
-    lp_flat = lp.reshape(-1).to(torch.float32)
-    gsc = graphs.scores.detach().to(torch.float32)
-    labels = graphs.labels.long()
-    first, count = _out_arcs(graphs)
-    start = graphs.start_states[gi]
-    ok = start >= 0
-    if bad is not None:
-        ok &= ~bad.to(device)
-    tok_seg = torch.arange(N, device=device)[ok]
-    tok_state = start[ok]
-    tok_score = torch.zeros(tok_seg.numel(), dtype=torch.float32, device=device)
-    rec_f: list[tuple[torch.Tensor, ...]] = []  # (seg, t, src state, dst state, arc)
-    rec_e: list[tuple[torch.Tensor, ...]] = []  # (seg, src state, arc)
-    T_max = int(lens.max()) if N else 0
-    for t in range(T_max + 1):
-        _record_finals(t, lens, tok_seg, tok_state, first, count, labels, rec_e)
-        live = lens[tok_seg] > t
-        if t == T_max or not bool(live.any()):
+    sr = _Search(graph, dense, None)
+    device = sr.device
+    tok_seg, tok_state, tok_score = sr.start_tokens()
+    frames: list[_Frame] = []
+    for t in range(sr.T_max + 1):
+        fr = _Frame(tok_seg, tok_state)
+        frames.append(fr)
+        if t in sr.ends:
+            ending = torch.isin(tok_seg, torch.tensor(sr.ends[t], device=device))
+            _record_finals(sr, fr, ending)
+            live = torch.nonzero(~ending).squeeze(1)
+        else:
+            live = None
+        if t == sr.T_max:
             break
-        tok_seg, tok_state, tok_score = tok_seg[live], tok_state[live], tok_score[live]
-        ti, arc = _expand(first, count, tok_state)
-        lab = labels[arc]
-        fr = lab >= 0
-        ti, arc, lab = ti[fr], arc[fr], lab[fr]
-        sg = tok_seg[ti]
-        row = (seg_tab[sg, 0] * T + seg_tab[sg, 1] + t) * V + lab
-        cand = tok_score[ti] + gsc[arc] + lp_flat[row]
-        dst = graphs.dst_global[arc]
-        key = sg * graphs.num_states + dst
-        ukey, best, best_of, keep_of = _best_per_key(key, cand, N * graphs.num_states)
-        n_seg, n_state = ukey // graphs.num_states, ukey % graphs.num_states
-        keep = _prune(n_seg, best, N, search_beam, min_active_states, max_active_states)
-        arc_keep = keep_of(keep) & (cand >= best_of - output_beam)
-        rec_f.append((sg[arc_keep], torch.full_like(arc[arc_keep], t), tok_state[ti][arc_keep],
-                      dst[arc_keep], arc[arc_keep]))
-        tok_seg, tok_state, tok_score = n_seg[keep], n_state[keep], best[keep]
-    return _finish(graphs, dense, gi, rec_f, rec_e, output_beam)
+        if live is not None:
+            tok_seg, tok_state, tok_score = (x.index_select(0, live) for x in
+                                             (tok_seg, tok_state, tok_score))
+        ex = sr.expand(t, tok_seg, tok_state, tok_score) if tok_seg.numel() else None
+        if ex is None:
+            tok_seg, tok_state = tok_seg[:0], tok_state[:0]
+            tok_score = tok_score[:0]
+            frames.append(_Frame(tok_seg, tok_state))
+            break
+        ti, e, cand, key, ac = ex
+        if sr.use_table:
+            tab = torch.full((sr.K,), NEG_INF, dtype=cand.dtype, device=device)
+            tab.scatter_reduce_(0, key, cand, "amax", include_self=True)
+            ukey = torch.nonzero(tab > NEG_INF).squeeze(1)
+            best = tab.index_select(0, ukey)
+            best_of = tab.index_select(0, key)
+            inv = None
+        else:
+            ukey, inv = torch.unique(key, return_inverse=True)
+            best = torch.full((ukey.numel(),), NEG_INF, dtype=cand.dtype, device=device)
+            best.scatter_reduce_(0, inv, cand, "amax", include_self=True)
+            best_of = best.index_select(0, inv)
+        new_seg, new_state = sr.split_key(ukey)
+        keep = sr.prune(new_seg, best, search_beam, min_active_states, max_active_states)
+        if keep is not None:
+            ukey, best, new_seg, new_state = (x.index_select(0, keep) for x in
+                                              (ukey, best, new_seg, new_state))
+        dpos = _dst_index(sr, key, ukey, inv, keep)
+        sel = torch.nonzero((dpos >= 0) & (cand >= best_of - output_beam)).squeeze(1)
+        src = ti.index_select(0, sel)
+        fr.src = src if live is None else live.index_select(0, src)
+        fr.dst = dpos.index_select(0, sel)
+        fr.e = e.index_select(0, sel)
+        fr.score = sr.e_score.index_select(0, fr.e) + ac.index_select(0, sel)
+        tok_seg, tok_state, tok_score = new_seg, new_state, best
+    return _finish(sr, frames, output_beam)
 
 
-def _best_per_key(key: torch.Tensor, cand: torch.Tensor, num_keys: int):
-    """Max of ``cand`` per distinct ``key`` (a new token = segment x graph state).
+class _Frame:
+    """The tokens of one frame (``seg``, ``state``: the list before the segments ending there
+    are taken out) and the arcs recorded from them: ``src`` (index in this list), ``dst``
+    (index in the next frame's), ``e`` (plan position), ``score`` (graph score + log-prob,
+    float32); and the -1 arcs of the tokens whose segment ends here (``f_src``, ``f_arc``)."""
 
-    Returns ``(ukey [K] sorted, best [K], best_of [E] (best of each arc's key), keep_of)`` where
-    ``keep_of(mask [K]) -> [E]`` maps a per-token mask to the arcs. Small key spaces use a
-    dense table (no sort); large ones ``torch.unique``.
-    """
-    if num_keys <= DENSE_KEYS:
-        table = torch.full((num_keys,), NEG_INF, dtype=cand.dtype, device=cand.device)
-        table.scatter_reduce_(0, key, cand, "amax", include_self=True)
-        ukey = torch.nonzero(table > NEG_INF).squeeze(1)
-
-        def keep_of(mask: torch.Tensor) -> torch.Tensor:
-            dense = torch.zeros(num_keys, dtype=torch.bool, device=cand.device)
-            dense[ukey] = mask
-            return dense[key]
-        return ukey, table[ukey], table[key], keep_of
-    ukey, inv = torch.unique(key, return_inverse=True)
-    best = torch.full((ukey.numel(),), NEG_INF, dtype=cand.dtype, device=cand.device)
-    best = best.scatter_reduce(0, inv, cand, "amax", include_self=True)
-    return ukey, best, best[inv], lambda mask: mask[inv]
+    def __init__(self, seg: torch.Tensor, state: torch.Tensor) -> None:
+        self.seg, self.state = seg, state
+        z = seg[:0]
+        self.src = self.dst = self.e = self.f_src = self.f_arc = z
+        self.score = torch.zeros(0, dtype=torch.float32, device=seg.device)
 
 
-def _record_finals(t: int, lens: torch.Tensor, tok_seg: torch.Tensor, tok_state: torch.Tensor,
-                   first: torch.Tensor, count: torch.Tensor, labels: torch.Tensor,
-                   rec_e: list) -> None:
-    """Record the -1 arcs of tokens whose segment ends at frame t."""
-    ending = lens[tok_seg] == t
-    if not bool(ending.any()):
+def _dst_index(sr: _Search, key: torch.Tensor, ukey_kept: torch.Tensor,
+               inv: torch.Tensor | None, keep: torch.Tensor | None) -> torch.Tensor:
+    """``[E]``: index of each expanded arc's new token among the kept ones (-1: pruned).
+    ``inv``: the arcs' index among all new tokens (sorted-keys path) or None (table path)."""
+    if inv is None:
+        slot = torch.full((sr.K,), -1, dtype=torch.int64, device=key.device)
+        slot.index_copy_(0, ukey_kept, sr.arange(ukey_kept.numel()))
+        return slot.index_select(0, key)
+    if keep is None:
+        return inv
+    idx = torch.full((inv.numel() and int(inv.max()) + 1,), -1, dtype=torch.int64,
+                     device=key.device)
+    idx[keep] = sr.arange(keep.numel())
+    return idx.index_select(0, inv)
+
+
+def _record_finals(sr: _Search, fr: _Frame, ending: torch.Tensor) -> None:
+    """Record the -1 arcs of the tokens whose segment ends at this frame (``ending`` mask)."""
+    tok = torch.nonzero(ending).squeeze(1)
+    if tok.numel() == 0:
         return
-    ti, arc = _expand(first, count, tok_state[ending])
-    fin = labels[arc] == -1
-    rec_e.append((tok_seg[ending][ti[fin]], tok_state[ending][ti[fin]], arc[fin]))
+    plan = sr.plan
+    state = fr.state.index_select(0, tok)
+    cnt = plan.final_count.index_select(0, state)
+    total = int(cnt.sum())
+    if total == 0:
+        return
+    ti = torch.repeat_interleave(cnt, output_size=total)
+    csum = torch.cumsum(cnt, 0)
+    pos = (plan.final_first.index_select(0, state) - (csum - cnt)).index_select(0, ti)
+    pos += sr.arange(total)
+    fr.f_src = tok.index_select(0, ti)
+    fr.f_arc = plan.final_arc.index_select(0, pos)
 
 
-def _finish(graphs: Fsa, dense: DenseFsaVec, gi: torch.Tensor, rec_f: list, rec_e: list,
-            output_beam: float) -> Fsa:
-    """Assemble the recorded arcs, keep those on complete paths within ``output_beam``."""
-    device = dense.device
+def _finish(sr: _Search, frames: list[_Frame], output_beam: float) -> Fsa:
+    """Keep the recorded arcs on complete paths within ``output_beam`` of their segment's best
+    (tropical forward-backward over the frames, in double) and assemble the lattice."""
+    device, N = sr.device, sr.N
+    f64 = torch.float64
+    gsc = sr.gsc
+    T = len(frames)
+    # forward: alpha per token, and alpha[src] + score per recorded arc (kept for the posts)
+    alpha = [torch.zeros(frames[0].seg.numel(), dtype=f64, device=device)]
+    thru: list[torch.Tensor] = []
+    for t in range(T - 1):
+        fr = frames[t]
+        th = alpha[t].index_select(0, fr.src)
+        th += fr.score
+        a = torch.full((frames[t + 1].seg.numel(),), NEG_INF, dtype=f64, device=device)
+        a.scatter_reduce_(0, fr.dst, th, "amax", include_self=True)
+        alpha.append(a)
+        thru.append(th)
+    # totals: the best final arc of each segment (forward); final arcs' alpha[src] + score
+    tot = torch.full((N,), NEG_INF, dtype=f64, device=device)
+    f_thru = []
+    for t, fr in enumerate(frames):
+        th = alpha[t].index_select(0, fr.f_src)
+        th += gsc.index_select(0, fr.f_arc)
+        f_thru.append(th)
+        if fr.f_src.numel():
+            tot.scatter_reduce_(0, fr.seg.index_select(0, fr.f_src), th, "amax",
+                                include_self=True)
+    # backward, with each arc's post = alpha[src] + score + beta[dst] - tot (as get_arc_post)
+    lim = -output_beam - 1e-6
+    plan = sr.plan
+    keep_f: list[tuple[torch.Tensor, ...]] = []
+    keep_e: list[tuple[torch.Tensor, ...]] = []
+    nxt = None
+    for t in range(T - 1, -1, -1):
+        fr = frames[t]
+        b = torch.full((fr.seg.numel(),), NEG_INF, dtype=f64, device=device)
+        if fr.f_src.numel():
+            b.scatter_reduce_(0, fr.f_src, gsc.index_select(0, fr.f_arc).to(f64), "amax",
+                              include_self=True)
+            seg = fr.seg.index_select(0, fr.f_src)
+            post = f_thru[t] - tot.index_select(0, seg)
+            k = torch.nonzero(post >= lim).squeeze(1)  # -inf and NaN fail the test
+            keep_e.append((seg.index_select(0, k), fr.state.index_select(0, fr.f_src[k]),
+                           fr.f_arc.index_select(0, k)))
+        if fr.src.numel() and nxt is not None:
+            bd = nxt.index_select(0, fr.dst)
+            seg = fr.seg.index_select(0, fr.src)
+            post = thru[t] + bd
+            post -= tot.index_select(0, seg)
+            k = torch.nonzero(post >= lim).squeeze(1)
+            src, e = fr.src.index_select(0, k), fr.e.index_select(0, k)
+            keep_f.append((seg.index_select(0, k), torch.full_like(k, t),
+                           fr.state.index_select(0, src), plan.dst.index_select(0, e),
+                           plan.arc.index_select(0, e)))
+            bd += fr.score
+            b.scatter_reduce_(0, fr.src, bd, "amax", include_self=True)
+        nxt = b
+    keep_f.reverse()
+    keep_e.reverse()
     empty = torch.zeros(0, dtype=torch.int64, device=device)
-    f = [torch.cat(c) if rec_f else empty for c in zip(*rec_f)] if rec_f else [empty] * 5
-    e = [torch.cat(c) for c in zip(*rec_e)] if rec_e else [empty] * 3
-    S = graphs.num_states
-    start = graphs.start_states[gi]
-    with torch.no_grad():
-        raw = assemble_lattice(graphs, _detached(dense), S, start, f[0], f[1], f[2], f[3], f[4],
-                               e[0], e[1], e[2])
-        post = get_arc_post(raw, log_semiring=False, use_double_scores=True)
-        keep = torch.isfinite(post) & (post >= -output_beam - 1e-6)
-    # map the raw lattice's arcs back to the recorded lists, keep, re-assemble
-    garc = raw.graph_arc_idx[keep]
-    frame = raw.frame_idx[keep].long()
-    seg = raw.arc_fsa[keep]
-    lab = graphs.labels[garc]
-    src_state = graphs.src_global[garc]
-    dst_state = graphs.dst_global[garc]
-    is_f = lab >= 0
-    return assemble_lattice(graphs, dense, S, start, seg[is_f], frame[is_f], src_state[is_f],
-                            dst_state[is_f], garc[is_f], seg[~is_f], src_state[~is_f],
-                            garc[~is_f])
-
-
-def _detached(dense: DenseFsaVec) -> DenseFsaVec:
-    return DenseFsaVec(dense.log_probs.detach(), dense.segments)
+    f = [torch.cat(c) for c in zip(*keep_f)] if keep_f else [empty] * 5
+    e = [torch.cat(c) for c in zip(*keep_e)] if keep_e else [empty] * 3
+    return assemble_lattice(sr.graphs, sr.dense, sr.S, sr.start, *f, *e)

@@ -1,0 +1,520 @@
+"""Beam-pruned Viterbi search with back-pointers: the best path without building a lattice.
+
+The same frame-synchronous search as :func:`~wfst_asr.fsa.intersect_dense_pruned` (same
+tokens, same pruning by ``search_beam`` / ``min_active_states`` / ``max_active_states`` per
+segment, tropical semiring), but each new token keeps only its best incoming arc and the index
+of the token it came from, as Kaldi's decoders do. The best path of each segment is then read
+back through these pointers, so no lattice is assembled, pruned or searched again: this is what
+1-best decoding needs (:func:`wfst_asr.decode.one_best`).
+
+The graph's arcs are grouped by source state once per graph (:func:`search_plan`, cached on the
+graph); a frame costs a fixed number of tensor operations over the expanded arcs, none of which
+loops in Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .dense import DenseFsaVec
+from .dense_plan import _check_graphs
+from .fsa import Fsa
+
+NEG_INF = float("-inf")
+#: segment x state key spaces up to this size use a dense table per frame instead of a sort
+DENSE_KEYS = 1 << 20
+
+
+@dataclass
+class SearchPlan:
+    """The arcs of a graph (FsaVec) arranged for expansion; see :func:`search_plan`.
+
+    ``first [S]`` / ``count [S]``: the emitting (label >= 0) arcs leaving each global state are
+    ``arc[first[s] : first[s] + count[s]]`` (graph arc indices, in arc order), with their
+    labels ``label`` and global destination states ``dst``. ``final_arc [S]``: the best -1 arc
+    leaving each state (-1 if none); which one is best depends on the scores, so it is computed
+    per search.
+    """
+
+    first: torch.Tensor
+    count: torch.Tensor
+    arc: torch.Tensor
+    label: torch.Tensor
+    dst: torch.Tensor
+    src: torch.Tensor
+    is_final: torch.Tensor
+    #: the -1 arcs leaving each state: ``final_arc[final_first[s] : + final_count[s]]``
+    final_first: torch.Tensor
+    final_count: torch.Tensor
+    final_arc: torch.Tensor
+
+
+def search_plan(graphs: Fsa) -> SearchPlan:
+    """The :class:`SearchPlan` of ``graphs`` (an FsaVec; arcs sorted by source state), cached
+    on the FsaVec."""
+    cached = graphs._cache.get("search_plan")
+    if cached is not None:
+        return cached
+    lab = graphs.labels.long()
+    emit = lab >= 0
+    arc = torch.nonzero(emit).squeeze(1)
+    src = graphs.src_global[arc]
+    states = torch.arange(graphs.num_states, device=lab.device)
+    first = torch.searchsorted(src, states)
+    count = torch.searchsorted(src, states, right=True) - first
+    farc = torch.nonzero(~emit).squeeze(1)
+    fsrc = graphs.src_global[farc]
+    ffirst = torch.searchsorted(fsrc, states)
+    fcount = torch.searchsorted(fsrc, states, right=True) - ffirst
+    plan = SearchPlan(first, count, arc, lab[arc], graphs.dst_global[arc], src, ~emit, ffirst,
+                      fcount, farc)
+    graphs._cache["search_plan"] = plan
+    return plan
+
+
+def _final_arcs(graphs: Fsa, plan: SearchPlan, scores: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(score [S], arc [S])``: the best -1 arc leaving each state (ties: the lowest arc
+    index), ``-inf`` / -1 where there is none."""
+    S = graphs.num_states
+    device = scores.device
+    fin = torch.nonzero(plan.is_final).squeeze(1)
+    src = graphs.src_global[fin]
+    sc = scores[fin]
+    best = torch.full((S,), NEG_INF, dtype=scores.dtype, device=device)
+    best.scatter_reduce_(0, src, sc, "amax", include_self=True)
+    win = sc == best[src]
+    arc = torch.full((S,), fin.numel(), dtype=torch.int64, device=device)
+    pos = torch.arange(fin.numel(), device=device)
+    arc.scatter_reduce_(0, src[win], pos[win], "amin", include_self=True)
+    has = arc < fin.numel()
+    arc = torch.where(has, fin[arc.clamp(max=max(fin.numel() - 1, 0))] if fin.numel() else arc,
+                      torch.full_like(arc, -1))
+    return best, arc
+
+
+class _Search:
+    """What both searches (:func:`best_path_arcs`, :func:`~wfst_asr.fsa.intersect_dense_pruned`)
+    share: the inputs laid out for expansion, the start tokens and the frame-by-frame
+    expansion of the tokens along their emitting arcs.
+
+    Tokens are ``(seg [K], state [K] (global), score [K] float32)``, sorted by (segment, state);
+    a token's key is ``seg * S + state`` (``state`` alone when there is one segment).
+    """
+
+    def __init__(self, graph: Fsa, dense: DenseFsaVec, scores: torch.Tensor | None) -> None:
+        self.graphs = graphs = _check_graphs(graph, dense)
+        self.dense, bad = dense.finite()
+        self.device = device = self.dense.device
+        self.N = N = dense.num_segments
+        self.S = S = graphs.num_states
+        self.plan = plan = search_plan(graph)
+        self.gsc = (graphs.scores if scores is None else scores).detach().to(torch.float32)
+        self.fin_score, self.fin_arc = _final_arcs(graphs, plan, self.gsc)
+        self.e_score = self.gsc.index_select(0, plan.arc)
+        seg_cpu = self.dense.segments.to("cpu", torch.int64)
+        self.lens = seg_cpu[:, 2]
+        lp = self.dense.log_probs.detach()
+        _B, T, self.V = lp.shape
+        # frame t of segment n is row (seq * T + start + t) of lp_rows
+        self.lp_rows = lp.reshape(-1, self.V).to(torch.float32)
+        self.lp_flat = self.lp_rows.view(-1)
+        self.row0_cpu = seg_cpu[:, 0] * T + seg_cpu[:, 1]
+        self.row0 = self.row0_cpu.to(device)
+        gi = torch.zeros(N, dtype=torch.int64, device=device) if graphs.num_fsas == 1 else \
+            torch.arange(N, device=device)
+        self.start = graphs.start_states[gi]
+        ok = (self.start >= 0).cpu()
+        if bad is not None:
+            ok &= ~bad
+        self.ok = ok
+        self.single = N == 1
+        self.K = S if self.single else N * S
+        self.use_table = self.K <= DENSE_KEYS
+        #: segments by the frame they end at (those that can have a path)
+        self.ends: dict[int, list[int]] = {}
+        for n in range(N):
+            if bool(ok[n]):
+                self.ends.setdefault(int(self.lens[n]), []).append(n)
+        self.T_max = max(self.ends) if self.ends else 0
+        self._aranges = torch.arange(max(1, int(plan.count.max()) if S else 1), device=device)
+
+    def start_tokens(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ok = self.ok.to(self.device)
+        seg = torch.arange(self.N, device=self.device)[ok]
+        return seg, self.start[ok], torch.zeros(seg.numel(), dtype=torch.float32,
+                                                device=self.device)
+
+    def arange(self, n: int) -> torch.Tensor:
+        if n > self._aranges.numel():
+            self._aranges = torch.arange(2 * n, device=self.device)
+        return self._aranges[:n]
+
+    def expand(self, t: int, tok_seg: torch.Tensor, tok_state: torch.Tensor,
+               tok_score: torch.Tensor):
+        """All emitting arcs leaving the tokens at frame ``t``: ``(ti [E] token, e [E] plan
+        position, cand [E] score through the arc, key [E] new token, ac [E] the arcs'
+        log-probs)``, or None when there is none. ``cand = score + graph score + log-prob``,
+        in this order."""
+        plan = self.plan
+        cnt = plan.count.index_select(0, tok_state)
+        csum = torch.cumsum(cnt, 0)
+        E = int(csum[-1]) if csum.numel() else 0
+        if E == 0:
+            return None
+        base = plan.first.index_select(0, tok_state) - (csum - cnt)
+        ti = torch.repeat_interleave(cnt, output_size=E)  # the token of each expanded arc
+        e = base.index_select(0, ti)
+        e += self.arange(E)
+        cand = tok_score.index_select(0, ti)
+        cand += self.e_score.index_select(0, e)
+        lab = plan.label.index_select(0, e)
+        key = plan.dst.index_select(0, e)
+        if self.single:
+            ac = self.lp_rows[int(self.row0_cpu[0]) + t].index_select(0, lab)
+        else:
+            lab += ((self.row0.index_select(0, tok_seg) + t) * self.V).index_select(0, ti)
+            ac = self.lp_flat.index_select(0, lab)
+            key += (tok_seg * self.S).index_select(0, ti)
+        cand += ac
+        return ti, e, cand, key, ac
+
+    def split_key(self, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(seg, state)`` of token keys."""
+        if self.single:
+            return torch.zeros_like(key), key
+        seg = torch.div(key, self.S, rounding_mode="floor")
+        return seg, key - seg * self.S
+
+    def prune(self, seg: torch.Tensor, score: torch.Tensor, beam: float, min_active: int,
+              max_active: int) -> torch.Tensor | None:
+        """Indices of the new tokens to keep (None: all); see :func:`_prune`."""
+        keep = _prune(seg, score, self.N, beam, min_active, max_active, self.single)
+        return None if keep is None else torch.nonzero(keep).squeeze(1)
+
+
+def best_path_arcs(graph: Fsa, dense: DenseFsaVec, search_beam: float,
+                   min_active_states: int, max_active_states: int,
+                   scores: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """The best path of each segment of ``graph x dense`` under beam pruning.
+
+    Args:
+      graph: a graph shared by all segments, or one per segment (as
+        :func:`~wfst_asr.fsa.intersect_dense_pruned`). Arcs with labels >= 0 consume a frame
+        (0 = blank); -1 arcs end a path.
+      dense: network output.
+      search_beam, min_active_states, max_active_states: the search's pruning, exactly as
+        :func:`~wfst_asr.fsa.intersect_dense_pruned`.
+      scores: ``[A]`` arc scores to search with instead of the graph's (e.g. scaled by an LM
+        weight), so the graph's cached plan serves every scale.
+
+    Returns:
+      Per segment, int64 graph arc indices of its best path in path order (the last is the -1
+      arc), or an empty tensor where the search found no complete path (and for segments
+      with a NaN or +inf log-prob, :meth:`DenseFsaVec.finite`). Ties between equal totals go
+      to the lowest (source token, arc) pair.
+    """
+    sr = _Search(graph, dense, scores)
+    if sr.N and sr.graphs.num_fsas == 1 and _use_dense(sr.plan, sr.S, sr.N):
+        return _dense_search(sr, search_beam, min_active_states, max_active_states)
+    tok_seg, tok_state, tok_score = sr.start_tokens()
+    S = sr.S
+    tok_key = tok_seg * S + tok_state
+    slot = torch.zeros(sr.K, dtype=torch.int64, device=sr.device)  # key -> token index
+    bp_prev: list[torch.Tensor] = []  # [t]: for each token of frame t+1, its token at frame t
+    bp_arc: list[torch.Tensor] = []   # [t]: the arc it took (consuming frame t)
+    finish: dict[int, tuple[int, int, int]] = {}  # see _end_segments
+    fin_arc_of: dict[int, int] = {}
+    for t in range(sr.T_max + 1):
+        if t in sr.ends:
+            keep_tok = _end_segments(t, sr.ends[t], tok_seg, tok_state, tok_score,
+                                     sr.fin_score, sr.fin_arc, bp_prev, bp_arc, finish,
+                                     fin_arc_of)
+            tok_seg, tok_state, tok_score, tok_key = (x[keep_tok] for x in
+                                                      (tok_seg, tok_state, tok_score, tok_key))
+        if t == sr.T_max or tok_seg.numel() == 0:
+            break
+        ex = sr.expand(t, tok_seg, tok_state, tok_score)
+        if ex is None:
+            break
+        _ti, e, cand, key, _ac = ex
+        ukey, best, win = _best_per_key(key, cand, sr.K, sr.use_table)
+        new_seg, new_state = sr.split_key(ukey)
+        keep = sr.prune(new_seg, best, search_beam, min_active_states, max_active_states)
+        if keep is not None:
+            ukey, best, win, new_seg, new_state = (x.index_select(0, keep) for x in
+                                                   (ukey, best, win, new_seg, new_state))
+        e_win = e.index_select(0, win)
+        # the token each winner came from: its (segment, source state) key's slot
+        slot.index_copy_(0, tok_key, sr.arange(tok_key.numel()))
+        src_key = sr.plan.src.index_select(0, e_win)
+        if not sr.single:
+            src_key += new_seg * S
+        bp_prev.append(slot.index_select(0, src_key))
+        bp_arc.append(sr.plan.arc.index_select(0, e_win))
+        tok_seg, tok_state, tok_key, tok_score = new_seg, new_state, ukey, best
+    return _trace(sr.N, finish, fin_arc_of, bp_prev, bp_arc, sr.device)
+
+
+def _best_per_key(key: torch.Tensor, cand: torch.Tensor, num_keys: int, table: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(ukey [K] ascending, best [K], win [K])``: the new tokens, their best score and the
+    expanded arc (lowest index among equal scores) that gave it."""
+    E = cand.numel()
+    if table:
+        tab = torch.full((num_keys,), NEG_INF, dtype=cand.dtype, device=cand.device)
+        tab.scatter_reduce_(0, key, cand, "amax", include_self=True)
+        won = torch.nonzero(cand == tab.index_select(0, key)).squeeze(1)
+        arg = torch.full((num_keys,), E, dtype=torch.int64, device=cand.device)
+        arg.scatter_reduce_(0, key.index_select(0, won), won, "amin", include_self=True)
+        ukey = torch.nonzero(arg < E).squeeze(1)
+        return ukey, tab.index_select(0, ukey), arg.index_select(0, ukey)
+    ukey, inv = torch.unique(key, return_inverse=True)
+    best = torch.full((ukey.numel(),), NEG_INF, dtype=cand.dtype, device=cand.device)
+    best.scatter_reduce_(0, inv, cand, "amax", include_self=True)
+    won = torch.nonzero(cand == best.index_select(0, inv)).squeeze(1)
+    arg = torch.full((ukey.numel(),), E, dtype=torch.int64, device=cand.device)
+    arg.scatter_reduce_(0, inv.index_select(0, won), won, "amin", include_self=True)
+    return ukey, best, arg
+
+
+def _prune(seg: torch.Tensor, score: torch.Tensor, N: int, beam: float, min_active: int,
+           max_active: int, single: bool) -> torch.Tensor | None:
+    """Mask of the new tokens to keep (None: all), as
+    :func:`~wfst_asr.fsa.pruned.intersect_dense_pruned` prunes: within ``beam`` of their
+    segment's best and among its ``max_active`` best, or among its ``min_active`` best;
+    never a ``-inf`` one."""
+    if single:
+        n_all = score.numel()
+        in_beam = (score >= score.max() - beam) & torch.isfinite(score)
+        n_beam = int(in_beam.sum())
+        if n_beam == n_all and n_all <= max_active:
+            return None
+        if n_beam <= max_active and (n_beam >= min_active or n_beam == n_all):
+            return in_beam
+    return _prune_ranked(seg, score, N, beam, min_active, max_active)
+
+
+def _prune_ranked(seg: torch.Tensor, score: torch.Tensor, N: int, beam: float,
+                  min_active: int, max_active: int) -> torch.Tensor:
+    """Mask of tokens to keep: within ``beam`` of their segment's best and among its
+    ``max_active`` best, or among its ``min_active`` best (ranks: score descending, then
+    token order)."""
+    best = torch.full((N,), NEG_INF, dtype=score.dtype, device=score.device)
+    best = best.scatter_reduce(0, seg, score, "amax", include_self=True)
+    in_beam = (score >= best[seg] - beam) & torch.isfinite(score)
+    n_beam = torch.bincount(seg[in_beam], minlength=N)
+    n_all = torch.bincount(seg, minlength=N)
+    if bool(((n_beam <= max_active) & ((n_beam >= min_active) | (n_beam == n_all))).all()):
+        return in_beam  # no segment needs ranks: the beam alone decides
+    order = torch.argsort(score, descending=True, stable=True)
+    order = order[torch.argsort(seg[order], stable=True)]
+    s_seg = seg[order]
+    first = torch.searchsorted(s_seg, torch.arange(N, device=seg.device))
+    rank_sorted = torch.arange(seg.numel(), device=seg.device) - first[s_seg]
+    rank = torch.empty_like(rank_sorted)
+    rank[order] = rank_sorted
+    keep = (score >= best[seg] - beam) & (rank < max_active)
+    return (keep | (rank < min_active)) & torch.isfinite(score)
+
+
+def _end_segments(t: int, segs: list[int], tok_seg, tok_state, tok_score, fin_score, fin_arc,
+                  bp_prev: list, bp_arc: list, finish: dict, fin_arc_of: dict):
+    """Pick the best final token of each segment ending at frame ``t`` and drop their tokens
+    (and their back-pointers) from the search.
+
+    ``finish[n] = (t_last, prev, arc)``: the arc the chosen token took at frame ``t - 1`` and
+    the index of the token it came from in frame ``t - 1``'s list (``t_last = t - 1``), or
+    ``(-1, -1, -1)`` for a path of no frame. ``fin_arc_of[n]``: its -1 arc.
+    """
+    ending = torch.zeros_like(tok_seg, dtype=torch.bool)
+    tot = tok_score + fin_score[tok_state]
+    for n in segs:
+        mine = tok_seg == n
+        ending |= mine
+        if not bool(mine.any()):
+            continue
+        tn = torch.where(mine, tot, torch.full_like(tot, NEG_INF))
+        j = int(torch.argmax(tn))  # the first of equal maxima
+        if not bool(torch.isfinite(tn[j])):
+            continue
+        fin_arc_of[n] = int(fin_arc[tok_state[j]])
+        finish[n] = (-1, -1, -1) if t == 0 else (t - 1, int(bp_prev[t - 1][j]),
+                                                 int(bp_arc[t - 1][j]))
+    keep = ~ending
+    if t > 0:
+        bp_prev[t - 1] = bp_prev[t - 1][keep]
+        bp_arc[t - 1] = bp_arc[t - 1][keep]
+    return keep
+
+
+def _trace(N: int, finish: dict, fin_arc_of: dict, bp_prev: list, bp_arc: list,
+           device: torch.device) -> list[torch.Tensor]:
+    """Follow the back-pointers of every finished segment to the start, all segments at once
+    (one gather per frame)."""
+    done = sorted(finish, key=lambda n: -finish[n][0])  # latest end first: a prefix is active
+    t_last = [finish[n][0] for n in done]
+    L = t_last[0] + 1 if done else 0
+    mat = torch.full((len(done), L), -1, dtype=torch.int64, device=device)
+    if L > 0:
+        cur = torch.tensor([finish[n][1] for n in done], dtype=torch.int64, device=device)
+        first = torch.tensor([finish[n][2] for n in done], dtype=torch.int64, device=device)
+        k_gt = 0  # segments [0, k_gt) have t_last > t; [k_gt, k_ge) have t_last == t
+        k_ge = 0
+        for t in range(L - 1, -1, -1):
+            while k_ge < len(done) and t_last[k_ge] >= t:
+                k_ge += 1
+            if k_gt:
+                c = cur[:k_gt]
+                mat[:k_gt, t] = bp_arc[t][c]
+                cur[:k_gt] = bp_prev[t][c]
+            mat[k_gt:k_ge, t] = first[k_gt:k_ge]
+            k_gt = k_ge
+    mat = mat.cpu()
+    out = [torch.zeros(0, dtype=torch.int64) for _ in range(N)]
+    for i, n in enumerate(done):
+        out[n] = torch.cat([mat[i, :t_last[i] + 1], torch.tensor([fin_arc_of[n]])])
+    return [o.to(device) for o in out]
+
+
+# ------------------------------------------------------------------ small graphs: all states
+#: the all-states search is used when N x S x max-in-degree is at most this
+DENSE_CELLS = 1 << 21
+
+
+def _in_arcs(plan: SearchPlan, S: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pos [S, D], valid [S, D])``: the emitting arcs entering each state, padded to the
+    largest in-degree D, in arc order (plan positions; padding 0 with ``valid`` False)."""
+    cached = plan.__dict__.get("_in_arcs")
+    if cached is not None:
+        return cached
+    order = torch.sort(plan.dst, stable=True).indices  # by destination, then arc index
+    indeg = torch.bincount(plan.dst, minlength=S)
+    D = int(indeg.max()) if indeg.numel() else 0
+    start = torch.cumsum(indeg, 0) - indeg
+    d = plan.dst.index_select(0, order)
+    col = torch.arange(order.numel(), device=order.device) - start.index_select(0, d)
+    pos = torch.zeros(S, max(D, 1), dtype=torch.int64, device=order.device)
+    valid = torch.zeros(S, max(D, 1), dtype=torch.bool, device=order.device)
+    pos[d, col] = order
+    valid[d, col] = True
+    plan.__dict__["_in_arcs"] = (pos, valid)
+    return pos, valid
+
+
+def _use_dense(plan: SearchPlan, S: int, N: int) -> bool:
+    """All-states search for graphs whose padded in-arc table is small and not much larger
+    than the arcs themselves (e.g. a phone HLG, a small HCLG)."""
+    if S == 0 or plan.arc.numel() == 0:
+        return False
+    indeg_max = int(torch.bincount(plan.dst, minlength=S).max())
+    cells = S * indeg_max
+    return cells <= 4 * plan.arc.numel() and N * cells <= DENSE_CELLS
+
+
+def _dense_search(sr: _Search, beam: float, min_active: int, max_active: int
+                  ) -> list[torch.Tensor]:
+    """The search of :func:`best_path_arcs` over all states of one shared graph at once:
+    scores ``[N, S]`` (``-inf``: no token), each state's best incoming arc by a max over its
+    padded in-arcs. The tokens, pruning and tie-breaking are those of the sparse search."""
+    device, S, N, plan = sr.device, sr.S, sr.N, sr.plan
+    gsc, fin_score, fin_arc = sr.gsc, sr.fin_score, sr.fin_arc
+    pos, valid = _in_arcs(plan, S)
+    _S, D = pos.shape
+    flat = pos.reshape(-1)
+    # padding: any source state with a -inf arc score, so it never wins
+    src_flat = (plan.src.index_select(0, flat) * valid.reshape(-1))
+    w_pad = torch.where(valid, gsc.index_select(0, plan.arc.index_select(0, flat)).view(S, D),
+                        torch.full((S, D), NEG_INF, device=device))
+    lab_flat = plan.label.index_select(0, flat) * valid.reshape(-1)
+    lens, row0, lp_rows = sr.lens, sr.row0_cpu, sr.lp_rows
+    score = torch.full((N, S), NEG_INF, dtype=torch.float32, device=device)
+    start = int(sr.graphs.start_states[0])
+    if start >= 0:
+        score[sr.ok.to(device), start] = 0.0
+    ends, T_max = sr.ends, sr.T_max
+    # frame t of segment n reads row rows[t, n] (its last frame once it has ended)
+    tt = torch.arange(max(T_max, 1)).unsqueeze(1)
+    rows = torch.minimum(row0 + tt, row0 + (lens - 1).clamp(min=0)).to(device)  # [T_max, N]
+    chunk = max(1, min(64, (1 << 20) // max(1, N * S * D)))
+    steps: list[torch.Tensor] = []  # [t]: [N, S] column of the best in-arc into each state
+    result: dict[int, int] = {}     # segment -> its best final state at its last frame
+    ac = w_pad.new_empty(0)
+    for t in range(T_max + 1):
+        for n in ends.get(t, ()):
+            tot = score[n] + fin_score
+            j = int(torch.argmax(tot))  # the first of equal maxima
+            if bool(torch.isfinite(tot[j])):
+                result[n] = j
+            score[n] = NEG_INF
+        if t == T_max:
+            break
+        if t % chunk == 0:  # graph + acoustic score of every padded in-arc, `chunk` frames
+            r = rows[t:t + chunk].reshape(-1)
+            ac = lp_rows.index_select(0, r).index_select(1, lab_flat).view(-1, N, S, D)
+            ac += w_pad
+        cand = score.index_select(1, src_flat).view(N, S, D)
+        cand += ac[t % chunk]
+        best, arg = cand.max(dim=2)                                 # first of equal maxima
+        if N == 1 and S <= max_active:  # the common case in fewer operations
+            thr = float(best.max()) - beam
+            out = best < thr
+            if S - int(out.sum()) >= min_active or thr == NEG_INF:
+                score = best.masked_fill_(out, NEG_INF)
+            else:
+                score = _dense_prune(best, beam, min_active, max_active)
+        else:
+            score = _dense_prune(best, beam, min_active, max_active)
+        steps.append(arg)
+    return _dense_trace(N, S, D, result, fin_arc, steps, pos, plan, lens, device)
+
+
+def _dense_prune(score: torch.Tensor, beam: float, min_active: int, max_active: int
+                 ) -> torch.Tensor:
+    """``score [N, S]`` with the pruned tokens set to ``-inf`` (in place): :func:`_prune`'s
+    rule per row of an all-states score table."""
+    thr = score.max(dim=1, keepdim=True).values - beam
+    out = score < thr
+    n_beam = out.shape[1] - out.sum(1)  # in beam (a row without tokens: all of it, all -inf)
+    if out.shape[1] <= max_active:
+        fast = int(n_beam.min()) >= min_active
+    else:
+        lo, hi = torch.aminmax(n_beam)
+        fast = int(lo) >= min_active and int(hi) <= max_active
+    if fast:
+        return score.masked_fill_(out, NEG_INF)
+    fin = torch.isfinite(score)
+    in_beam = ~out & fin
+    n_beam = in_beam.sum(1)
+    if bool(((n_beam <= max_active) & ((n_beam >= min_active) | (n_beam == fin.sum(1)))).all()):
+        return score.masked_fill_(~in_beam, NEG_INF)
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(score.shape[1], device=score.device).expand_as(order))
+    keep = ((in_beam & (rank < max_active)) | (rank < min_active)) & fin
+    return score.masked_fill_(~keep, NEG_INF)
+
+
+def _dense_trace(N: int, S: int, D: int, result: dict, fin_arc, steps: list, pos, plan,
+                 lens, device) -> list[torch.Tensor]:
+    """Read each segment's best path back through the per-frame in-arc choices (on the CPU:
+    one copy of the choices, then a scalar walk per frame)."""
+    out = [torch.zeros(0, dtype=torch.int64, device=device) for _ in range(N)]
+    if not result:
+        return out
+    T = int(max(int(lens[n]) for n in result))
+    choice = torch.stack(steps[:T]).cpu().numpy() if T else None  # [T, N, S]
+    pos_np = pos.cpu().numpy()
+    arc_np = plan.arc.cpu().numpy()
+    src_np = plan.src.cpu().numpy()
+    fin_np = fin_arc.cpu().numpy()
+    for n, s in result.items():
+        arcs = [int(fin_np[s])]
+        for t in range(int(lens[n]) - 1, -1, -1):
+            e = pos_np[s, choice[t, n, s]]
+            arcs.append(int(arc_np[e]))
+            s = src_np[e]
+        out[n] = torch.tensor(arcs[::-1], dtype=torch.int64, device=device)
+    return out
