@@ -45,7 +45,10 @@ def _reference(graph: Fsa, dense: DenseFsaVec, beam: float, lo: int, hi: int
 
 
 def _search(graph, dense, beam, lo, hi, mode: str, monkeypatch) -> list[list[int]]:
+    """``mode``: dense (all states), sparse (active tokens, the batch at once) or split
+    (active tokens, one segment at a time)."""
     monkeypatch.setattr(viterbi, "_use_dense", lambda *a: mode == "dense")
+    monkeypatch.setattr(viterbi, "SPLIT_ARCS", 1 if mode == "split" else 1 << 40)
     return [p.tolist() for p in viterbi.best_path_arcs(graph, dense, beam, lo, hi)]
 
 
@@ -55,7 +58,7 @@ def _dense(B: int, T: int, V: int, lens: list[int], gen: torch.Generator) -> Den
     return DenseFsaVec(lp, segs)
 
 
-@pytest.mark.parametrize("mode", ["sparse", "dense"])
+@pytest.mark.parametrize("mode", ["sparse", "dense", "split"])
 @pytest.mark.parametrize("seed", range(6))
 def test_same_paths_as_the_lattice_route(seed: int, mode: str, monkeypatch) -> None:
     gen = torch.Generator().manual_seed(seed)
@@ -72,7 +75,7 @@ def test_same_paths_as_the_lattice_route(seed: int, mode: str, monkeypatch) -> N
         assert got == ref, (beam, lo, hi)
 
 
-@pytest.mark.parametrize("mode", ["sparse", "dense"])
+@pytest.mark.parametrize("mode", ["sparse", "dense", "split"])
 def test_segments_of_one_sequence_and_bad_frames(mode: str, monkeypatch) -> None:
     """Several segments of the same sequences at offsets, a segment with a NaN frame (empty),
     -inf log-probs (paths cut), and per-segment graphs (sparse search only)."""
@@ -99,7 +102,7 @@ def test_no_complete_path(monkeypatch) -> None:
     arcs = torch.tensor([[0, 1, 1], [1, 1, 0], [2, 3, -1]], dtype=torch.int32)
     graph = Fsa(arcs, torch.zeros(3), num_states=4, aux_labels=torch.tensor([1, 0, -1]))
     dense = _dense(2, 4, 3, [4, 2], torch.Generator().manual_seed(0))
-    for mode in ("sparse", "dense"):
+    for mode in ("sparse", "dense", "split"):
         assert _search(graph, dense, 10.0, 1, 10, mode, monkeypatch) == [[], []]
 
 
@@ -119,13 +122,16 @@ def _lattice_arcs(lat: Fsa) -> list[tuple]:
                     lat.frame_idx.tolist(), lat.scores.tolist()))
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("seed", range(6))
-def test_lattices_equal_the_previous_search(seed: int) -> None:
+def test_lattices_equal_the_previous_search(seed: int, split: bool, monkeypatch) -> None:
     """intersect_dense_pruned (per-frame records, forward-backward over them) gives the same
     lattice, arc for arc and in the same order, as the previous implementation (whole raw
     lattice assembled, then the engine's forward-backward), at several beams; also with
-    per-segment graphs and a segment with a NaN frame."""
+    per-segment graphs and a segment with a NaN frame; the batch at once or (``split``) one
+    segment at a time."""
     from wfst_asr.fsa import intersect_dense_pruned
+    monkeypatch.setattr(viterbi, "SPLIT_ARCS", 1 if split else 1 << 40)
     gen = torch.Generator().manual_seed(100 + seed)
     V = 5
     S = int(torch.randint(3, 10, (1,), generator=gen))
@@ -143,3 +149,43 @@ def test_lattices_equal_the_previous_search(seed: int) -> None:
         got = intersect_dense_pruned(graph, dense, beam, ob, lo, hi)
         assert got.num_states_per_fsa.tolist() == ref.num_states_per_fsa.tolist()
         assert _lattice_arcs(got) == _lattice_arcs(ref), (beam, ob, lo, hi)
+        assert torch.equal(got.aux_labels, ref.aux_labels)
+
+
+def test_top_k_equals_stable_ranks() -> None:
+    """The selection used for one segment's max_active / min_active equals rank < k of a
+    stable descending sort, ties (and -inf) included."""
+    gen = torch.Generator().manual_seed(3)
+    for n in (1, 5, 40):
+        score = torch.randint(0, 4, (n,), generator=gen).float()
+        score[torch.rand(n, generator=gen) < 0.2] = float("-inf")
+        order = torch.sort(score, descending=True, stable=True).indices
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(n)
+        for k in (0, 1, 3, n - 1, n, n + 2):
+            assert torch.equal(viterbi._top(score, k), rank < k), (n, k)
+
+
+def test_caches_follow_the_graph(monkeypatch) -> None:
+    """The plan and scaled scores cached on a graph are rebuilt when its labels or scores
+    change in place (one_best decodes with the changed graph)."""
+    from wfst_asr.decode import one_best
+    gen = torch.Generator().manual_seed(5)
+    graph = _random_graph(7, 40, 4, gen)
+    dense = _dense(1, 6, 4, [6], gen)
+    lp, lens = dense.log_probs, torch.tensor([6])
+    first = one_best(graph, lp, lens, lm_scale=0.5)
+    assert first == one_best(graph, lp, lens, lm_scale=0.5)  # cached path
+    seen = [first]
+    for change in ("scores", "labels"):
+        if change == "scores":
+            graph.scores.mul_(-3.0)
+        else:  # in place, through the labels view of the arcs
+            lab = graph.labels
+            lab.copy_(torch.where(lab >= 0, (lab + 1) % 4, lab))
+        fresh = Fsa(graph.arcs.clone(), graph.scores.clone(), num_states=graph.num_states,
+                    aux_labels=graph.aux_labels.clone())
+        now = one_best(graph, lp, lens, lm_scale=0.5)
+        assert now == one_best(fresh, lp, lens, lm_scale=0.5)
+        assert now != seen[-1], change  # the change matters to the 1-best
+        seen.append(now)

@@ -77,6 +77,20 @@ def scale_graph(graph: Fsa, lm_scale: float, word_penalty: float = 0.0) -> Fsa:
     return g
 
 
+def _scaled_scores(graph: Fsa, lm_scale: float, word_penalty: float) -> torch.Tensor:
+    """:func:`scale_graph`'s scores, cached on ``graph`` (per scale and penalty) while its
+    scores are the same tensor, unmodified: repeated calls (an utterance at a time) then
+    neither rescale a large graph nor rebuild the search's per-arc arrays."""
+    key = ("scaled_scores", float(lm_scale), float(word_penalty))
+    sc = graph.scores
+    hit = graph._cache.get(key)
+    if hit is not None and hit[0] is sc and hit[1] == sc._version:
+        return hit[2]
+    scaled = scale_graph(graph, lm_scale, word_penalty).scores
+    graph._cache[key] = (sc, sc._version, scaled)
+    return scaled
+
+
 def aux_label_sequences(paths: Fsa) -> list[list[int]]:
     """The non-zero, non-(-1) ``aux_labels`` of each FSA of an FsaVec (e.g. the output of
     :func:`~wfst_asr.fsa.shortest_path`), in arc order: word ids for an HLG, token ids for
@@ -130,7 +144,7 @@ def one_best(graph: Fsa, log_probs: torch.Tensor, lens: torch.Tensor | Sequence[
     if graph.is_vec and graph.num_fsas != 1:
         raise ValueError(f"one_best takes one shared graph, got an FsaVec of {graph.num_fsas}")
     graph = single_graph(graph, "one_best").to(log_probs.device)
-    scores = scale_graph(graph, lm_scale, word_penalty).scores
+    scores = _scaled_scores(graph, lm_scale, word_penalty)
     segs = torch.stack([torch.arange(B), torch.zeros(B, dtype=torch.int64), lens_t], dim=1)
     dense = DenseFsaVec(log_probs.detach(), segs.to(torch.int32))
     paths = best_path_arcs(graph, dense, search_beam, min_active_states, max_active_states,

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import torch
 
+from . import viterbi
 from .dense import DenseFsaVec
-from .fsa import Fsa
+from .fsa import Fsa, create_fsa_vec
 from .intersect import assemble_lattice
 from .viterbi import _Search
 
@@ -66,6 +67,9 @@ def intersect_dense_pruned(graph: Fsa, dense: DenseFsaVec, search_beam: float,
     """
     sr = _Search(graph, dense, None)
     device = sr.device
+    if sr.N > 1 and sr.graphs.num_fsas == 1 and sr.plan.arc.numel() >= viterbi.SPLIT_ARCS:
+        return _by_segment(sr, graph, search_beam, output_beam, min_active_states,
+                           max_active_states)
     tok_seg, tok_state, tok_score = sr.start_tokens()
     frames: list[_Frame] = []
     for t in range(sr.T_max + 1):
@@ -115,6 +119,23 @@ def intersect_dense_pruned(graph: Fsa, dense: DenseFsaVec, search_beam: float,
         fr.score = sr.e_score.index_select(0, fr.e) + ac.index_select(0, sel)
         tok_seg, tok_state, tok_score = new_seg, new_state, best
     return _finish(sr, frames, output_beam)
+
+
+def _by_segment(sr: _Search, graph: Fsa, search_beam: float, output_beam: float,
+                min_active: int, max_active: int) -> Fsa:
+    """A large graph: each segment searched on its own (the beams are per segment, so the
+    lattices are the same), which bounds the arcs recorded at once by one segment's."""
+    lats = []
+    for n in range(sr.N):
+        one = DenseFsaVec(sr.dense.log_probs, sr.dense.segments[n:n + 1])
+        if bool(sr.ok[n]):
+            lats.append(intersect_dense_pruned(graph, one, search_beam, output_beam,
+                                               min_active, max_active))
+        else:  # NaN / +inf log-probs (or no start state): an empty lattice
+            z = torch.zeros(0, dtype=torch.int64, device=sr.device)
+            lats.append(assemble_lattice(sr.graphs, one, sr.S, sr.start[n:n + 1],
+                                         *([z] * 8)))
+    return create_fsa_vec(lats)
 
 
 class _Frame:

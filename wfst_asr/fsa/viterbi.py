@@ -25,6 +25,8 @@ from .fsa import Fsa
 NEG_INF = float("-inf")
 #: segment x state key spaces up to this size use a dense table per frame instead of a sort
 DENSE_KEYS = 1 << 20
+#: graphs with at least this many emitting arcs are searched one segment at a time
+SPLIT_ARCS = 50_000
 
 
 @dataclass
@@ -53,10 +55,11 @@ class SearchPlan:
 
 def search_plan(graphs: Fsa) -> SearchPlan:
     """The :class:`SearchPlan` of ``graphs`` (an FsaVec; arcs sorted by source state), cached
-    on the FsaVec."""
+    on the FsaVec while its ``arcs`` tensor is unchanged (same tensor, same version)."""
     cached = graphs._cache.get("search_plan")
-    if cached is not None:
-        return cached
+    arcs = graphs.arcs
+    if cached is not None and cached[0] is arcs and cached[1] == arcs._version:
+        return cached[2]
     lab = graphs.labels.long()
     emit = lab >= 0
     arc = torch.nonzero(emit).squeeze(1)
@@ -70,7 +73,7 @@ def search_plan(graphs: Fsa) -> SearchPlan:
     fcount = torch.searchsorted(fsrc, states, right=True) - ffirst
     plan = SearchPlan(first, count, arc, lab[arc], graphs.dst_global[arc], src, ~emit, ffirst,
                       fcount, farc)
-    graphs._cache["search_plan"] = plan
+    graphs._cache["search_plan"] = (arcs, arcs._version, plan)
     return plan
 
 
@@ -111,9 +114,18 @@ class _Search:
         self.N = N = dense.num_segments
         self.S = S = graphs.num_states
         self.plan = plan = search_plan(graph)
-        self.gsc = (graphs.scores if scores is None else scores).detach().to(torch.float32)
-        self.fin_score, self.fin_arc = _final_arcs(graphs, plan, self.gsc)
-        self.e_score = self.gsc.index_select(0, plan.arc)
+        src_scores = graphs.scores if scores is None else scores
+        self.gsc = src_scores.detach().to(torch.float32)
+        # the per-score-vector arrays, cached on the plan for the last score vector seen
+        # (kept alive by the cache, so identity and version identify its values)
+        cached = plan.__dict__.get("_scored")
+        if cached is not None and cached[0] is src_scores and cached[1] == src_scores._version:
+            self.fin_score, self.fin_arc, self.e_score = cached[2:]
+        else:
+            self.fin_score, self.fin_arc = _final_arcs(graphs, plan, self.gsc)
+            self.e_score = self.gsc.index_select(0, plan.arc)
+            plan.__dict__["_scored"] = (src_scores, src_scores._version, self.fin_score,
+                                        self.fin_arc, self.e_score)
         seg_cpu = self.dense.segments.to("cpu", torch.int64)
         self.lens = seg_cpu[:, 2]
         lp = self.dense.log_probs.detach()
@@ -219,6 +231,16 @@ def best_path_arcs(graph: Fsa, dense: DenseFsaVec, search_beam: float,
     sr = _Search(graph, dense, scores)
     if sr.N and sr.graphs.num_fsas == 1 and _use_dense(sr.plan, sr.S, sr.N):
         return _dense_search(sr, search_beam, min_active_states, max_active_states)
+    if sr.N > 1 and sr.graphs.num_fsas == 1 and sr.plan.arc.numel() >= SPLIT_ARCS:
+        # a large graph: one segment at a time saves the batch's per-arc index arithmetic,
+        # worth more than the per-frame overhead it adds (the beams are per segment anyway)
+        out = []
+        for n in range(sr.N):
+            seg = DenseFsaVec(sr.dense.log_probs, sr.dense.segments[n:n + 1])
+            ok = bool(sr.ok[n])
+            out += best_path_arcs(graph, seg, search_beam, min_active_states,
+                                  max_active_states, scores) if ok else [sr.fin_arc[:0]]
+        return out
     tok_seg, tok_state, tok_score = sr.start_tokens()
     S = sr.S
     tok_key = tok_seg * S + tok_state
@@ -294,30 +316,52 @@ def _prune(seg: torch.Tensor, score: torch.Tensor, N: int, beam: float, min_acti
             return None
         if n_beam <= max_active and (n_beam >= min_active or n_beam == n_all):
             return in_beam
+        keep = _top(score, min_active)
+        keep |= in_beam & _top(score, max_active)
+        return keep & torch.isfinite(score)
     return _prune_ranked(seg, score, N, beam, min_active, max_active)
+
+
+def _top(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask of the ``k`` best of ``score`` (``[K]``), ties to the lower index: the tokens of
+    rank < k in a stable descending sort, found by selection (no sort)."""
+    n = score.numel()
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=score.device)
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=score.device)
+    v = torch.kthvalue(score, n - k + 1).values  # the k-th largest
+    mask = score > v
+    need = k - int(mask.sum())
+    mask[torch.nonzero(score == v).squeeze(1)[:need]] = True
+    return mask
 
 
 def _prune_ranked(seg: torch.Tensor, score: torch.Tensor, N: int, beam: float,
                   min_active: int, max_active: int) -> torch.Tensor:
     """Mask of tokens to keep: within ``beam`` of their segment's best and among its
     ``max_active`` best, or among its ``min_active`` best (ranks: score descending, then
-    token order)."""
+    token order). ``seg`` must be sorted (tokens in (segment, state) order), so that each
+    segment's tokens are a slice; only the segments where a bound binds are ranked."""
     best = torch.full((N,), NEG_INF, dtype=score.dtype, device=score.device)
     best = best.scatter_reduce(0, seg, score, "amax", include_self=True)
-    in_beam = (score >= best[seg] - beam) & torch.isfinite(score)
+    fin = torch.isfinite(score)
+    in_beam = (score >= best.index_select(0, seg) - beam) & fin
     n_beam = torch.bincount(seg[in_beam], minlength=N)
     n_all = torch.bincount(seg, minlength=N)
-    if bool(((n_beam <= max_active) & ((n_beam >= min_active) | (n_beam == n_all))).all()):
+    ok = (n_beam <= max_active) & ((n_beam >= min_active) | (n_beam == n_all))
+    if bool(ok.all()):
         return in_beam  # no segment needs ranks: the beam alone decides
-    order = torch.argsort(score, descending=True, stable=True)
-    order = order[torch.argsort(seg[order], stable=True)]
-    s_seg = seg[order]
-    first = torch.searchsorted(s_seg, torch.arange(N, device=seg.device))
-    rank_sorted = torch.arange(seg.numel(), device=seg.device) - first[s_seg]
-    rank = torch.empty_like(rank_sorted)
-    rank[order] = rank_sorted
-    keep = (score >= best[seg] - beam) & (rank < max_active)
-    return (keep | (rank < min_active)) & torch.isfinite(score)
+    keep = in_beam.clone()
+    ends = torch.cumsum(n_all, 0).tolist()
+    counts = n_all.tolist()
+    for n in torch.nonzero(~ok).squeeze(1).tolist():
+        a, b = ends[n] - counts[n], ends[n]
+        sc = score[a:b]
+        k = _top(sc, min_active)
+        k |= in_beam[a:b] & _top(sc, max_active)
+        keep[a:b] = k & fin[a:b]
+    return keep
 
 
 def _end_segments(t: int, segs: list[int], tok_seg, tok_state, tok_score, fin_score, fin_arc,
