@@ -113,7 +113,7 @@ def intersect_dense_pruned(graph: Fsa, dense: DenseFsaVec, search_beam: float,
         dpos = _dst_index(sr, key, ukey, inv, keep)
         sel = torch.nonzero((dpos >= 0) & (cand >= best_of - output_beam)).squeeze(1)
         src = ti.index_select(0, sel)
-        fr.src = src if live is None else live.index_select(0, src)
+        fr.src = src.long() if live is None else live.index_select(0, src)  # int64: scatters
         fr.dst = dpos.index_select(0, sel)
         fr.e = e.index_select(0, sel)
         fr.score = sr.e_score.index_select(0, fr.e) + ac.index_select(0, sel)

@@ -65,13 +65,15 @@ def search_plan(graphs: Fsa) -> SearchPlan:
     arc = torch.nonzero(emit).squeeze(1)
     src = graphs.src_global[arc]
     states = torch.arange(graphs.num_states, device=lab.device)
-    first = torch.searchsorted(src, states)
-    count = torch.searchsorted(src, states, right=True) - first
+    # int32 where the per-frame expansion gathers and repeats (less memory traffic)
+    first = torch.searchsorted(src, states, out_int32=True)
+    count = torch.searchsorted(src, states, right=True, out_int32=True) - first
     farc = torch.nonzero(~emit).squeeze(1)
     fsrc = graphs.src_global[farc]
     ffirst = torch.searchsorted(fsrc, states)
     fcount = torch.searchsorted(fsrc, states, right=True) - ffirst
-    plan = SearchPlan(first, count, arc, lab[arc], graphs.dst_global[arc], src, ~emit, ffirst,
+    plan = SearchPlan(first, count, arc, lab[arc].to(torch.int32), graphs.dst_global[arc], src,
+                      ~emit, ffirst,
                       fcount, farc)
     graphs._cache["search_plan"] = (arcs, arcs._version, plan)
     return plan
@@ -152,6 +154,7 @@ class _Search:
                 self.ends.setdefault(int(self.lens[n]), []).append(n)
         self.T_max = max(self.ends) if self.ends else 0
         self._aranges = torch.arange(max(1, int(plan.count.max()) if S else 1), device=device)
+        self._aranges32 = self._aranges.to(torch.int32)
 
     def start_tokens(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ok = self.ok.to(self.device)
@@ -159,10 +162,12 @@ class _Search:
         return seg, self.start[ok], torch.zeros(seg.numel(), dtype=torch.float32,
                                                 device=self.device)
 
-    def arange(self, n: int) -> torch.Tensor:
+    def arange(self, n: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+        """``arange(n)`` from a cached buffer (int64, or int32)."""
         if n > self._aranges.numel():
             self._aranges = torch.arange(2 * n, device=self.device)
-        return self._aranges[:n]
+            self._aranges32 = self._aranges.to(torch.int32)
+        return (self._aranges if dtype == torch.int64 else self._aranges32)[:n]
 
     def expand(self, t: int, tok_seg: torch.Tensor, tok_state: torch.Tensor,
                tok_score: torch.Tensor):
@@ -171,15 +176,15 @@ class _Search:
         log-probs)``, or None when there is none. ``cand = score + graph score + log-prob``,
         in this order."""
         plan = self.plan
-        cnt = plan.count.index_select(0, tok_state)
-        csum = torch.cumsum(cnt, 0)
+        cnt = plan.count.index_select(0, tok_state)  # int32, as ti and e below
+        csum = torch.cumsum(cnt, 0, dtype=torch.int32)
         E = int(csum[-1]) if csum.numel() else 0
         if E == 0:
             return None
         base = plan.first.index_select(0, tok_state) - (csum - cnt)
         ti = torch.repeat_interleave(cnt, output_size=E)  # the token of each expanded arc
         e = base.index_select(0, ti)
-        e += self.arange(E)
+        e += self.arange(E, torch.int32)
         cand = tok_score.index_select(0, ti)
         cand += self.e_score.index_select(0, e)
         lab = plan.label.index_select(0, e)
@@ -187,6 +192,7 @@ class _Search:
         if self.single:
             ac = self.lp_rows[int(self.row0_cpu[0]) + t].index_select(0, lab)
         else:
+            lab = lab.long()
             lab += ((self.row0.index_select(0, tok_seg) + t) * self.V).index_select(0, ti)
             ac = self.lp_flat.index_select(0, lab)
             key += (tok_seg * self.S).index_select(0, ti)
