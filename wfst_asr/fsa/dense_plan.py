@@ -14,6 +14,7 @@ entries: the last is a sink that stays -inf and absorbs the padding.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -43,20 +44,38 @@ class Layout:
     num_rows: int
 
 
-def _choose_caps(deg_counts: list[int]) -> list[int]:
-    """Greedy merge of power-of-two degree classes into buckets; returns the K of each."""
-    classes = [(1 << i, c) for i, c in enumerate(deg_counts) if c > 0]
-    merged: list[list[int]] = []  # [K, count]
-    for k, c in classes:
-        if merged:
-            pk, pc = merged[-1]
-            sep = 2 * _BUCKET_OVERHEAD + pk * pc + k * c
-            joint = _BUCKET_OVERHEAD + k * (pc + c)
-            if joint <= sep:
-                merged[-1] = [k, pc + c]
-                continue
-        merged.append([k, c])
-    return [k for k, _ in merged]
+# Degree classes for the bucket choice: exact degrees up to this many distinct values, else
+# a geometric grid (ratio 1.25) of them.
+_MAX_CLASSES = 64
+
+
+def _choose_caps(deg: torch.Tensor) -> list[int]:
+    """Bucket caps (the K of each bucket, increasing) for states of degrees ``deg`` (> 0): the
+    partition of the degree classes into contiguous ranges that minimises the padded work,
+    ``sum over buckets of (_BUCKET_OVERHEAD + K * states)`` (dynamic programming)."""
+    vals, cnts = torch.unique(deg, return_counts=True)
+    if vals.numel() > _MAX_CLASSES:  # round degrees up to a geometric grid
+        k = torch.ceil(torch.log(vals.double()) / math.log(1.25))
+        grid = torch.maximum(torch.ceil(1.25 ** k), vals.double()).long()
+        grid = torch.minimum(grid, vals.max())
+        vals, inv = torch.unique(grid, return_inverse=True)
+        cnts = torch.zeros(vals.numel(), dtype=torch.int64).index_add_(0, inv, cnts)
+    v, c = vals.tolist(), cnts.tolist()
+    D = len(v)
+    best = [0.0] + [math.inf] * D  # best[j]: cost of classes 0..j-1
+    arg = [0] * (D + 1)
+    for j in range(1, D + 1):
+        n = 0
+        for i in range(j, 0, -1):  # last bucket: classes i-1 .. j-1, cap v[j-1]
+            n += c[i - 1]
+            cost = best[i - 1] + _BUCKET_OVERHEAD + v[j - 1] * n
+            if cost < best[j]:
+                best[j], arg[j] = cost, i - 1
+    caps, j = [], D
+    while j > 0:
+        caps.append(v[j - 1])
+        j = arg[j]
+    return caps[::-1]
 
 
 def build_layout(target: torch.Tensor, num_states: int) -> Layout:
@@ -64,11 +83,8 @@ def build_layout(target: torch.Tensor, num_states: int) -> Layout:
     device = target.device
     A = target.numel()
     deg = torch.bincount(target, minlength=num_states)
-    cls = torch.where(deg > 0, torch.ceil(torch.log2(deg.clamp(min=1).double())).long(),
-                      torch.full_like(deg, -1))
-    max_cls = int(cls.max()) if num_states else -1
-    counts = torch.bincount(cls[cls >= 0], minlength=max_cls + 1).tolist() if max_cls >= 0 else []
-    caps = _choose_caps(counts)
+    pos_deg = deg[deg > 0]
+    caps = _choose_caps(pos_deg.cpu()) if pos_deg.numel() else []
     # bucket index of each state: first cap >= deg
     caps_t = torch.tensor(caps, dtype=torch.int64, device=device)
     bucket = torch.searchsorted(caps_t, deg) if caps else torch.zeros_like(deg)
@@ -162,6 +178,7 @@ class DensePlan:
     s_len: torch.Tensor  # [S] (bwd order) frames of the state's segment; 0 if no entering arc
     state_seg_bwd: torch.Tensor  # [S] (bwd order) segment of each state
     cache: dict = field(default_factory=dict)  # derived index tensors, built on first use
+    seg_num_states: torch.Tensor | None = None  # [N] states of each segment's graph copy
 
 
 def _check_graphs(graphs: Fsa, dense: DenseFsaVec) -> Fsa:
@@ -265,7 +282,8 @@ def build_plan(graphs: Fsa, dense: DenseFsaVec, seg_ids: torch.Tensor | None = N
         e_seg=arc_seg[ei], e_garc=garc[ei], fwd=fwd, bwd=bwd, end_groups=end_groups,
         lp_pad=max(0, top - B * T * V), state_label_ok=ok,
         b2f=None if torch.equal(fwd_l.pos, bwd.layout.pos) else fwd_l.pos[bwd_order],
-        s_base=s_base[bwd_order], s_len=s_len[bwd_order], state_seg_bwd=state_seg[bwd_order])
+        s_base=s_base[bwd_order], s_len=s_len[bwd_order], state_seg_bwd=state_seg[bwd_order],
+        seg_num_states=ns)
     return plan, graphs
 
 
@@ -292,6 +310,49 @@ def _fix_other(sw: Sweep, other_end: torch.Tensor, pos_other: torch.Tensor) -> N
     sink = torch.full((1,), pos_other.numel(), dtype=torch.int64, device=other_end.device)
     ext = torch.cat([pos_other[other_end], sink])
     sw.other = [ext[pad] for pad in sw.garc]
+
+
+@dataclass
+class LeakLayout:
+    """Index tensors of the leaky-HMM step (:mod:`._frames`) of a plan.
+
+    ``f_idx [N, M]``: fwd positions of each segment's states but its final one (padding: the
+    sink ``S``); ``f_start``, ``b_start`` ``[N]``: fwd / bwd position of each segment's start
+    state (the sink for an empty graph); ``b_seg [S+1]``: segment of the state at each bwd
+    position, ``N`` for final states and the sink (they get no leaky term, as in
+    ``add_leaky_arcs``); ``b_start_ok``: the segments with a start state.
+    """
+
+    f_idx: torch.Tensor
+    f_start: torch.Tensor
+    b_start: torch.Tensor
+    b_seg: torch.Tensor
+    b_start_ok: torch.Tensor
+
+
+def leak_layout(plan: DensePlan) -> LeakLayout:
+    """The :class:`LeakLayout` of ``plan``, cached in ``plan.cache``."""
+    if "leak" in plan.cache:
+        return plan.cache["leak"]
+    S, N = plan.num_states, plan.num_segments
+    ns = plan.seg_num_states
+    dev = plan.lens.device
+    off = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), ns.cumsum(0)])[:-1]
+    fpos = torch.cat([plan.fwd.layout.pos, torch.full((1,), S, dtype=torch.int64, device=dev)])
+    bpos = torch.cat([plan.bwd.layout.pos, torch.full((1,), S, dtype=torch.int64, device=dev)])
+    M = max(1, int(ns.max()) - 1) if N else 1
+    j = torch.arange(M, device=dev)
+    flat = torch.where(j.unsqueeze(0) < (ns - 1).unsqueeze(1), off.unsqueeze(1) + j, S)
+    ok = ns > 0
+    start = torch.where(ok, off, torch.full_like(off, S))
+    state_seg = torch.repeat_interleave(torch.arange(N, device=dev), ns, output_size=S)
+    nonfinal = torch.ones(S, dtype=torch.bool, device=dev)
+    nonfinal[(off + ns - 1)[ok]] = False
+    b_seg = torch.full((S + 1,), N, dtype=torch.int64, device=dev)
+    b_seg[plan.bwd.layout.pos[nonfinal]] = state_seg[nonfinal]
+    lk = LeakLayout(fpos[flat], fpos[start], bpos[start], b_seg, ok)
+    plan.cache["leak"] = lk
+    return lk
 
 
 def chunk_frames(plan: DensePlan, budget: int = 1 << 20) -> int:

@@ -8,23 +8,40 @@ plus ``log_probs[seq, start + t, label_t]``. Label 0 is blank here, not epsilon.
 something asks for them. :func:`get_tot_scores` on a lattice that was never materialised runs a
 streaming forward-backward, frame by frame over the graph's arc tensors, that never builds the
 ``T x arcs`` lattice; its gradient (arc and frame posteriors) comes from an explicit backward
-recursion. This is how CTC, HMM and LF-MMI losses are computed.
+recursion. This is how CTC, HMM and LF-MMI losses are computed; :func:`leaky_hmm_tot_scores`
+adds Kaldi's leaky-HMM step between frames (the LF-MMI denominator).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ._frames import backward_frames_jit, forward_frames_jit
+from ._frames import LOG2E, backward_frames_jit, forward_frames_jit
 from .dense import DenseFsaVec
-from .dense_plan import DensePlan, Sweep, build_plan, chunk_frames, frame_arc_index
+from .dense_plan import (
+    DensePlan,
+    Sweep,
+    build_plan,
+    chunk_frames,
+    frame_arc_index,
+    leak_layout,
+)
 from .fsa import Fsa
 from .semiring import scatter_reduce_semiring
 
 NEG_INF = float("-inf")
+#: arc-level posteriors computed inside the backward sweep, from the terms of its reduction
+#: (:func:`._frames._one_frame_post`); False: the separate posterior pass (tests compare both)
+FUSED_POSTERIORS = True
+
+
+def _exp_(x: torch.Tensor) -> torch.Tensor:
+    """``x.exp_()`` as ``exp2(x * log2 e)``: see :mod:`._frames` (fast whatever the input)."""
+    return x.mul_(LOG2E).exp2_()
 
 
 def _prep(plan: DensePlan, log_probs: torch.Tensor, gscores: torch.Tensor
@@ -48,18 +65,6 @@ def _chunk_scores(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, t0: 
     return sc, idx, valid
 
 
-def _blocks(sw: Sweep, lp_flat: torch.Tensor, gf_ext: torch.Tensor, V: int, t0: int, t1: int
-            ) -> list[torch.Tensor]:
-    """Per bucket, padded arc scores ``[C, K*n]`` of frames t0..t1-1 (graph + log-prob)."""
-    t = torch.arange(t0, t1, device=lp_flat.device).unsqueeze(1) * V
-    out = []
-    for base, garc in zip(sw.lp_base, sw.garc):
-        blk = torch.take(lp_flat, base.unsqueeze(0) + t)
-        blk += gf_ext[garc].unsqueeze(0)
-        out.append(blk)
-    return out
-
-
 def _ext(gf: torch.Tensor) -> torch.Tensor:
     return torch.cat([gf, gf.new_full((1,), NEG_INF)])
 
@@ -70,7 +75,8 @@ class _Frames:
 
     In state mode (every state's entering arcs share one label) the log-prob term is kept per
     state, ``[C, S+1]``, and the per-arc term is the constant graph score, or nothing when all
-    graph scores are 0; otherwise the per-arc terms are ``[C, K*n]`` blocks.
+    graph scores are 0; otherwise the per-arc terms are ``[C, K*n]`` blocks, views of one
+    ``[C, P]`` tensor over all ``P`` padded arc slots (bucket b at ``p_offs[b]``).
     """
 
     def __init__(self, plan: DensePlan, sw: Sweep, lp_flat: torch.Tensor, gf: torch.Tensor):
@@ -81,6 +87,16 @@ class _Frames:
         self.offs = [off for off, _, _, _ in buckets]
         self.ns = [n for _, n, _, _ in buckets]
         self.Ks = [K for _, _, K, _ in buckets]
+        self.p_offs, p = [], 0
+        for n, K in zip(self.ns, self.Ks):
+            self.p_offs.append(p)
+            p += K * n
+        self.P = p
+        # [P] flat log-prob index at frame 0 and frame arc (padding: A) of each slot
+        long0 = torch.zeros(0, dtype=torch.int64, device=gf.device)
+        self.lp_base = torch.cat(sw.lp_base) if buckets else long0
+        self.garc = torch.cat(sw.garc) if buckets else long0
+        self._slot_idx: torch.Tensor | None = None
         self.lp_states: torch.Tensor | None = None
         empty = gf.new_zeros(0)
         if self.state_mode:
@@ -90,18 +106,35 @@ class _Frames:
         else:
             self.kinds = [2] * len(buckets)
             self.terms = [empty] * len(buckets)
+            self.g_slots = self.gf_ext[self.garc]
+
+    def slot_index(self, t0: int, t1: int) -> torch.Tensor:
+        """``[C, P]`` flat log-prob index of every padded arc slot at frames 0..C-1 (padding
+        reads label 0 of its state's own segment), built once per sweep: add ``t0 * V`` by
+        viewing the flat tensor from there, as for :func:`_state_index`."""
+        if self._slot_idx is None:
+            c = torch.arange(chunk_frames(self.plan), device=self.lp_base.device).unsqueeze(1)
+            self._slot_idx = self.lp_base.unsqueeze(0) + c * self.plan.V
+        return self._slot_idx[:t1 - t0]
 
     def chunk(self, t0: int, t1: int) -> None:
         if self.state_mode:
-            base = _state_index(self.plan, self.sw.s_base, t1 - t0)
-            self.lp_states = torch.take(self.lp_flat[t0 * self.plan.V:], base)
+            self.lp_states = _gather(self.lp_flat[t0 * self.plan.V:],
+                                     _state_index(self.plan, self.sw.s_base, t1 - t0))
             self.lp_states[:, -1] = 0.0  # the sink reads no log-prob: it stays -inf
         else:
-            self.terms = _blocks(self.sw, self.lp_flat, self.gf_ext, self.plan.V, t0, t1)
+            blk = _gather(self.lp_flat[t0 * self.plan.V:], self.slot_index(t0, t1))
+            blk += self.g_slots
+            self.terms = [blk[:, p:p + K * n] for p, n, K in zip(self.p_offs, self.ns, self.Ks)]
 
     def loop_args(self) -> tuple:
         return (self.sw.other, self.offs, self.ns, self.Ks, self.kinds, self.terms,
                 self.lp_states)
+
+
+def _gather(flat: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``torch.take(flat, idx)`` for a 1-D ``flat``, as an ``index_select`` (faster on CPU)."""
+    return torch.index_select(flat, 0, idx.reshape(-1)).view(idx.shape)
 
 
 def _state_index(plan: DensePlan, s_base: torch.Tensor, C: int) -> torch.Tensor:
@@ -122,20 +155,40 @@ def forward_sweep(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge: 
 
     With ``want_bp`` (tropical only) also the best entering pad slot of each state per frame.
     """
+    alpha, tot, bp, _ = _forward_sweep(plan, lp_flat, gf, ge, log_semiring, want_bp)
+    return alpha, tot, bp
+
+
+def _forward_sweep(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge: torch.Tensor,
+                   log_semiring: bool, want_bp: bool = False, leak_log: float | None = None):
+    """:func:`forward_sweep`, plus, with ``leak_log = log(leaky)`` (log semiring), the leaky-HMM
+    step before every frame of a segment (:mod:`._frames`). ``alpha[t]`` then holds the scores
+    after the step (what frame t's arcs leave from); the 4th result, ``[T_max+1, N]``, holds
+    each segment's start-state score before it (None without leak)."""
     S, Tm = plan.num_states, plan.T_max
     alpha = torch.full((Tm + 1, S + 1), NEG_INF, dtype=gf.dtype, device=gf.device)
     ok = plan.seg_start_state >= 0
     alpha[0, plan.fwd.layout.pos[plan.seg_start_state[ok]]] = 0.0
     bp = torch.zeros((Tm + 1, S + 1), dtype=torch.int64, device=gf.device) if want_bp else None
+    leak, pre = None, None
+    if leak_log is not None:
+        lk = leak_layout(plan)
+        pre = torch.full((Tm + 1, plan.num_segments), NEG_INF, dtype=gf.dtype, device=gf.device)
+        t = torch.arange(Tm, device=gf.device).unsqueeze(1)
+        add = torch.full((Tm, plan.num_segments), leak_log, dtype=gf.dtype, device=gf.device)
+        add.masked_fill_(t >= plan.lens.unsqueeze(0), NEG_INF)
+        leak = [lk.f_idx.reshape(-1), lk.f_start, add, pre]
     C = chunk_frames(plan)
     frames = _Frames(plan, plan.fwd, lp_flat, gf)
     for t0 in range(0, Tm, C):
         t1 = min(Tm, t0 + C)
         frames.chunk(t0, t1)
         # the loop indexes alpha by absolute frame, the chunk tensors by t - t0
-        forward_frames_jit(alpha, t0, t1, *frames.loop_args(), log_semiring, bp)
+        forward_frames_jit(alpha, t0, t1, *frames.loop_args(), log_semiring, bp, leak)
+    if pre is not None:
+        pre[Tm] = alpha[Tm, lk.f_start]
     tot = _totals(plan, alpha, ge, log_semiring)
-    return alpha, tot, bp
+    return alpha, tot, bp, pre
 
 
 def _final_scores(plan: DensePlan, alpha: torch.Tensor, ge: torch.Tensor) -> torch.Tensor:
@@ -160,6 +213,19 @@ def backward_chunks(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge
     computed minus its offset (it is subtracted from the final weights; in both semirings this
     shifts every backward score of the segment by the same amount).
     """
+    for t0, t1, beta, _ in _backward_chunks(plan, lp_flat, gf, ge, log_semiring, final_offset):
+        yield t0, t1, beta
+
+
+def _backward_chunks(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor,
+                     ge: torch.Tensor, log_semiring: bool,
+                     final_offset: torch.Tensor | None = None, leak_log: float | None = None,
+                     alpha: torch.Tensor | None = None):
+    """:func:`backward_chunks` yielding ``(t0, t1, beta, extra)``. With ``leak_log``, the
+    transposed leaky-HMM step follows every frame (:mod:`._frames`). With ``alpha`` (log
+    semiring; forward scores, fwd order), ``extra`` is ``(post [C, P], frames)``: the posterior
+    of every padded arc slot of the chunk's frames (:func:`._frames._one_frame_post`; a buffer
+    reused by the next chunk) and the :class:`_Frames` that lays them out; else None."""
     S, Tm = plan.num_states, plan.T_max
     dev, dt = gf.device, gf.dtype
     beta_final, _ = scatter_reduce_semiring(ge, plan.bwd.layout.pos[plan.e_src], S, log_semiring)
@@ -170,37 +236,57 @@ def backward_chunks(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge
     if Tm in ends:
         nxt[ends[Tm]] = beta_final[ends[Tm]]
     if Tm == 0:
-        yield 0, 0, nxt.unsqueeze(0)
+        yield 0, 0, nxt.unsqueeze(0), None
         return
     C = chunk_frames(plan)
     frames = _Frames(plan, plan.bwd, lp_flat, gf)
     end_ts = [t for t, _ in plan.end_groups]
     end_states = [st for _, st in plan.end_groups]
+    leak = None
+    if leak_log is not None:
+        lk = leak_layout(plan)
+        leak = [lk.b_start, lk.b_seg]
+    post_buf = b2f = None
+    if alpha is not None:
+        post_buf = torch.empty((C, frames.P), dtype=dt, device=dev)
+        if plan.b2f is not None:
+            b2f = torch.cat([plan.b2f, plan.b2f.new_full((1,), S)])
     for t0 in reversed(range(0, Tm, C)):
         t1 = min(Tm, t0 + C)
         frames.chunk(t0, t1)
         beta = torch.full((t1 - t0 + 1, S + 1), NEG_INF, dtype=dt, device=dev)
         beta[t1 - t0] = nxt
+        a_c = post = None
+        if post_buf is not None:
+            a_c = alpha[t0:t1] if b2f is None else alpha[t0:t1].index_select(1, b2f)
+            post = post_buf[:t1 - t0]
         backward_frames_jit(beta, t0, t1, *frames.loop_args(), log_semiring, end_ts,
-                            end_states, beta_final)
-        yield t0, t1, beta
+                            end_states, beta_final, leak, float(leak_log or 0.0), a_c, post,
+                            frames.p_offs)
+        yield t0, t1, beta, (None if post is None else (post, frames))
         nxt = beta[0]
 
 
 def _log_grads(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge: torch.Tensor,
                alpha: torch.Tensor, tot: torch.Tensor, go: torch.Tensor, need_graph: bool,
-               grad_lp: torch.Tensor | None = None
+               grad_lp: torch.Tensor | None = None, leak_log: float | None = None,
+               leak_pre: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Posterior-weighted gradients ``(d lp_flat, d frame-arc score, d final-arc score)``.
 
     Arc posteriors at frame t: ``exp(alpha_t[src] + score_t + beta_{t+1}[dst] - tot)``. When the
     graph scores need no gradient and every state's entering arcs share one label, the
-    log-prob gradient comes from state occupancies ``exp(alpha_{t+1} + beta_{t+1} - tot)``.
+    log-prob gradient comes from state occupancies ``exp(alpha_{t+1} + beta_{t+1} - tot)``;
+    otherwise the backward sweep computes the arc posteriors as it goes
+    (:data:`FUSED_POSTERIORS`). With the leaky HMM (``leak_log``, ``leak_pre`` from
+    :func:`_forward_sweep`), alpha holds the scores after the leaky step, and the occupancy of
+    a start state uses its score before it (``leak_pre``).
     """
     if grad_lp is None:
         grad_lp = torch.zeros_like(lp_flat)
     grad_f = torch.zeros_like(gf)
     by_state = plan.state_label_ok and not need_graph
+    fused = not by_state and FUSED_POSTERIORS
     # Backward scores are computed minus (tot - log|go|), so exp(alpha + beta) is already the
     # posterior times |go|; the sign of go is applied by index_add_ when it is the same for all
     # segments. Beta is -inf after a segment's end, so frames past it get zero posteriors
@@ -209,38 +295,59 @@ def _log_grads(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge: tor
     ok = torch.isfinite(tot) & (go != 0)
     offset = torch.where(ok, tot - torch.log(go.abs()), torch.full_like(tot, float("inf")))
     sign = 1.0 if bool((go >= 0).all()) else -1.0 if bool((go <= 0).all()) else 0.0
+    s = sign if sign != 0.0 else 1.0
     if sign == 0.0:  # mixed signs: multiply explicitly
         sgn = torch.sign(go)
         sgn_state, sgn_arc = sgn[plan.state_seg_bwd], sgn[plan.f_seg]
-    if not by_state:
+    if by_state and leak_log is not None:
+        lk = leak_layout(plan)
+        start_cols, start_pre = lk.b_start[lk.b_start_ok], leak_pre[:, lk.b_start_ok]
+    if not by_state and not fused:
         a_src = plan.fwd.layout.pos[plan.f_src]
         b_dst = plan.bwd.layout.pos[plan.f_dst]
+    sgn_slot = grad_f_ext = None
     V = plan.V
-    for t0, t1, beta in backward_chunks(plan, lp_flat, gf, ge, True, offset):
+    for t0, t1, beta, extra in _backward_chunks(plan, lp_flat, gf, ge, True, offset, leak_log,
+                                                alpha if fused else None):
         if t1 == t0:
             continue
         if by_state:
             al = alpha[t0 + 1:t1 + 1]
             post = (al[:, :-1] if plan.b2f is None else al[:, plan.b2f]) + beta[1:, :-1]
-            post.exp_()
+            if leak_log is not None:
+                post[:, start_cols] = start_pre[t0 + 1:t1 + 1] + beta[1:, start_cols]
+            _exp_(post)
             if sign == 0.0:
                 post *= sgn_state
             idx = _state_index(plan, plan.bwd.s_base[:-1], t1 - t0)
-            grad_lp[t0 * V:].index_add_(0, idx.reshape(-1), post.reshape(-1),
-                                        alpha=sign if sign != 0.0 else 1.0)
+            grad_lp[t0 * V:].index_add_(0, idx.reshape(-1), post.reshape(-1), alpha=s)
+        elif fused:
+            post, frames = extra
+            if sign == 0.0:
+                if sgn_slot is None:
+                    sgn_slot = torch.cat([sgn_state[off:off + n].repeat(K) for off, n, K in
+                                          zip(frames.offs, frames.ns, frames.Ks)])
+                post *= sgn_slot
+            idx = frames.slot_index(t0, t1)
+            grad_lp[t0 * V:].index_add_(0, idx.reshape(-1), post.reshape(-1), alpha=s)
+            if need_graph:
+                if grad_f_ext is None:
+                    grad_f_ext = gf.new_zeros(gf.numel() + 1)
+                grad_f_ext.index_add_(0, frames.garc, post.sum(0), alpha=s)
         else:
             sc, idx, _ = _chunk_scores(plan, lp_flat, gf, t0, t1)
             post = alpha[t0:t1][:, a_src] + sc + beta[1:][:, b_dst]
-            post.exp_()
+            _exp_(post)
             if sign == 0.0:
                 post *= sgn_arc
-            s = sign if sign != 0.0 else 1.0
             grad_f.add_(post.sum(0), alpha=s)
             grad_lp.index_add_(0, idx.reshape(-1), post.reshape(-1), alpha=s)
+    if grad_f_ext is not None:
+        grad_f = grad_f_ext[:-1]
     tot = torch.where(torch.isfinite(tot), tot, torch.zeros_like(tot))
     xe = _final_scores(plan, alpha, ge) - tot[plan.e_seg]
-    ge_grad = torch.where(torch.isfinite(xe), torch.exp(xe), torch.zeros_like(xe)) * go[plan.e_seg]
-    return grad_lp, grad_f, ge_grad
+    ge_grad = torch.where(torch.isfinite(xe), _exp_(xe.clone()), torch.zeros_like(xe))
+    return grad_lp, grad_f, ge_grad * go[plan.e_seg]
 
 
 def _viterbi_grads(plan: DensePlan, lp_flat: torch.Tensor, gf: torch.Tensor, ge: torch.Tensor,
@@ -360,24 +467,26 @@ class _DenseTotScores(torch.autograd.Function):
     """Totals of (graphs x dense) with explicit posterior-based backward.
 
     ``parts`` is a list of ``(segment ids, plan)``; parts run on separate threads.
+    ``leak_log``: log of the leaky-HMM coefficient (log semiring), or None.
     """
 
     @staticmethod
     def forward(ctx, log_probs: torch.Tensor, gscores: torch.Tensor, parts: list,
-                log_semiring: bool) -> torch.Tensor:
+                log_semiring: bool, leak_log: float | None = None) -> torch.Tensor:
         def run(part):
             _, plan = part
             lp_flat, gf, ge = _prep(plan, log_probs, gscores)
-            return forward_sweep(plan, lp_flat, gf, ge, log_semiring, want_bp=not log_semiring)
+            return _forward_sweep(plan, lp_flat, gf, ge, log_semiring,
+                                  want_bp=not log_semiring, leak_log=leak_log)
 
         outs = _map(run, parts)
         N = sum(ids.numel() for ids, _ in parts)
         tot = torch.empty(N, dtype=log_probs.dtype, device=log_probs.device)
-        for (ids, _), (_, t, _) in zip(parts, outs):
+        for (ids, _), (_, t, _, _) in zip(parts, outs):
             tot[ids.to(tot.device)] = t
-        ctx.parts, ctx.log_semiring = parts, log_semiring
+        ctx.parts, ctx.log_semiring, ctx.leak_log = parts, log_semiring, leak_log
         ctx.lp_shape, ctx.g_size = log_probs.shape, gscores.shape[0]
-        ctx.outs = [(alpha, bp) for alpha, _, bp in outs]
+        ctx.outs = [(alpha, bp, pre) for alpha, _, bp, pre in outs]
         ctx.save_for_backward(log_probs, gscores, tot)
         return tot
 
@@ -392,12 +501,12 @@ class _DenseTotScores(torch.autograd.Function):
         glp = log_probs.new_zeros(log_probs.numel() + pad)
 
         def run(i):
-            (ids, plan), (alpha, bp) = ctx.parts[i], ctx.outs[i]
+            (ids, plan), (alpha, bp, pre) = ctx.parts[i], ctx.outs[i]
             ids = ids.to(tot.device)
             lp_flat, gf, ge = _prep(plan, log_probs, gscores)
             if ctx.log_semiring:
                 _, gfa, gea = _log_grads(plan, lp_flat, gf, ge, alpha, tot[ids], go[ids],
-                                         need_g, glp)
+                                         need_g, glp, ctx.leak_log, pre)
             else:
                 _, gfa, gea = _viterbi_grads(plan, lp_flat, gf, ge, alpha, bp, tot[ids],
                                              go[ids], glp)
@@ -408,7 +517,8 @@ class _DenseTotScores(torch.autograd.Function):
         gg = torch.zeros(ctx.g_size, dtype=gscores.dtype, device=gscores.device)
         for (_, plan), (gfa, gea) in zip(ctx.parts, outs):
             gg.index_add_(0, plan.f_garc, gfa).index_add_(0, plan.e_garc, gea)
-        return (glp.view(ctx.lp_shape) if need_lp else None, gg if need_g else None, None, None)
+        return (glp.view(ctx.lp_shape) if need_lp else None, gg if need_g else None, None, None,
+                None)
 
 
 def dense_tot_scores(graphs: Fsa, dense: DenseFsaVec, log_semiring: bool = True,
@@ -423,6 +533,34 @@ def dense_tot_scores(graphs: Fsa, dense: DenseFsaVec, log_semiring: bool = True,
     exactly as if its frames were clean (so, up to rounding where the batch's arc layout
     differs, as without it in the batch).
     """
+    return _streamed_tot_scores(graphs, dense, log_semiring, use_double_scores)
+
+
+def leaky_hmm_tot_scores(graphs: Fsa, dense: DenseFsaVec, leaky_hmm_coefficient: float,
+                         use_double_scores: bool = False) -> torch.Tensor:
+    """Log-semiring totals ``[N]`` of (graphs x dense) with Kaldi's leaky HMM, streamed.
+
+    Between frames (before every frame of a segment, not after its last), the start state of
+    every segment gets ``leaky_hmm_coefficient`` times the segment's total forward mass (over
+    its graph's states but the final one): the same totals and gradients as
+    :func:`dense_tot_scores` on :func:`wfst_asr.losses.add_leaky_arcs` of the graph (every
+    state given a copy of the start state's arcs, score + log(leaky)), up to rounding, without
+    doubling the arcs. ``graphs``: one graph per segment or one shared graph, as for
+    :func:`intersect_dense`; differentiable w.r.t. ``dense.log_probs`` and the graph scores
+    (the derivative w.r.t. a start arc's score includes its leaky use). A coefficient of 0 is
+    :func:`dense_tot_scores`. Non-finite log-probs as in :func:`dense_tot_scores`.
+    """
+    if not 0.0 <= leaky_hmm_coefficient < 1.0:
+        raise ValueError(f"leaky_hmm_coefficient must be in [0, 1), got {leaky_hmm_coefficient}")
+    from .dense_plan import _check_graphs
+    _check_graphs(graphs, dense)
+    leak = math.log(leaky_hmm_coefficient) if leaky_hmm_coefficient > 0 else None
+    return _streamed_tot_scores(graphs, dense, True, use_double_scores, leak)
+
+
+def _streamed_tot_scores(graphs: Fsa, dense: DenseFsaVec, log_semiring: bool,
+                         use_double_scores: bool, leak_log: float | None = None
+                         ) -> torch.Tensor:
     graphs = graphs.as_vec()
     dense, bad = dense.finite()
     parts = []
@@ -430,7 +568,8 @@ def dense_tot_scores(graphs: Fsa, dense: DenseFsaVec, log_semiring: bool = True,
         plan, _ = build_plan(graphs, dense, ids)
         parts.append((ids, plan))
     dt = torch.float64 if use_double_scores else torch.float32
-    tot = _DenseTotScores.apply(dense.log_probs.to(dt), graphs.scores.to(dt), parts, log_semiring)
+    tot = _DenseTotScores.apply(dense.log_probs.to(dt), graphs.scores.to(dt), parts, log_semiring,
+                                leak_log)
     if bad is not None and bool(bad.any()):
         tot = torch.where(bad.to(tot.device), tot.new_full((), float("nan")), tot)
     return tot

@@ -19,13 +19,20 @@ Extras, as in Kaldi's chain training:
 
 * leaky HMM (``leaky_hmm_coefficient``, denominator only): Kaldi adds, between frames,
   ``leaky * (total forward mass) * init(j)`` to every state ``j``. Here ``init`` is the start
-  state (all its mass), so it becomes arcs: from every non-final state ``s``, a copy of every
-  arc leaving the start state, its score plus ``log(leaky)`` ("jump to the start, then take
-  that arc", without an epsilon, which the frame-synchronous engine has not). Every state can
-  restart the phone LM at any frame, so the denominator has paths of every length and no
-  state sequence is ruled out by the graph's structure alone (e.g. chunks cut mid-phone). Not applied after the last frame (the final
-  arcs are the graph's). Cost: ``states x start arcs`` extra arcs, about twice the arcs and
-  the time of a phone-bigram ``H o P`` (``tools/bench/bench_mmi.py``). 0 disables it.
+  state (all its mass): before every frame, the start state of each utterance gets
+  ``leaky`` times the utterance's total forward mass (over the graph's states but the final
+  one). This runs inside the streamed intersection
+  (:func:`wfst_asr.fsa.intersect.leaky_hmm_tot_scores`: a logsumexp over the states and a
+  ``logaddexp`` per utterance and frame, the transposed step in the backward sweep), so the
+  graph keeps its arcs; it costs 3-16% of the denominator's time (``tools/bench/bench_mmi.py``).
+  It equals, up to rounding, the graph of :func:`add_leaky_arcs`: from every non-final state
+  ``s``, a copy of every arc leaving the start state, its score plus ``log(leaky)`` ("jump to
+  the start, then take that arc", without an epsilon, which the frame-synchronous engine has
+  not), which doubles the arcs of a phone-bigram ``H o P`` and costs 40-65% more time than no
+  leaky HMM. Every state can restart the phone LM at any frame, so the denominator has
+  paths of every length and no state sequence is ruled out by the graph's structure alone
+  (e.g. chunks cut mid-phone). Not applied after the last frame (the final arcs are the
+  graph's). 0 disables it.
 * output L2 regularisation: ``l2_regularize * sum of x^2`` over the frames of the kept
   utterances (Kaldi's ``--l2-regularize`` adds ``0.5 * l2 * sum x^2``: use half its value).
 * an auxiliary term mixed in with ``ctc_weight`` (``loss = (1 - w) * mmi + w * aux + l2``):
@@ -53,6 +60,7 @@ import torch
 from torch import nn
 
 from wfst_asr.fsa import DenseFsaVec, Fsa, get_tot_scores, intersect_dense
+from wfst_asr.fsa.intersect import leaky_hmm_tot_scores
 from wfst_asr.graphs.training import MmiTrainingGraphCompiler
 from wfst_asr.losses.common import (
     _as_token_lists,
@@ -83,7 +91,8 @@ def add_leaky_arcs(den: Fsa, coefficient: float) -> Fsa:
     every frame arc ``0 -> d`` (label ``l``, score ``w``) of the start state, an arc
     ``s -> d`` with label ``l`` and score ``w + log(coefficient)``. A single Fsa in, a single
     Fsa out (arcs sorted by source); other attributes are dropped (0 on the new arcs would be
-    wrong for aux_labels)."""
+    wrong for aux_labels). :class:`MmiLoss` no longer uses it: the same leaky step runs inside
+    the intersection (:func:`wfst_asr.fsa.intersect.leaky_hmm_tot_scores`)."""
     if den.is_vec and den.num_fsas != 1:
         raise ValueError("add_leaky_arcs takes one (shared) graph")
     if not coefficient > 0:
@@ -162,6 +171,7 @@ class MmiLoss(nn.Module):
         self._ctc = CtcLoss(modified=False, reduction="none",
                             use_double_scores=use_double_scores)
         self._den: dict[torch.device, Fsa] = {}
+        self._den_plain: dict[torch.device, Fsa] = {}
 
     def extra_repr(self) -> str:
         return (f"num_outputs={self.num_outputs}, leaky_hmm_coefficient={self.leaky}, "
@@ -169,12 +179,21 @@ class MmiLoss(nn.Module):
                 f"aux_loss={self.aux_loss!r}, reduction={self.reduction!r}")
 
     def den_graph(self, device: torch.device | str = "cpu") -> Fsa:
-        """The shared denominator graph (leaky arcs included), cached per device."""
+        """The shared denominator graph (leaky arcs included), cached per device.
+
+        The loss itself intersects the graph without leaky arcs and applies the leaky step
+        inside the intersection (module docstring); this graph gives the same totals."""
         device = torch.device(device)
         if device not in self._den:
             den = self.compiler.den.to("cpu").detach()
             self._den[device] = add_leaky_arcs(den, self.leaky).to(device)
         return self._den[device]
+
+    def _den_graph_plain(self, device: torch.device) -> Fsa:
+        """The shared denominator graph ``H o P`` (no leaky arcs), cached per device."""
+        if device not in self._den_plain:
+            self._den_plain[device] = self.compiler.den.to("cpu").detach().to(device)
+        return self._den_plain[device]
 
     def _accepted(self, seqs: list[list[int]]) -> torch.Tensor:
         ok = torch.ones(len(seqs), dtype=torch.bool)
@@ -228,8 +247,8 @@ class MmiLoss(nn.Module):
             num_g = select_fsas(nums, rank[keep]).to(dev)
             num = get_tot_scores(intersect_dense(num_g, dense), log_semiring=True,
                                  use_double_scores=self.use_double_scores)
-            den = get_tot_scores(intersect_dense(self.den_graph(dev), dense),
-                                 log_semiring=True, use_double_scores=self.use_double_scores)
+            den = leaky_hmm_tot_scores(self._den_graph_plain(dev), dense, self.leaky,
+                                       use_double_scores=self.use_double_scores)
             fin, num_nonfinite = drop_nonfinite(num + den, keep, ok, "MmiLoss")
             kd = keep.to(dev)
 
