@@ -4,7 +4,10 @@
 Cases (forward + backward, float32, random inputs, every utterance full length):
 
 * ``full``: :func:`wfst_asr.losses.transducer_loss` on joiner logits ``[B, T, U+1, V]``
-  (the log-softmax over V is part of the loss);
+  (the log-softmax over V is part of the loss); given, so its peak leaves them out;
+* ``full, logits made in the call``: the same with the logits ``am + lm`` made (and their
+  gradient freed) inside the measured call, as the pipeline makes its pruned logits: the
+  memory to compare the pipeline with;
 * ``simple``: :func:`~wfst_asr.losses.simple_transducer_loss` on ``am [B, T, V]``,
   ``lm [B, U+1, V]`` with the occupation for pruning;
 * ``pruned pipeline``: what a pruned RNN-T training step runs besides the network: the simple
@@ -14,7 +17,11 @@ Cases (forward + backward, float32, random inputs, every utterance full length):
   :func:`~wfst_asr.losses.pruned_transducer_loss`; loss ``0.5 * simple + pruned``;
 * ``pruned loss only``: :func:`~wfst_asr.losses.pruned_transducer_loss` on given logits
   ``[B, T, s_range, V]`` and ranges;
-* ``torchaudio``: ``torchaudio.functional.rnnt_loss`` on the full logits, when importable.
+* ``torchaudio``: ``torchaudio.functional.rnnt_loss`` on the full logits, when importable;
+* ``same, engine (old path)``: the case above it by the path the direct DP replaced
+  (``transducer._USE_ENGINE``): each grid lattice an FsaVec summed by the generic engine's
+  ``get_tot_scores``, the simple loss's log-probs by autograd (the joiner's chunked
+  log-softmax is shared); ``--no-engine`` skips these rows.
 
 Timing and memory as in ``bench_fsa.py`` (its helpers are imported from there): each case is
 interleaved round by round with the reference (torch ``ctc_loss`` forward + backward, B=16,
@@ -48,6 +55,7 @@ from wfst_asr.losses import (
     simple_transducer_loss,
     transducer_loss,
 )
+from wfst_asr.losses import transducer as _tr
 
 
 def _data(B: int, T: int, U: int, V: int, seed: int = 0):
@@ -63,6 +71,19 @@ def case_full(B: int, T: int, U: int, V: int, **_) -> Callable[[], None]:
     def run() -> None:
         x.grad = None
         transducer_loss(x, ys, lens)[0].backward()
+    return run
+
+
+def case_full_joined(B: int, T: int, U: int, V: int, **_) -> Callable[[], None]:
+    """The full loss with its logits made inside the call (an additive joiner, ``am + lm``), so
+    that its peak memory counts them as the pipeline's counts its pruned logits."""
+    g, ys, lens = _data(B, T, U, V)
+    am = torch.randn(B, T, V, generator=g, requires_grad=True)
+    lm = torch.randn(B, U + 1, V, generator=g, requires_grad=True)
+
+    def run() -> None:
+        am.grad = lm.grad = None
+        transducer_loss(am.unsqueeze(2) + lm.unsqueeze(1), ys, lens)[0].backward()
     return run
 
 
@@ -126,9 +147,27 @@ def case_torchaudio(B: int, T: int, U: int, V: int, **_) -> Callable[[], None]:
     return run
 
 
+def _engine(case: Callable[..., Callable[[], None]]) -> Callable[..., Callable[[], None]]:
+    """``case`` run by the generic engine instead of the direct DP (the old path)."""
+    def make(**kw) -> Callable[[], None]:
+        fn = case(**kw)
+
+        def run() -> None:
+            _tr._USE_ENGINE = True
+            try:
+                fn()
+            finally:
+                _tr._USE_ENGINE = False
+        return run
+    return make
+
+
 CASES = {"torch_ctc": case_torch_ctc, "full": case_full, "simple": case_simple,
          "pipeline": case_pipeline, "pruned_only": case_pruned_only,
+         "full_joined": case_full_joined,
          "torchaudio": case_torchaudio}
+CASES.update({f"{k}_engine": _engine(CASES[k])
+              for k in ("full", "simple", "pipeline", "pruned_only")})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7, help="timing rounds per case")
     p.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    p.add_argument("--no-engine", action="store_true",
+                   help="skip the old engine-path rows")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
@@ -151,10 +192,15 @@ def main(argv: list[str] | None = None) -> None:
         s_range = 4
     pr = dict(rnnt, s_range=s_range)
     sizes = f"B={rnnt['B']} T={rnnt['T']} U={rnnt['U']} V={rnnt['V']}"
-    cases = [(f"full {sizes}", "full", rnnt),
-             ("simple (+ occupation)", "simple", rnnt),
-             (f"pruned pipeline s_range={s_range}", "pipeline", pr),
-             (f"pruned loss only s_range={s_range}", "pruned_only", pr)]
+    cases = []
+    for name, case, args in [(f"full {sizes}", "full", rnnt),
+                             ("full, logits am + lm made in the call", "full_joined", rnnt),
+                             ("simple (+ occupation)", "simple", rnnt),
+                             (f"pruned pipeline s_range={s_range}", "pipeline", pr),
+                             (f"pruned loss only s_range={s_range}", "pruned_only", pr)]:
+        cases.append((name, case, args))
+        if not a.no_engine and case != "full_joined":
+            cases.append(("  same, engine (old path)", f"{case}_engine", args))
     if _torchaudio() is not None:
         cases.append(("torchaudio rnnt_loss (full)", "torchaudio", rnnt))
     else:

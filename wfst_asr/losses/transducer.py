@@ -1,4 +1,4 @@
-"""Transducer (RNN-T) losses as graph sums with the FSA engine: full, simple and pruned.
+"""Transducer (RNN-T) losses as graph sums over their lattices: full, simple and pruned.
 
 For an utterance with ``T`` frames and ``U`` labels ``y_1 .. y_U``, the RNN-T lattice has the
 states ``(t, u)``, ``0 <= t < T``, ``0 <= u <= U`` (frame ``t``, ``u`` labels emitted so far),
@@ -9,10 +9,13 @@ start ``(0, 0)``, and the arcs
 * final ``(T-1, U) -> final`` (label -1, as in k2), scored ``log p(blank | T-1, U)``.
 
 The loss of the utterance is ``-log`` of the sum over all its paths,
-``-get_tot_scores(lattice, log_semiring=True)``; the lattice is an ordinary acyclic FsaVec,
-summed (and differentiated: arc posteriors) by the engine's level-wise forward-backward. Its
-arc scores are gathered by index from the joiner's output, so autograd carries the arc
-posteriors on into the network.
+``-get_tot_scores(lattice, log_semiring=True)`` of the ordinary acyclic FsaVec that
+:func:`rnnt_lattice` (:func:`pruned_rnnt_lattice`) returns. The losses compute the same sum
+and its arc posteriors without building that FsaVec: the lattice is a regular grid, so a
+direct anti-diagonal DP over the blank and label score grids does it
+(:mod:`wfst_asr.losses.transducer_dp`; the generic engine path stays behind the private
+switch ``_USE_ENGINE``, for tests and benchmarks). The scores are gathered from the joiner's
+output, so autograd carries the arc posteriors on into the network.
 
 Three losses share one lattice builder (a "grid lattice", states ``(t, j)`` with label
 position ``u = start[t] + j``):
@@ -64,6 +67,7 @@ from wfst_asr.losses.common import (
     isolate_nonfinite,
     reduce_loss,
 )
+from wfst_asr.losses.transducer_dp import LOG2E, grid_totals
 
 __all__ = [
     "TransducerLoss",
@@ -81,6 +85,9 @@ log = logging.getLogger(__name__)
 _REDUCTIONS = ("sum", "mean", "none")
 # elements of [*, V] processed at once by the chunked log-softmax of the full joiner (~1 MB)
 _CHUNK_ELEMS = 1 << 18
+# True: the losses sum their lattices with the generic engine (an FsaVec from _grid_lattice and
+# get_tot_scores), the path before the direct DP of transducer_dp; kept for tests and benchmarks
+_USE_ENGINE = False
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -241,11 +248,14 @@ class _JoinerLogProbs(torch.autograd.Function):
         blank_lp = torch.empty(N, dtype=dt, device=x.device)
         label_lp = torch.empty(N, dtype=dt, device=x.device)
         rows = max(1, _CHUNK_ELEMS // max(V, 1))
+        # one chunk buffer for all chunks: a fresh [rows, V] tensor per chunk costs page faults
+        buf = torch.empty(min(rows, N), V, dtype=dt, device=x.device)
         for r0 in range(0, N, rows):
             r1 = min(r0 + rows, N)
-            ls = torch.log_softmax(x[r0:r1].to(dt), -1)
+            ls = buf[:r1 - r0]
+            torch.log_softmax(x[r0:r1].to(dt), -1, out=ls)
             blank_lp[r0:r1] = ls[:, blank]
-            label_lp[r0:r1] = ls.gather(1, yi[r0:r1]).squeeze(1)
+            torch.gather(ls, 1, yi[r0:r1], out=label_lp[r0:r1].unsqueeze(1))
         ctx.save_for_backward(logits, yi)
         ctx.blank = blank
         shape = logits.shape[:-1]
@@ -271,8 +281,10 @@ class _JoinerLogProbs(torch.autograd.Function):
             if active is not None and not bool(active[r0:r1].any()):
                 grad[r0:r1].zero_()
             elif grad.dtype == dt:
-                torch.mul(torch.softmax(x[r0:r1], -1), neg_occ[r0:r1].unsqueeze(1),
-                          out=grad[r0:r1])
+                # softmax straight into the gradient, scaled there (no chunk temporaries)
+                g = grad[r0:r1]
+                torch.softmax(x[r0:r1], -1, out=g)
+                g.mul_(neg_occ[r0:r1].unsqueeze(1))
             else:
                 g = torch.softmax(x[r0:r1].to(dt), -1)
                 grad[r0:r1] = g.mul_(neg_occ[r0:r1].unsqueeze(1))
@@ -369,6 +381,93 @@ def _simple_log_probs(am: torch.Tensor, lm: torch.Tensor, y_idx: torch.Tensor, b
     return blank_lp, label_lp
 
 
+class _SimpleLogProbs(torch.autograd.Function):
+    """:func:`_simple_log_probs` as one autograd node (what the losses use; the function itself
+    stays as the reference): the same values, with the backward written out,
+
+    * ``d/d norm``: ``-(1 - l - a) (g_blank + g_label) / norm``, then ``d/d am = exp(am - ma) *
+      (d/d norm @ exp(lm - ml))`` and ``d/d lm`` likewise (two batched matmuls);
+    * the gathered entries (blank and ``y``, scale ``1 - l - a`` plus that of their own
+      smoothing term) scattered back, the smoothing terms' softmax parts subtracted;
+
+    so that neither pass keeps more than ``exp(am - ma)``, ``exp(lm - ml)`` and the normaliser
+    ``[B, T, U+1]``, and the backward runs a dozen operations instead of autograd's chain.
+    """
+
+    @staticmethod
+    def forward(ctx, am: torch.Tensor, lm: torch.Tensor, y_idx: torch.Tensor, blank: int,
+                lm_only_scale: float, am_only_scale: float):
+        dt = _compute_dtype(am.dtype)
+        a, m = am.detach().to(dt), lm.detach().to(dt)
+        B, T, _ = a.shape
+        U1 = m.shape[1]
+        ls, as_ = float(lm_only_scale), float(am_only_scale)
+        joint = 1.0 - ls - as_
+        ma = a.amax(-1, keepdim=True)
+        ml = m.amax(-1, keepdim=True)
+        # exp as exp2 (no slow path for entries far below the row maximum, see transducer_dp)
+        ea = (a - ma).mul_(LOG2E).exp2_()
+        el = (m - ml).mul_(LOG2E).exp2_()
+        norm = torch.bmm(ea, el.transpose(1, 2))
+        tiny = torch.finfo(dt).tiny
+        clamped = norm < tiny
+        clamped = clamped if bool(clamped.any()) else None
+        norm.clamp_min_(tiny)
+        lognorm = norm.log()
+        # log-probs with the row maxima folded into the gathered entries:
+        # am[b] - ma + lm[b] - ml - log(norm), am[y] - ma + lm[y] - ml - log(norm)
+        ab = a[..., blank] - ma.squeeze(2)  # [B, T]
+        lb = m[..., blank] - ml.squeeze(2)  # [B, U1]
+        y_t = y_idx.unsqueeze(1).expand(B, T, U1)
+        ay = a.gather(2, y_t).sub_(ma)  # [B, T, U1]
+        ly = m.gather(2, y_idx.unsqueeze(2)).squeeze(2).sub_(ml.squeeze(2))  # [B, U1]
+        blank_lp = torch.sub(ab.unsqueeze(2) + lb.unsqueeze(1), lognorm)
+        label_lp = (ay + ly.unsqueeze(1)).sub_(lognorm)
+        ea_sum = el_sum = None
+        if ls or as_:
+            blank_lp.mul_(joint)
+            label_lp.mul_(joint)
+            if ls:
+                el_sum = el.sum(-1)  # lm's own log-softmax: lm[v] - ml - log(el_sum)
+                lz = el_sum.log()
+                blank_lp.add_((ls * (lb - lz)).unsqueeze(1))
+                label_lp.add_((ls * (ly - lz)).unsqueeze(1))
+            if as_:
+                ea_sum = ea.sum(-1)
+                az = ea_sum.log()
+                blank_lp.add_((as_ * (ab - az)).unsqueeze(2))
+                label_lp.add_(ay.sub_(az.unsqueeze(2)).mul_(as_))
+        ctx.save_for_backward(ea, el, norm, y_idx, clamped, ea_sum, el_sum)
+        ctx.scales = (blank, ls, as_, joint, am.dtype, lm.dtype)
+        return blank_lp, label_lp
+
+    @staticmethod
+    def backward(ctx, g_blank: torch.Tensor | None, g_label: torch.Tensor | None):
+        ea, el, norm, y_idx, clamped, ea_sum, el_sum = ctx.saved_tensors
+        blank, ls, as_, joint, am_dt, lm_dt = ctx.scales
+        B, T, U1 = norm.shape
+        gb = g_blank.to(norm.dtype) if g_blank is not None else norm.new_zeros(B, T, U1)
+        gl = g_label.to(norm.dtype) if g_label is not None else norm.new_zeros(B, T, U1)
+        gs = gb + gl
+        gn = gs.mul(-joint).div_(norm)
+        if clamped is not None:
+            gn.masked_fill_(clamped, 0.0)
+        ga = torch.bmm(gn, el)  # d/d exp(am - ma)
+        gm = torch.bmm(gn.transpose(1, 2), ea)
+        if as_:
+            ga.sub_((as_ * gs.sum(2) / ea_sum).unsqueeze(2))
+        if ls:
+            gm.sub_((ls * gs.sum(1) / el_sum).unsqueeze(2))
+        ga.mul_(ea)
+        gm.mul_(el)
+        ca, cl = joint + as_, joint + ls
+        ga[..., blank] += gb.sum(2).mul_(ca)
+        ga.scatter_add_(2, y_idx.unsqueeze(1).expand(B, T, U1), gl * ca)
+        gm[..., blank] += gb.sum(1).mul_(cl)
+        gm.scatter_add_(2, y_idx.unsqueeze(2), gl.sum(1).mul_(cl).unsqueeze(2))
+        return ga.to(am_dt), gm.to(lm_dt), None, None, None, None
+
+
 # ----------------------------------------------------------------------------- totals -> loss
 def _totals(lattice: Fsa, scores: torch.Tensor, use_double_scores: bool,
             want_occupation: bool, occ_size: int, score_index: torch.Tensor, grid_cells: int
@@ -393,6 +492,32 @@ def _totals(lattice: Fsa, scores: torch.Tensor, use_double_scores: bool,
     surrogate = (post * (scores - scores.detach())).to(tot.dtype)
     tot = tot.detach() + tot.new_zeros(tot.shape).index_add(0, lattice.arc_fsa, surrogate)
     return tot, occ
+
+
+def _dp_totals(blank_lp: torch.Tensor, label_lp: torch.Tensor, keep: torch.Tensor,
+               T_n: torch.Tensor, U_n: torch.Tensor, use_double_scores: bool,
+               want_occupation: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What :func:`_totals` gives for the grid lattices of ``keep`` (``T_n`` frames, ``U_n``
+    labels; all on the grids' device), by the direct DP of :mod:`.transducer_dp`:
+    ``blank_lp``, ``label_lp`` ``[B, T, W]`` score the blank (final) and label arcs leaving
+    each cell ``(t, u)``. The occupation comes flat, ``[B * T * W]``, in the scores' dtype."""
+    dt = blank_lp.dtype
+    if use_double_scores:
+        blank_lp, label_lp = blank_lp.to(torch.float64), label_lp.to(torch.float64)
+    tot, occ = grid_totals(blank_lp, label_lp, keep, T_n, U_n, want_occupation)
+    return tot, (occ.to(dt).reshape(-1) if occ is not None else None)
+
+
+def _dense_window_scores(blank_lp: torch.Tensor, label_lp: torch.Tensor, pos: torch.Tensor,
+                         width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pruned lattice's scores ``[B, T, S]`` (slot ``j`` of frame ``t`` at label position
+    ``pos[b, t, j]``, consecutive) placed on the full grid ``[B, T, width]``, -inf outside the
+    windows: the paths of the full grid lattice with these scores are those of the pruned
+    lattice (a path entering a cell outside its frame's window ends there)."""
+    B, T, _ = blank_lp.shape
+    dt = blank_lp.dtype
+    out = blank_lp.new_full((B, T, width), float("-inf"))
+    return out.scatter(2, pos, blank_lp), out.scatter(2, pos, label_lp.to(dt))
 
 
 def _finish(name: str, tot: torch.Tensor | None, keep: torch.Tensor, ok: torch.Tensor,
@@ -511,7 +636,7 @@ def _prepare_pruned(B, T, S, V, targets, target_lens, ranges, frame_lens, blank,
 def transducer_loss(logits: torch.Tensor, targets, frame_lens, target_lens=None,
                     blank: int = 0, reduction: str = "sum", use_double_scores: bool = False
                     ) -> tuple[torch.Tensor, dict]:
-    """The RNN-T loss ``-log p(y | x)`` summed over all alignments, by the FSA engine.
+    """The RNN-T loss ``-log p(y | x)`` summed over all alignments.
 
     Args:
       logits: ``[B, T, U+1, V]`` joiner outputs before log-softmax (``U+1 >=`` longest
@@ -546,10 +671,14 @@ def transducer_loss(logits: torch.Tensor, targets, frame_lens, target_lens=None,
         keep = ok.nonzero().squeeze(1)
     if keep.numel():
         kd = keep.to(dev)
-        lattice, sidx = _grid_lattice(kd, flens[keep].to(dev), ulens[keep].to(dev) + 1,
-                                      ulens[keep].to(dev), None, nxt, B, T, U1, blank)
-        scores = torch.stack([blank_lp, label_lp]).reshape(-1).index_select(0, sidx)
-        tot, _ = _totals(lattice, scores, double, False, 0, sidx, B * T * U1)
+        if _USE_ENGINE:
+            lattice, sidx = _grid_lattice(kd, flens[keep].to(dev), ulens[keep].to(dev) + 1,
+                                          ulens[keep].to(dev), None, nxt, B, T, U1, blank)
+            scores = torch.stack([blank_lp, label_lp]).reshape(-1).index_select(0, sidx)
+            tot, _ = _totals(lattice, scores, double, False, 0, sidx, B * T * U1)
+        else:
+            tot, _ = _dp_totals(blank_lp, label_lp, kd, flens[keep].to(dev),
+                                ulens[keep].to(dev), double, False)
     return _finish("transducer_loss", tot, keep, ok, flens, B, dtype, reduction, bad_input,
                    logits)
 
@@ -570,7 +699,7 @@ def simple_transducer_loss(am: torch.Tensor, lm: torch.Tensor, targets, frame_le
       return_occupation: also return ``info["occupation"]``, ``[B, T, U+1]`` float (no grad):
         the posterior probability that the alignment passes through state ``(t, u)`` (sum of
         the posteriors of its blank and label arcs; 0 outside each utterance and for excluded
-        ones), what :func:`get_pruned_ranges` needs. The engine runs once for both.
+        ones), what :func:`get_pruned_ranges` needs. One DP pass gives both.
       Other arguments as :func:`transducer_loss`.
 
     Memory ``O(B T U + B (T + U) V)``: the normaliser is a matmul (see
@@ -594,13 +723,18 @@ def simple_transducer_loss(am: torch.Tensor, lm: torch.Tensor, targets, frame_le
     dtype = torch.float64 if double else _compute_dtype(am.dtype)
     tot, occ = None, None
     if keep.numel():
-        blank_lp, label_lp = _simple_log_probs(am, lm, nxt, blank, lm_only_scale, am_only_scale)
+        log_probs = _simple_log_probs if _USE_ENGINE else _SimpleLogProbs.apply
+        blank_lp, label_lp = log_probs(am, lm, nxt, blank, lm_only_scale, am_only_scale)
         kd = keep.to(dev)
-        lattice, sidx = _grid_lattice(kd, flens[keep].to(dev), ulens[keep].to(dev) + 1,
-                                      ulens[keep].to(dev), None, nxt, B, T, U1, blank)
-        scores = torch.stack([blank_lp, label_lp]).reshape(-1).index_select(0, sidx)
-        tot, occ = _totals(lattice, scores, double, return_occupation, B * T * U1, sidx,
-                           B * T * U1)
+        if _USE_ENGINE:
+            lattice, sidx = _grid_lattice(kd, flens[keep].to(dev), ulens[keep].to(dev) + 1,
+                                          ulens[keep].to(dev), None, nxt, B, T, U1, blank)
+            scores = torch.stack([blank_lp, label_lp]).reshape(-1).index_select(0, sidx)
+            tot, occ = _totals(lattice, scores, double, return_occupation, B * T * U1, sidx,
+                               B * T * U1)
+        else:
+            tot, occ = _dp_totals(blank_lp, label_lp, kd, flens[keep].to(dev),
+                                  ulens[keep].to(dev), double, return_occupation)
     loss, info = _finish(name, tot, keep, ok, flens, B, dtype, reduction, bad_input, am, lm)
     if return_occupation:
         if occ is None:
@@ -652,11 +786,18 @@ def pruned_transducer_loss(logits: torch.Tensor, targets, ranges: torch.Tensor, 
         keep = ok.nonzero().squeeze(1)
     if keep.numel():
         kd = keep.to(dev)
-        W_b = torch.clamp(ulens[keep] + 1, max=S).to(dev)
-        lattice, sidx = _grid_lattice(kd, flens[keep].to(dev), W_b, ulens[keep].to(dev),
-                                      starts, nxt, B, T, S, blank)
-        scores = torch.stack([blank_lp, label_lp]).reshape(-1).index_select(0, sidx)
-        tot, _ = _totals(lattice, scores, double, False, 0, sidx, B * T * S)
+        # the DP's lattices start at (0, 0): a kept utterance whose first window starts later
+        # (not from get_pruned_ranges) keeps the engine's lattice, which starts at (0, s_0)
+        if _USE_ENGINE or bool((starts.index_select(0, kd)[:, 0] != 0).any()):
+            W_b = torch.clamp(ulens[keep] + 1, max=S).to(dev)
+            lattice, sidx = _grid_lattice(kd, flens[keep].to(dev), W_b, ulens[keep].to(dev),
+                                          starts, nxt, B, T, S, blank)
+            scores = torch.stack([blank_lp, label_lp]).reshape(-1).index_select(0, sidx)
+            tot, _ = _totals(lattice, scores, double, False, 0, sidx, B * T * S)
+        else:
+            dense_b, dense_l = _dense_window_scores(blank_lp, label_lp, pos, nxt.shape[1])
+            tot, _ = _dp_totals(dense_b, dense_l, kd, flens[keep].to(dev),
+                                ulens[keep].to(dev), double, False)
     return _finish("pruned_transducer_loss", tot, keep, ok, flens, B, dtype, reduction,
                    bad_input, logits)
 
