@@ -122,16 +122,16 @@ def _lattice_arcs(lat: Fsa) -> list[tuple]:
                     lat.frame_idx.tolist(), lat.scores.tolist()))
 
 
-@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("mode", ["sparse", "split"])
 @pytest.mark.parametrize("seed", range(6))
-def test_lattices_equal_the_previous_search(seed: int, split: bool, monkeypatch) -> None:
+def test_lattices_equal_the_previous_search(seed: int, mode: str, monkeypatch) -> None:
     """intersect_dense_pruned (per-frame records, forward-backward over them) gives the same
     lattice, arc for arc and in the same order, as the previous implementation (whole raw
     lattice assembled, then the engine's forward-backward), at several beams; also with
-    per-segment graphs and a segment with a NaN frame; the batch at once or (``split``) one
-    segment at a time."""
+    per-segment graphs and a segment with a NaN frame; the batch at once or one segment at a
+    time (``split``)."""
     from wfst_asr.fsa import intersect_dense_pruned
-    monkeypatch.setattr(viterbi, "SPLIT_ARCS", 1 if split else 1 << 40)
+    monkeypatch.setattr(viterbi, "SPLIT_ARCS", 1 if mode == "split" else 1 << 40)
     gen = torch.Generator().manual_seed(100 + seed)
     V = 5
     S = int(torch.randint(3, 10, (1,), generator=gen))

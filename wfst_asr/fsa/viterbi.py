@@ -464,61 +464,95 @@ def _use_dense(plan: SearchPlan, S: int, N: int) -> bool:
     return cells <= 4 * plan.arc.numel() and N * cells <= DENSE_CELLS
 
 
+class _AllStates:
+    """The padded in-arc tables of one shared graph for the all-states searches: per state
+    ``s`` and slot ``d``, the in-arc's plan position ``pos``, source ``src``, graph score ``w``
+    (``-inf`` on padding) and label; and the rows of the log-probs each segment reads."""
+
+    def __init__(self, sr: _Search) -> None:
+        device, S, N, plan = sr.device, sr.S, sr.N, sr.plan
+        self.sr = sr
+        self.pos, valid = _in_arcs(plan, S)
+        _S, self.D = self.pos.shape
+        D = self.D
+        flat = self.pos.reshape(-1)
+        # padding: source state 0 with a -inf arc score, so it never wins
+        self.src_flat = plan.src.index_select(0, flat) * valid.reshape(-1)
+        self.w_pad = torch.where(valid, sr.gsc.index_select(0, plan.arc.index_select(0, flat))
+                                 .view(S, D), torch.full((S, D), NEG_INF, device=device))
+        self.lab_flat = plan.label.index_select(0, flat) * valid.reshape(-1)
+        # frame t of segment n reads row rows[t, n] (its last frame once it has ended)
+        lens, row0 = sr.lens, sr.row0_cpu
+        tt = torch.arange(max(sr.T_max, 1)).unsqueeze(1)
+        self.rows = torch.minimum(row0 + tt, row0 + (lens - 1).clamp(min=0)).to(device)
+        self.chunk = max(1, min(64, (1 << 20) // max(1, N * S * D)))
+        self._ac = self.w_pad.new_empty(0)
+        self._ac_t0 = -1
+
+    def start_scores(self) -> torch.Tensor:
+        sr = self.sr
+        score = torch.full((sr.N, sr.S), NEG_INF, dtype=torch.float32, device=sr.device)
+        start = int(sr.graphs.start_states[0])
+        if start >= 0:
+            score[sr.ok.to(sr.device), start] = 0.0
+        return score
+
+    def acoustic(self, t: int) -> torch.Tensor:
+        """``[N, S, D]``: the log-prob of every padded in-arc at frame ``t`` (computed for
+        ``chunk`` frames at a time)."""
+        t0 = t - t % self.chunk
+        if t0 != self._ac_t0:
+            sr, N, S, D = self.sr, self.sr.N, self.sr.S, self.D
+            r = self.rows[t0:t0 + self.chunk].reshape(-1)
+            self._ac = sr.lp_rows.index_select(0, r).index_select(1, self.lab_flat) \
+                .view(-1, N, S, D)
+            self._ac_t0 = t0
+        return self._ac[t - t0]
+
+    def candidates(self, score: torch.Tensor, t: int) -> torch.Tensor:
+        """``[N, S, D]``: (token + graph) + acoustic score through every padded in-arc: the
+        sparse search's order of float32 additions."""
+        cand = score.index_select(1, self.src_flat).view(self.sr.N, self.sr.S, self.D)
+        cand += self.w_pad
+        cand += self.acoustic(t)
+        return cand
+
+
+def _prune_rows(best: torch.Tensor, beam: float, min_active: int, max_active: int
+                ) -> torch.Tensor:
+    """:func:`_dense_prune`, with fewer operations for one segment in the common case."""
+    N, S = best.shape
+    if N == 1 and S <= max_active:
+        thr = float(best.max()) - beam
+        out = best < thr
+        if S - int(out.sum()) >= min_active or thr == NEG_INF:
+            return best.masked_fill_(out, NEG_INF)
+    return _dense_prune(best, beam, min_active, max_active)
+
+
 def _dense_search(sr: _Search, beam: float, min_active: int, max_active: int
                   ) -> list[torch.Tensor]:
     """The search of :func:`best_path_arcs` over all states of one shared graph at once:
     scores ``[N, S]`` (``-inf``: no token), each state's best incoming arc by a max over its
     padded in-arcs. The tokens, pruning and tie-breaking are those of the sparse search."""
-    device, S, N, plan = sr.device, sr.S, sr.N, sr.plan
-    gsc, fin_score, fin_arc = sr.gsc, sr.fin_score, sr.fin_arc
-    pos, valid = _in_arcs(plan, S)
-    _S, D = pos.shape
-    flat = pos.reshape(-1)
-    # padding: any source state with a -inf arc score, so it never wins
-    src_flat = (plan.src.index_select(0, flat) * valid.reshape(-1))
-    w_pad = torch.where(valid, gsc.index_select(0, plan.arc.index_select(0, flat)).view(S, D),
-                        torch.full((S, D), NEG_INF, device=device))
-    lab_flat = plan.label.index_select(0, flat) * valid.reshape(-1)
-    lens, row0, lp_rows = sr.lens, sr.row0_cpu, sr.lp_rows
-    score = torch.full((N, S), NEG_INF, dtype=torch.float32, device=device)
-    start = int(sr.graphs.start_states[0])
-    if start >= 0:
-        score[sr.ok.to(device), start] = 0.0
-    ends, T_max = sr.ends, sr.T_max
-    # frame t of segment n reads row rows[t, n] (its last frame once it has ended)
-    tt = torch.arange(max(T_max, 1)).unsqueeze(1)
-    rows = torch.minimum(row0 + tt, row0 + (lens - 1).clamp(min=0)).to(device)  # [T_max, N]
-    chunk = max(1, min(64, (1 << 20) // max(1, N * S * D)))
+    al = _AllStates(sr)
+    score = al.start_scores()
     steps: list[torch.Tensor] = []  # [t]: [N, S] column of the best in-arc into each state
     result: dict[int, int] = {}     # segment -> its best final state at its last frame
-    ac = w_pad.new_empty(0)
-    for t in range(T_max + 1):
-        for n in ends.get(t, ()):
-            tot = score[n] + fin_score
+    for t in range(sr.T_max + 1):
+        for n in sr.ends.get(t, ()):
+            tot = score[n] + sr.fin_score
             j = int(torch.argmax(tot))  # the first of equal maxima
             if bool(torch.isfinite(tot[j])):
                 result[n] = j
             score[n] = NEG_INF
-        if t == T_max:
+        if t == sr.T_max:
             break
-        if t % chunk == 0:  # graph + acoustic score of every padded in-arc, `chunk` frames
-            r = rows[t:t + chunk].reshape(-1)
-            ac = lp_rows.index_select(0, r).index_select(1, lab_flat).view(-1, N, S, D)
-            ac += w_pad
-        cand = score.index_select(1, src_flat).view(N, S, D)
-        cand += ac[t % chunk]
-        best, arg = cand.max(dim=2)                                 # first of equal maxima
-        if N == 1 and S <= max_active:  # the common case in fewer operations
-            thr = float(best.max()) - beam
-            out = best < thr
-            if S - int(out.sum()) >= min_active or thr == NEG_INF:
-                score = best.masked_fill_(out, NEG_INF)
-            else:
-                score = _dense_prune(best, beam, min_active, max_active)
-        else:
-            score = _dense_prune(best, beam, min_active, max_active)
+        best, arg = al.candidates(score, t).max(dim=2)  # first of equal maxima
+        score = _prune_rows(best, beam, min_active, max_active)
         steps.append(arg)
-    return _dense_trace(N, S, D, result, fin_arc, steps, pos, plan, lens, device)
+    return _dense_trace(sr.N, sr.S, al.D, result, sr.fin_arc, steps, al.pos, sr.plan, sr.lens,
+                        sr.device)
 
 
 def _dense_prune(score: torch.Tensor, beam: float, min_active: int, max_active: int
