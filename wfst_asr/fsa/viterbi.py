@@ -518,18 +518,6 @@ class _AllStates:
         return cand
 
 
-def _prune_rows(best: torch.Tensor, beam: float, min_active: int, max_active: int
-                ) -> torch.Tensor:
-    """:func:`_dense_prune`, with fewer operations for one segment in the common case."""
-    N, S = best.shape
-    if N == 1 and S <= max_active:
-        thr = float(best.max()) - beam
-        out = best < thr
-        if S - int(out.sum()) >= min_active or thr == NEG_INF:
-            return best.masked_fill_(out, NEG_INF)
-    return _dense_prune(best, beam, min_active, max_active)
-
-
 def _dense_search(sr: _Search, beam: float, min_active: int, max_active: int
                   ) -> list[torch.Tensor]:
     """The search of :func:`best_path_arcs` over all states of one shared graph at once:
@@ -539,18 +527,32 @@ def _dense_search(sr: _Search, beam: float, min_active: int, max_active: int
     score = al.start_scores()
     steps: list[torch.Tensor] = []  # [t]: [N, S] column of the best in-arc into each state
     result: dict[int, int] = {}     # segment -> its best final state at its last frame
-    for t in range(sr.T_max + 1):
-        for n in sr.ends.get(t, ()):
-            tot = score[n] + sr.fin_score
-            j = int(torch.argmax(tot))  # the first of equal maxima
-            if bool(torch.isfinite(tot[j])):
-                result[n] = j
-            score[n] = NEG_INF
-        if t == sr.T_max:
+    N, S, D = sr.N, sr.S, al.D
+    src_flat, w_pad, ends, T_max = al.src_flat, al.w_pad, sr.ends, sr.T_max
+    one = N == 1 and S <= max_active  # then pruning is one threshold in the common case
+    for t in range(T_max + 1):
+        if t in ends:
+            for n in ends[t]:
+                tot = score[n] + sr.fin_score
+                j = int(torch.argmax(tot))  # the first of equal maxima
+                if bool(torch.isfinite(tot[j])):
+                    result[n] = j
+                score[n] = NEG_INF
+        if t == T_max:
             break
-        best, arg = al.candidates(score, t).max(dim=2)  # first of equal maxima
-        score = _prune_rows(best, beam, min_active, max_active)
+        # (token + graph) + acoustic: the sparse search's order of float32 additions
+        cand = score.index_select(1, src_flat).view(N, S, D)
+        cand += w_pad
+        cand += al.acoustic(t)
+        best, arg = cand.max(dim=2)  # first of equal maxima
         steps.append(arg)
+        if one:
+            thr = float(best.max()) - beam
+            out = best < thr
+            if S - int(out.sum()) >= min_active or thr == NEG_INF:
+                score = best.masked_fill_(out, NEG_INF)
+                continue
+        score = _dense_prune(best, beam, min_active, max_active)
     return _dense_trace(sr.N, sr.S, al.D, result, sr.fin_arc, steps, al.pos, sr.plan, sr.lens,
                         sr.device)
 
