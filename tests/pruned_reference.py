@@ -20,31 +20,11 @@ from wfst_asr.fsa import DenseFsaVec, Fsa
 from wfst_asr.fsa.dense_plan import _check_graphs
 from wfst_asr.fsa.forward_backward import get_arc_post
 from wfst_asr.fsa.intersect import assemble_lattice
+from wfst_asr.fsa.pruned import _expand, _out_arcs  # unchanged helpers, still in use
 
 NEG_INF = float("-inf")
 #: segment x state key spaces up to this size use a dense table per frame instead of a sort
 DENSE_KEYS = 1 << 20
-
-
-def _out_arcs(graphs: Fsa) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(first, count)`` of the leaving arcs of every global graph state."""
-    S = graphs.num_states
-    src = graphs.src_global
-    states = torch.arange(S, device=src.device)
-    first = torch.searchsorted(src, states)
-    count = torch.searchsorted(src, states, right=True) - first
-    return first, count
-
-
-def _expand(first: torch.Tensor, count: torch.Tensor, tok_state: torch.Tensor
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """All leaving arcs of the tokens: ``(token index [E], arc index [E])``."""
-    cnt = count[tok_state]
-    total = int(cnt.sum())
-    tok = torch.repeat_interleave(torch.arange(tok_state.numel(), device=cnt.device), cnt,
-                                  output_size=total)
-    offs = torch.arange(total, device=cnt.device) - (torch.cumsum(cnt, 0) - cnt)[tok]
-    return tok, first[tok_state][tok] + offs
 
 
 def _prune(seg: torch.Tensor, score: torch.Tensor, N: int, beam: float, min_active: int,

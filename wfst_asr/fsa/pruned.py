@@ -93,18 +93,7 @@ def intersect_dense_pruned(graph: Fsa, dense: DenseFsaVec, search_beam: float,
             frames.append(_Frame(tok_seg, tok_state))
             break
         ti, e, cand, key, ac = ex
-        if sr.use_table:
-            tab = torch.full((sr.K,), NEG_INF, dtype=cand.dtype, device=device)
-            tab.scatter_reduce_(0, key, cand, "amax", include_self=True)
-            ukey = torch.nonzero(tab > NEG_INF).squeeze(1)
-            best = tab.index_select(0, ukey)
-            best_of = tab.index_select(0, key)
-            inv = None
-        else:
-            ukey, inv = torch.unique(key, return_inverse=True)
-            best = torch.full((ukey.numel(),), NEG_INF, dtype=cand.dtype, device=device)
-            best.scatter_reduce_(0, inv, cand, "amax", include_self=True)
-            best_of = best.index_select(0, inv)
+        ukey, best, best_of, inv = viterbi._max_per_key(key, cand, sr.K, sr.use_table)
         new_seg, new_state = sr.split_key(ukey)
         keep = sr.prune(new_seg, best, search_beam, min_active_states, max_active_states)
         if keep is not None:

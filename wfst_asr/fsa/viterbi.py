@@ -33,11 +33,13 @@ SPLIT_ARCS = 50_000
 class SearchPlan:
     """The arcs of a graph (FsaVec) arranged for expansion; see :func:`search_plan`.
 
-    ``first [S]`` / ``count [S]``: the emitting (label >= 0) arcs leaving each global state are
-    ``arc[first[s] : first[s] + count[s]]`` (graph arc indices, in arc order), with their
-    labels ``label`` and global destination states ``dst``. ``final_arc [S]``: the best -1 arc
-    leaving each state (-1 if none); which one is best depends on the scores, so it is computed
-    per search.
+    ``first [S]`` / ``count [S]`` (int32): the emitting (label >= 0) arcs leaving each global
+    state are ``arc[first[s] : first[s] + count[s]]`` (graph arc indices, in arc order), with
+    their labels ``label`` (int32), global source and destination states ``src`` / ``dst``;
+    ``is_final [A]`` marks the -1 arcs, and ``final_first`` / ``final_count`` / ``final_arc``
+    group them by source state the same way. ``max_in``: the largest in-degree over the
+    emitting arcs. Which -1 arc of a state is best depends on the scores, so that is computed
+    per score vector (:class:`_Search`).
     """
 
     first: torch.Tensor
@@ -51,6 +53,7 @@ class SearchPlan:
     final_first: torch.Tensor
     final_count: torch.Tensor
     final_arc: torch.Tensor
+    max_in: int
 
 
 def search_plan(graphs: Fsa) -> SearchPlan:
@@ -72,9 +75,10 @@ def search_plan(graphs: Fsa) -> SearchPlan:
     fsrc = graphs.src_global[farc]
     ffirst = torch.searchsorted(fsrc, states)
     fcount = torch.searchsorted(fsrc, states, right=True) - ffirst
-    plan = SearchPlan(first, count, arc, lab[arc].to(torch.int32), graphs.dst_global[arc], src,
-                      ~emit, ffirst,
-                      fcount, farc)
+    dst = graphs.dst_global[arc]
+    max_in = int(torch.bincount(dst, minlength=graphs.num_states).max()) if dst.numel() else 0
+    plan = SearchPlan(first, count, arc, lab[arc].to(torch.int32), dst, src, ~emit, ffirst,
+                      fcount, farc, max_in)
     graphs._cache["search_plan"] = (arcs, arcs._version, plan)
     return plan
 
@@ -286,23 +290,34 @@ def best_path_arcs(graph: Fsa, dense: DenseFsaVec, search_beam: float,
     return _trace(sr.N, finish, fin_arc_of, bp_prev, bp_arc, sr.device)
 
 
-def _best_per_key(key: torch.Tensor, cand: torch.Tensor, num_keys: int, table: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(ukey [K] ascending, best [K], win [K])``: the new tokens, their best score and the
-    expanded arc (lowest index among equal scores) that gave it."""
-    E = cand.numel()
+def _max_per_key(key: torch.Tensor, cand: torch.Tensor, num_keys: int, table: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The new tokens of a frame: ``(ukey [K] ascending, best [K], best_of [E], inv)``, the
+    keys reached with a score above ``-inf``, their best score, each expanded arc's key's best,
+    and each arc's position in ``ukey`` (None on the table path). Small key spaces use a dense
+    table (no sort); large ones ``torch.unique`` (whose ``ukey`` may hold ``-inf`` keys)."""
     if table:
         tab = torch.full((num_keys,), NEG_INF, dtype=cand.dtype, device=cand.device)
         tab.scatter_reduce_(0, key, cand, "amax", include_self=True)
-        won = torch.nonzero(cand == tab.index_select(0, key)).squeeze(1)
-        arg = torch.full((num_keys,), E, dtype=torch.int64, device=cand.device)
-        arg.scatter_reduce_(0, key.index_select(0, won), won, "amin", include_self=True)
-        ukey = torch.nonzero(arg < E).squeeze(1)
-        return ukey, tab.index_select(0, ukey), arg.index_select(0, ukey)
+        ukey = torch.nonzero(tab > NEG_INF).squeeze(1)
+        return ukey, tab.index_select(0, ukey), tab.index_select(0, key), None
     ukey, inv = torch.unique(key, return_inverse=True)
     best = torch.full((ukey.numel(),), NEG_INF, dtype=cand.dtype, device=cand.device)
     best.scatter_reduce_(0, inv, cand, "amax", include_self=True)
-    won = torch.nonzero(cand == best.index_select(0, inv)).squeeze(1)
+    return ukey, best, best.index_select(0, inv), inv
+
+
+def _best_per_key(key: torch.Tensor, cand: torch.Tensor, num_keys: int, table: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(ukey [K] ascending, best [K], win [K])``: :func:`_max_per_key`'s new tokens and the
+    expanded arc (lowest index among equal scores) that gave each its best."""
+    E = cand.numel()
+    ukey, best, best_of, inv = _max_per_key(key, cand, num_keys, table)
+    won = torch.nonzero(cand == best_of).squeeze(1)
+    if inv is None:
+        arg = torch.full((num_keys,), E, dtype=torch.int64, device=cand.device)
+        arg.scatter_reduce_(0, key.index_select(0, won), won, "amin", include_self=True)
+        return ukey, best, arg.index_select(0, ukey)
     arg = torch.full((ukey.numel(),), E, dtype=torch.int64, device=cand.device)
     arg.scatter_reduce_(0, inv.index_select(0, won), won, "amin", include_self=True)
     return ukey, best, arg
@@ -459,13 +474,12 @@ def _use_dense(plan: SearchPlan, S: int, N: int) -> bool:
     than the arcs themselves (e.g. a phone HLG, a small HCLG)."""
     if S == 0 or plan.arc.numel() == 0:
         return False
-    indeg_max = int(torch.bincount(plan.dst, minlength=S).max())
-    cells = S * indeg_max
+    cells = S * plan.max_in
     return cells <= 4 * plan.arc.numel() and N * cells <= DENSE_CELLS
 
 
 class _AllStates:
-    """The padded in-arc tables of one shared graph for the all-states searches: per state
+    """The padded in-arc tables of one shared graph for the all-states search: per state
     ``s`` and slot ``d``, the in-arc's plan position ``pos``, source ``src``, graph score ``w``
     (``-inf`` on padding) and label; and the rows of the log-probs each segment reads."""
 
@@ -509,14 +523,6 @@ class _AllStates:
             self._ac_t0 = t0
         return self._ac[t - t0]
 
-    def candidates(self, score: torch.Tensor, t: int) -> torch.Tensor:
-        """``[N, S, D]``: (token + graph) + acoustic score through every padded in-arc: the
-        sparse search's order of float32 additions."""
-        cand = score.index_select(1, self.src_flat).view(self.sr.N, self.sr.S, self.D)
-        cand += self.w_pad
-        cand += self.acoustic(t)
-        return cand
-
 
 def _dense_search(sr: _Search, beam: float, min_active: int, max_active: int
                   ) -> list[torch.Tensor]:
@@ -553,8 +559,7 @@ def _dense_search(sr: _Search, beam: float, min_active: int, max_active: int
                 score = best.masked_fill_(out, NEG_INF)
                 continue
         score = _dense_prune(best, beam, min_active, max_active)
-    return _dense_trace(sr.N, sr.S, al.D, result, sr.fin_arc, steps, al.pos, sr.plan, sr.lens,
-                        sr.device)
+    return _dense_trace(sr, result, steps, al.pos)
 
 
 def _dense_prune(score: torch.Tensor, beam: float, min_active: int, max_active: int
@@ -583,10 +588,11 @@ def _dense_prune(score: torch.Tensor, beam: float, min_active: int, max_active: 
     return score.masked_fill_(~keep, NEG_INF)
 
 
-def _dense_trace(N: int, S: int, D: int, result: dict, fin_arc, steps: list, pos, plan,
-                 lens, device) -> list[torch.Tensor]:
+def _dense_trace(sr: _Search, result: dict, steps: list, pos: torch.Tensor
+                 ) -> list[torch.Tensor]:
     """Read each segment's best path back through the per-frame in-arc choices (on the CPU:
     one copy of the choices, then a scalar walk per frame)."""
+    N, lens, device, plan, fin_arc = sr.N, sr.lens, sr.device, sr.plan, sr.fin_arc
     out = [torch.zeros(0, dtype=torch.int64, device=device) for _ in range(N)]
     if not result:
         return out
