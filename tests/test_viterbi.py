@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.pruned_reference import intersect_dense_pruned as reference_pruned
-from wfst_asr.fsa import DenseFsaVec, Fsa, create_fsa_vec, shortest_path, viterbi
+from wfst_asr.fsa import DenseFsaVec, Fsa, create_fsa_vec, dense_plan, shortest_path, viterbi
 
 
 def _random_graph(num_states: int, num_arcs: int, V: int, gen: torch.Generator) -> Fsa:
@@ -44,11 +44,17 @@ def _reference(graph: Fsa, dense: DenseFsaVec, beam: float, lo: int, hi: int
     return [arc_map[splits[i]:splits[i + 1]].tolist() for i in range(best.num_fsas)]
 
 
-def _search(graph, dense, beam, lo, hi, mode: str, monkeypatch) -> list[list[int]]:
-    """``mode``: dense (all states), sparse (active tokens, the batch at once) or split
-    (active tokens, one segment at a time)."""
-    monkeypatch.setattr(viterbi, "_use_dense", lambda *a: mode == "dense")
+def _set_mode(mode: str, monkeypatch) -> None:
+    """``mode``: dense (all states, one padded bucket of arcs), buckets (all states, one bucket
+    per degree), sparse (active tokens, the batch at once) or split (active tokens, one
+    segment at a time)."""
+    monkeypatch.setattr(viterbi, "_use_dense", lambda *a: mode in ("dense", "buckets"))
     monkeypatch.setattr(viterbi, "SPLIT_ARCS", 1 if mode == "split" else 1 << 40)
+    monkeypatch.setattr(dense_plan, "_BUCKET_OVERHEAD", 0 if mode == "buckets" else 1 << 30)
+
+
+def _search(graph, dense, beam, lo, hi, mode: str, monkeypatch) -> list[list[int]]:
+    _set_mode(mode, monkeypatch)
     return [p.tolist() for p in viterbi.best_path_arcs(graph, dense, beam, lo, hi)]
 
 
@@ -58,7 +64,7 @@ def _dense(B: int, T: int, V: int, lens: list[int], gen: torch.Generator) -> Den
     return DenseFsaVec(lp, segs)
 
 
-@pytest.mark.parametrize("mode", ["sparse", "dense", "split"])
+@pytest.mark.parametrize("mode", ["sparse", "dense", "buckets", "split"])
 @pytest.mark.parametrize("seed", range(6))
 def test_same_paths_as_the_lattice_route(seed: int, mode: str, monkeypatch) -> None:
     gen = torch.Generator().manual_seed(seed)
@@ -75,7 +81,7 @@ def test_same_paths_as_the_lattice_route(seed: int, mode: str, monkeypatch) -> N
         assert got == ref, (beam, lo, hi)
 
 
-@pytest.mark.parametrize("mode", ["sparse", "dense", "split"])
+@pytest.mark.parametrize("mode", ["sparse", "dense", "buckets", "split"])
 def test_segments_of_one_sequence_and_bad_frames(mode: str, monkeypatch) -> None:
     """Several segments of the same sequences at offsets, a segment with a NaN frame (empty),
     -inf log-probs (paths cut), and per-segment graphs (sparse search only)."""
@@ -102,7 +108,7 @@ def test_no_complete_path(monkeypatch) -> None:
     arcs = torch.tensor([[0, 1, 1], [1, 1, 0], [2, 3, -1]], dtype=torch.int32)
     graph = Fsa(arcs, torch.zeros(3), num_states=4, aux_labels=torch.tensor([1, 0, -1]))
     dense = _dense(2, 4, 3, [4, 2], torch.Generator().manual_seed(0))
-    for mode in ("sparse", "dense", "split"):
+    for mode in ("sparse", "dense", "buckets", "split"):
         assert _search(graph, dense, 10.0, 1, 10, mode, monkeypatch) == [[], []]
 
 
@@ -122,16 +128,17 @@ def _lattice_arcs(lat: Fsa) -> list[tuple]:
                     lat.frame_idx.tolist(), lat.scores.tolist()))
 
 
-@pytest.mark.parametrize("mode", ["sparse", "split"])
+@pytest.mark.parametrize("mode", ["sparse", "split", "dense", "buckets"])
 @pytest.mark.parametrize("seed", range(6))
 def test_lattices_equal_the_previous_search(seed: int, mode: str, monkeypatch) -> None:
     """intersect_dense_pruned (per-frame records, forward-backward over them) gives the same
     lattice, arc for arc and in the same order, as the previous implementation (whole raw
     lattice assembled, then the engine's forward-backward), at several beams; also with
-    per-segment graphs and a segment with a NaN frame; the batch at once or one segment at a
-    time (``split``)."""
+    per-segment graphs and a segment with a NaN frame; the batch at once, one segment at a
+    time (``split``) or all states at once with candidates from a float32 backward pass
+    (``dense``, ``buckets``; shared graphs only)."""
     from wfst_asr.fsa import intersect_dense_pruned
-    monkeypatch.setattr(viterbi, "SPLIT_ARCS", 1 if mode == "split" else 1 << 40)
+    _set_mode(mode, monkeypatch)
     gen = torch.Generator().manual_seed(100 + seed)
     V = 5
     S = int(torch.randint(3, 10, (1,), generator=gen))
@@ -143,8 +150,9 @@ def test_lattices_equal_the_previous_search(seed: int, mode: str, monkeypatch) -
         dense.log_probs[0, 0, 1] = float("nan")
     if seed == 4:
         graph = create_fsa_vec([_random_graph(6, 25, V, gen) for _ in range(B)])
+    inf = float("inf")
     for beam, ob, lo, hi in [(30.0, 8.0, 1, 1000), (30.0, 0.0, 1, 1000), (1.0, 2.0, 2, 1000),
-                             (30.0, 30.0, 1, 2)]:
+                             (30.0, 30.0, 1, 2), (inf, inf, 1, 1000)]:
         ref = reference_pruned(graph, dense, beam, ob, lo, hi)
         got = intersect_dense_pruned(graph, dense, beam, ob, lo, hi)
         assert got.num_states_per_fsa.tolist() == ref.num_states_per_fsa.tolist()

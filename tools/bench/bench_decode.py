@@ -10,6 +10,10 @@ Per case (a decoding graph), the same utterances are decoded by
 * ``one_best batch``: the same, ``--batch`` utterances per call;
 * ``get_lattice batch``: :func:`~wfst_asr.decode.lattice.get_lattice` (``--output-beam``), the
   same batches;
+* ``kaldi lattice``: kaldi-decoder's ``LatticeSimpleDecoder`` (its only lattice decoder: beam
+  only, no ``max_active``) with ``--beam`` and ``--output-beam`` as its lattice beam, one
+  utterance at a time, each raw (undeterminized) lattice taken with ``get_raw_lattice``;
+  Kaldi's own cost of a lattice over its 1-best;
 * ``lattice route batch`` (``--old``): 1-best the way ``one_best`` did it before the
   back-pointer search, ``intersect_dense_pruned`` (output beam 0) + ``shortest_path``, with
   today's ``intersect_dense_pruned``.
@@ -49,8 +53,10 @@ from pathlib import Path
 import wfst_asr  # noqa: F401  (before torch: it sets OMP_WAIT_POLICY=PASSIVE)
 
 # isort: split
+import numpy as np
 import torch
 
+from wfst_asr import _kaldi
 from wfst_asr.decode import kaldi_ctc_graph, kaldi_one_best, one_best
 from wfst_asr.decode.lattice import get_lattice
 from wfst_asr.fsa import DenseFsaVec, intersect_dense_pruned, load, shortest_path
@@ -64,7 +70,7 @@ GRAPHS = {  # case -> path under --graph-dir, or under --lj-dir for lj_*
     "lj_phone_hlg": "lang_phone/HLG.pt",
     "lj_bpe_hlg": "lang_bpe_500/HLG.pt",
 }
-METHODS = ["kaldi", "one_best B=1", "one_best batch", "get_lattice batch"]
+METHODS = ["kaldi", "one_best B=1", "one_best batch", "get_lattice batch", "kaldi lattice"]
 
 
 def peaky_inputs(V: int, utts: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,6 +116,9 @@ class Case:
         if method == "kaldi":
             return kaldi_one_best(self.kg, lp, lens, beam=a.beam, max_active=a.max_active,
                                   min_active=a.min_active)
+        if method == "kaldi lattice":
+            self._kaldi_lattices()
+            return []
         bs = 1 if method == "one_best B=1" else a.batch
         out: list[list[int]] = []
         for i in range(0, lp.shape[0], bs):
@@ -123,6 +132,17 @@ class Case:
             else:  # the lattice route to the 1-best
                 out += _old_one_best(self.g, x, n, a)
         return out
+
+
+    def _kaldi_lattices(self) -> None:
+        kd = _kaldi.kaldi_decoder()
+        cfg = kd.LatticeSimpleDecoderConfig()
+        cfg.beam, cfg.lattice_beam = self.args.beam, self.args.output_beam
+        cfg.determinize_lattice = False
+        dec = kd.LatticeSimpleDecoder(self.kg, cfg)
+        for b, n in enumerate(self.lens.tolist()):
+            dec.decode(kd.DecodableCtc(np.ascontiguousarray(self.lp[b, :n].numpy())))
+            dec.get_raw_lattice()
 
 
 def _old_one_best(g, lp, lens, a) -> list[list[int]]:

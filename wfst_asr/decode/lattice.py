@@ -129,14 +129,14 @@ def get_lattice(graph: Fsa, log_probs: torch.Tensor, lens: torch.Tensor | Sequen
     lat = intersect_dense_pruned(g, dense, search_beam, output_beam, min_active_states,
                                  max_active_states).detach()
     garc = lat.graph_arc_idx.long()
-    lm = graph.scores.detach().to(lp.device, torch.float32)[garc]
+    lm = graph.scores.detach().to(lp.device, torch.float32).index_select(0, garc)
     lab = lat.labels.long()
-    am = torch.zeros_like(lm)
-    frame_arcs = lab >= 0  # final arcs (label -1) consume no frame: acoustic score 0
-    if bool(frame_arcs.any()):
-        utt = lat.arc_fsa[frame_arcs]
-        frame = lat.frame_idx.long()[frame_arcs]
-        am[frame_arcs] = lp.to(torch.float32)[utt, frame, lab[frame_arcs]]
+    _B, T, V = lp.shape
+    # final arcs (label -1, frame = the utterance's length) consume no frame: acoustic score 0
+    row = (lat.arc_fsa * T + lat.frame_idx.long().clamp(max=max(T - 1, 0))) * V
+    am = lp.reshape(-1).index_select(0, row + lab.clamp(min=0)).to(torch.float32) \
+        if lp.numel() else lm.new_zeros(lm.shape)
+    am = torch.where(lab >= 0, am, 0.0)
     aux = lat.aux_labels.to(torch.int32)
     lat.aux_labels = aux
     lat.am_scores = am

@@ -49,10 +49,11 @@ class Layout:
 _MAX_CLASSES = 64
 
 
-def _choose_caps(deg: torch.Tensor) -> list[int]:
+def _choose_caps(deg: torch.Tensor, rows: int = 1) -> list[int]:
     """Bucket caps (the K of each bucket, increasing) for states of degrees ``deg`` (> 0): the
     partition of the degree classes into contiguous ranges that minimises the padded work,
-    ``sum over buckets of (_BUCKET_OVERHEAD + K * states)`` (dynamic programming)."""
+    ``sum over buckets of (_BUCKET_OVERHEAD + rows * K * states)`` (dynamic programming;
+    ``rows``: how many score rows each padded slot is computed for)."""
     vals, cnts = torch.unique(deg, return_counts=True)
     if vals.numel() > _MAX_CLASSES:  # round degrees up to a geometric grid
         k = torch.ceil(torch.log(vals.double()) / math.log(1.25))
@@ -68,7 +69,7 @@ def _choose_caps(deg: torch.Tensor) -> list[int]:
         n = 0
         for i in range(j, 0, -1):  # last bucket: classes i-1 .. j-1, cap v[j-1]
             n += c[i - 1]
-            cost = best[i - 1] + _BUCKET_OVERHEAD + v[j - 1] * n
+            cost = best[i - 1] + _BUCKET_OVERHEAD + rows * v[j - 1] * n
             if cost < best[j]:
                 best[j], arg[j] = cost, i - 1
     caps, j = [], D
@@ -78,13 +79,14 @@ def _choose_caps(deg: torch.Tensor) -> list[int]:
     return caps[::-1]
 
 
-def build_layout(target: torch.Tensor, num_states: int) -> Layout:
-    """Layout of arcs grouped by ``target`` state (dst for forward, src for backward)."""
+def build_layout(target: torch.Tensor, num_states: int, rows: int = 1) -> Layout:
+    """Layout of arcs grouped by ``target`` state (dst for forward, src for backward); ``rows``
+    as :func:`_choose_caps`."""
     device = target.device
     A = target.numel()
     deg = torch.bincount(target, minlength=num_states)
     pos_deg = deg[deg > 0]
-    caps = _choose_caps(pos_deg.cpu()) if pos_deg.numel() else []
+    caps = _choose_caps(pos_deg.cpu(), rows) if pos_deg.numel() else []
     # bucket index of each state: first cap >= deg
     caps_t = torch.tensor(caps, dtype=torch.int64, device=device)
     bucket = torch.searchsorted(caps_t, deg) if caps else torch.zeros_like(deg)

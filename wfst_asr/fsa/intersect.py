@@ -633,6 +633,11 @@ def _assemble(plan: DensePlan, graphs: Fsa, dense: DenseFsaVec, ft: torch.Tensor
                             plan.e_seg[ke], plan.e_src[ke], plan.e_garc[ke])
 
 
+#: lattices whose (segment, frame, state) key space is at most this number their states through
+#: a table instead of a sort
+KEY_TABLE = 1 << 22
+
+
 def assemble_lattice(graphs: Fsa, dense: DenseFsaVec, num_keys: int, start: torch.Tensor,
                      f_seg: torch.Tensor, ft: torch.Tensor, f_src: torch.Tensor,
                      f_dst: torch.Tensor, f_garc: torch.Tensor, e_seg: torch.Tensor,
@@ -650,39 +655,61 @@ def assemble_lattice(graphs: Fsa, dense: DenseFsaVec, num_keys: int, start: torc
     lens = dense.segments[:, 2].to(dev)
     T_max = int(lens.max()) if N else 0
     span = (T_max + 2) * num_keys
-    src_key = f_seg * span + ft * num_keys + f_src
-    dst_key = f_seg * span + (ft + 1) * num_keys + f_dst
-    e_key = e_seg * span + lens[e_seg] * num_keys + e_src
+    dt = torch.int32 if N * span < 2 ** 31 else torch.int64  # keys and state numbers
+    lens_k = lens.to(dt)
+    base = f_seg.to(dt) * span + ft.to(dt) * num_keys
+    src_key = base + f_src.to(dt)
+    base += num_keys
+    dst_key = base.add_(f_dst.to(dt))
+    e_seg_k = e_seg.to(dt)
+    e_key = e_seg_k * span + lens_k.index_select(0, e_seg) * num_keys + e_src.to(dt)
     used = torch.zeros(N, dtype=torch.bool, device=dev)
     used[f_seg] = True
     used[e_seg] = True
     used &= start >= 0
     segs_used = used.nonzero().squeeze(1)
-    s_key = segs_used * span + start[segs_used]
-    keys, inv = torch.unique(torch.cat([src_key, dst_key, e_key, s_key]), return_inverse=True)
-    counts = torch.bincount(keys // span, minlength=N)
-    first = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), counts.cumsum(0)[:-1]])
+    s_key = (segs_used * span + start.index_select(0, segs_used)).to(dt)
+    every = torch.cat([src_key, dst_key, e_key, s_key])
     nf, ne = f_seg.numel(), e_seg.numel()
-    local = inv[:2 * nf + ne] - first[torch.cat([f_seg, f_seg, e_seg])]
-    src = torch.cat([local[:nf], local[2 * nf:]])
-    dst = torch.cat([local[nf:2 * nf], counts[e_seg]])
-    seg = torch.cat([f_seg, e_seg])
-    garc = torch.cat([f_garc, e_garc])
-    frame = torch.cat([ft, lens[e_seg]])
-    order = torch.argsort(seg * (int(counts.max()) + 2 if N else 1) + src, stable=True)
-    src, dst, seg, garc, frame = (x[order] for x in (src, dst, seg, garc, frame))
-    lab = graphs.labels[garc].long()
+    if N * span <= KEY_TABLE:  # number the keys through a table: no sort
+        mark = torch.zeros(N * span, dtype=torch.bool, device=dev)
+        mark.index_fill_(0, every.long(), True)
+        num = torch.cumsum(mark, 0, dtype=dt)  # 1 + the state's number over all segments
+        ends = num[span - 1::span]
+        counts = torch.diff(ends, prepend=ends.new_zeros(1))  # states per segment
+        local = (num.view(N, span) - (ends - counts + 1).unsqueeze(1)).view(-1)
+        src_l = local.index_select(0, src_key)
+        dst_l = local.index_select(0, dst_key)
+        e_l = local.index_select(0, e_key)
+    else:
+        keys, inv = torch.unique(every, return_inverse=True)
+        counts = torch.bincount(keys // span, minlength=N).to(dt)
+        first = torch.cumsum(counts, 0) - counts
+        inv = inv.to(dt) - first.index_select(0, torch.cat([f_seg, f_seg, e_seg, segs_used]))
+        src_l, dst_l, e_l = inv[:nf], inv[nf:2 * nf], inv[2 * nf:2 * nf + ne]
+    # arcs by (segment, source state), stably: the order of their source keys
+    order = torch.argsort(torch.cat([src_key, e_key]), stable=True)
+    src = torch.cat([src_l, e_l]).index_select(0, order)
+    dst = torch.cat([dst_l, counts.index_select(0, e_seg)]).index_select(0, order)
+    seg = torch.cat([f_seg, e_seg]).index_select(0, order)
+    garc = torch.cat([f_garc, e_garc]).index_select(0, order)
+    frame = torch.cat([ft.to(dt), lens_k.index_select(0, e_seg)]).index_select(0, order)
+    lab = graphs.labels.index_select(0, garc)
     splits = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev),
                         torch.bincount(seg, minlength=N).cumsum(0)])
-    num_states = torch.where(counts > 0, counts + 1, counts)
-    arcs = torch.stack([src, dst, lab], dim=1).to(torch.int32)
+    num_states = torch.where(counts > 0, counts + 1, counts).long()
+    arcs = torch.stack([src.to(torch.int32), dst.to(torch.int32), lab.to(torch.int32)], dim=1)
     lp = dense.log_probs
     _B, T, V = lp.shape
-    segs = dense.segments.to(dev)
-    row = (segs[seg, 0] * T + segs[seg, 1] + frame.clamp(max=T - 1)) * V + lab.clamp(min=0)
-    lp_term = torch.where(lab >= 0, lp.reshape(-1)[row.clamp(max=lp.numel() - 1)],
+    it = torch.int32 if lp.numel() < 2 ** 31 else torch.int64
+    segs = dense.segments.to(dev).to(it)
+    row = (segs[:, 0] * T + segs[:, 1]).index_select(0, seg)
+    row += frame.clamp(max=T - 1).to(it)
+    row *= V
+    row += lab.clamp(min=0).to(it)
+    lp_term = torch.where(lab >= 0, lp.reshape(-1).index_select(0, row.clamp_(max=lp.numel() - 1)),
                           torch.zeros((), dtype=lp.dtype, device=dev))
-    scores = graphs.scores[garc] + lp_term
+    scores = graphs.scores.index_select(0, garc) + lp_term
     lat = graphs.index_arcs(garc, arcs, splits, num_states, scores=scores)
     lat.graph_arc_idx = garc
     lat.frame_idx = frame.to(torch.int32)

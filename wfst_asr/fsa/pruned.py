@@ -8,7 +8,11 @@ token, and prunes tokens outside ``search_beam`` of the segment's best (keeping 
 ``output_beam`` of the destination's best is recorded, frame by frame, with the indices of its
 tokens; a tropical forward-backward over these per-frame records (in double) then keeps the arcs
 on complete paths within ``output_beam`` of the best, and only those are assembled into the
-lattice.
+lattice (:mod:`._records`).
+
+Small shared graphs (those the 1-best searches over all states, :func:`.viterbi._use_dense`)
+take the all-states route of :mod:`.pruned_dense` instead, which records only the arcs that can
+be kept; the lattice is the same.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from __future__ import annotations
 import torch
 
 from . import viterbi
+from ._records import Frame, finish, record_finals
 from .dense import DenseFsaVec
 from .fsa import Fsa, create_fsa_vec
 from .intersect import assemble_lattice
+from .pruned_dense import dense_lattice
 from .viterbi import _Search
 
 NEG_INF = float("-inf")
@@ -66,18 +72,21 @@ def intersect_dense_pruned(graph: Fsa, dense: DenseFsaVec, search_beam: float,
       lattices are those of the batch without them.
     """
     sr = _Search(graph, dense, None)
+    if sr.N and sr.graphs.num_fsas == 1 and viterbi._use_dense(sr.plan, sr.S, sr.N):
+        return dense_lattice(sr, search_beam, output_beam, min_active_states,
+                             max_active_states)
     device = sr.device
     if sr.N > 1 and sr.graphs.num_fsas == 1 and sr.plan.arc.numel() >= viterbi.SPLIT_ARCS:
         return _by_segment(sr, graph, search_beam, output_beam, min_active_states,
                            max_active_states)
     tok_seg, tok_state, tok_score = sr.start_tokens()
-    frames: list[_Frame] = []
+    frames: list[Frame] = []
     for t in range(sr.T_max + 1):
-        fr = _Frame(tok_seg, tok_state)
+        fr = Frame(tok_seg, tok_state)
         frames.append(fr)
         if t in sr.ends:
             ending = torch.isin(tok_seg, torch.tensor(sr.ends[t], device=device))
-            _record_finals(sr, fr, ending)
+            record_finals(sr, fr, ending)
             live = torch.nonzero(~ending).squeeze(1)
         else:
             live = None
@@ -90,7 +99,7 @@ def intersect_dense_pruned(graph: Fsa, dense: DenseFsaVec, search_beam: float,
         if ex is None:
             tok_seg, tok_state = tok_seg[:0], tok_state[:0]
             tok_score = tok_score[:0]
-            frames.append(_Frame(tok_seg, tok_state))
+            frames.append(Frame(tok_seg, tok_state))
             break
         ti, e, cand, key, ac = ex
         ukey, best, best_of, inv = viterbi._max_per_key(key, cand, sr.K, sr.use_table)
@@ -107,7 +116,7 @@ def intersect_dense_pruned(graph: Fsa, dense: DenseFsaVec, search_beam: float,
         fr.e = e.index_select(0, sel)
         fr.score = sr.e_score.index_select(0, fr.e) + ac.index_select(0, sel)
         tok_seg, tok_state, tok_score = new_seg, new_state, best
-    return _finish(sr, frames, output_beam)
+    return finish(sr, frames, output_beam)
 
 
 def _by_segment(sr: _Search, graph: Fsa, search_beam: float, output_beam: float,
@@ -127,19 +136,6 @@ def _by_segment(sr: _Search, graph: Fsa, search_beam: float, output_beam: float,
     return create_fsa_vec(lats)
 
 
-class _Frame:
-    """The tokens of one frame (``seg``, ``state``: the list before the segments ending there
-    are taken out) and the arcs recorded from them: ``src`` (index in this list), ``dst``
-    (index in the next frame's), ``e`` (plan position), ``score`` (graph score + log-prob,
-    float32); and the -1 arcs of the tokens whose segment ends here (``f_src``, ``f_arc``)."""
-
-    def __init__(self, seg: torch.Tensor, state: torch.Tensor) -> None:
-        self.seg, self.state = seg, state
-        z = seg[:0]
-        self.src = self.dst = self.e = self.f_src = self.f_arc = z
-        self.score = torch.zeros(0, dtype=torch.float32, device=seg.device)
-
-
 def _dst_index(sr: _Search, key: torch.Tensor, ukey_kept: torch.Tensor,
                inv: torch.Tensor | None, keep: torch.Tensor | None) -> torch.Tensor:
     """``[E]``: index of each expanded arc's new token among the kept ones (-1: pruned).
@@ -154,88 +150,3 @@ def _dst_index(sr: _Search, key: torch.Tensor, ukey_kept: torch.Tensor,
                      device=key.device)
     idx[keep] = sr.arange(keep.numel())
     return idx.index_select(0, inv)
-
-
-def _record_finals(sr: _Search, fr: _Frame, ending: torch.Tensor) -> None:
-    """Record the -1 arcs of the tokens whose segment ends at this frame (``ending`` mask)."""
-    tok = torch.nonzero(ending).squeeze(1)
-    if tok.numel() == 0:
-        return
-    plan = sr.plan
-    state = fr.state.index_select(0, tok)
-    cnt = plan.final_count.index_select(0, state)
-    total = int(cnt.sum())
-    if total == 0:
-        return
-    ti = torch.repeat_interleave(cnt, output_size=total)
-    csum = torch.cumsum(cnt, 0)
-    pos = (plan.final_first.index_select(0, state) - (csum - cnt)).index_select(0, ti)
-    pos += sr.arange(total)
-    fr.f_src = tok.index_select(0, ti)
-    fr.f_arc = plan.final_arc.index_select(0, pos)
-
-
-def _finish(sr: _Search, frames: list[_Frame], output_beam: float) -> Fsa:
-    """Keep the recorded arcs on complete paths within ``output_beam`` of their segment's best
-    (tropical forward-backward over the frames, in double) and assemble the lattice."""
-    device, N = sr.device, sr.N
-    f64 = torch.float64
-    gsc = sr.gsc
-    T = len(frames)
-    # forward: alpha per token, and alpha[src] + score per recorded arc (kept for the posts)
-    alpha = [torch.zeros(frames[0].seg.numel(), dtype=f64, device=device)]
-    thru: list[torch.Tensor] = []
-    for t in range(T - 1):
-        fr = frames[t]
-        th = alpha[t].index_select(0, fr.src)
-        th += fr.score
-        a = torch.full((frames[t + 1].seg.numel(),), NEG_INF, dtype=f64, device=device)
-        a.scatter_reduce_(0, fr.dst, th, "amax", include_self=True)
-        alpha.append(a)
-        thru.append(th)
-    # totals: the best final arc of each segment (forward); final arcs' alpha[src] + score
-    tot = torch.full((N,), NEG_INF, dtype=f64, device=device)
-    f_thru = []
-    for t, fr in enumerate(frames):
-        th = alpha[t].index_select(0, fr.f_src)
-        th += gsc.index_select(0, fr.f_arc)
-        f_thru.append(th)
-        if fr.f_src.numel():
-            tot.scatter_reduce_(0, fr.seg.index_select(0, fr.f_src), th, "amax",
-                                include_self=True)
-    # backward, with each arc's post = alpha[src] + score + beta[dst] - tot (as get_arc_post)
-    lim = -output_beam - 1e-6
-    plan = sr.plan
-    keep_f: list[tuple[torch.Tensor, ...]] = []
-    keep_e: list[tuple[torch.Tensor, ...]] = []
-    nxt = None
-    for t in range(T - 1, -1, -1):
-        fr = frames[t]
-        b = torch.full((fr.seg.numel(),), NEG_INF, dtype=f64, device=device)
-        if fr.f_src.numel():
-            b.scatter_reduce_(0, fr.f_src, gsc.index_select(0, fr.f_arc).to(f64), "amax",
-                              include_self=True)
-            seg = fr.seg.index_select(0, fr.f_src)
-            post = f_thru[t] - tot.index_select(0, seg)
-            k = torch.nonzero(post >= lim).squeeze(1)  # -inf and NaN fail the test
-            keep_e.append((seg.index_select(0, k), fr.state.index_select(0, fr.f_src[k]),
-                           fr.f_arc.index_select(0, k)))
-        if fr.src.numel() and nxt is not None:
-            bd = nxt.index_select(0, fr.dst)
-            seg = fr.seg.index_select(0, fr.src)
-            post = thru[t] + bd
-            post -= tot.index_select(0, seg)
-            k = torch.nonzero(post >= lim).squeeze(1)
-            src, e = fr.src.index_select(0, k), fr.e.index_select(0, k)
-            keep_f.append((seg.index_select(0, k), torch.full_like(k, t),
-                           fr.state.index_select(0, src), plan.dst.index_select(0, e),
-                           plan.arc.index_select(0, e)))
-            bd += fr.score
-            b.scatter_reduce_(0, fr.src, bd, "amax", include_self=True)
-        nxt = b
-    keep_f.reverse()
-    keep_e.reverse()
-    empty = torch.zeros(0, dtype=torch.int64, device=device)
-    f = [torch.cat(c) for c in zip(*keep_f)] if keep_f else [empty] * 5
-    e = [torch.cat(c) for c in zip(*keep_e)] if keep_e else [empty] * 3
-    return assemble_lattice(sr.graphs, sr.dense, sr.S, sr.start, *f, *e)

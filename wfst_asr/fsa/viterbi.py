@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .dense import DenseFsaVec
-from .dense_plan import _check_graphs
+from .dense_plan import _check_graphs, build_layout
 from .fsa import Fsa
 
 NEG_INF = float("-inf")
@@ -449,59 +449,124 @@ def _trace(N: int, finish: dict, fin_arc_of: dict, bp_prev: list, bp_arc: list,
 DENSE_CELLS = 1 << 21
 
 
-def _in_arcs(plan: SearchPlan, S: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(pos [S, D], valid [S, D])``: the emitting arcs entering each state, padded to the
-    largest in-degree D, in arc order (plan positions; padding 0 with ``valid`` False)."""
-    cached = plan.__dict__.get("_in_arcs")
-    if cached is not None:
-        return cached
-    order = torch.sort(plan.dst, stable=True).indices  # by destination, then arc index
-    indeg = torch.bincount(plan.dst, minlength=S)
-    D = int(indeg.max()) if indeg.numel() else 0
-    start = torch.cumsum(indeg, 0) - indeg
-    d = plan.dst.index_select(0, order)
-    col = torch.arange(order.numel(), device=order.device) - start.index_select(0, d)
-    pos = torch.zeros(S, max(D, 1), dtype=torch.int64, device=order.device)
-    valid = torch.zeros(S, max(D, 1), dtype=torch.bool, device=order.device)
-    pos[d, col] = order
-    valid[d, col] = True
-    plan.__dict__["_in_arcs"] = (pos, valid)
-    return pos, valid
-
-
 def _use_dense(plan: SearchPlan, S: int, N: int) -> bool:
-    """All-states search for graphs whose padded in-arc table is small and not much larger
-    than the arcs themselves (e.g. a phone HLG, a small HCLG)."""
+    """All-states search for graphs whose padded in-arc (1-best, lattice) and out-arc
+    (lattice) tables are small and not much larger than the arcs themselves (e.g. a phone HLG,
+    a small HCLG)."""
     if S == 0 or plan.arc.numel() == 0:
         return False
-    cells = S * plan.max_in
+    cells = S * max(plan.max_in, int(plan.count.max()))
     return cells <= 4 * plan.arc.numel() and N * cells <= DENSE_CELLS
 
 
+class PaddedArcs:
+    """The emitting arcs of one shared graph grouped by destination (``by_dst``: the forward
+    search) or by source state (the backward pass of the lattice), in padded buckets of states
+    of similar degree (:func:`~wfst_asr.fsa.dense_plan.build_layout`, sized for ``N`` rows).
+
+    Flat tables over the slots of all buckets (``[L]``): plan position ``pos`` (``A`` on
+    padding), the arc's other end ``other`` (source when grouped by destination; 0 on
+    padding), graph score ``w`` (``-inf`` on padding), label ``lab`` (0 on padding) and the
+    grouped state ``state``. ``blocks``: per bucket ``(slot offset, K, n)``, slots
+    ``[offset, offset + K * n)`` holding, row ``k``, the k-th arc (in arc order) of each of its
+    ``n`` states. :meth:`reduce` takes a ``[N, L]`` table to each state's max ``[N, S]``.
+    """
+
+    def __init__(self, sr: _Search, by_dst: bool) -> None:
+        plan, S, N = sr.plan, sr.S, sr.N
+        key = ("padded_arcs", by_dst, N)
+        cached = plan.__dict__.get(key)
+        if cached is None:
+            target = plan.dst if by_dst else plan.src
+            lay = build_layout(target, S, rows=N)
+            pads = [pad for (_, _, _, pad) in lay.buckets]
+            pos = torch.cat(pads) if pads else target.new_zeros(0)
+            at = torch.empty_like(lay.pos)  # layout position -> state
+            at[lay.pos] = torch.arange(S, device=at.device)
+            blocks, states, o = [], [], 0
+            for (off, n, K, _pad) in lay.buckets:
+                blocks.append((o, K, n))
+                states.append(at[off:off + n].repeat(K))
+                o += K * n
+            A = plan.arc.numel()
+            valid = pos < A
+            safe = pos.clamp(max=max(A - 1, 0))
+            other = (plan.src if by_dst else plan.dst).index_select(0, safe) * valid
+            lab = plan.label.index_select(0, safe) * valid
+            state = torch.cat(states) if states else pos
+            # natural state -> column of the reduced table ([N, num_rows] + -inf columns)
+            cached = (pos, valid, safe, other, lab, state, blocks, lay.pos, lay.num_rows)
+            plan.__dict__[key] = cached
+        (self.pos, self.valid, safe, self.other, self.lab, self.state, self.blocks,
+         self.col, self.num_rows) = cached
+        self.w = torch.where(self.valid, sr.e_score.index_select(0, safe),
+                             torch.full_like(self.valid, NEG_INF, dtype=torch.float32))
+        self.N, self.S = N, S
+        # one bucket of every state in natural order: the slots are a [K, S] table
+        self.K_one = self.blocks[0][1] if len(self.blocks) == 1 and self.blocks[0][2] == S \
+            and bool((self.col == torch.arange(S, device=self.col.device)).all()) else 0
+
+    def reduce(self, x: torch.Tensor, out: torch.Tensor, arg: torch.Tensor | None = None
+               ) -> None:
+        """``x [N, L]`` -> ``out [N, S]``: each state's max over its slots (``-inf`` for states
+        without arcs) and, given ``arg [N, S]`` (int64), the rank of the arc that gave it (the
+        first of equal maxima)."""
+        N = self.N
+        if self.K_one:
+            xb = x.view(N, self.K_one, self.S)
+            if arg is not None:
+                torch.max(xb, dim=1, out=(out, arg))
+            else:
+                torch.amax(xb, dim=1, out=out)
+            return
+        vals, args = [], []
+        for (o, K, n) in self.blocks:
+            xb = x[:, o:o + K * n].view(N, K, n)
+            if arg is not None:
+                v, k = xb.max(dim=1)
+                args.append(k)
+            else:
+                v = xb.amax(dim=1)
+            vals.append(v)
+        pad = self.S - self.num_rows
+        if pad:
+            vals.append(x.new_full((N, pad), NEG_INF))
+            if arg is not None:
+                args.append(torch.zeros((N, pad), dtype=torch.int64, device=x.device))
+        torch.index_select(torch.cat(vals, 1), 1, self.col, out=out)
+        if arg is not None:
+            torch.index_select(torch.cat(args, 1), 1, self.col, out=arg)
+
+    def ge(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``[N, L]`` mask of ``x [N, L] >= y [N, S]`` at each slot's state."""
+        if self.K_one:
+            return (x.view(self.N, self.K_one, self.S) >= y.unsqueeze(1)).view(self.N, -1)
+        return x >= y.index_select(1, self.state)
+
+    def slot_of(self) -> torch.Tensor:
+        """int64 ``[S, K_max]``: the slot of the k-th arc of each state (-1: none; padding
+        slots of its bucket where it has fewer arcs)."""
+        K_max = max((K for (_o, K, _n) in self.blocks), default=1)
+        table = torch.full((self.S, K_max), -1, dtype=torch.int64, device=self.pos.device)
+        for (o, K, n) in self.blocks:
+            slots = torch.arange(o, o + K * n, device=self.pos.device).view(K, n)
+            states = self.state[o:o + n]  # (row 0's slots: every state of the bucket once)
+            table[states, :K] = slots.t()
+        return table
+
+
 class _AllStates:
-    """The padded in-arc tables of one shared graph for the all-states search: per state
-    ``s`` and slot ``d``, the in-arc's plan position ``pos``, source ``src``, graph score ``w``
-    (``-inf`` on padding) and label; and the rows of the log-probs each segment reads."""
+    """What the all-states search needs of one shared graph: its in-arcs in padded buckets
+    (:class:`PaddedArcs`) and the rows of the log-probs each segment reads."""
 
     def __init__(self, sr: _Search) -> None:
-        device, S, N, plan = sr.device, sr.S, sr.N, sr.plan
         self.sr = sr
-        self.pos, valid = _in_arcs(plan, S)
-        _S, self.D = self.pos.shape
-        D = self.D
-        flat = self.pos.reshape(-1)
-        # padding: source state 0 with a -inf arc score, so it never wins
-        self.src_flat = plan.src.index_select(0, flat) * valid.reshape(-1)
-        self.w_pad = torch.where(valid, sr.gsc.index_select(0, plan.arc.index_select(0, flat))
-                                 .view(S, D), torch.full((S, D), NEG_INF, device=device))
-        self.lab_flat = plan.label.index_select(0, flat) * valid.reshape(-1)
+        self.arcs = PaddedArcs(sr, by_dst=True)
         # frame t of segment n reads row rows[t, n] (its last frame once it has ended)
         lens, row0 = sr.lens, sr.row0_cpu
         tt = torch.arange(max(sr.T_max, 1)).unsqueeze(1)
-        self.rows = torch.minimum(row0 + tt, row0 + (lens - 1).clamp(min=0)).to(device)
-        self.chunk = max(1, min(64, (1 << 20) // max(1, N * S * D)))
-        self._ac = self.w_pad.new_empty(0)
-        self._ac_t0 = -1
+        self.rows = torch.minimum(row0 + tt, row0 + (lens - 1).clamp(min=0)).to(sr.device)
+        self.acoustic = PaddedLogProbs(sr, self.rows, self.arcs.lab)
 
     def start_scores(self) -> torch.Tensor:
         sr = self.sr
@@ -511,55 +576,85 @@ class _AllStates:
             score[sr.ok.to(sr.device), start] = 0.0
         return score
 
-    def acoustic(self, t: int) -> torch.Tensor:
-        """``[N, S, D]``: the log-prob of every padded in-arc at frame ``t`` (computed for
-        ``chunk`` frames at a time)."""
+
+class PaddedLogProbs:
+    """The log-probs of a padded arc table's labels, frame by frame: ``self(t)`` is
+    ``[N, L]`` (``lab [L]``; segment ``n`` reads row ``rows[t, n]`` of the log-probs), plus
+    ``add [L]`` when given; gathered for several frames at a time."""
+
+    def __init__(self, sr: _Search, rows: torch.Tensor, lab: torch.Tensor,
+                 add: torch.Tensor | None = None) -> None:
+        self.sr, self.rows, self.lab, self.add = sr, rows, lab, add
+        self.chunk = max(1, min(64, (1 << 20) // max(1, sr.N * lab.numel())))
+        self._ac = sr.lp_rows.new_empty(0)
+        self._t0 = -1
+
+    def __call__(self, t: int) -> torch.Tensor:
         t0 = t - t % self.chunk
-        if t0 != self._ac_t0:
-            sr, N, S, D = self.sr, self.sr.N, self.sr.S, self.D
+        if t0 != self._t0:
+            sr = self.sr
             r = self.rows[t0:t0 + self.chunk].reshape(-1)
-            self._ac = sr.lp_rows.index_select(0, r).index_select(1, self.lab_flat) \
-                .view(-1, N, S, D)
-            self._ac_t0 = t0
+            self._ac = sr.lp_rows.index_select(0, r).index_select(1, self.lab) \
+                .view(-1, sr.N, self.lab.numel())
+            if self.add is not None:
+                self._ac += self.add
+            self._t0 = t0
         return self._ac[t - t0]
 
 
 def _dense_search(sr: _Search, beam: float, min_active: int, max_active: int
                   ) -> list[torch.Tensor]:
-    """The search of :func:`best_path_arcs` over all states of one shared graph at once:
-    scores ``[N, S]`` (``-inf``: no token), each state's best incoming arc by a max over its
-    padded in-arcs. The tokens, pruning and tie-breaking are those of the sparse search."""
+    """The search of :func:`best_path_arcs` over all states of one shared graph at once
+    (:func:`dense_forward`), read back through each state's best in-arc per frame."""
     al = _AllStates(sr)
-    score = al.start_scores()
-    steps: list[torch.Tensor] = []  # [t]: [N, S] column of the best in-arc into each state
-    result: dict[int, int] = {}     # segment -> its best final state at its last frame
-    N, S, D = sr.N, sr.S, al.D
-    src_flat, w_pad, ends, T_max = al.src_flat, al.w_pad, sr.ends, sr.T_max
+    tokens, steps = dense_forward(sr, al, beam, min_active, max_active, with_arg=True)
+    result: dict[int, int] = {}  # segment -> its best final state at its last frame
+    for t, segs in sr.ends.items():
+        for n in segs:
+            tot = tokens[t][n] + sr.fin_score
+            j = int(torch.argmax(tot))  # the first of equal maxima
+            if bool(torch.isfinite(tot[j])):
+                result[n] = j
+    return _dense_trace(sr, result, steps, al.arcs)
+
+
+def dense_forward(sr: _Search, al: _AllStates, beam: float, min_active: int, max_active: int,
+                  with_arg: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The frame-synchronous search over all states of one shared graph: scores ``[N, S]``
+    (``-inf``: no token), each state's best incoming arc by a max over its padded in-arcs. The
+    tokens, pruning and tie-breaking are those of the sparse search.
+
+    Returns ``(tokens, steps)``: ``tokens [T_max + 1, N, S]`` the float32 scores of the tokens
+    of each frame after pruning (rows of segments that ended before the frame: ``-inf``);
+    ``steps [T_max, N, S]`` (``with_arg``, else None) the rank of each state's best in-arc
+    consuming the frame among its in-arcs.
+    """
+    N, S, arcs, device = sr.N, sr.S, al.arcs, sr.device
+    other, w, ends, T_max = arcs.other, arcs.w, sr.ends, sr.T_max
+    tokens = torch.empty((T_max + 1, N, S), dtype=torch.float32, device=device)
+    tokens[0] = al.start_scores()
+    steps = torch.empty((T_max, N, S), dtype=torch.int64, device=device) if with_arg else None
+    cand = torch.empty((N, other.numel()), dtype=torch.float32, device=device)
     one = N == 1 and S <= max_active  # then pruning is one threshold in the common case
-    for t in range(T_max + 1):
+    for t in range(T_max):
+        score = tokens[t]
         if t in ends:
-            for n in ends[t]:
-                tot = score[n] + sr.fin_score
-                j = int(torch.argmax(tot))  # the first of equal maxima
-                if bool(torch.isfinite(tot[j])):
-                    result[n] = j
-                score[n] = NEG_INF
-        if t == T_max:
-            break
+            score = score.clone()
+            score[ends[t]] = NEG_INF
         # (token + graph) + acoustic: the sparse search's order of float32 additions
-        cand = score.index_select(1, src_flat).view(N, S, D)
-        cand += w_pad
+        torch.index_select(score, 1, other, out=cand)
+        cand += w
         cand += al.acoustic(t)
-        best, arg = cand.max(dim=2)  # first of equal maxima
-        steps.append(arg)
+        best = tokens[t + 1]
+        arcs.reduce(cand, best, steps[t] if with_arg else None)
         if one:
             thr = float(best.max()) - beam
             out = best < thr
             if S - int(out.sum()) >= min_active or thr == NEG_INF:
-                score = best.masked_fill_(out, NEG_INF)
+                best.masked_fill_(out, NEG_INF)
                 continue
-        score = _dense_prune(best, beam, min_active, max_active)
-    return _dense_trace(sr, result, steps, al.pos)
+        _dense_prune(best, beam, min_active, max_active)
+    return tokens, steps
 
 
 def _dense_prune(score: torch.Tensor, beam: float, min_active: int, max_active: int
@@ -588,7 +683,7 @@ def _dense_prune(score: torch.Tensor, beam: float, min_active: int, max_active: 
     return score.masked_fill_(~keep, NEG_INF)
 
 
-def _dense_trace(sr: _Search, result: dict, steps: list, pos: torch.Tensor
+def _dense_trace(sr: _Search, result: dict, steps: torch.Tensor, arcs: PaddedArcs
                  ) -> list[torch.Tensor]:
     """Read each segment's best path back through the per-frame in-arc choices (on the CPU:
     one copy of the choices, then a scalar walk per frame)."""
@@ -597,16 +692,17 @@ def _dense_trace(sr: _Search, result: dict, steps: list, pos: torch.Tensor
     if not result:
         return out
     T = int(max(int(lens[n]) for n in result))
-    choice = torch.stack(steps[:T]).cpu().numpy() if T else None  # [T, N, S]
-    pos_np = pos.cpu().numpy()
+    choice = steps[:T].cpu().numpy() if T else None  # [T, N, S]
+    slot_np = arcs.slot_of().cpu().numpy()
+    pos_np = arcs.pos.cpu().numpy()
     arc_np = plan.arc.cpu().numpy()
     src_np = plan.src.cpu().numpy()
     fin_np = fin_arc.cpu().numpy()
     for n, s in result.items():
-        arcs = [int(fin_np[s])]
+        path = [int(fin_np[s])]
         for t in range(int(lens[n]) - 1, -1, -1):
-            e = pos_np[s, choice[t, n, s]]
-            arcs.append(int(arc_np[e]))
+            e = pos_np[slot_np[s, choice[t, n, s]]]
+            path.append(int(arc_np[e]))
             s = src_np[e]
-        out[n] = torch.tensor(arcs[::-1], dtype=torch.int64, device=device)
+        out[n] = torch.tensor(path[::-1], dtype=torch.int64, device=device)
     return out
