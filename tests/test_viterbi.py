@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from tests.pruned_reference import intersect_dense_pruned as reference_pruned
-from wfst_asr.fsa import DenseFsaVec, Fsa, create_fsa_vec, dense_plan, shortest_path, viterbi
+from wfst_asr.fsa import (
+    DenseFsaVec,
+    Fsa,
+    create_fsa_vec,
+    dense_plan,
+    intersect,
+    shortest_path,
+    viterbi,
+)
 
 
 def _random_graph(num_states: int, num_arcs: int, V: int, gen: torch.Generator) -> Fsa:
@@ -47,10 +55,11 @@ def _reference(graph: Fsa, dense: DenseFsaVec, beam: float, lo: int, hi: int
 def _set_mode(mode: str, monkeypatch) -> None:
     """``mode``: dense (all states, one padded bucket of arcs), buckets (all states, one bucket
     per degree), sparse (active tokens, the batch at once) or split (active tokens, one
-    segment at a time)."""
+    segment at a time; lattice states numbered by a sort of their keys instead of a table)."""
     monkeypatch.setattr(viterbi, "_use_dense", lambda *a: mode in ("dense", "buckets"))
     monkeypatch.setattr(viterbi, "SPLIT_ARCS", 1 if mode == "split" else 1 << 40)
     monkeypatch.setattr(dense_plan, "_BUCKET_OVERHEAD", 0 if mode == "buckets" else 1 << 30)
+    monkeypatch.setattr(intersect, "KEY_TABLE", 0 if mode == "split" else 1 << 22)
 
 
 def _search(graph, dense, beam, lo, hi, mode: str, monkeypatch) -> list[list[int]]:

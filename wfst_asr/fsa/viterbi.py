@@ -636,17 +636,28 @@ def dense_forward(sr: _Search, al: _AllStates, beam: float, min_active: int, max
     steps = torch.empty((T_max, N, S), dtype=torch.int64, device=device) if with_arg else None
     cand = torch.empty((N, other.numel()), dtype=torch.float32, device=device)
     one = N == 1 and S <= max_active  # then pruning is one threshold in the common case
+    # per-frame views made once, and the one-bucket reduction inlined: on a small graph a
+    # frame's few tensor operations cost about what Python spends around them
+    tok_v = tokens.unbind(0)
+    step_v = steps.unbind(0) if with_arg else None
+    acoustic = al.acoustic
+    cand_k = cand.view(N, arcs.K_one, S) if arcs.K_one else None
     for t in range(T_max):
-        score = tokens[t]
+        score = tok_v[t]
         if t in ends:
             score = score.clone()
             score[ends[t]] = NEG_INF
         # (token + graph) + acoustic: the sparse search's order of float32 additions
         torch.index_select(score, 1, other, out=cand)
         cand += w
-        cand += al.acoustic(t)
-        best = tokens[t + 1]
-        arcs.reduce(cand, best, steps[t] if with_arg else None)
+        cand += acoustic(t)
+        best = tok_v[t + 1]
+        if cand_k is None:
+            arcs.reduce(cand, best, step_v[t] if with_arg else None)
+        elif with_arg:
+            torch.max(cand_k, dim=1, out=(best, step_v[t]))
+        else:
+            torch.amax(cand_k, dim=1, out=best)
         if one:
             thr = float(best.max()) - beam
             out = best < thr
