@@ -48,15 +48,24 @@ def record_finals(sr: _Search, fr: Frame, ending: torch.Tensor) -> None:
     fr.f_arc = plan.final_arc.index_select(0, pos)
 
 
-def finish(sr: _Search, frames: list[Frame], output_beam: float) -> Fsa:
+def keep_limit(output_beam: float) -> float:
+    """The lowest posterior (log, relative to the segment's best) of a kept arc: the beam and
+    a small tolerance for arcs of the best path whose sums round below it."""
+    return -output_beam - 1e-6
+
+
+def finish(sr: _Search, frames: list[Frame], output_beam: float,
+           start: torch.Tensor | None = None) -> Fsa:
     """Keep the recorded arcs on complete paths within ``output_beam`` of their segment's best
-    (tropical forward-backward over the frames, in double) and assemble the lattice."""
+    (tropical forward-backward over the frames, in double) and assemble the lattice.
+    ``start``: the float64 scores of frame 0's tokens (default: 0, every one a start token)."""
     device, N = sr.device, sr.N
     f64 = torch.float64
     gsc = sr.gsc
     T = len(frames)
     # forward: alpha per token, and alpha[src] + score per recorded arc (kept for the posts)
-    alpha = [torch.zeros(frames[0].seg.numel(), dtype=f64, device=device)]
+    alpha = [torch.zeros(frames[0].seg.numel(), dtype=f64, device=device)
+             if start is None else start]
     thru: list[torch.Tensor] = []
     for t in range(T - 1):
         fr = frames[t]
@@ -79,7 +88,7 @@ def finish(sr: _Search, frames: list[Frame], output_beam: float) -> Fsa:
     # backward, with each arc's post = alpha[src] + score + beta[dst] - tot (as get_arc_post)
     # kept: post >= lim, and finite (-inf and NaN fail the test; with an infinite beam, the
     # test is post > -inf)
-    lim = -output_beam - 1e-6
+    lim = keep_limit(output_beam)
     strict = lim == NEG_INF
     plan = sr.plan
     keep_f: list[tuple[torch.Tensor, ...]] = []

@@ -36,7 +36,7 @@ import math
 
 import torch
 
-from ._records import Frame, finish, record_finals
+from ._records import Frame, finish, keep_limit, record_finals
 from .fsa import Fsa
 from .viterbi import PaddedArcs, PaddedLogProbs, _AllStates, _Search, dense_forward
 
@@ -72,7 +72,7 @@ def dense_lattice(sr: _Search, search_beam: float, output_beam: float, min_activ
     tot = torch.full((N,), NEG_INF, device=device)
     for t, segs in ends.items():
         tot[segs] = (tokens[t][segs] + sr.fin_score).amax(1)
-    lim = -output_beam - 1e-6  # the test of _records.finish
+    lim = keep_limit(output_beam)
     finite_beam = math.isfinite(output_beam)
     thr = torch.where(torch.isfinite(tot), tot + (lim - _margins(sr, al)),
                       torch.full_like(tot, float("inf"))).unsqueeze(1)  # [N, 1]
@@ -111,7 +111,8 @@ def dense_lattice(sr: _Search, search_beam: float, output_beam: float, min_activ
             ending[ends[t]] = True
             record_finals(sr, fr, (ending.unsqueeze(1) & (a > NEG_INF)).view(-1))
         beta = b.masked_fill_(a == NEG_INF, NEG_INF)
-    return finish(sr, frames, output_beam)
+    # frame 0's token list is every (segment, state) cell: only the start cells score 0
+    return finish(sr, frames, output_beam, start=tokens[0].reshape(-1).double())
 
 
 def _record(sr: _Search, out: PaddedArcs, fr: Frame, idx: torch.Tensor, a_exp: torch.Tensor,
